@@ -1,0 +1,56 @@
+//! Routes and handlers.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::problem::{Problem, ProblemLogged};
+use crate::server::App;
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { Problem::not_found() })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
+        .layer(middleware::from_fn(log_problems))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Alive: the process answers. Says nothing about its dependencies.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: the store answers and every migration this build knows is applied.
+async fn readyz(State(app): State<App>) -> Response {
+    if app.store.database().is_ready().await {
+        Json(json!({ "status": "ready", "store": app.store.backend().as_str() })).into_response()
+    } else {
+        Problem::store_unavailable()
+            .with_detail("the event store is unreachable or not migrated")
+            .into_response()
+    }
+}
+
+/// Logs every problem answer once, with its stable code: 5xx as errors, 4xx as info.
+async fn log_problems(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(ProblemLogged(code)) = response.extensions().get::<ProblemLogged>() {
+        let status = response.status();
+        if status.is_server_error() {
+            tracing::error!(%method, %path, status = status.as_u16(), code, "request failed");
+        } else if status != StatusCode::NOT_FOUND {
+            tracing::info!(%method, %path, status = status.as_u16(), code, "request rejected");
+        }
+    }
+    response
+}

@@ -1,0 +1,10 @@
+//! The `shopagent` binary's library half: configuration, the HTTP interface, telemetry
+//! and the server's life cycle. This is the only crate that knows HTTP.
+
+pub mod cli;
+pub mod http;
+pub mod problem;
+pub mod server;
+pub mod telemetry;
+
+pub use server::{App, Server};

@@ -1,0 +1,76 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use shopagent::cli::{Cli, Command, ProjectionsCommand};
+use shopagent::server::{Server, open_store, projections};
+use shopagent::telemetry;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line an operator can act on; the cause chain is joined with ": ".
+            eprintln!("shopagent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.store.store_config();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let server = Server::build(&config, cli.listen).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            server.run(shutdown).await
+        }
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.database().close().await;
+            tracing::info!(store = store.backend().as_str(), "migrations applied");
+            Ok(())
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Status,
+        } => {
+            let store = open_store(&config).await?;
+            for projection in projections() {
+                let status = shopagent_projections::status(&store, projection.name()).await?;
+                println!("{}", serde_json::to_string(&status)?);
+            }
+            store.database().close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown requested; finishing in-flight work");
+    shutdown.cancel();
+}

@@ -1,0 +1,258 @@
+//! Running commands: load, decide, append — with conflict retries and idempotency.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
+use cqrs_es::{AggregateError, EventStore};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shopagent_domain::{Aggregate, DomainEvent, EventMetadata};
+
+use crate::bridge::Stream;
+use crate::store::{AppendError, RecordedOutcome, Store, StoreError};
+
+/// What a command did. For a retried command this is the first attempt's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandOutcome {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// The aggregate's version (its last sequence) once the command was applied.
+    pub version: i64,
+    pub events_appended: i64,
+    /// True when an earlier attempt with the same idempotency key had already committed
+    /// and nothing new was appended.
+    pub replayed: bool,
+}
+
+/// Why a command did not take effect. In every case nothing was appended.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command (a business rule).
+    #[error(transparent)]
+    Rejected(E),
+    /// The idempotency key was used before for a different command.
+    #[error("idempotency key already used for a different request")]
+    IdempotencyKeyReused,
+    /// Concurrent writers kept winning the race for this aggregate.
+    #[error("aggregate changed concurrently {attempts} times; giving up")]
+    Conflict { attempts: u32 },
+    /// The store cannot be reached right now; retrying later may succeed.
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a fault on our side.
+    #[error("command failed: {0}")]
+    Internal(String),
+}
+
+impl<E: std::error::Error> From<StoreError> for CommandError<E> {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::Unavailable(error.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Runs commands against aggregates of type `A`.
+pub struct CommandBus<A: Aggregate> {
+    store: Store,
+    loader: PersistedEventStore<Store, Stream<A>>,
+    max_attempts: u32,
+    _aggregate: PhantomData<A>,
+}
+
+impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandBus")
+            .field("aggregate_type", &A::TYPE)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> CommandBus<A> {
+    /// How often a command is decided again after losing a concurrency race.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+    pub fn new(store: Store) -> Self {
+        Self {
+            loader: PersistedEventStore::new_event_store(store.clone()),
+            store,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            _aggregate: PhantomData,
+        }
+    }
+
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    /// Decides `command` against the current state of `aggregate_id` and appends the
+    /// resulting events with `metadata`.
+    ///
+    /// A conflicting concurrent append makes the command be decided again on the new
+    /// state, up to the attempt limit. When `metadata` carries an idempotency key that
+    /// already committed, the recorded outcome is returned and nothing is appended.
+    pub async fn execute(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        mut metadata: EventMetadata,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        if metadata.idempotency_key.is_some() {
+            metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
+            if let Some(outcome) = self.recorded(&metadata).await? {
+                return Ok(outcome);
+            }
+        }
+        let metadata_value = serde_json::to_value(metadata.to_map())
+            .map_err(|error| CommandError::Internal(error.to_string()))?;
+
+        for attempt in 1..=self.max_attempts {
+            let context = self
+                .loader
+                .load_aggregate(aggregate_id)
+                .await
+                .map_err(load_error)?;
+            let version = context.current_sequence;
+            let events = context
+                .aggregate
+                .0
+                .decide(command.clone())
+                .map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(self.outcome(aggregate_id, version as i64, 0, false));
+            }
+            let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
+            match self.store.append(&serialized, None).await {
+                Ok(_) => {
+                    let appended = events.len() as i64;
+                    return Ok(self.outcome(aggregate_id, version as i64 + appended, appended, false));
+                }
+                Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
+                    // The winner may have been this very command, sent twice at once.
+                    if let Some(outcome) = self.recorded(&metadata).await? {
+                        return Ok(outcome);
+                    }
+                    tracing::debug!(aggregate_type = A::TYPE, aggregate_id, attempt, "append conflict");
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                }
+                Err(AppendError::Store(error)) => return Err(error.into()),
+                Err(error @ AppendError::Invalid(_)) => {
+                    return Err(CommandError::Internal(error.to_string()));
+                }
+            }
+        }
+        Err(CommandError::Conflict {
+            attempts: self.max_attempts,
+        })
+    }
+
+    async fn recorded(
+        &self,
+        metadata: &EventMetadata,
+    ) -> Result<Option<CommandOutcome>, CommandError<A::Error>> {
+        let Some(key) = &metadata.idempotency_key else {
+            return Ok(None);
+        };
+        let Some(recorded) = self
+            .store
+            .recorded_outcome(&metadata.tenant, key.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let RecordedOutcome {
+            request_digest,
+            aggregate_type,
+            aggregate_id,
+            first_sequence,
+            last_sequence,
+        } = recorded;
+        if Some(&request_digest) != metadata.request_digest.as_ref() {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        Ok(Some(CommandOutcome {
+            aggregate_type,
+            aggregate_id,
+            version: last_sequence,
+            events_appended: last_sequence - first_sequence + 1,
+            replayed: true,
+        }))
+    }
+
+    fn outcome(&self, aggregate_id: &str, version: i64, appended: i64, replayed: bool) -> CommandOutcome {
+        CommandOutcome {
+            aggregate_type: A::TYPE.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            version,
+            events_appended: appended,
+            replayed,
+        }
+    }
+}
+
+/// Identifies a request by what it asks for, so a reused key with a different request
+/// is caught.
+fn request_digest<A: Aggregate>(
+    aggregate_id: &str,
+    command: &A::Command,
+) -> Result<String, CommandError<A::Error>> {
+    let body =
+        serde_json::to_vec(command).map_err(|error| CommandError::Internal(error.to_string()))?;
+    let mut hasher = Sha256::new();
+    hasher.update(A::TYPE.as_bytes());
+    hasher.update([0]);
+    hasher.update(aggregate_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(&body);
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
+fn serialize<A: Aggregate>(
+    aggregate_id: &str,
+    version: usize,
+    events: &[A::Event],
+    metadata: &serde_json::Value,
+) -> Result<Vec<SerializedEvent>, CommandError<A::Error>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(offset, event)| {
+            Ok(SerializedEvent {
+                aggregate_id: aggregate_id.to_owned(),
+                sequence: version + offset + 1,
+                aggregate_type: A::TYPE.to_owned(),
+                event_type: event.event_type().to_owned(),
+                event_version: event.event_version().to_owned(),
+                payload: serde_json::to_value(event)
+                    .map_err(|error| CommandError::Internal(error.to_string()))?,
+                metadata: metadata.clone(),
+            })
+        })
+        .collect()
+}
+
+fn load_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
+    match error {
+        AggregateError::UserError(error) => CommandError::Rejected(error),
+        AggregateError::DatabaseConnectionError(error) => CommandError::Unavailable(error.to_string()),
+        other => CommandError::Internal(other.to_string()),
+    }
+}
+
+/// A short, jittered pause so that racing writers do not collide again in lockstep.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 4);
+    Duration::from_millis(u64::from(attempt) * 2 + jitter)
+}

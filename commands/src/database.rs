@@ -1,0 +1,223 @@
+//! Opening the configured database and applying migrations.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::{ConnectOptions, Connection};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// File name of the embedded store inside the data directory.
+pub const SQLITE_FILE_NAME: &str = "shopagent.db";
+
+/// Where the event store lives.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `postgres://…` selects PostgreSQL; `None` selects the embedded SQLite store.
+    pub database_url: Option<String>,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it fails.
+    pub acquire_timeout: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(database_url: Option<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            database_url: database_url.filter(|url| !url.trim().is_empty()),
+            data_dir: data_dir.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// Why the store could not be opened. Each message is one line fit for an operator and
+/// never contains a password.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "DATABASE_URL has unsupported scheme `{0}`: use postgres://… or leave it unset for the embedded store"
+    )]
+    UnsupportedScheme(String),
+    #[error("DATABASE_URL is malformed: {0}")]
+    MalformedUrl(String),
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error("data directory {path} is not usable: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("cannot open the embedded store {path}: {reason}")]
+    Sqlite { path: PathBuf, reason: String },
+    #[error("applying migrations failed: {0}")]
+    Migrate(String),
+}
+
+/// A connection pool to one of the two supported backends.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Opens the configured database. Nothing is created in PostgreSQL; the embedded
+    /// store's directory and file are created when missing.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, ConnectError> {
+        match &config.database_url {
+            None => Self::open_sqlite(config).await,
+            Some(url) => {
+                let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+                match scheme {
+                    Some("postgres" | "postgresql") => Self::open_postgres(url, config).await,
+                    Some(other) => Err(ConnectError::UnsupportedScheme(other.to_owned())),
+                    None => Err(ConnectError::MalformedUrl(
+                        "expected postgres://user@host:port/database".to_owned(),
+                    )),
+                }
+            }
+        }
+    }
+
+    async fn open_postgres(url: &str, config: &StoreConfig) -> Result<Self, ConnectError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| ConnectError::MalformedUrl(first_line(&error.to_string())))?
+            .application_name("shopagent");
+        let target = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or("(default database)")
+        );
+        // One direct connection first: a pool would only report that it timed out,
+        // hiding why (refused, unknown host, authentication, missing database).
+        let unreachable = |reason: String| ConnectError::Unreachable {
+            target: target.clone(),
+            reason,
+        };
+        let probe = tokio::time::timeout(config.acquire_timeout, options.connect())
+            .await
+            .map_err(|_| unreachable("no answer within the connect timeout".to_owned()))?
+            .map_err(|error| unreachable(first_line(&error.to_string())))?;
+        probe.close().await.ok();
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Self::Postgres(pool))
+    }
+
+    async fn open_sqlite(config: &StoreConfig) -> Result<Self, ConnectError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|error| ConnectError::DataDir {
+            path: dir.clone(),
+            reason: error.to_string(),
+        })?;
+        let path = dir.join(SQLITE_FILE_NAME);
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it is acknowledged, even on power loss.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections.min(8))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|error| ConnectError::Sqlite {
+                path: path.clone(),
+                reason: first_line(&error.to_string()),
+            })?;
+        Ok(Self::Sqlite(pool))
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self {
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Self::Sqlite(_) => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    /// Applies every pending migration. Safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<(), ConnectError> {
+        let result = match self {
+            Self::Postgres(pool) => self.migrator().run(pool).await,
+            Self::Sqlite(pool) => self.migrator().run(pool).await,
+        };
+        result.map_err(|error| ConnectError::Migrate(first_line(&error.to_string())))
+    }
+
+    /// True when the database answers and every migration this build knows is applied.
+    pub async fn is_ready(&self) -> bool {
+        let applied: Result<Vec<i64>, sqlx::Error> = match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await
+            }
+            Self::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(pool)
+                    .await
+            }
+        };
+        match applied {
+            Ok(applied) => self
+                .migrator()
+                .iter()
+                .all(|migration| applied.contains(&migration.version)),
+            Err(_) => false,
+        }
+    }
+
+    /// Closes every pooled connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+
+    /// Path of the embedded store's file, for messages.
+    pub fn sqlite_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(SQLITE_FILE_NAME)
+    }
+}
+
+/// Database drivers put context on later lines; an operator needs the first.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}

@@ -1,0 +1,22 @@
+//! shopagent's write side.
+//!
+//! * [`Database`] opens the event store chosen by configuration — PostgreSQL when a
+//!   `postgres://` URL is given, an embedded SQLite file otherwise — and applies the
+//!   migrations in `migrations/`.
+//! * [`Store`] is the event store: it implements cqrs-es's `PersistedEventRepository`
+//!   over one global log, and reads that log in commit order for subscribers.
+//! * [`CommandBus`] runs commands against an aggregate with optimistic concurrency,
+//!   bounded conflict retries and idempotency keys.
+
+pub mod bridge;
+pub mod bus;
+pub mod database;
+pub mod log;
+pub mod store;
+#[doc(hidden)]
+pub mod test_support;
+
+pub use bus::{CommandBus, CommandError, CommandOutcome};
+pub use database::{Backend, ConnectError, Database, StoreConfig};
+pub use log::{LogCursor, StoredEvent};
+pub use store::{AppendError, Store, StoreError};

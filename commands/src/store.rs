@@ -1,0 +1,682 @@
+//! The event store: appends to the global log and loads aggregate streams.
+//!
+//! [`Store`] implements cqrs-es's [`PersistedEventRepository`] for both backends, so
+//! cqrs-es's `PersistedEventStore` (upcasters, snapshots) runs on top of it. It is our
+//! own implementation rather than postgres-es/sqlite-es; docs/adr/0001 says why.
+
+use std::sync::Arc;
+
+use cqrs_es::Aggregate as EsAggregate;
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use futures::TryStreamExt;
+use serde_json::Value;
+use shopagent_domain::EventMetadata;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, watch};
+use uuid::Uuid;
+
+use crate::database::{Backend, Database};
+use crate::log::format_timestamp;
+
+/// Why a store operation failed, apart from the append-specific outcomes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or has no free connection: retry later.
+    #[error("event store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("event store error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored row cannot be read back: a bug or a hand-edited database.
+    #[error("stored data cannot be read: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            other => Self::Database(other),
+        }
+    }
+}
+
+/// Why an append did not happen. Nothing was stored in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the stream first (optimistic concurrency).
+    #[error("stream was changed concurrently")]
+    Conflict,
+    /// A command with the same tenant and idempotency key has already committed.
+    #[error("a command with this idempotency key was already recorded")]
+    DuplicateCommand,
+    /// The events do not form one well-formed append (a caller bug).
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<AppendError> for PersistenceError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            // A duplicate command is a lost race against the same command: the caller
+            // retries, finds the recorded outcome and returns it.
+            AppendError::Conflict | AppendError::DuplicateCommand => Self::OptimisticLockError,
+            AppendError::Store(StoreError::Unavailable(e)) => Self::ConnectionError(Box::new(e)),
+            other => Self::UnknownError(Box::new(other)),
+        }
+    }
+}
+
+impl From<StoreError> for PersistenceError {
+    fn from(error: StoreError) -> Self {
+        AppendError::Store(error).into()
+    }
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// Global positions of the appended events, in sequence order.
+    pub positions: Vec<i64>,
+    pub event_ids: Vec<Uuid>,
+}
+
+/// A snapshot to store with an append, as cqrs-es computes it.
+#[derive(Debug, Clone)]
+pub struct SnapshotUpdate {
+    pub payload: Value,
+    /// 1 for an aggregate's first snapshot; each later one increments it.
+    pub current_snapshot: i64,
+}
+
+/// The result of a command with an idempotency key, recorded with its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOutcome {
+    pub request_digest: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub first_sequence: i64,
+    pub last_sequence: i64,
+}
+
+/// The event store over one database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+    appended: Arc<watch::Sender<u64>>,
+    /// SQLite has one writer; queueing appends here is fairer than its busy handler.
+    sqlite_writer: Arc<Mutex<()>>,
+}
+
+/// One validated append: a run of consecutive events of one aggregate.
+struct AppendBatch<'a> {
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    events: &'a [SerializedEvent],
+    event_ids: Vec<Uuid>,
+    metadata: EventMetadata,
+    recorded_at: OffsetDateTime,
+}
+
+impl<'a> AppendBatch<'a> {
+    fn new(events: &'a [SerializedEvent]) -> Result<Self, AppendError> {
+        let first = events
+            .first()
+            .ok_or_else(|| AppendError::Invalid("no events to append".to_owned()))?;
+        for (offset, event) in events.iter().enumerate() {
+            if event.aggregate_type != first.aggregate_type
+                || event.aggregate_id != first.aggregate_id
+            {
+                return Err(AppendError::Invalid(
+                    "an append covers exactly one aggregate".to_owned(),
+                ));
+            }
+            if event.sequence != first.sequence + offset || event.sequence == 0 {
+                return Err(AppendError::Invalid(
+                    "event sequences must be consecutive and start at 1".to_owned(),
+                ));
+            }
+            if event.metadata != first.metadata {
+                return Err(AppendError::Invalid(
+                    "events of one append share their metadata".to_owned(),
+                ));
+            }
+        }
+        let metadata: EventMetadata =
+            serde_json::from_value(first.metadata.clone()).map_err(|error| {
+                AppendError::Invalid(format!(
+                    "event metadata must carry tenant, principal and correlation_id: {error}"
+                ))
+            })?;
+        Ok(Self {
+            aggregate_type: &first.aggregate_type,
+            aggregate_id: &first.aggregate_id,
+            events,
+            event_ids: events.iter().map(|_| Uuid::now_v7()).collect(),
+            metadata,
+            recorded_at: OffsetDateTime::now_utc(),
+        })
+    }
+
+    fn first_sequence(&self) -> i64 {
+        self.events[0].sequence as i64
+    }
+
+    fn last_sequence(&self) -> i64 {
+        self.events[self.events.len() - 1].sequence as i64
+    }
+
+    fn idempotency_key(&self) -> Option<&str> {
+        self.metadata.idempotency_key.as_ref().map(|key| key.as_str())
+    }
+
+    fn request_digest(&self) -> &str {
+        self.metadata.request_digest.as_deref().unwrap_or_default()
+    }
+}
+
+const PG_APPEND: &str = "
+WITH appended AS (
+    INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
+                        event_version, payload, metadata, recorded_at)
+    SELECT e.event_id, $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata, $3
+      FROM UNNEST($4::uuid[], $5::bigint[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[])
+           AS e(event_id, sequence, event_type, event_version, payload, metadata)
+     ORDER BY e.sequence
+    RETURNING position, sequence
+), outcome AS (
+    INSERT INTO command_outcomes (tenant, idempotency_key, request_digest, aggregate_type,
+                                  aggregate_id, first_sequence, last_sequence, recorded_at)
+    SELECT $10, $11, $12, $1, $2, $13, $14, $3
+     WHERE $11::text IS NOT NULL
+)
+SELECT position FROM appended ORDER BY sequence";
+
+const EVENT_COLUMNS: &str =
+    "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata";
+
+impl Store {
+    pub fn new(db: Database) -> Self {
+        let (appended, _) = watch::channel(0);
+        Self {
+            db,
+            appended: Arc::new(appended),
+            sqlite_writer: Arc::new(Mutex::new(())),
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+
+    /// Changes each time this process appends; subscribers wait on it between polls.
+    pub fn subscribe_appends(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Appends `events` atomically, with the idempotency record their metadata names and
+    /// an optional snapshot. Either all of it commits or nothing does.
+    pub async fn append(
+        &self,
+        events: &[SerializedEvent],
+        snapshot: Option<SnapshotUpdate>,
+    ) -> Result<AppendReceipt, AppendError> {
+        let batch = AppendBatch::new(events)?;
+        let positions = match &self.db {
+            Database::Postgres(pool) => {
+                if let Some(snapshot) = snapshot {
+                    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+                    let positions = pg_append(&mut *tx, &batch).await?;
+                    pg_store_snapshot(&mut tx, &batch, &snapshot).await?;
+                    tx.commit().await.map_err(StoreError::from)?;
+                    positions
+                } else {
+                    // One statement is one implicit transaction: a single round trip.
+                    pg_append(pool, &batch).await?
+                }
+            }
+            Database::Sqlite(pool) => {
+                let _writer = self.sqlite_writer.lock().await;
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(StoreError::from)?;
+                let positions = sqlite_append(&mut tx, &batch).await?;
+                if let Some(snapshot) = snapshot {
+                    sqlite_store_snapshot(&mut tx, &batch, &snapshot).await?;
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                positions
+            }
+        };
+        self.appended.send_modify(|count| *count = count.wrapping_add(1));
+        Ok(AppendReceipt {
+            positions,
+            event_ids: batch.event_ids,
+        })
+    }
+
+    /// The recorded outcome of the command `tenant` sent with `idempotency_key`, if any.
+    pub async fn recorded_outcome(
+        &self,
+        tenant: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<RecordedOutcome>, StoreError> {
+        const SQL: &str = "SELECT request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence
+             FROM command_outcomes WHERE tenant = $1 AND idempotency_key = $2";
+        let outcome = match &self.db {
+            Database::Postgres(pool) => sqlx::query_as(SQL)
+                .bind(tenant)
+                .bind(idempotency_key)
+                .fetch_optional(pool)
+                .await?
+                .map(RecordedOutcome::from_tuple),
+            Database::Sqlite(pool) => sqlx::query_as(SQL)
+                .bind(tenant)
+                .bind(idempotency_key)
+                .fetch_optional(pool)
+                .await?
+                .map(RecordedOutcome::from_tuple),
+        };
+        Ok(outcome)
+    }
+
+    async fn select_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+    ) -> Result<Vec<SerializedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+              ORDER BY sequence"
+        );
+        match &self.db {
+            Database::Postgres(pool) => {
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(pg_serialized_event).collect()
+            }
+            Database::Sqlite(pool) => {
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(sqlite_serialized_event).collect()
+            }
+        }
+    }
+
+    /// Streams events of one aggregate type (or one aggregate) into a cqrs-es replay
+    /// stream. A database error is delivered on the stream rather than dropped.
+    fn replay(&self, aggregate_type: &str, aggregate_id: Option<&str>) -> ReplayStream {
+        const CHANNEL_SIZE: usize = 256;
+        let (mut feed, stream) = ReplayStream::new(CHANNEL_SIZE);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+              WHERE aggregate_type = $1 AND ($2 IS NULL OR aggregate_id = $2)
+              ORDER BY position"
+        );
+        let aggregate_type = aggregate_type.to_owned();
+        let aggregate_id = aggregate_id.map(str::to_owned);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let mut push = async |event: Result<SerializedEvent, StoreError>| {
+                feed.push(event.map_err(PersistenceError::from)).await.is_ok()
+            };
+            match &db {
+                Database::Postgres(pool) => {
+                    let sql = sql.replace("$2 IS NULL", "$2::text IS NULL");
+                    let mut rows = sqlx::query(&sql)
+                        .bind(&aggregate_type)
+                        .bind(&aggregate_id)
+                        .fetch(pool);
+                    loop {
+                        let next = rows.try_next().await.map_err(StoreError::from);
+                        let event = match next {
+                            Ok(Some(row)) => pg_serialized_event(&row),
+                            Ok(None) => break,
+                            Err(error) => Err(error),
+                        };
+                        let failed = event.is_err();
+                        if !push(event).await || failed {
+                            break;
+                        }
+                    }
+                }
+                Database::Sqlite(pool) => {
+                    let mut rows = sqlx::query(&sql)
+                        .bind(&aggregate_type)
+                        .bind(&aggregate_id)
+                        .fetch(pool);
+                    loop {
+                        let next = rows.try_next().await.map_err(StoreError::from);
+                        let event = match next {
+                            Ok(Some(row)) => sqlite_serialized_event(&row),
+                            Ok(None) => break,
+                            Err(error) => Err(error),
+                        };
+                        let failed = event.is_err();
+                        if !push(event).await || failed {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        stream
+    }
+
+    async fn snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, StoreError> {
+        const SQL: &str = "SELECT last_sequence, current_snapshot, payload FROM snapshots
+              WHERE aggregate_type = $1 AND aggregate_id = $2";
+        let row: Option<(i64, i64, Value)> = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_as(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                let row: Option<(i64, i64, String)> = sqlx::query_as(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(|(last, current, payload)| {
+                    Ok::<_, StoreError>((last, current, parse_json(&payload)?))
+                })
+                    .transpose()?
+            }
+        };
+        Ok(row.map(|(last_sequence, current_snapshot, payload)| SerializedSnapshot {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate: payload,
+            current_sequence: last_sequence as usize,
+            current_snapshot: current_snapshot as usize,
+        }))
+    }
+}
+
+impl RecordedOutcome {
+    fn from_tuple(row: (String, String, String, i64, i64)) -> Self {
+        let (request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence) = row;
+        Self {
+            request_digest,
+            aggregate_type,
+            aggregate_id,
+            first_sequence,
+            last_sequence,
+        }
+    }
+}
+
+async fn pg_append<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    batch: &AppendBatch<'_>,
+) -> Result<Vec<i64>, AppendError> {
+    let events = batch.events;
+    let result = sqlx::query_scalar(PG_APPEND)
+        .bind(batch.aggregate_type)
+        .bind(batch.aggregate_id)
+        .bind(batch.recorded_at)
+        .bind(&batch.event_ids)
+        .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
+        .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
+        .bind(&batch.metadata.tenant)
+        .bind(batch.idempotency_key())
+        .bind(batch.request_digest())
+        .bind(batch.first_sequence())
+        .bind(batch.last_sequence())
+        .fetch_all(executor)
+        .await;
+    result.map_err(|error| match constraint_of(&error) {
+        Some("events_pkey") => AppendError::Conflict,
+        Some("command_outcomes_pkey") => AppendError::DuplicateCommand,
+        _ => AppendError::Store(error.into()),
+    })
+}
+
+async fn pg_store_snapshot(
+    tx: &mut sqlx::PgConnection,
+    batch: &AppendBatch<'_>,
+    snapshot: &SnapshotUpdate,
+) -> Result<(), AppendError> {
+    let stored = if snapshot.current_snapshot == 1 {
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+    } else {
+        sqlx::query(
+            "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1",
+        )
+    }
+    .bind(batch.aggregate_type)
+    .bind(batch.aggregate_id)
+    .bind(batch.last_sequence())
+    .bind(snapshot.current_snapshot)
+    .bind(&snapshot.payload)
+    .execute(tx)
+    .await
+    .map_err(StoreError::from)?;
+    // Zero rows: another writer moved the snapshot on. The transaction is dropped
+    // uncommitted, so nothing of this append is stored.
+    if stored.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(AppendError::Conflict)
+    }
+}
+
+async fn sqlite_append(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &AppendBatch<'_>,
+) -> Result<Vec<i64>, AppendError> {
+    let recorded_at = format_timestamp(batch.recorded_at);
+    // The outcome goes first so that a unique violation on it is told apart from one on
+    // the events: SQLite reports both with the same code.
+    if let Some(key) = batch.idempotency_key() {
+        sqlx::query(
+            "INSERT INTO command_outcomes (tenant, idempotency_key, request_digest, aggregate_type,
+                                           aggregate_id, first_sequence, last_sequence, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&batch.metadata.tenant)
+        .bind(key)
+        .bind(batch.request_digest())
+        .bind(batch.aggregate_type)
+        .bind(batch.aggregate_id)
+        .bind(batch.first_sequence())
+        .bind(batch.last_sequence())
+        .bind(&recorded_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|error| {
+            if is_sqlite_unique_violation(&error) {
+                AppendError::DuplicateCommand
+            } else {
+                AppendError::Store(error.into())
+            }
+        })?;
+    }
+    let mut positions = Vec::with_capacity(batch.events.len());
+    for (event, event_id) in batch.events.iter().zip(&batch.event_ids) {
+        let position: i64 = sqlx::query_scalar(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING position",
+        )
+        .bind(event_id.to_string())
+        .bind(batch.aggregate_type)
+        .bind(batch.aggregate_id)
+        .bind(event.sequence as i64)
+        .bind(&event.event_type)
+        .bind(&event.event_version)
+        .bind(event.payload.to_string())
+        .bind(event.metadata.to_string())
+        .bind(&recorded_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|error| {
+            if is_sqlite_unique_violation(&error) {
+                AppendError::Conflict
+            } else {
+                AppendError::Store(error.into())
+            }
+        })?;
+        positions.push(position);
+    }
+    Ok(positions)
+}
+
+async fn sqlite_store_snapshot(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &AppendBatch<'_>,
+    snapshot: &SnapshotUpdate,
+) -> Result<(), AppendError> {
+    let sql = if snapshot.current_snapshot == 1 {
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+    } else {
+        "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1"
+    };
+    let stored = sqlx::query(sql)
+        .bind(batch.aggregate_type)
+        .bind(batch.aggregate_id)
+        .bind(batch.last_sequence())
+        .bind(snapshot.current_snapshot)
+        .bind(snapshot.payload.to_string())
+        .execute(tx)
+        .await
+        .map_err(StoreError::from)?;
+    if stored.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(AppendError::Conflict)
+    }
+}
+
+fn constraint_of(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => db.constraint(),
+        _ => None,
+    }
+}
+
+/// SQLITE_CONSTRAINT_UNIQUE (2067) or SQLITE_CONSTRAINT_PRIMARYKEY (1555).
+fn is_sqlite_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("2067" | "1555")))
+}
+
+pub(crate) fn parse_json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+fn pg_serialized_event(row: &PgRow) -> Result<SerializedEvent, StoreError> {
+    Ok(SerializedEvent {
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get::<i64, _>("sequence")? as usize,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+    })
+}
+
+fn sqlite_serialized_event(row: &SqliteRow) -> Result<SerializedEvent, StoreError> {
+    Ok(SerializedEvent {
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get::<i64, _>("sequence")? as usize,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: parse_json(row.try_get("payload")?)?,
+        metadata: parse_json(row.try_get("metadata")?)?,
+    })
+}
+
+impl PersistedEventRepository for Store {
+    async fn get_events<A: EsAggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(self.select_events(A::TYPE, aggregate_id, 0).await?)
+    }
+
+    async fn get_last_events<A: EsAggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(self
+            .select_events(A::TYPE, aggregate_id, last_sequence as i64)
+            .await?)
+    }
+
+    async fn get_snapshot<A: EsAggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(self.snapshot(A::TYPE, aggregate_id).await?)
+    }
+
+    async fn persist<A: EsAggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let snapshot = snapshot_update.map(|(_, payload, current_snapshot)| SnapshotUpdate {
+            payload,
+            current_snapshot: current_snapshot as i64,
+        });
+        self.append(events, snapshot).await?;
+        Ok(())
+    }
+
+    async fn stream_events<A: EsAggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        Ok(self.replay(A::TYPE, Some(aggregate_id)))
+    }
+
+    async fn stream_all_events<A: EsAggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        Ok(self.replay(A::TYPE, None))
+    }
+}

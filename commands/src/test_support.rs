@@ -1,0 +1,101 @@
+//! Test helpers shared by the workspace's test suites: a fresh store on each backend.
+//!
+//! PostgreSQL tests run against the real server named by `TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), each in a database of its own that
+//! is dropped afterwards. A missing server is a test failure, never a skip.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use crate::database::{Database, StoreConfig};
+use crate::store::Store;
+
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned())
+}
+
+/// A migrated store in a throwaway database or directory.
+#[derive(Debug)]
+pub struct TestStore {
+    pub store: Store,
+    pub config: StoreConfig,
+    /// Keeps the SQLite directory alive; `None` for PostgreSQL.
+    _dir: Option<TempDir>,
+    pg_database: Option<String>,
+}
+
+impl TestStore {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create a temporary directory");
+        let config = StoreConfig::new(None, dir.path());
+        let store = open(&config).await;
+        Self {
+            store,
+            config,
+            _dir: Some(dir),
+            pg_database: None,
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let (url, name) = create_pg_database().await;
+        let config = StoreConfig::new(Some(url), "unused");
+        let store = open(&config).await;
+        Self {
+            store,
+            config,
+            _dir: None,
+            pg_database: Some(name),
+        }
+    }
+
+    /// Opens a second, independent store on the same database (another "process").
+    pub async fn reopen(&self) -> Store {
+        open(&self.config).await
+    }
+
+    /// Drops the PostgreSQL database. Call at the end of a test; a leftover database
+    /// from a failed test is harmless (names are unique).
+    pub async fn cleanup(self) {
+        self.store.database().close().await;
+        if let Some(name) = self.pg_database {
+            drop_pg_database(&name).await;
+        }
+    }
+}
+
+async fn open(config: &StoreConfig) -> Store {
+    let db = Database::connect(config).await.expect("open the test database");
+    db.migrate().await.expect("migrate the test database");
+    Store::new(db)
+}
+
+/// Creates an empty database on the test server and returns its URL and name.
+pub async fn create_pg_database() -> (String, String) {
+    let admin = admin_url();
+    let options = PgConnectOptions::from_str(&admin).expect("TEST_DATABASE_URL is a valid URL");
+    let mut conn = options.connect().await.unwrap_or_else(|error| {
+        panic!("PostgreSQL must be running for the test suite (TEST_DATABASE_URL={admin}): {error}")
+    });
+    let name = format!("shopagent_test_{}", Uuid::new_v4().simple());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create a test database");
+    let url = options.database(&name).to_url_lossy().to_string();
+    (url, name)
+}
+
+pub async fn drop_pg_database(name: &str) {
+    let admin = admin_url();
+    if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&admin).await {
+        let _ = pool
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
+    }
+}

@@ -1,0 +1,12 @@
+//! shopagent's domain: aggregates, their commands and events, value types and policies.
+//!
+//! This crate is pure. It performs no I/O and depends on no runtime, database, HTTP or
+//! broker crate; `tests/dependency_rules.rs` reads the workspace manifests and fails if
+//! that changes. The write side (`shopagent-commands`) adapts the [`Aggregate`] trait
+//! defined here to cqrs-es and its event stores.
+
+pub mod aggregate;
+pub mod metadata;
+
+pub use aggregate::{Aggregate, DomainEvent};
+pub use metadata::{EventMetadata, IdempotencyKey, InvalidIdempotencyKey, MetadataKey};

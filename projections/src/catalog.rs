@@ -1,0 +1,61 @@
+//! `aggregate_catalog`: every stream in the log, with its tenant, version and last event.
+//!
+//! The first read model, and the one ops use to find a stream. It also serves as the
+//! runner's reference projection in tests.
+
+use shopagent_commands::StoredEvent;
+use shopagent_commands::log::format_timestamp;
+
+use crate::on_read_model;
+use crate::runner::{Projection, ProjectionError, ReadModelTx};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AggregateCatalog;
+
+impl AggregateCatalog {
+    pub const NAME: &'static str = "aggregate_catalog";
+}
+
+#[async_trait::async_trait]
+impl Projection for AggregateCatalog {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut ReadModelTx,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError> {
+        let at = format_timestamp(event.recorded_at);
+        on_read_model!(tx, conn => {
+            sqlx::query(
+                "INSERT INTO aggregate_catalog (aggregate_type, aggregate_id, tenant, version,
+                                                last_event_type, last_position, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET
+                    version = excluded.version,
+                    last_event_type = excluded.last_event_type,
+                    last_position = excluded.last_position,
+                    updated_at = excluded.updated_at",
+            )
+            .bind(&event.aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(&event.metadata.tenant)
+            .bind(event.sequence)
+            .bind(&event.event_type)
+            .bind(event.position())
+            .bind(&at)
+            .execute(conn)
+            .await?;
+        });
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError> {
+        on_read_model!(tx, conn => {
+            sqlx::query("DELETE FROM aggregate_catalog").execute(conn).await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! Read models and the projection runner.
+//!
+//! A [`Projection`] turns events into rows of a read model. A [`ProjectionRunner`]
+//! feeds it the global log in commit order, in batches; each batch's read-model writes
+//! and the projection's checkpoint commit in one transaction, so a batch is applied
+//! exactly once, and a runner that dies resumes from the last committed checkpoint.
+//! Read models never learn of events any other way.
+
+pub mod catalog;
+pub mod runner;
+
+pub use catalog::AggregateCatalog;
+pub use runner::{
+    Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, status,
+};

@@ -1,0 +1,314 @@
+//! Checkpointed subscribers of the global log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shopagent_commands::log::format_timestamp;
+use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
+use sqlx::{Postgres, Sqlite, Transaction};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Why a batch was not applied. The batch's transaction was rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("read model write failed: {0}")]
+    ReadModel(#[from] sqlx::Error),
+    /// The projection cannot handle an event (for example an unknown event version).
+    #[error("cannot project event {position}: {reason}")]
+    Event { position: i64, reason: String },
+}
+
+/// The transaction a batch runs in: read-model writes go here, with the checkpoint.
+///
+/// Read models use SQL that both backends accept; [`on_read_model!`] runs one query
+/// text on whichever connection the transaction holds.
+#[derive(Debug)]
+pub enum ReadModelTx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, whatever its backend.
+/// The body is compiled once per backend, so it may use backend-specific types.
+#[macro_export]
+macro_rules! on_read_model {
+    ($tx:expr, $conn:ident => $body:block) => {
+        match $tx {
+            $crate::ReadModelTx::Postgres(tx) => {
+                let $conn: &mut sqlx::PgConnection = &mut *tx;
+                $body
+            }
+            $crate::ReadModelTx::Sqlite(tx) => {
+                let $conn: &mut sqlx::SqliteConnection = &mut *tx;
+                $body
+            }
+        }
+    };
+}
+
+impl ReadModelTx {
+    async fn begin(db: &Database) -> Result<Self, sqlx::Error> {
+        Ok(match db {
+            Database::Postgres(pool) => Self::Postgres(pool.begin().await?),
+            // IMMEDIATE takes the write lock up front: SQLite cannot upgrade a read
+            // transaction to a write one while another writer is active.
+            Database::Sqlite(pool) => Self::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// A read model fed from the log.
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the key of its checkpoint. Renaming it rebuilds the read model.
+    fn name(&self) -> &'static str;
+
+    /// Applies one event inside the batch's transaction. Events the projection does
+    /// not care about are ignored. Must not call the outside world.
+    async fn apply(&self, tx: &mut ReadModelTx, event: &StoredEvent)
+    -> Result<(), ProjectionError>;
+
+    /// Deletes every row of the read model, before a rebuild from the start of the log.
+    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError>;
+}
+
+/// Where a projection stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// Global position of the last event applied (0 before the first).
+    pub checkpoint_position: i64,
+    /// Highest position in the log.
+    pub head_position: i64,
+    /// Committed events not yet applied.
+    pub lag_events: i64,
+    pub events_applied: i64,
+    pub updated_at: String,
+}
+
+/// Feeds one projection from the log.
+#[derive(Clone)]
+pub struct ProjectionRunner {
+    store: Store,
+    projection: Arc<dyn Projection>,
+    batch_size: u32,
+    idle_poll: Duration,
+}
+
+impl std::fmt::Debug for ProjectionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &self.projection.name())
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+impl ProjectionRunner {
+    pub const DEFAULT_BATCH_SIZE: u32 = 500;
+
+    pub fn new(store: Store, projection: Arc<dyn Projection>) -> Self {
+        Self {
+            store,
+            projection,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            // Appends by this process wake the runner at once; the poll catches appends
+            // made by other processes on the same database.
+            idle_poll: Duration::from_millis(250),
+        }
+    }
+
+    pub fn with_batch_size(mut self, batch_size: u32) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// Applies batches until the log is exhausted or `shutdown` fires. A batch in flight
+    /// when `shutdown` fires is finished and checkpointed first. Errors are logged and
+    /// retried with backoff; they never end the loop.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let name = self.name();
+        let mut appended = self.store.subscribe_appends();
+        let mut failures: u32 = 0;
+        tracing::info!(projection = name, "projection runner started");
+        while !shutdown.is_cancelled() {
+            let pause = match self.step().await {
+                Ok(0) => {
+                    failures = 0;
+                    self.idle_poll
+                }
+                Ok(_) => {
+                    failures = 0;
+                    continue;
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = failure_backoff(failures);
+                    tracing::warn!(projection = name, %error, retry_in_ms = backoff.as_millis() as u64, "projection batch failed");
+                    backoff
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = appended.changed(), if failures == 0 => {
+                    if changed.is_err() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!(projection = name, "projection runner stopped");
+    }
+
+    /// Applies batches until no committed event is left. Returns how many were applied.
+    pub async fn catch_up(&self) -> Result<u64, ProjectionError> {
+        let mut total = 0;
+        loop {
+            let applied = self.step().await?;
+            if applied == 0 {
+                return Ok(total);
+            }
+            total += applied as u64;
+        }
+    }
+
+    /// Empties the read model and rewinds the checkpoint to the start of the log, in one
+    /// transaction; the next batches rebuild it.
+    pub async fn reset(&self) -> Result<(), ProjectionError> {
+        let mut tx = ReadModelTx::begin(self.store.database()).await?;
+        self.projection.reset(&mut tx).await?;
+        save_checkpoint(&mut tx, self.name(), LogCursor::START, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Applies at most one batch. Returns how many events it applied.
+    pub async fn step(&self) -> Result<usize, ProjectionError> {
+        let name = self.name();
+        let checkpoint = load_checkpoint(self.store.database(), name).await?;
+        let events = self.store.read_log(checkpoint, self.batch_size).await?;
+        let Some(last) = events.last() else {
+            return Ok(0);
+        };
+        let mut tx = ReadModelTx::begin(self.store.database()).await?;
+        // Another instance may have applied this batch meanwhile: the row lock taken
+        // here serialises runners, and a moved checkpoint means start over.
+        if lock_checkpoint(&mut tx, name).await? != checkpoint {
+            return Ok(0);
+        }
+        for event in &events {
+            self.projection.apply(&mut tx, event).await?;
+        }
+        save_checkpoint(&mut tx, name, last.cursor, Some(events.len() as i64)).await?;
+        tx.commit().await?;
+        tracing::debug!(projection = name, events = events.len(), position = last.position(), "projection batch applied");
+        Ok(events.len())
+    }
+}
+
+fn failure_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
+}
+
+async fn load_checkpoint(db: &Database, name: &str) -> Result<LogCursor, ProjectionError> {
+    const SQL: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
+    let row: Option<(i64, i64)> = match db {
+        Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
+        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
+    };
+    Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor { txid, position }))
+}
+
+async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, ProjectionError> {
+    const INSERT: &str = "INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, $2)
+         ON CONFLICT (name) DO NOTHING";
+    const SELECT: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
+    let now = format_timestamp(OffsetDateTime::now_utc());
+    let (txid, position): (i64, i64) = match tx {
+        ReadModelTx::Postgres(tx) => {
+            sqlx::query(INSERT).bind(name).bind(&now).execute(&mut **tx).await?;
+            sqlx::query_as(&format!("{SELECT} FOR UPDATE"))
+                .bind(name)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        // The IMMEDIATE transaction already excludes every other writer.
+        ReadModelTx::Sqlite(tx) => {
+            sqlx::query(INSERT).bind(name).bind(&now).execute(&mut **tx).await?;
+            sqlx::query_as(SELECT).bind(name).fetch_one(&mut **tx).await?
+        }
+    };
+    Ok(LogCursor { txid, position })
+}
+
+/// Moves the checkpoint to `cursor`, adding `applied` to the count of applied events;
+/// `None` rewinds the count too (a reset).
+async fn save_checkpoint(
+    tx: &mut ReadModelTx,
+    name: &str,
+    cursor: LogCursor,
+    applied: Option<i64>,
+) -> Result<(), ProjectionError> {
+    let now = format_timestamp(OffsetDateTime::now_utc());
+    let counter = if applied.is_some() {
+        "projection_checkpoints.events_applied + excluded.events_applied"
+    } else {
+        "0"
+    };
+    let sql = format!(
+        "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (name) DO UPDATE SET
+            txid = excluded.txid,
+            position = excluded.position,
+            events_applied = {counter},
+            updated_at = excluded.updated_at"
+    );
+    on_read_model!(tx, conn => {
+        sqlx::query(&sql)
+            .bind(name)
+            .bind(cursor.txid)
+            .bind(cursor.position)
+            .bind(applied.unwrap_or(0))
+            .bind(&now)
+            .execute(conn)
+            .await?;
+    });
+    Ok(())
+}
+
+/// The status of projection `name`, whether or not a runner is active.
+pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, ProjectionError> {
+    const SQL: &str =
+        "SELECT txid, position, events_applied, updated_at FROM projection_checkpoints WHERE name = $1";
+    let row: Option<(i64, i64, i64, String)> = match store.database() {
+        Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
+        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
+    };
+    let (txid, position, events_applied, updated_at) =
+        row.unwrap_or((0, 0, 0, String::new()));
+    let cursor = LogCursor { txid, position };
+    Ok(ProjectionStatus {
+        name: name.to_owned(),
+        checkpoint_position: position,
+        head_position: store.head_position().await?,
+        lag_events: store.count_after(cursor).await?,
+        events_applied,
+        updated_at,
+    })
+}
