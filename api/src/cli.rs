@@ -7,12 +7,21 @@ use clap::{Args, Parser, Subcommand};
 use shopagent_commands::StoreConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "shopagent", version, about = "Backend for agent-powered shopping")]
+#[command(
+    name = "shopagent",
+    version,
+    about = "Backend for agent-powered shopping"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Address the server listens on.
-    #[arg(long, env = "SHOPAGENT_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SHOPAGENT_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
@@ -28,10 +37,20 @@ pub struct StoreArgs {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
     /// Directory of the embedded store.
-    #[arg(long, env = "SHOPAGENT_DATA_DIR", default_value = "./data", global = true)]
+    #[arg(
+        long,
+        env = "SHOPAGENT_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Most database connections the process opens.
-    #[arg(long, env = "SHOPAGENT_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "SHOPAGENT_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 

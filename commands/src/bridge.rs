@@ -38,8 +38,14 @@ impl<A: Aggregate> cqrs_es::Aggregate for Stream<A> {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
+        // `EventSink::write` applies each event to the aggregate it is given, and
+        // cqrs-es 0.5's snapshot path applies the collected events to the same context
+        // again before serializing the snapshot, which would count every event twice.
+        // The events were decided on `self` already, so they are applied to a scratch
+        // value here and cqrs-es stays the only one to fold them into the context.
+        let mut scratch = Self::default();
         for event in self.0.decide(command)? {
-            sink.write(Recorded(event), self).await;
+            sink.write(Recorded(event), &mut scratch).await;
         }
         Ok(())
     }

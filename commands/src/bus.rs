@@ -129,14 +129,24 @@ impl<A: Aggregate> CommandBus<A> {
             match self.store.append(&serialized, None).await {
                 Ok(_) => {
                     let appended = events.len() as i64;
-                    return Ok(self.outcome(aggregate_id, version as i64 + appended, appended, false));
+                    return Ok(self.outcome(
+                        aggregate_id,
+                        version as i64 + appended,
+                        appended,
+                        false,
+                    ));
                 }
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     // The winner may have been this very command, sent twice at once.
                     if let Some(outcome) = self.recorded(&metadata).await? {
                         return Ok(outcome);
                     }
-                    tracing::debug!(aggregate_type = A::TYPE, aggregate_id, attempt, "append conflict");
+                    tracing::debug!(
+                        aggregate_type = A::TYPE,
+                        aggregate_id,
+                        attempt,
+                        "append conflict"
+                    );
                     tokio::time::sleep(conflict_backoff(attempt)).await;
                 }
                 Err(AppendError::Store(error)) => return Err(error.into()),
@@ -183,7 +193,13 @@ impl<A: Aggregate> CommandBus<A> {
         }))
     }
 
-    fn outcome(&self, aggregate_id: &str, version: i64, appended: i64, replayed: bool) -> CommandOutcome {
+    fn outcome(
+        &self,
+        aggregate_id: &str,
+        version: i64,
+        appended: i64,
+        replayed: bool,
+    ) -> CommandOutcome {
         CommandOutcome {
             aggregate_type: A::TYPE.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
@@ -213,10 +229,12 @@ fn request_digest<A: Aggregate>(
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 fn serialize<A: Aggregate>(
@@ -246,7 +264,9 @@ fn serialize<A: Aggregate>(
 fn load_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
     match error {
         AggregateError::UserError(error) => CommandError::Rejected(error),
-        AggregateError::DatabaseConnectionError(error) => CommandError::Unavailable(error.to_string()),
+        AggregateError::DatabaseConnectionError(error) => {
+            CommandError::Unavailable(error.to_string())
+        }
         other => CommandError::Internal(other.to_string()),
     }
 }

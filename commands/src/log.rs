@@ -116,15 +116,13 @@ impl Store {
     /// How many committed events sort after `after`: a subscriber's lag in events.
     pub async fn count_after(&self, after: LogCursor) -> Result<i64, StoreError> {
         let count: i64 = match self.database() {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM events WHERE (txid, position) > ($1::bigint::text::xid8, $2)",
-                )
-                .bind(after.txid)
-                .bind(after.position)
-                .fetch_one(pool)
-                .await?
-            }
+            Database::Postgres(pool) => sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE (txid, position) > ($1::bigint::text::xid8, $2)",
+            )
+            .bind(after.txid)
+            .bind(after.position)
+            .fetch_one(pool)
+            .await?,
             Database::Sqlite(pool) => {
                 sqlx::query_scalar("SELECT count(*) FROM events WHERE position > $1")
                     .bind(after.position)

@@ -13,9 +13,9 @@ use cqrs_es::persist::{
 use futures::TryStreamExt;
 use serde_json::Value;
 use shopagent_domain::EventMetadata;
+use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
 use uuid::Uuid;
@@ -177,7 +177,10 @@ impl<'a> AppendBatch<'a> {
     }
 
     fn idempotency_key(&self) -> Option<&str> {
-        self.metadata.idempotency_key.as_ref().map(|key| key.as_str())
+        self.metadata
+            .idempotency_key
+            .as_ref()
+            .map(|key| key.as_str())
     }
 
     fn request_digest(&self) -> &str {
@@ -263,7 +266,8 @@ impl Store {
                 positions
             }
         };
-        self.appended.send_modify(|count| *count = count.wrapping_add(1));
+        self.appended
+            .send_modify(|count| *count = count.wrapping_add(1));
         Ok(AppendReceipt {
             positions,
             event_ids: batch.event_ids,
@@ -276,7 +280,8 @@ impl Store {
         tenant: &str,
         idempotency_key: &str,
     ) -> Result<Option<RecordedOutcome>, StoreError> {
-        const SQL: &str = "SELECT request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence
+        const SQL: &str =
+            "SELECT request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence
              FROM command_outcomes WHERE tenant = $1 AND idempotency_key = $2";
         let outcome = match &self.db {
             Database::Postgres(pool) => sqlx::query_as(SQL)
@@ -343,7 +348,9 @@ impl Store {
         let db = self.db.clone();
         tokio::spawn(async move {
             let mut push = async |event: Result<SerializedEvent, StoreError>| {
-                feed.push(event.map_err(PersistenceError::from)).await.is_ok()
+                feed.push(event.map_err(PersistenceError::from))
+                    .await
+                    .is_ok()
             };
             match &db {
                 Database::Postgres(pool) => {
@@ -412,15 +419,17 @@ impl Store {
                 row.map(|(last, current, payload)| {
                     Ok::<_, StoreError>((last, current, parse_json(&payload)?))
                 })
-                    .transpose()?
+                .transpose()?
             }
         };
-        Ok(row.map(|(last_sequence, current_snapshot, payload)| SerializedSnapshot {
-            aggregate_id: aggregate_id.to_owned(),
-            aggregate: payload,
-            current_sequence: last_sequence as usize,
-            current_snapshot: current_snapshot as usize,
-        }))
+        Ok(row.map(
+            |(last_sequence, current_snapshot, payload)| SerializedSnapshot {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate: payload,
+                current_sequence: last_sequence as usize,
+                current_snapshot: current_snapshot as usize,
+            },
+        ))
     }
 }
 
@@ -448,8 +457,18 @@ async fn pg_append<'e>(
         .bind(batch.recorded_at)
         .bind(&batch.event_ids)
         .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_version.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
         .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
         .bind(&batch.metadata.tenant)

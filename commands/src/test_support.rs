@@ -71,7 +71,9 @@ impl TestStore {
 }
 
 async fn open(config: &StoreConfig) -> Store {
-    let db = Database::connect(config).await.expect("open the test database");
+    let db = Database::connect(config)
+        .await
+        .expect("open the test database");
     db.migrate().await.expect("migrate the test database");
     Store::new(db)
 }
@@ -93,7 +95,11 @@ pub async fn create_pg_database() -> (String, String) {
 
 pub async fn drop_pg_database(name: &str) {
     let admin = admin_url();
-    if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&admin).await {
+    if let Ok(pool) = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+    {
         let _ = pool
             .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
             .await;

@@ -174,7 +174,11 @@ mod tests {
     #[test]
     fn idempotency_key_rejects_empty_long_spaced_or_non_ascii_values() {
         for bad in ["", " ", "a b", "tab\tkey", "ключ", "new\nline"] {
-            assert_eq!(IdempotencyKey::parse(bad), Err(InvalidIdempotencyKey), "{bad:?}");
+            assert_eq!(
+                IdempotencyKey::parse(bad),
+                Err(InvalidIdempotencyKey),
+                "{bad:?}"
+            );
         }
         assert!(IdempotencyKey::parse(&"k".repeat(256)).is_err());
     }

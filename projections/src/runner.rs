@@ -216,7 +216,12 @@ impl ProjectionRunner {
         }
         save_checkpoint(&mut tx, name, last.cursor, Some(events.len() as i64)).await?;
         tx.commit().await?;
-        tracing::debug!(projection = name, events = events.len(), position = last.position(), "projection batch applied");
+        tracing::debug!(
+            projection = name,
+            events = events.len(),
+            position = last.position(),
+            "projection batch applied"
+        );
         Ok(events.len())
     }
 }
@@ -231,7 +236,10 @@ async fn load_checkpoint(db: &Database, name: &str) -> Result<LogCursor, Project
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
         Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
     };
-    Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor { txid, position }))
+    Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
+        txid,
+        position,
+    }))
 }
 
 async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, ProjectionError> {
@@ -241,7 +249,11 @@ async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, 
     let now = format_timestamp(OffsetDateTime::now_utc());
     let (txid, position): (i64, i64) = match tx {
         ReadModelTx::Postgres(tx) => {
-            sqlx::query(INSERT).bind(name).bind(&now).execute(&mut **tx).await?;
+            sqlx::query(INSERT)
+                .bind(name)
+                .bind(&now)
+                .execute(&mut **tx)
+                .await?;
             sqlx::query_as(&format!("{SELECT} FOR UPDATE"))
                 .bind(name)
                 .fetch_one(&mut **tx)
@@ -249,8 +261,15 @@ async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, 
         }
         // The IMMEDIATE transaction already excludes every other writer.
         ReadModelTx::Sqlite(tx) => {
-            sqlx::query(INSERT).bind(name).bind(&now).execute(&mut **tx).await?;
-            sqlx::query_as(SELECT).bind(name).fetch_one(&mut **tx).await?
+            sqlx::query(INSERT)
+                .bind(name)
+                .bind(&now)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query_as(SELECT)
+                .bind(name)
+                .fetch_one(&mut **tx)
+                .await?
         }
     };
     Ok(LogCursor { txid, position })
@@ -294,14 +313,12 @@ async fn save_checkpoint(
 
 /// The status of projection `name`, whether or not a runner is active.
 pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, ProjectionError> {
-    const SQL: &str =
-        "SELECT txid, position, events_applied, updated_at FROM projection_checkpoints WHERE name = $1";
+    const SQL: &str = "SELECT txid, position, events_applied, updated_at FROM projection_checkpoints WHERE name = $1";
     let row: Option<(i64, i64, i64, String)> = match store.database() {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
         Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
     };
-    let (txid, position, events_applied, updated_at) =
-        row.unwrap_or((0, 0, 0, String::new()));
+    let (txid, position, events_applied, updated_at) = row.unwrap_or((0, 0, 0, String::new()));
     let cursor = LogCursor { txid, position };
     Ok(ProjectionStatus {
         name: name.to_owned(),

@@ -1,0 +1,540 @@
+//! The event store suite, run against both backends: the embedded SQLite store and the
+//! real PostgreSQL server.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::{Tally, TallyCommand, TallyError, TallyEvent, metadata};
+use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore, SerializedEvent};
+use cqrs_es::{AggregateError, CqrsFramework};
+use shopagent_commands::bridge::Stream;
+use shopagent_commands::test_support::TestStore;
+use shopagent_commands::{AppendError, CommandBus, CommandError, LogCursor, Store};
+use shopagent_domain::{EventMetadata, IdempotencyKey};
+use uuid::Uuid;
+
+/// Runs each scenario once per backend, each in a fresh database.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
+                    super::$scenario(&test.store).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::postgres().await;
+                    super::$scenario(&test.store).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    appended_events_load_back_in_sequence,
+    metadata_round_trips_through_the_log,
+    conflicting_append_is_rejected_and_stores_nothing,
+    concurrent_commands_on_one_aggregate_lose_no_update,
+    conflict_retries_are_bounded,
+    rejected_command_appends_nothing,
+    command_without_events_appends_nothing,
+    retried_idempotency_key_returns_original_outcome_and_appends_nothing,
+    idempotency_key_survives_a_restart_between_commit_and_reply,
+    concurrent_duplicates_of_one_command_append_once,
+    reused_idempotency_key_with_a_different_command_is_refused,
+    idempotency_keys_are_scoped_per_tenant,
+    global_log_orders_every_event_once,
+    append_requires_tenant_principal_and_correlation,
+    cqrs_es_framework_runs_on_the_store,
+    snapshots_commit_with_their_events,
+);
+
+fn bus(store: &Store) -> CommandBus<Tally> {
+    CommandBus::new(store.clone())
+}
+
+fn keyed(key: &str) -> EventMetadata {
+    metadata().with_idempotency_key(IdempotencyKey::parse(key).expect("valid key"))
+}
+
+async fn open_tally(store: &Store) -> String {
+    let id = Uuid::now_v7().to_string();
+    bus(store)
+        .execute(&id, TallyCommand::Open, metadata())
+        .await
+        .expect("open a tally");
+    id
+}
+
+/// The whole log once it has settled. On PostgreSQL an event becomes readable when every
+/// older transaction in the cluster has ended, so other tests' transactions can delay it
+/// briefly.
+async fn all_events(store: &Store) -> Vec<shopagent_commands::StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stored = store.count_after(LogCursor::START).await.expect("count");
+        let events = store
+            .read_log(LogCursor::START, 100_000)
+            .await
+            .expect("read the log");
+        if events.len() as i64 == stored || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn appended_events_load_back_in_sequence(store: &Store) {
+    let id = open_tally(store).await;
+    let outcome = bus(store)
+        .execute(&id, TallyCommand::AddTwice(5), metadata())
+        .await
+        .expect("add");
+    assert_eq!(outcome.version, 3);
+    assert_eq!(outcome.events_appended, 2);
+
+    let events = store.get_events::<Stream<Tally>>(&id).await.expect("load");
+    let sequences: Vec<usize> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["TallyOpened", "TallyAdded", "TallyAdded"]);
+    assert_eq!(
+        events[1].payload,
+        serde_json::json!({"Added": {"amount": 5}})
+    );
+}
+
+async fn metadata_round_trips_through_the_log(store: &Store) {
+    let id = Uuid::now_v7().to_string();
+    let cause = Uuid::now_v7();
+    let mut sent = keyed("meta-1").caused_by(cause);
+    sent.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    bus(store)
+        .execute(&id, TallyCommand::Open, sent.clone())
+        .await
+        .expect("open");
+
+    let events = all_events(store).await;
+    assert_eq!(events.len(), 1);
+    let stored = &events[0];
+    assert_eq!(stored.metadata.tenant, sent.tenant);
+    assert_eq!(stored.metadata.principal, sent.principal);
+    assert_eq!(stored.metadata.correlation_id, sent.correlation_id);
+    assert_eq!(stored.metadata.causation_id, Some(cause));
+    assert_eq!(stored.metadata.idempotency_key, sent.idempotency_key);
+    assert_eq!(stored.metadata.traceparent, sent.traceparent);
+    assert!(
+        stored.metadata.request_digest.is_some(),
+        "keyed commands carry their digest"
+    );
+    assert_eq!(
+        (stored.aggregate_type.as_str(), stored.aggregate_id.as_str()),
+        ("tally", id.as_str())
+    );
+    assert_eq!(stored.event_version, "1");
+    assert!(stored.position() > 0);
+    let age = time::OffsetDateTime::now_utc() - stored.recorded_at;
+    assert!(
+        age.whole_minutes().abs() < 5,
+        "recorded_at is the append time, got {}",
+        stored.recorded_at
+    );
+}
+
+fn raw_event(id: &str, sequence: usize, amount: i64) -> SerializedEvent {
+    static METADATA: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(|| serde_json::to_value(metadata().to_map()).expect("serialize"));
+    SerializedEvent {
+        aggregate_id: id.to_owned(),
+        sequence,
+        aggregate_type: "tally".to_owned(),
+        event_type: "TallyAdded".to_owned(),
+        event_version: "1".to_owned(),
+        payload: serde_json::to_value(TallyEvent::Added { amount }).expect("serialize"),
+        metadata: METADATA.clone(),
+    }
+}
+
+async fn conflicting_append_is_rejected_and_stores_nothing(store: &Store) {
+    let id = open_tally(store).await;
+    store
+        .append(&[raw_event(&id, 2, 1)], None)
+        .await
+        .expect("first writer wins");
+
+    // A second writer that also loaded version 1 tries sequences 2 and 3.
+    let result = store
+        .append(&[raw_event(&id, 2, 100), raw_event(&id, 3, 100)], None)
+        .await;
+    assert!(
+        matches!(result, Err(AppendError::Conflict)),
+        "got {result:?}"
+    );
+
+    let events = store.get_events::<Stream<Tally>>(&id).await.expect("load");
+    assert_eq!(events.len(), 2, "the losing append stored nothing");
+    assert_eq!(
+        events[1].payload,
+        serde_json::json!({"Added": {"amount": 1}})
+    );
+}
+
+async fn concurrent_commands_on_one_aggregate_lose_no_update(store: &Store) {
+    let id = open_tally(store).await;
+    let bus = Arc::new(bus(store).with_max_attempts(100));
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let (bus, id) = (bus.clone(), id.clone());
+            tokio::spawn(async move { bus.execute(&id, TallyCommand::Add(1), metadata()).await })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for writer in writers {
+        writer
+            .await
+            .expect("writer task")
+            .expect("every add succeeds within 100 attempts");
+        succeeded += 1;
+    }
+    let events = store.get_events::<Stream<Tally>>(&id).await.expect("load");
+    assert_eq!(events.len(), 1 + succeeded);
+    let sequences: Vec<usize> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=1 + succeeded).collect::<Vec<_>>());
+}
+
+async fn conflict_retries_are_bounded(store: &Store) {
+    let id = open_tally(store).await;
+    // One attempt only, against many rivals: some commands must give up with Conflict,
+    // and every one that gave up stored nothing.
+    let bus = Arc::new(bus(store).with_max_attempts(1));
+    let writers: Vec<_> = (0..24)
+        .map(|_| {
+            let (bus, id) = (bus.clone(), id.clone());
+            tokio::spawn(async move { bus.execute(&id, TallyCommand::Add(1), metadata()).await })
+        })
+        .collect();
+    let (mut ok, mut conflicts) = (0, 0);
+    for writer in writers {
+        match writer.await.expect("writer task") {
+            Ok(_) => ok += 1,
+            Err(CommandError::Conflict { attempts: 1 }) => conflicts += 1,
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    let events = store.get_events::<Stream<Tally>>(&id).await.expect("load");
+    assert_eq!(
+        events.len(),
+        1 + ok,
+        "exactly the successful commands were stored"
+    );
+    assert_eq!(ok + conflicts, 24);
+}
+
+async fn rejected_command_appends_nothing(store: &Store) {
+    let id = Uuid::now_v7().to_string();
+    let result = bus(store)
+        .execute(&id, TallyCommand::Add(3), keyed("rejected-1"))
+        .await;
+    assert!(
+        matches!(result, Err(CommandError::Rejected(TallyError::NotOpen))),
+        "got {result:?}"
+    );
+    assert!(all_events(store).await.is_empty());
+}
+
+async fn command_without_events_appends_nothing(store: &Store) {
+    let id = open_tally(store).await;
+    let outcome = bus(store)
+        .execute(&id, TallyCommand::Touch, metadata())
+        .await
+        .expect("touch");
+    assert_eq!((outcome.version, outcome.events_appended), (1, 0));
+    assert_eq!(all_events(store).await.len(), 1);
+}
+
+async fn retried_idempotency_key_returns_original_outcome_and_appends_nothing(store: &Store) {
+    let id = open_tally(store).await;
+    let first = bus(store)
+        .execute(&id, TallyCommand::AddTwice(7), keyed("add-7"))
+        .await
+        .expect("first");
+    assert!(!first.replayed);
+    // Someone else moves the aggregate on in between.
+    bus(store)
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("other");
+
+    let retry = bus(store)
+        .execute(&id, TallyCommand::AddTwice(7), keyed("add-7"))
+        .await
+        .expect("retry");
+    assert!(retry.replayed);
+    assert_eq!(
+        (retry.version, retry.events_appended),
+        (first.version, first.events_appended)
+    );
+    assert_eq!(
+        store
+            .get_events::<Stream<Tally>>(&id)
+            .await
+            .expect("load")
+            .len(),
+        4
+    );
+}
+
+async fn idempotency_key_survives_a_restart_between_commit_and_reply(store: &Store) {
+    let id = open_tally(store).await;
+    // The first attempt commits; its reply is lost (the process dies before answering).
+    let lost_reply = bus(store)
+        .execute(&id, TallyCommand::Add(9), keyed("crash-1"))
+        .await
+        .expect("first");
+    drop(lost_reply);
+
+    // A new process (fresh bus, no memory of the first) receives the client's retry.
+    let restarted = bus(store);
+    let retry = restarted
+        .execute(&id, TallyCommand::Add(9), keyed("crash-1"))
+        .await
+        .expect("retry");
+    assert!(retry.replayed);
+    assert_eq!(retry.version, 2);
+    assert_eq!(
+        store
+            .get_events::<Stream<Tally>>(&id)
+            .await
+            .expect("load")
+            .len(),
+        2
+    );
+}
+
+async fn concurrent_duplicates_of_one_command_append_once(store: &Store) {
+    let id = open_tally(store).await;
+    let bus = Arc::new(bus(store));
+    let copies: Vec<_> = (0..8)
+        .map(|_| {
+            let (bus, id) = (bus.clone(), id.clone());
+            tokio::spawn(
+                async move { bus.execute(&id, TallyCommand::Add(2), keyed("dup-1")).await },
+            )
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for copy in copies {
+        outcomes.push(copy.await.expect("task").expect("every copy succeeds"));
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| !o.replayed).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.version == 2));
+    assert_eq!(
+        store
+            .get_events::<Stream<Tally>>(&id)
+            .await
+            .expect("load")
+            .len(),
+        2
+    );
+}
+
+async fn reused_idempotency_key_with_a_different_command_is_refused(store: &Store) {
+    let id = open_tally(store).await;
+    bus(store)
+        .execute(&id, TallyCommand::Add(1), keyed("k-1"))
+        .await
+        .expect("first");
+    let other_amount = bus(store)
+        .execute(&id, TallyCommand::Add(2), keyed("k-1"))
+        .await;
+    assert!(
+        matches!(other_amount, Err(CommandError::IdempotencyKeyReused)),
+        "got {other_amount:?}"
+    );
+    let other_aggregate = bus(store)
+        .execute("another", TallyCommand::Open, keyed("k-1"))
+        .await;
+    assert!(
+        matches!(other_aggregate, Err(CommandError::IdempotencyKeyReused)),
+        "got {other_aggregate:?}"
+    );
+    assert_eq!(all_events(store).await.len(), 2);
+}
+
+async fn idempotency_keys_are_scoped_per_tenant(store: &Store) {
+    let (a, b) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let key = IdempotencyKey::parse("same-key").expect("key");
+    let tenant_a = EventMetadata::new("tenant-a", "u").with_idempotency_key(key.clone());
+    let tenant_b = EventMetadata::new("tenant-b", "u").with_idempotency_key(key);
+    let first = bus(store)
+        .execute(&a, TallyCommand::Open, tenant_a)
+        .await
+        .expect("a");
+    let second = bus(store)
+        .execute(&b, TallyCommand::Open, tenant_b)
+        .await
+        .expect("b");
+    assert!(!first.replayed && !second.replayed);
+    assert_eq!(all_events(store).await.len(), 2);
+}
+
+async fn global_log_orders_every_event_once(store: &Store) {
+    let bus = Arc::new(bus(store));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let id = Uuid::now_v7().to_string();
+                bus.execute(&id, TallyCommand::Open, metadata())
+                    .await
+                    .expect("open");
+                for _ in 0..10 {
+                    bus.execute(&id, TallyCommand::AddTwice(1), metadata())
+                        .await
+                        .expect("add");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let events = all_events(store).await;
+    assert_eq!(events.len(), 8 * 21);
+    assert!(
+        events.windows(2).all(|w| w[0].cursor < w[1].cursor),
+        "strictly increasing cursors"
+    );
+    let ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), events.len(), "event ids are unique");
+    let positions: HashSet<i64> = events.iter().map(|e| e.position()).collect();
+    assert_eq!(positions.len(), events.len(), "positions are unique");
+    assert_eq!(
+        store.head_position().await.expect("head"),
+        *positions.iter().max().expect("max")
+    );
+    // Within one aggregate, log order is sequence order.
+    let mut last_sequence = std::collections::HashMap::new();
+    for event in &events {
+        let previous = last_sequence
+            .insert(event.aggregate_id.clone(), event.sequence)
+            .unwrap_or(0);
+        assert_eq!(event.sequence, previous + 1);
+    }
+    // Paging with the cursor yields the same log.
+    let mut paged: Vec<shopagent_commands::StoredEvent> = Vec::new();
+    let mut cursor = LogCursor::START;
+    loop {
+        let page = store.read_log(cursor, 7).await.expect("page");
+        let Some(last) = page.last() else { break };
+        cursor = last.cursor;
+        paged.extend(page);
+    }
+    assert_eq!(paged, events);
+    assert_eq!(
+        store.count_after(LogCursor::START).await.expect("count"),
+        events.len() as i64
+    );
+    assert_eq!(store.count_after(cursor).await.expect("count"), 0);
+}
+
+async fn append_requires_tenant_principal_and_correlation(store: &Store) {
+    let mut event = raw_event("x", 1, 1);
+    event.metadata = serde_json::json!({"tenant": "t"});
+    let result = store.append(&[event], None).await;
+    assert!(
+        matches!(result, Err(AppendError::Invalid(_))),
+        "got {result:?}"
+    );
+    let gap = store
+        .append(&[raw_event("x", 1, 1), raw_event("x", 3, 1)], None)
+        .await;
+    assert!(matches!(gap, Err(AppendError::Invalid(_))), "got {gap:?}");
+    assert!(all_events(store).await.is_empty());
+}
+
+async fn cqrs_es_framework_runs_on_the_store(store: &Store) {
+    let cqrs = CqrsFramework::new(
+        PersistedEventStore::<Store, Stream<Tally>>::new_event_store(store.clone()),
+        vec![],
+        (),
+    );
+    let id = "framework-1";
+    cqrs.execute_with_metadata(id, TallyCommand::Open, metadata().to_map())
+        .await
+        .expect("open");
+    cqrs.execute_with_metadata(id, TallyCommand::Add(4), metadata().to_map())
+        .await
+        .expect("add");
+    let rejected = cqrs
+        .execute_with_metadata(id, TallyCommand::Open, metadata().to_map())
+        .await;
+    assert!(matches!(
+        rejected,
+        Err(AggregateError::UserError(TallyError::AlreadyOpen))
+    ));
+    // Without the required metadata the store refuses to record anything.
+    let bare = cqrs.execute(id, TallyCommand::Add(1)).await;
+    assert!(bare.is_err());
+    assert_eq!(
+        store
+            .get_events::<Stream<Tally>>(id)
+            .await
+            .expect("load")
+            .len(),
+        2
+    );
+}
+
+async fn snapshots_commit_with_their_events(store: &Store) {
+    let snapshotting = || {
+        CqrsFramework::new(
+            PersistedEventStore::<Store, Stream<Tally>>::new_snapshot_store(store.clone(), 2),
+            vec![],
+            (),
+        )
+    };
+    let id = "snap-1";
+    let cqrs = snapshotting();
+    cqrs.execute_with_metadata(id, TallyCommand::Open, metadata().to_map())
+        .await
+        .expect("open");
+    for _ in 0..5 {
+        cqrs.execute_with_metadata(id, TallyCommand::Add(10), metadata().to_map())
+            .await
+            .expect("add");
+    }
+    let snapshot = store
+        .get_snapshot::<Stream<Tally>>(id)
+        .await
+        .expect("snapshot")
+        .expect("exists");
+    assert_eq!(snapshot.current_sequence, 6);
+    assert_eq!(
+        snapshot.aggregate,
+        serde_json::json!({"opened": true, "total": 50})
+    );
+    let loaded = cqrs_es::EventStore::load_aggregate(
+        &PersistedEventStore::<Store, Stream<Tally>>::new_snapshot_store(store.clone(), 2),
+        id,
+    )
+    .await
+    .expect("load");
+    assert_eq!(loaded.aggregate.0.total, 50);
+    assert_eq!(loaded.current_sequence, 6);
+}
