@@ -105,3 +105,32 @@ pub async fn drop_pg_database(name: &str) {
             .await;
     }
 }
+
+/// Appends `amounts.len()` events of type `Added` (payload `{"amount": n}`) to one
+/// stream, starting after `version`, in one append. Returns the new version.
+pub async fn append_amounts(
+    store: &Store,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    version: usize,
+    amounts: &[i64],
+) -> usize {
+    let metadata =
+        serde_json::to_value(shopagent_domain::EventMetadata::new("tenant-a", "user:1").to_map())
+            .expect("serialize metadata");
+    let events: Vec<_> = amounts
+        .iter()
+        .enumerate()
+        .map(|(offset, amount)| cqrs_es::persist::SerializedEvent {
+            aggregate_id: aggregate_id.to_owned(),
+            sequence: version + offset + 1,
+            aggregate_type: aggregate_type.to_owned(),
+            event_type: "Added".to_owned(),
+            event_version: "1".to_owned(),
+            payload: serde_json::json!({ "amount": amount }),
+            metadata: metadata.clone(),
+        })
+        .collect();
+    store.append(&events, None).await.expect("append");
+    version + amounts.len()
+}

@@ -200,26 +200,30 @@ impl ProjectionRunner {
     /// Applies at most one batch. Returns how many events it applied.
     pub async fn step(&self) -> Result<usize, ProjectionError> {
         let name = self.name();
-        let checkpoint = load_checkpoint(self.store.database(), name).await?;
-        let events = self.store.read_log(checkpoint, self.batch_size).await?;
-        let Some(last) = events.last() else {
-            return Ok(0);
+        let (tx, events) = loop {
+            let checkpoint = load_checkpoint(self.store.database(), name).await?;
+            let events = self.store.read_log(checkpoint, self.batch_size).await?;
+            if events.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = ReadModelTx::begin(self.store.database()).await?;
+            // Another instance may have applied this batch meanwhile: the row lock taken
+            // here serialises runners, and a moved checkpoint means read again.
+            if lock_checkpoint(&mut tx, name).await? == checkpoint {
+                break (tx, events);
+            }
         };
-        let mut tx = ReadModelTx::begin(self.store.database()).await?;
-        // Another instance may have applied this batch meanwhile: the row lock taken
-        // here serialises runners, and a moved checkpoint means start over.
-        if lock_checkpoint(&mut tx, name).await? != checkpoint {
-            return Ok(0);
-        }
+        let mut tx = tx;
+        let last = events[events.len() - 1].cursor;
         for event in &events {
             self.projection.apply(&mut tx, event).await?;
         }
-        save_checkpoint(&mut tx, name, last.cursor, Some(events.len() as i64)).await?;
+        save_checkpoint(&mut tx, name, last, Some(events.len() as i64)).await?;
         tx.commit().await?;
         tracing::debug!(
             projection = name,
             events = events.len(),
-            position = last.position(),
+            position = last.position,
             "projection batch applied"
         );
         Ok(events.len())
