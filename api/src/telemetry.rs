@@ -1,4 +1,5 @@
-//! Structured JSON logs on standard output.
+//! Structured JSON logs on standard error; standard output is left to command output
+//! (`projections status`, and later exports).
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +12,6 @@ pub fn init(filter: &str) {
         .flatten_event(true)
         .with_current_span(true)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(std::io::stderr)
         .try_init();
 }

@@ -1,0 +1,190 @@
+//! The `shopagent` binary: configuration errors, migrations, and a clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
+
+fn shopagent(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shopagent"));
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("SHOPAGENT_DATA_DIR")
+        .env_remove("SHOPAGENT_LISTEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    shopagent(args, env).output().expect("run shopagent")
+}
+
+/// Exit code 1 and exactly one line on standard error, mentioning `expected`.
+fn assert_one_line_failure(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].starts_with("shopagent: "), "{stderr}");
+    assert!(lines[0].contains(expected), "{expected:?} not in {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn unreachable_database_is_one_clear_error() {
+    let output = run(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/shopagent")],
+    );
+    assert_one_line_failure(&output, "cannot reach PostgreSQL at 127.0.0.1:1/shopagent");
+}
+
+#[test]
+fn malformed_database_url_is_one_clear_error() {
+    let output = run(&["migrate"], &[("DATABASE_URL", "postgres://u:p@[::1/db")]);
+    assert_one_line_failure(&output, "DATABASE_URL is malformed");
+    let output = run(&["migrate"], &[("DATABASE_URL", "not a url")]);
+    assert_one_line_failure(&output, "DATABASE_URL is malformed");
+}
+
+#[test]
+fn unsupported_database_scheme_is_one_clear_error() {
+    let output = run(&["serve"], &[("DATABASE_URL", "mysql://root@127.0.0.1/db")]);
+    assert_one_line_failure(&output, "unsupported scheme `mysql`");
+}
+
+#[test]
+fn password_never_appears_in_errors() {
+    let output = run(
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            "postgres://admin:hunter2secret@127.0.0.1:1/db",
+        )],
+    );
+    assert_one_line_failure(&output, "cannot reach PostgreSQL");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2secret"));
+}
+
+#[test]
+fn unusable_data_dir_is_one_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let data_dir = file.join("data");
+    let output = run(
+        &["migrate"],
+        &[("SHOPAGENT_DATA_DIR", data_dir.to_str().expect("utf-8 path"))],
+    );
+    assert_one_line_failure(&output, "data directory");
+}
+
+#[test]
+fn invalid_listen_address_is_rejected_before_anything_starts() {
+    let output = run(&["serve"], &[("SHOPAGENT_LISTEN", "nowhere")]);
+    assert_eq!(output.status.code(), Some(2), "usage error");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("SHOPAGENT_LISTEN")
+            || String::from_utf8_lossy(&output.stderr).contains("--listen")
+    );
+}
+
+#[test]
+fn migrate_creates_the_embedded_store_and_is_repeatable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("nested").join("data");
+    let env = [("SHOPAGENT_DATA_DIR", data_dir.to_str().expect("utf-8 path"))];
+    for _ in 0..2 {
+        let output = run(&["migrate"], &env);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(data_dir.join("shopagent.db").is_file());
+}
+
+#[tokio::test]
+async fn migrate_applies_to_postgres() {
+    let (url, name) = create_pg_database().await;
+    let output = run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = run(&["projections", "status"], &[("DATABASE_URL", &url)]);
+    assert!(status.status.success());
+    let line: serde_json::Value =
+        serde_json::from_slice(&status.stdout).expect("one JSON line per projection");
+    assert_eq!(line["name"], "aggregate_catalog");
+    assert_eq!(line["lag_events"], 0);
+    drop_pg_database(&name).await;
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = shopagent(
+        &["serve"],
+        &[
+            (
+                "SHOPAGENT_DATA_DIR",
+                dir.path().to_str().expect("utf-8 path"),
+            ),
+            ("SHOPAGENT_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start shopagent");
+
+    let mut logs = BufReader::new(child.stderr.take().expect("stderr"));
+    let address = read_until(&mut logs, "shopagent listening")["address"]
+        .as_str()
+        .expect("address logged")
+        .to_owned();
+
+    let ready = std::net::TcpStream::connect(&address).expect("server accepts connections");
+    drop(ready);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    read_until(&mut logs, "shopagent stopped");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shopagent did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Reads JSON log lines until one whose message is `message`; returns it.
+fn read_until(logs: &mut impl BufRead, message: &str) -> serde_json::Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = logs.read_line(&mut line).expect("read log");
+        assert!(read > 0, "log ended before {message:?}");
+        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("log line is not JSON: {line}");
+        };
+        if entry["message"] == message {
+            return entry;
+        }
+    }
+}
