@@ -10,7 +10,6 @@ use common::{Tally, TallyCommand, TallyError, TallyEvent, metadata};
 use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore, SerializedEvent};
 use cqrs_es::{AggregateError, CqrsFramework};
 use shopagent_commands::bridge::Stream;
-use shopagent_commands::test_support::TestStore;
 use shopagent_commands::{AppendError, CommandBus, CommandError, LogCursor, Store};
 use shopagent_domain::{EventMetadata, IdempotencyKey};
 use uuid::Uuid;

@@ -26,14 +26,15 @@ struct Totals {
     hanging: Notify,
 }
 
+/// What goes wrong at the n-th apply (1-based, counted across batches).
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    /// The n-th apply (1-based, counted across batches) fails.
-    ErrorAt(usize),
-    /// The n-th apply kills its own database connection (PostgreSQL).
-    DropConnectionAt(usize),
-    /// The n-th apply never returns (the task is then aborted).
-    HangAt(usize),
+    /// The apply fails.
+    Error(usize),
+    /// The apply kills its own database connection (PostgreSQL).
+    DropConnection(usize),
+    /// The apply never returns (the task is then aborted).
+    Hang(usize),
 }
 
 impl Totals {
@@ -58,13 +59,13 @@ impl Projection for Totals {
     ) -> Result<(), ProjectionError> {
         let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
         match self.fault {
-            Some(Fault::ErrorAt(at)) if at == n => {
+            Some(Fault::Error(at)) if at == n => {
                 return Err(ProjectionError::Event {
                     position: event.position(),
                     reason: "injected failure".to_owned(),
                 });
             }
-            Some(Fault::DropConnectionAt(at)) if at == n => {
+            Some(Fault::DropConnection(at)) if at == n => {
                 if let ReadModelTx::Postgres(tx) = tx {
                     // Kills this very connection mid-transaction; the statement fails.
                     sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
@@ -72,7 +73,7 @@ impl Projection for Totals {
                         .await?;
                 }
             }
-            Some(Fault::HangAt(at)) if at == n => {
+            Some(Fault::Hang(at)) if at == n => {
                 self.hanging.notify_one();
                 std::future::pending::<()>().await;
             }
@@ -169,11 +170,11 @@ async fn crash_mid_batch_then_resume(test: &TestStore, fault: Fault) {
     let faulty = Arc::new(Totals::with_fault(fault));
     let runner = ProjectionRunner::new(store.clone(), faulty.clone()).with_batch_size(100);
     match fault {
-        Fault::ErrorAt(_) | Fault::DropConnectionAt(_) => {
+        Fault::Error(_) | Fault::DropConnection(_) => {
             let result = runner.catch_up().await;
             assert!(result.is_err(), "the faulty batch fails");
         }
-        Fault::HangAt(_) => {
+        Fault::Hang(_) => {
             let task = tokio::spawn(runner.run(CancellationToken::new()));
             tokio::time::timeout(Duration::from_secs(30), faulty.hanging.notified())
                 .await
@@ -220,35 +221,35 @@ async fn crash_mid_batch_then_resume(test: &TestStore, fault: Fault) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_batch_failing_mid_way_is_rolled_back_and_resumed() {
     let test = TestStore::sqlite().await;
-    crash_mid_batch_then_resume(&test, Fault::ErrorAt(150)).await;
+    crash_mid_batch_then_resume(&test, Fault::Error(150)).await;
     test.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_runner_aborted_mid_batch_resumes() {
     let test = TestStore::sqlite().await;
-    crash_mid_batch_then_resume(&test, Fault::HangAt(150)).await;
+    crash_mid_batch_then_resume(&test, Fault::Hang(150)).await;
     test.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_batch_failing_mid_way_is_rolled_back_and_resumed() {
     let test = TestStore::postgres().await;
-    crash_mid_batch_then_resume(&test, Fault::ErrorAt(150)).await;
+    crash_mid_batch_then_resume(&test, Fault::Error(150)).await;
     test.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_runner_aborted_mid_batch_resumes() {
     let test = TestStore::postgres().await;
-    crash_mid_batch_then_resume(&test, Fault::HangAt(150)).await;
+    crash_mid_batch_then_resume(&test, Fault::Hang(150)).await;
     test.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connection_dropped_mid_batch_resumes() {
     let test = TestStore::postgres().await;
-    crash_mid_batch_then_resume(&test, Fault::DropConnectionAt(150)).await;
+    crash_mid_batch_then_resume(&test, Fault::DropConnection(150)).await;
     test.cleanup().await;
 }
 
