@@ -13,6 +13,9 @@
 //! * raw load + append — read a stream's rows, insert the next one, in a transaction;
 //! * command — `CommandBus::execute`: load the stream, decide, append.
 //!
+//! * pgbench append — the same one-row transaction driven by `pgbench` (C client, one
+//!   connection per writer), when `pgbench` is on the PATH: the figure DESIGN.md quotes.
+//!
 //! And once: reading the whole log, raw `COPY … TO STDOUT` beside `Store::read_log`.
 
 use std::sync::Arc;
@@ -125,6 +128,7 @@ async fn run(url: &str, writers: &[usize], window: Duration) -> anyhow::Result<(
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &n in writers {
+        let pgbench = pgbench_append(url, n, window).await;
         let raw_append = measure(n, window, {
             let raw = raw.clone();
             move |w, i| {
@@ -161,8 +165,9 @@ async fn run(url: &str, writers: &[usize], window: Duration) -> anyhow::Result<(
             }
         })
         .await;
+        let pgbench = pgbench.map_or_else(|| "n/a".to_owned(), |tps| format!("{tps:.0}"));
         println!(
-            "| {n} | {raw_append:.0} | {store_append:.0} | {:.2} | {raw_load_append:.0} | {command:.0} | {:.2} |",
+            "| {n} | {pgbench} | {raw_append:.0} | {store_append:.0} | {:.2} | {raw_load_append:.0} | {command:.0} | {:.2} |",
             store_append / raw_append,
             command / raw_load_append
         );
@@ -211,6 +216,39 @@ where
         let _ = task.await;
     }
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Transactions/s of `pgbench` running the one-row append with `clients` connections, or
+/// `None` when pgbench is not installed or fails.
+async fn pgbench_append(url: &str, clients: usize, window: Duration) -> Option<f64> {
+    let script = std::env::temp_dir().join(format!("shopagent-bench-{}.sql", std::process::id()));
+    std::fs::write(
+        &script,
+        "\\set s random(1, 2000000000)\n\
+         BEGIN;\n\
+         INSERT INTO raw_events (stream, seq, payload) VALUES ('pgbench-' || :client_id || '-' || :s, 1, '{\"by\": 1}');\n\
+         COMMIT;\n",
+    )
+    .ok()?;
+    let output = tokio::process::Command::new("pgbench")
+        .args(["-n", "-f"])
+        .arg(&script)
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &window.as_secs().max(1).to_string(), url])
+        .output()
+        .await
+        .ok()?;
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 async fn raw_append(raw: &PgPool, writer: u64, i: u64) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ use shopagent_domain::EventMetadata;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -75,7 +76,7 @@ impl Store {
         match self.database() {
             Database::Postgres(pool) => {
                 let sql = format!(
-                    "SELECT {LOG_COLUMNS}, txid::text::bigint AS txid FROM events
+                    "SELECT {LOG_COLUMNS}, txid::text::bigint AS txid_number FROM events
                       WHERE (txid, position) > ($1::bigint::text::xid8, $2)
                         AND txid < pg_snapshot_xmin(pg_current_snapshot())
                       ORDER BY txid, position
@@ -135,10 +136,13 @@ impl Store {
 }
 
 fn pg_stored_event(row: &PgRow) -> Result<StoredEvent, StoreError> {
-    let metadata: Value = row.try_get("metadata")?;
+    // Decoded straight into the typed struct: no intermediate `Value`.
+    let Json(metadata) = row
+        .try_get::<Json<EventMetadata>, _>("metadata")
+        .map_err(|error| StoreError::Corrupt(format!("event metadata: {error}")))?;
     Ok(StoredEvent {
         cursor: LogCursor {
-            txid: row.try_get("txid")?,
+            txid: row.try_get("txid_number")?,
             position: row.try_get("position")?,
         },
         event_id: row.try_get("event_id")?,
@@ -148,7 +152,7 @@ fn pg_stored_event(row: &PgRow) -> Result<StoredEvent, StoreError> {
         event_type: row.try_get("event_type")?,
         event_version: row.try_get("event_version")?,
         payload: row.try_get("payload")?,
-        metadata: parse_metadata(metadata)?,
+        metadata,
         recorded_at: row.try_get("recorded_at")?,
     })
 }
@@ -169,14 +173,10 @@ fn sqlite_stored_event(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
         event_type: row.try_get("event_type")?,
         event_version: row.try_get("event_version")?,
         payload: parse_json(row.try_get("payload")?)?,
-        metadata: parse_metadata(parse_json(row.try_get("metadata")?)?)?,
+        metadata: serde_json::from_str(row.try_get("metadata")?)
+            .map_err(|error| StoreError::Corrupt(format!("event metadata: {error}")))?,
         recorded_at: parse_timestamp(recorded_at)?,
     })
-}
-
-fn parse_metadata(metadata: Value) -> Result<EventMetadata, StoreError> {
-    serde_json::from_value(metadata)
-        .map_err(|error| StoreError::Corrupt(format!("event metadata: {error}")))
 }
 
 /// RFC 3339 in UTC, the form every timestamp takes in SQLite and in read models.
