@@ -1,5 +1,7 @@
 //! Routes and handlers.
 
+use std::time::Duration;
+
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -11,6 +13,9 @@ use tower_http::trace::TraceLayer;
 
 use crate::problem::{Problem, ProblemLogged};
 use crate::server::App;
+
+/// Longest a readiness probe waits for the store before answering "not ready".
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router(app: App) -> Router {
     Router::new()
@@ -30,7 +35,9 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready: the store answers and every migration this build knows is applied.
 async fn readyz(State(app): State<App>) -> Response {
-    if app.store.database().is_ready().await {
+    // A probe must answer quickly even when the database hangs.
+    let ready = tokio::time::timeout(READINESS_TIMEOUT, app.store.database().is_ready()).await;
+    if ready.unwrap_or(false) {
         Json(json!({ "status": "ready", "store": app.store.backend().as_str() })).into_response()
     } else {
         Problem::store_unavailable()

@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
     conn.execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
     conn.close().await?;
-    let url = admin_options.database(&name).to_url_lossy().to_string();
+    let url = with_database(&admin, &name);
 
     let result = run(&url, &writers, window).await;
     drop_pg_database(&name).await;
@@ -124,9 +124,9 @@ async fn run(url: &str, writers: &[usize], window: Duration) -> anyhow::Result<(
     );
     println!();
     println!(
-        "| writers | raw append/s | store append/s | ratio | raw load+append/s | command/s | ratio |"
+        "| writers | pgbench append/s | raw append/s | store append/s | store/raw | raw load+append/s | command/s | command/raw |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in writers {
         let pgbench = pgbench_append(url, n, window).await;
         let raw_append = measure(n, window, {
@@ -183,6 +183,16 @@ async fn run(url: &str, writers: &[usize], window: Duration) -> anyhow::Result<(
     store.database().close().await;
     raw.close().await;
     Ok(())
+}
+
+/// `url` with its database replaced by `database` (a plain URL that libpq accepts too).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
 }
 
 /// Runs `op(writer, iteration)` on `writers` concurrent tasks for `window`; returns ops/s.
@@ -245,10 +255,14 @@ async fn pgbench_append(url: &str, clients: usize, window: Duration) -> Option<f
         .ok()?;
     let _ = std::fs::remove_file(&script);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
+    let tps = stdout
         .lines()
         .find_map(|line| line.strip_prefix("tps = "))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
+    if tps.is_none() {
+        eprintln!("pgbench: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    tps
 }
 
 async fn raw_append(raw: &PgPool, writer: u64, i: u64) -> anyhow::Result<()> {
