@@ -187,7 +187,9 @@ async fn run(url: &str, writers: &[usize], window: Duration) -> anyhow::Result<(
 
 /// `url` with its database replaced by `database` (a plain URL that libpq accepts too).
 fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
     match query {
         Some(query) => format!("{server}/{database}?{query}"),
@@ -260,7 +262,10 @@ async fn pgbench_append(url: &str, clients: usize, window: Duration) -> Option<f
         .find_map(|line| line.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok());
     if tps.is_none() {
-        eprintln!("pgbench: {}", String::from_utf8_lossy(&output.stderr).trim());
+        eprintln!(
+            "pgbench: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     tps
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use cqrs_es::Aggregate as EsAggregate;
 use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+    PersistedEventRepository, PersistenceError, ReplayFeed, ReplayStream, SerializedEvent,
+    SerializedSnapshot,
 };
 use futures::TryStreamExt;
 use serde_json::Value;
@@ -347,48 +348,21 @@ impl Store {
         let aggregate_id = aggregate_id.map(str::to_owned);
         let db = self.db.clone();
         tokio::spawn(async move {
-            let mut push = async |event: Result<SerializedEvent, StoreError>| {
-                feed.push(event.map_err(PersistenceError::from))
-                    .await
-                    .is_ok()
-            };
             match &db {
                 Database::Postgres(pool) => {
                     let sql = sql.replace("$2 IS NULL", "$2::text IS NULL");
-                    let mut rows = sqlx::query(&sql)
+                    let rows = sqlx::query(&sql)
                         .bind(&aggregate_type)
                         .bind(&aggregate_id)
                         .fetch(pool);
-                    loop {
-                        let next = rows.try_next().await.map_err(StoreError::from);
-                        let event = match next {
-                            Ok(Some(row)) => pg_serialized_event(&row),
-                            Ok(None) => break,
-                            Err(error) => Err(error),
-                        };
-                        let failed = event.is_err();
-                        if !push(event).await || failed {
-                            break;
-                        }
-                    }
+                    feed_replay(rows, pg_serialized_event, &mut feed).await;
                 }
                 Database::Sqlite(pool) => {
-                    let mut rows = sqlx::query(&sql)
+                    let rows = sqlx::query(&sql)
                         .bind(&aggregate_type)
                         .bind(&aggregate_id)
                         .fetch(pool);
-                    loop {
-                        let next = rows.try_next().await.map_err(StoreError::from);
-                        let event = match next {
-                            Ok(Some(row)) => sqlite_serialized_event(&row),
-                            Ok(None) => break,
-                            Err(error) => Err(error),
-                        };
-                        let failed = event.is_err();
-                        if !push(event).await || failed {
-                            break;
-                        }
-                    }
+                    feed_replay(rows, sqlite_serialized_event, &mut feed).await;
                 }
             }
         });
@@ -430,6 +404,32 @@ impl Store {
                 current_snapshot: current_snapshot as usize,
             },
         ))
+    }
+}
+
+/// Pushes decoded rows into a replay stream until the rows end, the consumer goes away,
+/// or an error occurs — which is pushed too, so the consumer never mistakes a failure
+/// for the end of the stream.
+async fn feed_replay<R>(
+    mut rows: impl futures::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    decode: fn(&R) -> Result<SerializedEvent, StoreError>,
+    feed: &mut ReplayFeed,
+) {
+    loop {
+        let event = match rows.try_next().await {
+            Ok(Some(row)) => decode(&row),
+            Ok(None) => return,
+            Err(error) => Err(error.into()),
+        };
+        let failed = event.is_err();
+        if feed
+            .push(event.map_err(PersistenceError::from))
+            .await
+            .is_err()
+            || failed
+        {
+            return;
+        }
     }
 }
 
@@ -485,30 +485,32 @@ async fn pg_append<'e>(
     })
 }
 
+/// The first snapshot is inserted; each later one replaces its predecessor only if that
+/// is still the stored one. Either way, zero rows affected means a concurrent writer won.
+fn snapshot_sql(snapshot: &SnapshotUpdate) -> &'static str {
+    if snapshot.current_snapshot == 1 {
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+    } else {
+        "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1"
+    }
+}
+
 async fn pg_store_snapshot(
     tx: &mut sqlx::PgConnection,
     batch: &AppendBatch<'_>,
     snapshot: &SnapshotUpdate,
 ) -> Result<(), AppendError> {
-    let stored = if snapshot.current_snapshot == 1 {
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-    } else {
-        sqlx::query(
-            "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1",
-        )
-    }
-    .bind(batch.aggregate_type)
-    .bind(batch.aggregate_id)
-    .bind(batch.last_sequence())
-    .bind(snapshot.current_snapshot)
-    .bind(&snapshot.payload)
-    .execute(tx)
-    .await
-    .map_err(StoreError::from)?;
+    let stored = sqlx::query(snapshot_sql(snapshot))
+        .bind(batch.aggregate_type)
+        .bind(batch.aggregate_id)
+        .bind(batch.last_sequence())
+        .bind(snapshot.current_snapshot)
+        .bind(&snapshot.payload)
+        .execute(tx)
+        .await
+        .map_err(StoreError::from)?;
     // Zero rows: another writer moved the snapshot on. The transaction is dropped
     // uncommitted, so nothing of this append is stored.
     if stored.rows_affected() == 1 {
@@ -584,14 +586,7 @@ async fn sqlite_store_snapshot(
     batch: &AppendBatch<'_>,
     snapshot: &SnapshotUpdate,
 ) -> Result<(), AppendError> {
-    let sql = if snapshot.current_snapshot == 1 {
-        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
-    } else {
-        "UPDATE snapshots SET last_sequence = $3, current_snapshot = $4, payload = $5
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND current_snapshot = $4 - 1"
-    };
-    let stored = sqlx::query(sql)
+    let stored = sqlx::query(snapshot_sql(snapshot))
         .bind(batch.aggregate_type)
         .bind(batch.aggregate_id)
         .bind(batch.last_sequence())

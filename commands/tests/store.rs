@@ -67,6 +67,38 @@ fn keyed(key: &str) -> EventMetadata {
     metadata().with_idempotency_key(IdempotencyKey::parse(key).expect("valid key"))
 }
 
+async fn stream_len(store: &Store, id: &str) -> usize {
+    store
+        .get_events::<Stream<Tally>>(id)
+        .await
+        .expect("load")
+        .len()
+}
+
+/// Runs `copies` copies of `command` on `id` at once; returns each copy's result.
+async fn concurrently(
+    store: &Store,
+    max_attempts: u32,
+    copies: usize,
+    id: &str,
+    command: TallyCommand,
+    metadata: impl Fn() -> EventMetadata,
+) -> Vec<Result<shopagent_commands::CommandOutcome, CommandError<TallyError>>> {
+    let bus = Arc::new(bus(store).with_max_attempts(max_attempts));
+    let tasks: Vec<_> = (0..copies)
+        .map(|_| {
+            let (bus, id, command, metadata) =
+                (bus.clone(), id.to_owned(), command.clone(), metadata());
+            tokio::spawn(async move { bus.execute(&id, command, metadata).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(copies);
+    for task in tasks {
+        results.push(task.await.expect("command task"));
+    }
+    results
+}
+
 async fn open_tally(store: &Store) -> String {
     let id = Uuid::now_v7().to_string();
     bus(store)
@@ -191,20 +223,10 @@ async fn conflicting_append_is_rejected_and_stores_nothing(store: &Store) {
 
 async fn concurrent_commands_on_one_aggregate_lose_no_update(store: &Store) {
     let id = open_tally(store).await;
-    let bus = Arc::new(bus(store).with_max_attempts(100));
-    let writers: Vec<_> = (0..16)
-        .map(|_| {
-            let (bus, id) = (bus.clone(), id.clone());
-            tokio::spawn(async move { bus.execute(&id, TallyCommand::Add(1), metadata()).await })
-        })
-        .collect();
-    let mut succeeded = 0;
-    for writer in writers {
-        writer
-            .await
-            .expect("writer task")
-            .expect("every add succeeds within 100 attempts");
-        succeeded += 1;
+    let results = concurrently(store, 100, 16, &id, TallyCommand::Add(1), metadata).await;
+    let succeeded = results.len();
+    for result in results {
+        result.expect("every add succeeds within 100 attempts");
     }
     let events = store.get_events::<Stream<Tally>>(&id).await.expect("load");
     assert_eq!(events.len(), 1 + succeeded);
@@ -216,16 +238,10 @@ async fn conflict_retries_are_bounded(store: &Store) {
     let id = open_tally(store).await;
     // One attempt only, against many rivals: some commands must give up with Conflict,
     // and every one that gave up stored nothing.
-    let bus = Arc::new(bus(store).with_max_attempts(1));
-    let writers: Vec<_> = (0..24)
-        .map(|_| {
-            let (bus, id) = (bus.clone(), id.clone());
-            tokio::spawn(async move { bus.execute(&id, TallyCommand::Add(1), metadata()).await })
-        })
-        .collect();
+    let results = concurrently(store, 1, 24, &id, TallyCommand::Add(1), metadata).await;
     let (mut ok, mut conflicts) = (0, 0);
-    for writer in writers {
-        match writer.await.expect("writer task") {
+    for result in results {
+        match result {
             Ok(_) => ok += 1,
             Err(CommandError::Conflict { attempts: 1 }) => conflicts += 1,
             Err(other) => panic!("unexpected error {other:?}"),
@@ -284,14 +300,7 @@ async fn retried_idempotency_key_returns_original_outcome_and_appends_nothing(st
         (retry.version, retry.events_appended),
         (first.version, first.events_appended)
     );
-    assert_eq!(
-        store
-            .get_events::<Stream<Tally>>(&id)
-            .await
-            .expect("load")
-            .len(),
-        4
-    );
+    assert_eq!(stream_len(store, &id).await, 4);
 }
 
 async fn idempotency_key_survives_a_restart_between_commit_and_reply(store: &Store) {
@@ -311,45 +320,23 @@ async fn idempotency_key_survives_a_restart_between_commit_and_reply(store: &Sto
         .expect("retry");
     assert!(retry.replayed);
     assert_eq!(retry.version, 2);
-    assert_eq!(
-        store
-            .get_events::<Stream<Tally>>(&id)
-            .await
-            .expect("load")
-            .len(),
-        2
-    );
+    assert_eq!(stream_len(store, &id).await, 2);
 }
 
 async fn concurrent_duplicates_of_one_command_append_once(store: &Store) {
     let id = open_tally(store).await;
-    let bus = Arc::new(bus(store));
-    let copies: Vec<_> = (0..8)
-        .map(|_| {
-            let (bus, id) = (bus.clone(), id.clone());
-            tokio::spawn(
-                async move { bus.execute(&id, TallyCommand::Add(2), keyed("dup-1")).await },
-            )
-        })
+    let outcomes: Vec<_> = concurrently(store, 5, 8, &id, TallyCommand::Add(2), || keyed("dup-1"))
+        .await
+        .into_iter()
+        .map(|result| result.expect("every copy succeeds"))
         .collect();
-    let mut outcomes = Vec::new();
-    for copy in copies {
-        outcomes.push(copy.await.expect("task").expect("every copy succeeds"));
-    }
     assert_eq!(
         outcomes.iter().filter(|o| !o.replayed).count(),
         1,
         "{outcomes:?}"
     );
     assert!(outcomes.iter().all(|o| o.version == 2));
-    assert_eq!(
-        store
-            .get_events::<Stream<Tally>>(&id)
-            .await
-            .expect("load")
-            .len(),
-        2
-    );
+    assert_eq!(stream_len(store, &id).await, 2);
 }
 
 async fn reused_idempotency_key_with_a_different_command_is_refused(store: &Store) {
@@ -490,14 +477,7 @@ async fn cqrs_es_framework_runs_on_the_store(store: &Store) {
     // Without the required metadata the store refuses to record anything.
     let bare = cqrs.execute(id, TallyCommand::Add(1)).await;
     assert!(bare.is_err());
-    assert_eq!(
-        store
-            .get_events::<Stream<Tally>>(id)
-            .await
-            .expect("load")
-            .len(),
-        2
-    );
+    assert_eq!(stream_len(store, id).await, 2);
 }
 
 async fn snapshots_commit_with_their_events(store: &Store) {
