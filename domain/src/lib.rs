@@ -6,7 +6,11 @@
 //! defined here to cqrs-es and its event stores.
 
 pub mod aggregate;
+pub mod ids;
+pub mod mandate;
 pub mod metadata;
+pub mod money;
+pub mod testing;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use metadata::{EventMetadata, IdempotencyKey, InvalidIdempotencyKey, MetadataKey};
