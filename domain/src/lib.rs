@@ -5,7 +5,9 @@
 //! that changes. The write side (`shopagent-commands`) adapts the [`Aggregate`] trait
 //! defined here to cqrs-es and its event stores.
 
+pub mod address;
 pub mod aggregate;
+pub mod cart;
 pub mod ids;
 pub mod mandate;
 pub mod metadata;
