@@ -12,6 +12,7 @@ pub mod ids;
 pub mod mandate;
 pub mod metadata;
 pub mod money;
+pub mod order;
 pub mod testing;
 
 pub use aggregate::{Aggregate, DomainEvent};
