@@ -13,6 +13,7 @@ pub mod mandate;
 pub mod metadata;
 pub mod money;
 pub mod order;
+pub mod payment;
 pub mod testing;
 
 pub use aggregate::{Aggregate, DomainEvent};
