@@ -14,6 +14,7 @@ pub mod metadata;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod run;
 pub mod testing;
 
 pub use aggregate::{Aggregate, DomainEvent};

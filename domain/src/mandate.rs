@@ -331,10 +331,10 @@ impl Mandate {
             return Err(MandateError::AmountNotPositive);
         }
         Money::zero(terms.currency).try_cmp(amount)?;
-        if let Some(limit) = terms.per_order_limit {
-            if amount.minor > limit.minor {
-                return Err(MandateError::OverPerOrderLimit { amount, limit });
-            }
+        if let Some(limit) = terms.per_order_limit
+            && amount.minor > limit.minor
+        {
+            return Err(MandateError::OverPerOrderLimit { amount, limit });
         }
         let period_start = terms
             .period_budget
