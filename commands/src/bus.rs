@@ -40,6 +40,9 @@ pub enum CommandError<E: std::error::Error> {
     /// The store cannot be reached right now; retrying later may succeed.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The caller expected another version of the aggregate (HTTP `If-Match`).
+    #[error("aggregate is at version {actual}, not the expected {expected}")]
+    VersionMismatch { expected: i64, actual: i64 },
     /// Anything else: a fault on our side.
     #[error("command failed: {0}")]
     Internal(String),
@@ -55,12 +58,18 @@ impl<E: std::error::Error> From<StoreError> for CommandError<E> {
 }
 
 /// Runs commands against aggregates of type `A`.
+///
+/// Commands on one aggregate are queued in process (striped locks), so concurrency
+/// conflicts only arise between processes; they are retried a bounded number of times.
 pub struct CommandBus<A: Aggregate> {
     store: Store,
     loader: PersistedEventStore<Store, Stream<A>>,
     max_attempts: u32,
+    stripes: Vec<tokio::sync::Mutex<()>>,
     _aggregate: PhantomData<A>,
 }
+
+const STRIPES: usize = 64;
 
 impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +89,7 @@ impl<A: Aggregate> CommandBus<A> {
             loader: PersistedEventStore::new_event_store(store.clone()),
             store,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             _aggregate: PhantomData,
         }
     }
@@ -99,7 +109,37 @@ impl<A: Aggregate> CommandBus<A> {
         &self,
         aggregate_id: &str,
         command: A::Command,
+        metadata: EventMetadata,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.execute_at_version(aggregate_id, command, metadata, None)
+            .await
+    }
+
+    /// The current state of `aggregate_id` and its version (0: no events yet).
+    pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
+        let context = self
+            .loader
+            .load_aggregate(aggregate_id)
+            .await
+            .map_err(load_error)?;
+        Ok((context.aggregate.0, context.current_sequence as i64))
+    }
+
+    fn stripe(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(aggregate_id);
+        &self.stripes[(hash % STRIPES as u64) as usize]
+    }
+
+    /// Like [`execute`](Self::execute), but only if the aggregate is at
+    /// `expected_version` (when given); otherwise [`CommandError::VersionMismatch`].
+    /// A conflict with an expected version is not retried: the caller's view is stale.
+    pub async fn execute_at_version(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
         mut metadata: EventMetadata,
+        expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         if metadata.idempotency_key.is_some() {
             metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
@@ -110,6 +150,7 @@ impl<A: Aggregate> CommandBus<A> {
         let metadata_value = serde_json::to_value(metadata.to_map())
             .map_err(|error| CommandError::Internal(error.to_string()))?;
 
+        let _queued = self.stripe(aggregate_id).lock().await;
         for attempt in 1..=self.max_attempts {
             let context = self
                 .loader
@@ -117,6 +158,14 @@ impl<A: Aggregate> CommandBus<A> {
                 .await
                 .map_err(load_error)?;
             let version = context.current_sequence;
+            if let Some(expected) = expected_version
+                && expected != version as i64
+            {
+                return Err(CommandError::VersionMismatch {
+                    expected,
+                    actual: version as i64,
+                });
+            }
             let events = context
                 .aggregate
                 .0

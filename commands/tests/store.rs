@@ -46,6 +46,7 @@ on_both_backends!(
     conflicting_append_is_rejected_and_stores_nothing,
     concurrent_commands_on_one_aggregate_lose_no_update,
     conflict_retries_are_bounded,
+    commands_on_one_aggregate_queue_within_a_process,
     rejected_command_appends_nothing,
     command_without_events_appends_nothing,
     retried_idempotency_key_returns_original_outcome_and_appends_nothing,
@@ -75,7 +76,8 @@ async fn stream_len(store: &Store, id: &str) -> usize {
         .len()
 }
 
-/// Runs `copies` copies of `command` on `id` at once; returns each copy's result.
+/// Runs `copies` copies of `command` on `id` at once, each through its own bus as if
+/// sent to different processes; returns each copy's result.
 async fn concurrently(
     store: &Store,
     max_attempts: u32,
@@ -84,11 +86,10 @@ async fn concurrently(
     command: TallyCommand,
     metadata: impl Fn() -> EventMetadata,
 ) -> Vec<Result<shopagent_commands::CommandOutcome, CommandError<TallyError>>> {
-    let bus = Arc::new(bus(store).with_max_attempts(max_attempts));
     let tasks: Vec<_> = (0..copies)
         .map(|_| {
-            let (bus, id, command, metadata) =
-                (bus.clone(), id.to_owned(), command.clone(), metadata());
+            let bus = bus(store).with_max_attempts(max_attempts);
+            let (id, command, metadata) = (id.to_owned(), command.clone(), metadata());
             tokio::spawn(async move { bus.execute(&id, command, metadata).await })
         })
         .collect();
@@ -254,6 +255,24 @@ async fn conflict_retries_are_bounded(store: &Store) {
         "exactly the successful commands were stored"
     );
     assert_eq!(ok + conflicts, 24);
+}
+
+async fn commands_on_one_aggregate_queue_within_a_process(store: &Store) {
+    let id = open_tally(store).await;
+    // One bus, one attempt each: queued in process, none of them conflicts.
+    let bus = Arc::new(bus(store).with_max_attempts(1));
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let (bus, id) = (bus.clone(), id.clone());
+            tokio::spawn(async move { bus.execute(&id, TallyCommand::Add(1), metadata()).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .expect("task")
+            .expect("no conflict within one process");
+    }
+    assert_eq!(stream_len(store, &id).await, 25);
 }
 
 async fn rejected_command_appends_nothing(store: &Store) {

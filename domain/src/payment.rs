@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{AuthorizationId, MerchantId, OrderId, PaymentId, RefundId};
+use crate::ids::{AuthorizationId, MandateId, MerchantId, OrderId, PaymentId, RefundId};
 use crate::money::{Money, MoneyError};
 use crate::{Aggregate, DomainEvent};
 
@@ -90,6 +90,8 @@ pub enum PaymentCommand {
     RequestCard {
         payment_id: PaymentId,
         order_id: OrderId,
+        shopper: String,
+        mandate_id: Option<MandateId>,
         merchant: MerchantId,
         cap: Money,
         at: OffsetDateTime,
@@ -128,6 +130,8 @@ pub enum PaymentEvent {
     CardRequested {
         payment_id: PaymentId,
         order_id: OrderId,
+        shopper: String,
+        mandate_id: Option<MandateId>,
         merchant: MerchantId,
         cap: Money,
         requested_at: OffsetDateTime,
@@ -239,6 +243,8 @@ impl PaymentError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardTerms {
     pub order_id: OrderId,
+    pub shopper: String,
+    pub mandate_id: Option<MandateId>,
     pub merchant: MerchantId,
     pub cap: Money,
 }
@@ -312,6 +318,8 @@ impl Aggregate for Payment {
             C::RequestCard {
                 payment_id,
                 order_id,
+                shopper,
+                mandate_id,
                 merchant,
                 cap,
                 at,
@@ -325,6 +333,8 @@ impl Aggregate for Payment {
                 E::CardRequested {
                     payment_id,
                     order_id,
+                    shopper,
+                    mandate_id,
                     merchant,
                     cap,
                     requested_at: at,
@@ -451,6 +461,8 @@ impl Aggregate for Payment {
             E::CardRequested {
                 payment_id,
                 order_id,
+                shopper,
+                mandate_id,
                 merchant,
                 cap,
                 ..
@@ -458,6 +470,8 @@ impl Aggregate for Payment {
                 self.id = Some(payment_id);
                 self.terms = Some(CardTerms {
                     order_id,
+                    shopper,
+                    mandate_id,
                     merchant,
                     cap,
                 });

@@ -32,6 +32,8 @@ fn requested() -> E {
     E::CardRequested {
         payment_id: PaymentId(uuid::Uuid::nil()),
         order_id: OrderId(uuid::Uuid::nil()),
+        shopper: "shopper-1".into(),
+        mandate_id: None,
         merchant: acme(),
         cap: usd(11_500),
         requested_at: NOW,
@@ -92,6 +94,8 @@ fn a_card_is_requested_with_a_positive_cap() {
         .when(C::RequestCard {
             payment_id: PaymentId::new(),
             order_id: OrderId::new(),
+            shopper: "shopper-1".into(),
+            mandate_id: None,
             merchant: acme(),
             cap: usd(0),
             at: NOW,
