@@ -23,6 +23,17 @@ pub struct Cli {
         global = true
     )]
     pub listen: SocketAddr,
+    /// HS256 secret for bearer tokens. Unset: a random secret kept in the data directory.
+    #[arg(
+        long,
+        env = "SHOPAGENT_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// JWKS URL of an OIDC provider whose RS256/ES256 tokens are accepted too.
+    #[arg(long, env = "SHOPAGENT_JWKS_URL", global = true)]
+    pub jwks_url: Option<String>,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -62,12 +73,16 @@ impl StoreArgs {
     }
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the HTTP server and the projection runners (applies migrations first).
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print a bearer token signed with the configured secret (development).
+    Token(TokenArgs),
+    /// Print the OpenAPI description.
+    Openapi,
     /// Inspect projections.
     Projections {
         #[command(subcommand)]
@@ -75,7 +90,23 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub subject: String,
+    #[arg(long, value_enum)]
+    pub role: crate::auth::Role,
+    /// The mandate an agent token acts under.
+    #[arg(long)]
+    pub mandate: Option<uuid::Uuid>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: i64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
 pub enum ProjectionsCommand {
     /// Checkpoint, head and lag of every projection, as JSON lines.
     Status,

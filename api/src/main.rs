@@ -1,9 +1,12 @@
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
+use shopagent::auth::{Authenticator, Claims, Principal};
 use shopagent::cli::{Cli, Command, ProjectionsCommand};
 use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry;
+use shopagent_domain::ids::MandateId;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -22,9 +25,35 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.store.store_config();
-    match cli.command.unwrap_or(Command::Serve) {
+    let authenticator = || -> anyhow::Result<Authenticator> {
+        let secret = Authenticator::load_secret(cli.jwt_secret.as_deref(), &cli.store.data_dir)
+            .context("cannot read or create the token secret in the data directory")?;
+        Ok(Authenticator::new(Some(&secret), cli.jwks_url.clone()))
+    };
+    match cli.command.clone().unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shopagent::openapi::document())?
+            );
+            Ok(())
+        }
+        Command::Token(args) => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let claims = Claims {
+                sub: args.subject,
+                tenant: args.tenant,
+                role: args.role,
+                mandate: args.mandate.map(MandateId),
+                exp: now + args.ttl_seconds.max(1),
+                iat: now,
+            };
+            Principal::try_from(claims.clone())?;
+            println!("{}", authenticator()?.issue(&claims)?);
+            Ok(())
+        }
         Command::Serve => {
-            let server = Server::build(&config, cli.listen).await?;
+            let server = Server::build(&config, authenticator()?, cli.listen).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await

@@ -4,15 +4,39 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shopagent_commands::{Database, Store, StoreConfig};
+use shopagent_commands::{CommandBus, Database, Store, StoreConfig};
+use shopagent_domain::cart::Cart;
+use shopagent_domain::mandate::Mandate;
+use shopagent_domain::run::AgentRun;
 use shopagent_projections::{AggregateCatalog, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What request handlers share.
+use crate::auth::Authenticator;
+
+/// What request handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct App {
     pub store: Store,
+    pub auth: Authenticator,
+    pub mandates: Arc<CommandBus<Mandate>>,
+    pub carts: Arc<CommandBus<Cart>>,
+    pub runs: Arc<CommandBus<AgentRun>>,
+}
+
+impl App {
+    pub fn new(store: Store, auth: Authenticator) -> Self {
+        // A checkout rush on one mandate queues in process; across processes the
+        // conflicts it meets are retried this many times.
+        let attempts = 20;
+        Self {
+            mandates: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            carts: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            store,
+            auth,
+        }
+    }
 }
 
 /// Every projection this build maintains.
@@ -35,13 +59,17 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn build(config: &StoreConfig, listen: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: &StoreConfig,
+        auth: Authenticator,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
         let store = open_store(config).await?;
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         Ok(Self {
-            app: App { store },
+            app: App::new(store, auth),
             listener,
         })
     }
@@ -68,6 +96,7 @@ impl Server {
             })
             .collect();
 
+        let purger = tokio::spawn(purge_idempotency_keys(store.clone(), runners_stop.clone()));
         tracing::info!(
             address = %listener.local_addr()?,
             store = store.backend().as_str(),
@@ -78,6 +107,7 @@ impl Server {
             .await;
 
         runners_stop.cancel();
+        let _ = purger.await;
         for runner in runners {
             if let Err(error) = runner.await {
                 tracing::error!(%error, "projection runner ended abnormally");
@@ -86,5 +116,22 @@ impl Server {
         store.database().close().await;
         tracing::info!("shopagent stopped");
         served.context("HTTP server failed")
+    }
+}
+
+/// Deletes stored idempotent responses past their retention, hourly.
+async fn purge_idempotency_keys(store: Store, stop: CancellationToken) {
+    let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every_hour.tick() => {
+                match crate::idempotency::purge(store.database()).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "expired idempotency keys purged"),
+                    Err(error) => tracing::warn!(%error, "idempotency purge failed"),
+                }
+            }
+        }
     }
 }

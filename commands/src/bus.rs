@@ -125,6 +125,22 @@ impl<A: Aggregate> CommandBus<A> {
         Ok((context.aggregate.0, context.current_sequence as i64))
     }
 
+    /// Every event of `aggregate_id`, in sequence order.
+    pub async fn events(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        let envelopes = self
+            .loader
+            .load_events(aggregate_id)
+            .await
+            .map_err(load_error)?;
+        Ok(envelopes
+            .into_iter()
+            .map(|envelope| envelope.payload.0)
+            .collect())
+    }
+
     fn stripe(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(aggregate_id);
@@ -142,7 +158,11 @@ impl<A: Aggregate> CommandBus<A> {
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
         if metadata.idempotency_key.is_some() {
-            metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
+            // A caller that knows the original request (HTTP: its body) supplies the
+            // digest; otherwise the command is the request.
+            if metadata.request_digest.is_none() {
+                metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
+            }
             if let Some(outcome) = self.recorded(&metadata).await? {
                 return Ok(outcome);
             }

@@ -1,0 +1,101 @@
+//! How domain rejections and command failures become problem responses.
+
+use axum::http::StatusCode;
+use shopagent_commands::CommandError;
+use shopagent_domain::cart::CartError;
+use shopagent_domain::mandate::MandateError;
+use shopagent_domain::order::OrderError;
+use shopagent_domain::payment::PaymentError;
+use shopagent_domain::run::RunError;
+
+use crate::problem::Problem;
+
+/// A domain rejection: its stable code and the HTTP status it maps to.
+pub trait Rejection: std::error::Error {
+    fn code(&self) -> &'static str;
+    fn status(&self) -> StatusCode;
+}
+
+macro_rules! rejection {
+    ($error:ty { not_found: $nf:pat, conflict: $conflict:pat }) => {
+        impl Rejection for $error {
+            fn code(&self) -> &'static str {
+                <$error>::code(self)
+            }
+            fn status(&self) -> StatusCode {
+                match self {
+                    $nf => StatusCode::NOT_FOUND,
+                    $conflict => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                }
+            }
+        }
+    };
+}
+
+rejection!(MandateError {
+    not_found: MandateError::NotFound,
+    conflict: MandateError::AlreadyExists | MandateError::Revoked
+});
+rejection!(CartError {
+    not_found: CartError::NotFound,
+    conflict: CartError::AlreadyExists | CartError::Locked
+});
+rejection!(RunError {
+    not_found: RunError::NotFound,
+    conflict: RunError::AlreadyExists | RunError::Ended
+});
+rejection!(OrderError {
+    not_found: OrderError::NotFound,
+    conflict: OrderError::AlreadyExists | OrderError::IllegalTransition { .. }
+});
+rejection!(PaymentError {
+    not_found: PaymentError::NotFound,
+    conflict: PaymentError::AlreadyExists
+});
+
+impl<E: Rejection> From<CommandError<E>> for Problem {
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => {
+                let status = rejection.status();
+                let title = match status {
+                    StatusCode::NOT_FOUND => "No such resource",
+                    StatusCode::CONFLICT => "The resource is not in a state that allows this",
+                    _ => "The request breaks a rule",
+                };
+                Problem::new(status, rejection.code(), title).with_detail(rejection.to_string())
+            }
+            CommandError::IdempotencyKeyReused => Problem::unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            ),
+            CommandError::Conflict { .. } => {
+                let mut problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    "concurrent_update",
+                    "The resource is being changed concurrently",
+                )
+                .with_detail("retry the request");
+                problem.retry_after = Some(1);
+                problem
+            }
+            CommandError::VersionMismatch { expected, actual } => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "version_mismatch",
+                "The resource changed since it was read",
+            )
+            .with_detail(format!(
+                "If-Match names version {expected}; the resource is at version {actual}"
+            )),
+            CommandError::Unavailable(error) => {
+                tracing::warn!(%error, "store unavailable");
+                Problem::store_unavailable()
+            }
+            CommandError::Internal(error) => {
+                tracing::error!(%error, "command failed");
+                Problem::internal()
+            }
+        }
+    }
+}

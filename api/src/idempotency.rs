@@ -1,0 +1,349 @@
+//! `Idempotency-Key` on every POST: a retry with the same key and body gets the original
+//! response (with `Idempotent-Replayed: true`); the same key with another body gets 422;
+//! a retry while the first request still runs gets 409 with `Retry-After`. Responses are
+//! kept for at least 24 hours, scoped to the caller's tenant.
+
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use shopagent_commands::Database;
+use shopagent_domain::IdempotencyKey;
+use time::OffsetDateTime;
+
+use crate::auth::Principal;
+use crate::problem::Problem;
+use crate::server::App;
+
+/// Largest request body accepted on any POST.
+pub const MAX_BODY: usize = 256 * 1024;
+/// How long a first request may run before a retry may take its key over.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long stored responses are kept.
+pub const RETENTION: Duration = Duration::from_secs(48 * 3600);
+/// Longest client key, leaving room for the suffixes derived per command.
+pub const MAX_KEY: usize = 200;
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const STORED_HEADERS: [&str; 3] = ["content-type", "etag", "location"];
+
+/// The request's idempotency key and body digest, for handlers to put in command
+/// metadata: a retried request then lands on the command's recorded outcome even when
+/// the server chose new timestamps.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub key: IdempotencyKey,
+    pub digest: String,
+}
+
+impl RequestKey {
+    /// Key and digest for one of several commands a request issues.
+    pub fn derived(&self, suffix: &str) -> Self {
+        Self {
+            key: IdempotencyKey::parse(&format!("{}/{suffix}", self.key.as_str()))
+                .unwrap_or_else(|_| self.key.clone()),
+            digest: format!("{}/{suffix}", self.digest),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+enum Begin {
+    Fresh,
+    Replay(Response),
+    InFlight,
+    Mismatch,
+}
+
+/// Middleware for POST routes; runs after authentication.
+pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        return next.run(request).await;
+    };
+    let key = match request
+        .headers()
+        .get("idempotency-key")
+        .map(HeaderValue::to_str)
+    {
+        None => {
+            return Problem::bad_request(
+                "idempotency_key_required",
+                "Idempotency-Key header is required on every POST",
+            )
+            .into_response();
+        }
+        Some(Ok(raw)) if raw.len() <= MAX_KEY => match IdempotencyKey::parse(raw) {
+            Ok(key) => key,
+            Err(e) => {
+                return Problem::bad_request("invalid_idempotency_key", e.to_string())
+                    .into_response();
+            }
+        },
+        Some(_) => {
+            return Problem::bad_request(
+                "invalid_idempotency_key",
+                format!("an idempotency key is 1 to {MAX_KEY} visible ASCII characters"),
+            )
+            .into_response();
+        }
+    };
+
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Request body too large",
+        )
+        .with_detail(format!("at most {MAX_BODY} bytes"))
+        .into_response();
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str());
+    hasher.update([0]);
+    hasher.update(parts.uri.path());
+    hasher.update([0]);
+    hasher.update(&bytes);
+    let hash = hex::encode(hasher.finalize());
+
+    let store = &app.store;
+    match begin(store.database(), &principal.tenant, key.as_str(), &hash).await {
+        Err(error) => {
+            tracing::warn!(%error, "idempotency store unavailable");
+            return Problem::store_unavailable().into_response();
+        }
+        Ok(Begin::Replay(response)) => return response,
+        Ok(Begin::InFlight) => {
+            let mut problem = Problem::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "A request with this Idempotency-Key is still running",
+            );
+            problem.retry_after = Some(1);
+            return problem.into_response();
+        }
+        Ok(Begin::Mismatch) => {
+            return Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request",
+            )
+            .into_response();
+        }
+        Ok(Begin::Fresh) => {}
+    }
+
+    let mut request = Request::from_parts(parts, Body::from(bytes));
+    request.extensions_mut().insert(RequestKey {
+        key: key.clone(),
+        digest: hash,
+    });
+    let response = next.run(request).await;
+
+    // A server fault is not an outcome: forget the key so a retry runs again.
+    if response.status().is_server_error() {
+        if let Err(error) = forget(store.database(), &principal.tenant, key.as_str()).await {
+            tracing::warn!(%error, "could not release idempotency key");
+        }
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let headers = stored_headers(&parts.headers);
+    if let Err(error) = finish(
+        store.database(),
+        &principal.tenant,
+        key.as_str(),
+        parts.status.as_u16(),
+        &headers,
+        &bytes,
+    )
+    .await
+    {
+        tracing::warn!(%error, "could not store idempotent response");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn stored_headers(headers: &HeaderMap) -> String {
+    let pairs: Vec<(&str, &str)> = STORED_HEADERS
+        .iter()
+        .filter_map(|name| Some((*name, headers.get(*name)?.to_str().ok()?)))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_default()
+}
+
+fn replay(status: i32, headers: &str, body: String) -> Response {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut response = (status, body).into_response();
+    let pairs: Vec<(String, String)> = serde_json::from_str(headers).unwrap_or_default();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    response
+}
+
+type Row = (
+    String,
+    String,
+    i64,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn begin(db: &Database, tenant: &str, key: &str, hash: &str) -> Result<Begin, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms)
+         VALUES ($1, $2, $3, 'in_flight', $4, $5) ON CONFLICT (tenant, idempotency_key) DO NOTHING";
+    const SELECT: &str = "SELECT request_hash, state, lease_until_ms, status, headers, body
+         FROM http_idempotency WHERE tenant = $1 AND idempotency_key = $2";
+    const TAKE_OVER: &str = "UPDATE http_idempotency SET lease_until_ms = $3
+         WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight' AND lease_until_ms = $4";
+    let now = now_ms();
+    let lease = now + LEASE.as_millis() as i64;
+    macro_rules! run {
+        ($pool:expr) => {{
+            let inserted = sqlx::query(INSERT)
+                .bind(tenant)
+                .bind(key)
+                .bind(hash)
+                .bind(lease)
+                .bind(now)
+                .execute($pool)
+                .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Begin::Fresh);
+            }
+            let row: Option<Row> = sqlx::query_as(SELECT)
+                .bind(tenant)
+                .bind(key)
+                .fetch_optional($pool)
+                .await?;
+            let Some((stored_hash, state, lease_until, status, headers, body)) = row else {
+                // Purged between the two statements: treat as new next time.
+                return Ok(Begin::InFlight);
+            };
+            if stored_hash != hash {
+                return Ok(Begin::Mismatch);
+            }
+            if state == "done" {
+                return Ok(Begin::Replay(replay(
+                    status.unwrap_or(200),
+                    &headers.unwrap_or_default(),
+                    body.unwrap_or_default(),
+                )));
+            }
+            if lease_until > now {
+                return Ok(Begin::InFlight);
+            }
+            // The first attempt's process died: take its lease over, once.
+            let taken = sqlx::query(TAKE_OVER)
+                .bind(tenant)
+                .bind(key)
+                .bind(lease)
+                .bind(lease_until)
+                .execute($pool)
+                .await?;
+            Ok(if taken.rows_affected() == 1 {
+                Begin::Fresh
+            } else {
+                Begin::InFlight
+            })
+        }};
+    }
+    match db {
+        Database::Postgres(pool) => run!(pool),
+        Database::Sqlite(pool) => run!(pool),
+    }
+}
+
+async fn finish(
+    db: &Database,
+    tenant: &str,
+    key: &str,
+    status: u16,
+    headers: &str,
+    body: &[u8],
+) -> Result<(), sqlx::Error> {
+    const SQL: &str =
+        "UPDATE http_idempotency SET state = 'done', status = $3, headers = $4, body = $5
+         WHERE tenant = $1 AND idempotency_key = $2";
+    let body = String::from_utf8_lossy(body).into_owned();
+    let status = i32::from(status);
+    match db {
+        Database::Postgres(pool) => sqlx::query(SQL)
+            .bind(tenant)
+            .bind(key)
+            .bind(status)
+            .bind(headers)
+            .bind(&body)
+            .execute(pool)
+            .await
+            .map(drop)?,
+        Database::Sqlite(pool) => sqlx::query(SQL)
+            .bind(tenant)
+            .bind(key)
+            .bind(status)
+            .bind(headers)
+            .bind(&body)
+            .execute(pool)
+            .await
+            .map(drop)?,
+    };
+    Ok(())
+}
+
+async fn forget(db: &Database, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
+    const SQL: &str = "DELETE FROM http_idempotency WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight'";
+    match db {
+        Database::Postgres(pool) => sqlx::query(SQL)
+            .bind(tenant)
+            .bind(key)
+            .execute(pool)
+            .await
+            .map(drop)?,
+        Database::Sqlite(pool) => sqlx::query(SQL)
+            .bind(tenant)
+            .bind(key)
+            .execute(pool)
+            .await
+            .map(drop)?,
+    };
+    Ok(())
+}
+
+/// Deletes stored responses older than [`RETENTION`]. Returns how many.
+pub async fn purge(db: &Database) -> Result<u64, sqlx::Error> {
+    const SQL: &str = "DELETE FROM http_idempotency WHERE created_at_ms < $1";
+    let before = now_ms() - RETENTION.as_millis() as i64;
+    let deleted = match db {
+        Database::Postgres(pool) => sqlx::query(SQL)
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Database::Sqlite(pool) => sqlx::query(SQL)
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    };
+    Ok(deleted)
+}

@@ -1,0 +1,43 @@
+//! The OpenAPI 3.1 description, generated from the handlers and body types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{carts, mandates, runs};
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "shopagent", description = "Backend for agent-powered shopping. Every POST takes an `Idempotency-Key`; GETs return the aggregate version as `ETag`, which writes may send back as `If-Match`. Errors are `application/problem+json` with a stable `code`."),
+    paths(
+        mandates::create, mandates::read, mandates::revoke, mandates::approve, mandates::deny,
+        carts::create, carts::read, carts::add_line, carts::change_quantity, carts::remove_line,
+        carts::set_address, carts::record_quote, carts::checkout,
+        runs::start, runs::read, runs::ledger, runs::events, runs::record_action, runs::record_decision,
+        runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
+    ),
+    components(schemas(crate::problem::Problem)),
+    modifiers(&BearerAuth),
+    tags((name = "mandates"), (name = "carts"), (name = "runs")),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

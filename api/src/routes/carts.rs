@@ -1,0 +1,619 @@
+//! `/v1/carts`: the universal cart, its quotes, and checkout.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use shopagent_commands::CommandError;
+use shopagent_domain::address::{Address, AddressFields};
+use shopagent_domain::cart::{Cart, CartCommand, CartEvent, CartLine, Quote, SubCartDecision};
+use shopagent_domain::ids::{
+    CartId, Category, LineId, MandateId, MerchantId, OfferId, ReservationId,
+};
+use shopagent_domain::mandate::{MandateCommand, MandateError, Mode};
+use shopagent_domain::money::Currency;
+use time::{Date, OffsetDateTime};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::mandates::{MoneyBody, load_visible as load_mandate};
+use super::{
+    Body, IdPairPath, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata,
+    new_id, stream_id, versioned,
+};
+use crate::auth::{Principal, Role};
+use crate::idempotency::RequestKey;
+use crate::problem::Problem;
+use crate::server::App;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/v1/carts", post(create))
+        .route("/v1/carts/{id}", get(read))
+        .route("/v1/carts/{id}/lines", post(add_line))
+        .route(
+            "/v1/carts/{id}/lines/{line_id}/quantity",
+            post(change_quantity),
+        )
+        .route("/v1/carts/{id}/lines/{line_id}/remove", post(remove_line))
+        .route("/v1/carts/{id}/address", post(set_address))
+        .route("/v1/carts/{id}/quotes", post(record_quote))
+        .route("/v1/carts/{id}/checkout", post(checkout))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCart {
+    #[schema(example = "USD")]
+    pub currency: String,
+    /// The mandate an agent buys under (an agent's token decides this for it).
+    pub mandate_id: Option<Uuid>,
+    /// Only an admin names the shopper.
+    pub shopper: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddLine {
+    #[schema(example = "sku:tent-2p")]
+    pub offer_id: String,
+    #[schema(example = "acme-outdoor")]
+    pub merchant: String,
+    pub title: String,
+    #[schema(example = "outdoor/tents")]
+    pub category: String,
+    pub unit_price: MoneyBody,
+    #[schema(minimum = 1, maximum = 999)]
+    pub quantity: u32,
+    /// When the price was seen; now when omitted.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub price_seen_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeQuantity {
+    #[schema(minimum = 1, maximum = 999)]
+    pub quantity: u32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressBody {
+    pub name: String,
+    pub line1: String,
+    pub line2: Option<String>,
+    pub city: String,
+    pub region: Option<String>,
+    pub postal_code: String,
+    #[schema(example = "US")]
+    pub country: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordQuote {
+    pub merchant: String,
+    pub items_total: MoneyBody,
+    pub shipping: MoneyBody,
+    pub tax: MoneyBody,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub delivery_estimate: Option<Date>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LineView {
+    pub line_id: String,
+    pub offer_id: String,
+    pub merchant: String,
+    pub title: String,
+    pub category: String,
+    pub unit_price: MoneyBody,
+    pub quantity: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub price_seen_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuoteView {
+    pub merchant: String,
+    pub items_total: MoneyBody,
+    pub shipping: MoneyBody,
+    pub tax: MoneyBody,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub delivery_estimate: Option<Date>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartView {
+    pub id: String,
+    pub shopper: String,
+    pub mandate_id: Option<String>,
+    pub version: i64,
+    pub currency: String,
+    /// `open`, or `checking_out` once checkout has locked it.
+    pub status: String,
+    pub lines: Vec<LineView>,
+    pub has_shipping_address: bool,
+    pub quotes: Vec<QuoteView>,
+}
+
+/// What happened to one merchant's sub-cart at checkout.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubCartOutcome {
+    pub merchant: String,
+    pub grand_total: MoneyBody,
+    /// `reserved`: budget held, the order proceeds; `awaiting_approval`: the shopper must
+    /// approve (price drift or approval threshold); `refused`: the mandate said no (see
+    /// `code` and `reason`); `handoff`: no autopilot mandate, the shopper buys.
+    pub status: String,
+    pub reservation_id: Option<String>,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckoutView {
+    pub cart: CartView,
+    pub sub_carts: Vec<SubCartOutcome>,
+}
+
+fn owner(cart: &Cart) -> Owner<'_> {
+    Owner {
+        shopper: &cart.shopper,
+        mandate: cart.mandate_id,
+    }
+}
+
+fn view(cart: &Cart, version: i64) -> Result<CartView, Problem> {
+    let (Some(id), Some(currency)) = (cart.id, cart.currency) else {
+        return Err(Problem::not_found());
+    };
+    Ok(CartView {
+        id: id.to_string(),
+        shopper: cart.shopper.clone(),
+        mandate_id: cart.mandate_id.map(|m| m.to_string()),
+        version,
+        currency: currency.code().to_owned(),
+        status: match cart.status {
+            shopagent_domain::cart::CartStatus::Open => "open",
+            shopagent_domain::cart::CartStatus::CheckingOut => "checking_out",
+        }
+        .to_owned(),
+        lines: cart
+            .lines
+            .iter()
+            .map(|(id, l)| LineView {
+                line_id: id.to_string(),
+                offer_id: l.offer_id.to_string(),
+                merchant: l.merchant.to_string(),
+                title: l.title.clone(),
+                category: l.category.to_string(),
+                unit_price: l.unit_price.into(),
+                quantity: l.quantity,
+                price_seen_at: l.price_seen_at,
+            })
+            .collect(),
+        has_shipping_address: cart.address.is_some(),
+        quotes: cart
+            .quotes
+            .iter()
+            .map(|(m, q)| QuoteView {
+                merchant: m.to_string(),
+                items_total: q.items_total.into(),
+                shipping: q.shipping.into(),
+                tax: q.tax.into(),
+                delivery_estimate: q.delivery_estimate,
+                expires_at: q.expires_at,
+            })
+            .collect(),
+    })
+}
+
+async fn load_visible(
+    app: &App,
+    principal: &Principal,
+    id: CartId,
+) -> Result<(Cart, i64), Problem> {
+    let (cart, version) = app.carts.load(&stream_id(&principal.tenant, id)).await?;
+    if cart.id.is_none() {
+        return Err(Problem::not_found());
+    }
+    authorize_read(principal, owner(&cart))?;
+    Ok((cart, version))
+}
+
+#[utoipa::path(post, path = "/v1/carts", tag = "carts", request_body = CreateCart,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    Body(body): Body<CreateCart>,
+) -> Result<Response, Problem> {
+    let currency = Currency::parse(&body.currency).map_err(|e| invalid("currency", e))?;
+    let (shopper, mandate_id) = match principal.role {
+        Role::Agent => {
+            let mandate_id = principal
+                .mandate
+                .ok_or_else(|| Problem::forbidden("agent tokens name a mandate"))?;
+            if body.mandate_id.is_some_and(|m| MandateId(m) != mandate_id) {
+                return Err(Problem::forbidden(
+                    "an agent acts only under its own mandate",
+                ));
+            }
+            let (mandate, _) = load_mandate(&app, &principal, mandate_id).await?;
+            (mandate.shopper, Some(mandate_id))
+        }
+        Role::Shopper | Role::Admin => {
+            let shopper = match (principal.role, body.shopper) {
+                (Role::Admin, Some(shopper)) if !shopper.is_empty() && shopper.len() <= 128 => {
+                    shopper
+                }
+                (Role::Admin, _) => return Err(invalid("shopper", "an admin names the shopper")),
+                (_, Some(shopper)) if shopper != principal.subject => {
+                    return Err(Problem::forbidden("a shopper creates carts for themselves"));
+                }
+                _ => principal.subject.clone(),
+            };
+            let mandate_id = match body.mandate_id {
+                Some(m) => {
+                    let (mandate, _) = load_mandate(&app, &principal, MandateId(m)).await?;
+                    if mandate.shopper != shopper {
+                        return Err(
+                            Problem::not_found().with_detail("no such mandate for this shopper")
+                        );
+                    }
+                    Some(MandateId(m))
+                }
+                None => None,
+            };
+            (shopper, mandate_id)
+        }
+        Role::Finance | Role::Auditor | Role::Ops => {
+            return Err(Problem::forbidden("this role does not shop"));
+        }
+    };
+    let id = CartId(new_id(&principal, &key));
+    let stream = stream_id(&principal.tenant, id);
+    let command = CartCommand::Create {
+        cart_id: id,
+        shopper,
+        mandate_id,
+        currency,
+        at: OffsetDateTime::now_utc(),
+    };
+    app.carts
+        .execute(&stream, command, metadata(&principal, &key))
+        .await?;
+    let (cart, version) = app.carts.load(&stream).await?;
+    let mut response = versioned(StatusCode::CREATED, version, &view(&cart, version)?);
+    if let Ok(location) = HeaderValue::try_from(format!("/v1/carts/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[utoipa::path(get, path = "/v1/carts/{id}", tag = "carts", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = CartView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn read(
+    State(app): State<App>,
+    principal: Principal,
+    IdPath(id): IdPath,
+) -> Result<Response, Problem> {
+    let (cart, version) = load_visible(&app, &principal, CartId(id)).await?;
+    Ok(versioned(StatusCode::OK, version, &view(&cart, version)?))
+}
+
+async fn change(
+    app: &App,
+    principal: &Principal,
+    key: &RequestKey,
+    headers: &HeaderMap,
+    id: CartId,
+    command: CartCommand,
+) -> Result<Response, Problem> {
+    let stream = stream_id(&principal.tenant, id);
+    let (cart, _) = load_visible(app, principal, id).await?;
+    authorize_write(principal, owner(&cart))?;
+    app.carts
+        .execute_at_version(
+            &stream,
+            command,
+            metadata(principal, key),
+            if_match(headers)?,
+        )
+        .await?;
+    let (cart, version) = app.carts.load(&stream).await?;
+    Ok(versioned(StatusCode::OK, version, &view(&cart, version)?))
+}
+
+#[utoipa::path(post, path = "/v1/carts/{id}/lines", tag = "carts", request_body = AddLine,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn add_line(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<AddLine>,
+) -> Result<Response, Problem> {
+    let line = CartLine {
+        offer_id: OfferId::parse(&body.offer_id).map_err(|e| invalid("offer_id", e))?,
+        merchant: MerchantId::parse(&body.merchant).map_err(|e| invalid("merchant", e))?,
+        title: body.title,
+        category: Category::parse(&body.category).map_err(|e| invalid("category", e))?,
+        unit_price: body.unit_price.parse("unit_price")?,
+        quantity: body.quantity,
+        price_seen_at: body.price_seen_at.unwrap_or_else(OffsetDateTime::now_utc),
+    };
+    let line_id = LineId(new_id(&principal, &key));
+    change(
+        &app,
+        &principal,
+        &key,
+        &headers,
+        CartId(id),
+        CartCommand::AddLine { line_id, line },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/carts/{id}/lines/{line_id}/quantity", tag = "carts", request_body = ChangeQuantity,
+    params(("id" = String, Path, format = Uuid), ("line_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn change_quantity(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPairPath(id, line): IdPairPath,
+    Body(body): Body<ChangeQuantity>,
+) -> Result<Response, Problem> {
+    let command = CartCommand::ChangeQuantity {
+        line_id: LineId(line),
+        quantity: body.quantity,
+    };
+    change(&app, &principal, &key, &headers, CartId(id), command).await
+}
+
+#[utoipa::path(post, path = "/v1/carts/{id}/lines/{line_id}/remove", tag = "carts",
+    params(("id" = String, Path, format = Uuid), ("line_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn remove_line(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPairPath(id, line): IdPairPath,
+) -> Result<Response, Problem> {
+    change(
+        &app,
+        &principal,
+        &key,
+        &headers,
+        CartId(id),
+        CartCommand::RemoveLine {
+            line_id: LineId(line),
+        },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/carts/{id}/address", tag = "carts", request_body = AddressBody,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn set_address(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<AddressBody>,
+) -> Result<Response, Problem> {
+    let address = Address::new(AddressFields {
+        name: body.name,
+        line1: body.line1,
+        line2: body.line2,
+        city: body.city,
+        region: body.region,
+        postal_code: body.postal_code,
+        country: body.country,
+    })
+    .map_err(|e| Problem::unprocessable("invalid_address", e.to_string()))?;
+    change(
+        &app,
+        &principal,
+        &key,
+        &headers,
+        CartId(id),
+        CartCommand::SetShippingAddress { address },
+    )
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/carts/{id}/quotes", tag = "carts", request_body = RecordQuote,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn record_quote(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<RecordQuote>,
+) -> Result<Response, Problem> {
+    let quote = Quote {
+        items_total: body.items_total.parse("items_total")?,
+        shipping: body.shipping.parse("shipping")?,
+        tax: body.tax.parse("tax")?,
+        delivery_estimate: body.delivery_estimate,
+        expires_at: body.expires_at,
+    };
+    let merchant = MerchantId::parse(&body.merchant).map_err(|e| invalid("merchant", e))?;
+    let command = CartCommand::RecordQuote {
+        merchant,
+        quote,
+        at: OffsetDateTime::now_utc(),
+    };
+    change(&app, &principal, &key, &headers, CartId(id), command).await
+}
+
+/// Locks the cart, splits it by merchant, and reserves budget on the cart's mandate for
+/// every sub-cart that may proceed. The mandate decides each reservation alone, so
+/// concurrent checkouts never overspend it.
+#[utoipa::path(post, path = "/v1/carts/{id}/checkout", tag = "carts",
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CheckoutView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn checkout(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+) -> Result<Response, Problem> {
+    let cart_id = CartId(id);
+    let stream = stream_id(&principal.tenant, cart_id);
+    let (cart, _) = load_visible(&app, &principal, cart_id).await?;
+    authorize_write(&principal, owner(&cart))?;
+    let mandate = match cart.mandate_id {
+        Some(mandate_id) => Some((
+            mandate_id,
+            load_mandate(&app, &principal, mandate_id).await?.0,
+        )),
+        None => None,
+    };
+    let tolerance = mandate
+        .as_ref()
+        .and_then(|(_, m)| m.terms.as_ref())
+        .map_or(0, |t| t.price_drift_tolerance_bps);
+    let now = OffsetDateTime::now_utc();
+    app.carts
+        .execute_at_version(
+            &stream,
+            CartCommand::StartCheckout {
+                price_drift_tolerance_bps: tolerance,
+                at: now,
+            },
+            metadata(&principal, &key),
+            if_match(&headers)?,
+        )
+        .await?;
+    let sub_carts = checkout_started(&app, &stream).await?;
+
+    let autopilot = mandate
+        .as_ref()
+        .filter(|(_, m)| m.terms.as_ref().is_some_and(|t| t.mode == Mode::Autopilot));
+    let mut outcomes = Vec::with_capacity(sub_carts.len());
+    for sub_cart in sub_carts {
+        let mut outcome = SubCartOutcome {
+            merchant: sub_cart.merchant.to_string(),
+            grand_total: sub_cart.grand_total.into(),
+            status: "handoff".into(),
+            reservation_id: None,
+            code: None,
+            reason: None,
+        };
+        if let SubCartDecision::AwaitApproval { drift_bps } = sub_cart.decision {
+            outcome.status = "awaiting_approval".into();
+            outcome.code = Some("price_drift".into());
+            outcome.reason = Some(format!(
+                "the quote is {drift_bps} basis points above the prices seen"
+            ));
+        } else if let Some((mandate_id, _)) = autopilot {
+            let reservation_id = ReservationId(Uuid::new_v5(
+                &cart_id.0,
+                sub_cart.merchant.as_str().as_bytes(),
+            ));
+            outcome.reservation_id = Some(reservation_id.to_string());
+            let command = MandateCommand::Reserve {
+                reservation_id,
+                merchant: sub_cart.merchant.clone(),
+                categories: sub_cart.categories.clone(),
+                amount: sub_cart.grand_total,
+                at: now,
+            };
+            let mandate_stream = stream_id(&principal.tenant, mandate_id);
+            let reserve_key = key.derived(&format!("reserve/{}", sub_cart.merchant));
+            match app
+                .mandates
+                .execute(&mandate_stream, command, metadata(&principal, &reserve_key))
+                .await
+            {
+                Ok(_) => {
+                    let (mandate, _) = app.mandates.load(&mandate_stream).await?;
+                    let waiting = mandate
+                        .reservations
+                        .get(&reservation_id)
+                        .is_some_and(|r| r.awaiting_approval);
+                    outcome.status = if waiting {
+                        "awaiting_approval"
+                    } else {
+                        "reserved"
+                    }
+                    .into();
+                    if waiting {
+                        outcome.code = Some("approval_threshold".into());
+                    }
+                }
+                Err(CommandError::Rejected(
+                    rejection @ (MandateError::NotFound | MandateError::AlreadyExists),
+                )) => {
+                    return Err(CommandError::Rejected(rejection).into());
+                }
+                Err(CommandError::Rejected(rejection)) => {
+                    outcome.status = "refused".into();
+                    outcome.code = Some(rejection.code().into());
+                    outcome.reason = Some(rejection.to_string());
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        outcomes.push(outcome);
+    }
+    let (cart, version) = app.carts.load(&stream).await?;
+    Ok(versioned(
+        StatusCode::OK,
+        version,
+        &CheckoutView {
+            cart: view(&cart, version)?,
+            sub_carts: outcomes,
+        },
+    ))
+}
+
+/// The sub-carts of the cart's `CheckoutStarted` event.
+async fn checkout_started(
+    app: &App,
+    stream: &str,
+) -> Result<Vec<shopagent_domain::cart::SubCart>, Problem> {
+    let events = app.carts.events(stream).await?;
+    events
+        .into_iter()
+        .rev()
+        .find_map(|event| match event {
+            CartEvent::CheckoutStarted { sub_carts, .. } => Some(sub_carts),
+            _ => None,
+        })
+        .ok_or_else(Problem::internal)
+}

@@ -1,0 +1,215 @@
+//! The `/v1` API: commands as POSTs, current state as GETs.
+//!
+//! Conventions shared by every route live here: stream ids scoped by tenant, ids derived
+//! from idempotency keys, `ETag`/`If-Match` carrying the aggregate version, JSON bodies
+//! with unknown fields refused, and who may see and change what.
+
+pub mod carts;
+pub mod mandates;
+pub mod runs;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shopagent_domain::EventMetadata;
+use shopagent_domain::ids::MandateId;
+use uuid::Uuid;
+
+use crate::auth::{Principal, Role};
+use crate::idempotency::RequestKey;
+use crate::problem::Problem;
+
+/// Namespace of ids derived from idempotency keys.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0c_9d62_7a41_4b0e_9a57_2cf1_b0d3_e611);
+
+/// Streams are scoped by tenant: another tenant's id names a different, empty stream.
+pub fn stream_id(tenant: &str, id: impl std::fmt::Display) -> String {
+    format!("{tenant}/{id}")
+}
+
+/// The id a create request makes: derived from its idempotency key, so that a retry
+/// after a crash lands on the same aggregate.
+pub fn new_id(principal: &Principal, key: &RequestKey) -> Uuid {
+    Uuid::new_v5(
+        &ID_NAMESPACE,
+        format!("{}/{}/{}", principal.tenant, principal.subject, key.key).as_bytes(),
+    )
+}
+
+pub fn metadata(principal: &Principal, key: &RequestKey) -> EventMetadata {
+    let mut metadata = EventMetadata::new(
+        principal.tenant.clone(),
+        format!("{:?}:{}", principal.role, principal.subject).to_lowercase(),
+    );
+    metadata.idempotency_key = Some(key.key.clone());
+    metadata.request_digest = Some(key.digest.clone());
+    metadata
+}
+
+/// A JSON response with the aggregate version as its `ETag`.
+pub fn versioned<T: Serialize>(status: StatusCode, version: i64, body: &T) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Ok(etag) = HeaderValue::try_from(format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// The version named by `If-Match`, if any.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid_if_match",
+                "If-Match carries an ETag from a GET, e.g. \"3\"",
+            )
+        })
+}
+
+/// Who owns a resource: the shopper, and the mandate an agent may act under.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub shopper: &'a str,
+    pub mandate: Option<MandateId>,
+}
+
+fn visible(principal: &Principal, owner: Owner<'_>) -> bool {
+    match principal.role {
+        Role::Shopper => owner.shopper == principal.subject,
+        Role::Agent => owner.mandate.is_some() && owner.mandate == principal.mandate,
+        Role::Finance | Role::Auditor | Role::Ops | Role::Admin => true,
+    }
+}
+
+/// Another shopper's data does not exist for the caller: 404, not 403.
+pub fn authorize_read(principal: &Principal, owner: Owner<'_>) -> Result<(), Problem> {
+    if visible(principal, owner) {
+        Ok(())
+    } else {
+        Err(Problem::not_found())
+    }
+}
+
+/// Changes are for the owning shopper, the agent under its mandate, and admins.
+pub fn authorize_write(principal: &Principal, owner: Owner<'_>) -> Result<(), Problem> {
+    authorize_read(principal, owner)?;
+    match principal.role {
+        Role::Shopper | Role::Agent | Role::Admin => Ok(()),
+        Role::Finance | Role::Auditor | Role::Ops => Err(Problem::forbidden(
+            "this role reads but does not change shopper data",
+        )),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Problem::unauthorized("a bearer token is required"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestKey {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts
+            .extensions
+            .get::<RequestKey>()
+            .cloned()
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "idempotency_key_required",
+                    "Idempotency-Key header is required on every POST",
+                )
+            })
+    }
+}
+
+/// A JSON body. Malformed JSON, wrong types and unknown fields become 4xx problems that
+/// name the offending field.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Problem;
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_problem(rejection)),
+        }
+    }
+}
+
+fn json_problem(rejection: JsonRejection) -> Problem {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the body as application/json",
+        ),
+        JsonRejection::JsonSyntaxError(e) => Problem::bad_request("malformed_json", e.body_text()),
+        JsonRejection::JsonDataError(e) => Problem::unprocessable("invalid_body", e.body_text()),
+        JsonRejection::BytesRejection(_) => Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "Request body too large",
+        ),
+        other => Problem::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// A UUID path parameter; anything else is a 404 (no such resource can exist).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let axum::extract::Path(id) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_: PathRejection| Problem::not_found())?;
+        Uuid::parse_str(&id)
+            .map(Self)
+            .map_err(|_| Problem::not_found().with_detail("ids are UUIDs"))
+    }
+}
+
+/// Two UUID path parameters (a resource and one of its parts).
+#[derive(Debug, Clone, Copy)]
+pub struct IdPairPath(pub Uuid, pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPairPath {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let axum::extract::Path((a, b)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|_: PathRejection| Problem::not_found())?;
+        match (Uuid::parse_str(&a), Uuid::parse_str(&b)) {
+            (Ok(a), Ok(b)) => Ok(Self(a, b)),
+            _ => Err(Problem::not_found().with_detail("ids are UUIDs")),
+        }
+    }
+}
+
+/// Domain value parsing failures are the caller's fault: 422 with the reason.
+pub fn invalid(field: &str, error: impl std::fmt::Display) -> Problem {
+    Problem::unprocessable("invalid_field", format!("{field}: {error}"))
+}

@@ -1,0 +1,1030 @@
+//! The `/v1` API over a real server: every endpoint's success and error paths, the
+//! authorization matrix, idempotency, optimistic concurrency and the budget race.
+
+mod common;
+
+use common::{Backend, Reply, TestApp, spawn_app, spawn_app_with};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use shopagent::auth::Role;
+use shopagent_commands::{Database, LogCursor};
+
+on_both_backends!(
+    a_mandate_is_created_read_and_versioned,
+    foreign_shoppers_and_tenants_see_nothing,
+    read_only_roles_read_across_shoppers_but_change_nothing,
+    agents_act_only_under_their_mandate,
+    a_retried_post_replays_the_original_response,
+    a_reused_key_with_another_body_is_refused,
+    a_post_without_an_idempotency_key_is_refused,
+    a_key_still_in_flight_is_a_conflict,
+    a_stale_if_match_is_a_precondition_failure,
+    bad_input_is_a_clear_problem_and_changes_nothing,
+    requests_without_a_valid_token_are_unauthorized,
+    cart_changes_invalidate_quotes,
+    checkout_reserves_budget_per_merchant,
+    checkout_reports_what_the_mandate_refuses,
+    fifty_concurrent_checkouts_never_exceed_the_budget,
+    runs_keep_an_append_only_ledger_with_approvals,
+    run_entries_stream_as_server_sent_events,
+    oidc_tokens_are_verified_against_the_jwks,
+);
+
+fn usd(minor: i64) -> Value {
+    json!({"minor": minor, "currency": "USD"})
+}
+
+fn mandate_terms() -> Value {
+    json!({
+        "mode": "autopilot",
+        "currency": "USD",
+        "period_budget": {"period": "week", "limit": usd(50_000)},
+        "per_order_limit": usd(20_000),
+        "approval_threshold": usd(15_000),
+        "blocked_categories": ["alcohol"],
+        "price_drift_tolerance_bps": 300
+    })
+}
+
+async fn create_mandate(app: &TestApp, token: &str, terms: Value) -> String {
+    let reply = app.post("/v1/mandates", token, terms).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.body["id"].as_str().expect("id").to_owned()
+}
+
+/// A cart with one line per `(merchant, unit price, category)`, an address, and a quote
+/// per merchant whose items total equals the line (plus 100 shipping and 100 tax).
+async fn ready_cart(
+    app: &TestApp,
+    token: &str,
+    mandate: Option<&str>,
+    lines: &[(&str, i64, &str)],
+) -> String {
+    let reply = app
+        .post(
+            "/v1/carts",
+            token,
+            json!({"currency": "USD", "mandate_id": mandate}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let cart = reply.body["id"].as_str().expect("id").to_owned();
+    for (merchant, price, category) in lines {
+        let line = json!({"offer_id": "sku:item", "merchant": merchant, "title": "Item", "category": category, "unit_price": usd(*price), "quantity": 1});
+        let reply = app
+            .post(&format!("/v1/carts/{cart}/lines"), token, line)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let address = json!({"name": "Ada Shopper", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/address"), token, address)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    for (merchant, price, _) in lines {
+        let quote = json!({"merchant": merchant, "items_total": usd(*price), "shipping": usd(100), "tax": usd(100), "expires_at": expires});
+        let reply = app
+            .post(&format!("/v1/carts/{cart}/quotes"), token, quote)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    cart
+}
+
+async fn events_in_log(app: &TestApp) -> i64 {
+    app.store
+        .count_after(LogCursor::START)
+        .await
+        .expect("count")
+}
+
+async fn a_mandate_is_created_read_and_versioned(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let created = app.post("/v1/mandates", &alice, mandate_terms()).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.body["id"].as_str().expect("id");
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/mandates/{id}").as_str())
+    );
+    assert_eq!(created.etag(), "\"1\"");
+    assert_eq!(created.body["shopper"], "alice");
+    assert_eq!(created.body["per_order_limit"], usd(20_000));
+
+    let read = app.get(&format!("/v1/mandates/{id}"), &alice).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.etag(), "\"1\"");
+    assert_eq!(read.body, created.body);
+    app.stop().await;
+}
+
+async fn foreign_shoppers_and_tenants_see_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let id = create_mandate(&app, &alice, mandate_terms()).await;
+    let path = format!("/v1/mandates/{id}");
+    let bob = app.shopper("bob");
+    app.get(&path, &bob)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.post(
+        &format!("{path}/revoke"),
+        &bob,
+        json!({"reason": "mine now"}),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let alice_elsewhere = app.token("globex", "alice", Role::Shopper, None);
+    app.get(&path, &alice_elsewhere)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let admin_elsewhere = app.token("globex", "root", Role::Admin, None);
+    app.get(&path, &admin_elsewhere)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let cart = ready_cart(&app, &alice, Some(&id), &[("acme", 1_000, "outdoor")]).await;
+    app.get(&format!("/v1/carts/{cart}"), &bob)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.post(&format!("/v1/carts/{cart}/checkout"), &bob, json!({}))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.stop().await;
+}
+
+async fn read_only_roles_read_across_shoppers_but_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let id = create_mandate(&app, &alice, mandate_terms()).await;
+    let path = format!("/v1/mandates/{id}");
+    for role in [Role::Finance, Role::Auditor, Role::Ops, Role::Admin] {
+        let token = app.token("acme", "staff", role, None);
+        assert_eq!(
+            app.get(&path, &token).await.status,
+            StatusCode::OK,
+            "{role:?} reads"
+        );
+    }
+    let before = events_in_log(&app).await;
+    for role in [Role::Finance, Role::Auditor, Role::Ops] {
+        let token = app.token("acme", "staff", role, None);
+        app.post(&format!("{path}/revoke"), &token, json!({"reason": "no"}))
+            .await
+            .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+        app.post("/v1/mandates", &token, mandate_terms())
+            .await
+            .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+        app.post("/v1/carts", &token, json!({"currency": "USD"}))
+            .await
+            .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    }
+    assert_eq!(events_in_log(&app).await, before);
+    let admin = app.token("acme", "root", Role::Admin, None);
+    let revoked = app
+        .post(
+            &format!("{path}/revoke"),
+            &admin,
+            json!({"reason": "fraud"}),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert_eq!(revoked.body["revoked"], true);
+    app.stop().await;
+}
+
+async fn agents_act_only_under_their_mandate(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let other = create_mandate(&app, &alice, mandate_terms()).await;
+    let agent = app.token("acme", "agent-7", Role::Agent, Some(&mandate));
+    assert_eq!(
+        app.get(&format!("/v1/mandates/{mandate}"), &agent)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.get(&format!("/v1/mandates/{other}"), &agent)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.post("/v1/mandates", &agent, mandate_terms())
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.post(
+        &format!("/v1/mandates/{mandate}/revoke"),
+        &agent,
+        json!({"reason": "x"}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+
+    // The agent's cart belongs to the mandate's shopper, under its mandate.
+    let cart = app
+        .post("/v1/carts", &agent, json!({"currency": "USD"}))
+        .await;
+    assert_eq!(cart.status, StatusCode::CREATED);
+    assert_eq!(cart.body["shopper"], "alice");
+    assert_eq!(cart.body["mandate_id"], mandate.as_str());
+    app.post(
+        "/v1/carts",
+        &agent,
+        json!({"currency": "USD", "mandate_id": other}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    // Alice sees it; the agent of another mandate does not.
+    let cart_path = format!("/v1/carts/{}", cart.body["id"].as_str().expect("id"));
+    assert_eq!(app.get(&cart_path, &alice).await.status, StatusCode::OK);
+    let stranger = app.token("acme", "agent-8", Role::Agent, Some(&other));
+    app.get(&cart_path, &stranger)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.stop().await;
+}
+
+async fn a_retried_post_replays_the_original_response(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let terms = mandate_terms();
+    let first = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("create-1"),
+            Some(&terms),
+            None,
+        )
+        .await;
+    let retry = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("create-1"),
+            Some(&terms),
+            None,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(first.header("idempotent-replayed"), None);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.etag(), first.etag());
+    assert_eq!(retry.header("location"), first.header("location"));
+    assert_eq!(events_in_log(&app).await, 1, "one mandate, created once");
+    app.stop().await;
+}
+
+async fn a_reused_key_with_another_body_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    app.send(
+        Method::POST,
+        "/v1/mandates",
+        Some(&alice),
+        Some("k"),
+        Some(&mandate_terms()),
+        None,
+    )
+    .await;
+    let mut other = mandate_terms();
+    other["mode"] = json!("assist");
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("k"),
+            Some(&other),
+            None,
+        )
+        .await;
+    reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused");
+    assert_eq!(events_in_log(&app).await, 1);
+    app.stop().await;
+}
+
+async fn a_post_without_an_idempotency_key_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            None,
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    reply.assert_problem(StatusCode::BAD_REQUEST, "idempotency_key_required");
+    let long = "k".repeat(201);
+    let reply = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some(&long),
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    reply.assert_problem(StatusCode::BAD_REQUEST, "invalid_idempotency_key");
+    assert_eq!(events_in_log(&app).await, 0);
+    app.stop().await;
+}
+
+async fn a_key_still_in_flight_is_a_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    // A first request holds the key: its lease runs for another minute.
+    let lease = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 60_000;
+    let body = serde_json::to_vec(&mandate_terms()).expect("json");
+    let hash = {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"POST\0/v1/mandates\0");
+        hasher.update(&body);
+        hex::encode(hasher.finalize())
+    };
+    const SQL: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms) VALUES ('acme', 'busy', $1, 'in_flight', $2, $2)";
+    match app.store.database() {
+        Database::Postgres(pool) => sqlx::query(SQL)
+            .bind(&hash)
+            .bind(lease)
+            .execute(pool)
+            .await
+            .map(drop),
+        Database::Sqlite(pool) => sqlx::query(SQL)
+            .bind(&hash)
+            .bind(lease)
+            .execute(pool)
+            .await
+            .map(drop),
+    }
+    .expect("insert");
+    let reply = app
+        .client
+        .post(app.url("/v1/mandates"))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "busy")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(reply.status(), StatusCode::CONFLICT);
+    assert_eq!(reply.headers()["retry-after"], "1");
+    let problem: Value = reply.json().await.expect("json");
+    assert_eq!(problem["code"], "request_in_progress");
+    assert_eq!(events_in_log(&app).await, 0);
+    app.stop().await;
+}
+
+async fn a_stale_if_match_is_a_precondition_failure(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let id = create_mandate(&app, &alice, mandate_terms()).await;
+    let path = format!("/v1/mandates/{id}/revoke");
+    let body = json!({"reason": "lost phone"});
+    let stale = app
+        .send(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some("r1"),
+            Some(&body),
+            Some("\"0\""),
+        )
+        .await;
+    stale.assert_problem(StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    let unchanged = app.get(&format!("/v1/mandates/{id}"), &alice).await;
+    assert_eq!(
+        (unchanged.etag().as_str(), &unchanged.body["revoked"]),
+        ("\"1\"", &json!(false))
+    );
+    let garbage = app
+        .send(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some("r2"),
+            Some(&body),
+            Some("yesterday"),
+        )
+        .await;
+    garbage.assert_problem(StatusCode::BAD_REQUEST, "invalid_if_match");
+    let current = app
+        .send(
+            Method::POST,
+            &path,
+            Some(&alice),
+            Some("r3"),
+            Some(&body),
+            Some(&unchanged.etag()),
+        )
+        .await;
+    assert_eq!(current.status, StatusCode::OK);
+    assert_eq!(current.etag(), "\"2\"");
+    assert_eq!(current.body["revoked"], true);
+    app.stop().await;
+}
+
+async fn bad_input_is_a_clear_problem_and_changes_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = app
+        .post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    let cart_id = cart.body["id"].as_str().expect("id").to_owned();
+    let lines = format!("/v1/carts/{cart_id}/lines");
+    let before = events_in_log(&app).await;
+    let line = |quantity: Value, price: Value| json!({"offer_id": "sku:1", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": price, "quantity": quantity});
+
+    let raw = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = app
+            .client
+            .post(app.url(&lines))
+            .bearer_auth(&alice)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request
+    };
+    let malformed = raw("{\"offer_id\": ", Some("application/json"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        malformed.json::<Value>().await.expect("json")["code"],
+        "malformed_json"
+    );
+    let untyped = raw("{}", None).send().await.expect("send");
+    assert_eq!(untyped.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let mut unknown_field = line(json!(1), usd(100));
+    unknown_field["discount"] = json!(5);
+    app.post(&lines, &alice, unknown_field)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    app.post(&lines, &alice, line(json!("two"), usd(100)))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    app.post(&lines, &alice, line(json!(-1), usd(100)))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    app.post(&lines, &alice, line(json!(0), usd(100)))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "quantity_out_of_range");
+    app.post(&lines, &alice, line(json!(1), usd(0)))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "price_not_positive");
+    app.post(
+        &lines,
+        &alice,
+        line(json!(1), json!({"minor": 100, "currency": "ZZZ"})),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    app.post(
+        &lines,
+        &alice,
+        line(json!(1), json!({"minor": 100, "currency": "EUR"})),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "currency_mismatch");
+    app.post(
+        &lines,
+        &alice,
+        line(json!(1), json!({"minor": 1e30, "currency": "USD"})),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let mut bad_merchant = line(json!(1), usd(100));
+    bad_merchant["merchant"] = json!("ACME; DROP TABLE");
+    app.post(&lines, &alice, bad_merchant)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let mut huge_title = line(json!(1), usd(100));
+    huge_title["title"] = json!("x".repeat(300 * 1024));
+    app.post(&lines, &alice, huge_title)
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    app.post(
+        "/v1/carts/not-a-uuid/lines",
+        &alice,
+        line(json!(1), usd(100)),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.get("/v1/carts/00000000-0000-0000-0000-000000000000", &alice)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.post(
+        "/v1/mandates",
+        &alice,
+        json!({"mode": "autopilot", "currency": "USD", "per_order_limit": usd(-5)}),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_mandate_terms");
+    assert_eq!(
+        events_in_log(&app).await,
+        before,
+        "no bad request changed anything"
+    );
+    app.stop().await;
+}
+
+async fn requests_without_a_valid_token_are_unauthorized(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let none = app
+        .send(
+            Method::GET,
+            "/v1/mandates/00000000-0000-0000-0000-000000000000",
+            None,
+            None,
+            None,
+            None,
+        )
+        .await;
+    none.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    let path = "/v1/mandates/00000000-0000-0000-0000-000000000000";
+    app.get(path, "not.a.jwt")
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let foreign = shopagent::auth::Authenticator::new(Some(b"some-other-secret"), None);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = |exp: i64, role: Role| shopagent::auth::Claims {
+        sub: "alice".into(),
+        tenant: "acme".into(),
+        role,
+        mandate: None,
+        exp,
+        iat: now,
+    };
+    let forged = foreign
+        .issue(&claims(now + 600, Role::Shopper))
+        .expect("token");
+    app.get(path, &forged)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let expired = app
+        .auth
+        .issue(&claims(now - 3600, Role::Shopper))
+        .expect("token");
+    app.get(path, &expired)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let agent_without_mandate = app
+        .auth
+        .issue(&claims(now + 600, Role::Agent))
+        .expect("token");
+    app.get(path, &agent_without_mandate)
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    let post = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            None,
+            Some("k"),
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    post.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(events_in_log(&app).await, 0);
+    app.stop().await;
+}
+
+async fn cart_changes_invalidate_quotes(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = ready_cart(
+        &app,
+        &alice,
+        None,
+        &[("acme", 1_000, "outdoor"), ("bolt", 2_000, "bikes")],
+    )
+    .await;
+    let read = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(read.body["quotes"].as_array().expect("quotes").len(), 2);
+    let acme_line = read.body["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .find(|l| l["merchant"] == "acme")
+        .expect("line")["line_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let changed = app
+        .post(
+            &format!("/v1/carts/{cart}/lines/{acme_line}/quantity"),
+            &alice,
+            json!({"quantity": 3}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let quotes: Vec<&str> = changed.body["quotes"]
+        .as_array()
+        .expect("quotes")
+        .iter()
+        .map(|q| q["merchant"].as_str().expect("m"))
+        .collect();
+    assert_eq!(quotes, ["bolt"], "acme's quote no longer matches its lines");
+    let removed = app
+        .post(
+            &format!("/v1/carts/{cart}/lines/{acme_line}/remove"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(removed.body["lines"].as_array().expect("lines").len(), 1);
+    app.post(
+        &format!("/v1/carts/{cart}/lines/{acme_line}/remove"),
+        &alice,
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "unknown_line");
+    app.stop().await;
+}
+
+fn outcome<'a>(reply: &'a Reply, merchant: &str) -> &'a Value {
+    reply.body["sub_carts"]
+        .as_array()
+        .expect("sub_carts")
+        .iter()
+        .find(|s| s["merchant"] == merchant)
+        .expect("merchant outcome")
+}
+
+async fn checkout_reserves_budget_per_merchant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let agent = app.token("acme", "agent-7", Role::Agent, Some(&mandate));
+    let cart = ready_cart(
+        &app,
+        &agent,
+        None,
+        &[("acme", 10_000, "outdoor"), ("bolt", 16_000, "bikes")],
+    )
+    .await;
+    let reply = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &agent, json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["cart"]["status"], "checking_out");
+    assert_eq!(outcome(&reply, "acme")["status"], "reserved");
+    assert_eq!(outcome(&reply, "acme")["grand_total"], usd(10_200));
+    assert_eq!(outcome(&reply, "bolt")["status"], "awaiting_approval");
+    assert_eq!(outcome(&reply, "bolt")["code"], "approval_threshold");
+    let read = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
+    assert_eq!(
+        read.body["open_reservations"]
+            .as_array()
+            .expect("reservations")
+            .len(),
+        2
+    );
+
+    // The shopper approves the waiting one; the agent may not.
+    let waiting = outcome(&reply, "bolt")["reservation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let approve = format!("/v1/mandates/{mandate}/reservations/{waiting}/approve");
+    app.post(&approve, &agent, json!({}))
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let approved = app.post(&approve, &alice, json!({})).await;
+    assert_eq!(approved.status, StatusCode::OK);
+    assert!(
+        approved.body["open_reservations"]
+            .as_array()
+            .expect("r")
+            .iter()
+            .all(|r| r["awaiting_approval"] == false)
+    );
+
+    // A locked cart refuses changes, and a second checkout.
+    app.post(&format!("/v1/carts/{cart}/checkout"), &agent, json!({}))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "cart_locked");
+    app.stop().await;
+}
+
+async fn checkout_reports_what_the_mandate_refuses(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let cart = ready_cart(
+        &app,
+        &alice,
+        Some(&mandate),
+        &[
+            ("acme", 1_000, "outdoor"),
+            ("vino", 2_000, "alcohol"),
+            ("big", 25_000, "tv"),
+        ],
+    )
+    .await;
+    let reply = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &alice, json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(outcome(&reply, "acme")["status"], "reserved");
+    assert_eq!(outcome(&reply, "vino")["status"], "refused");
+    assert_eq!(outcome(&reply, "vino")["code"], "category_blocked");
+    assert_eq!(outcome(&reply, "big")["code"], "over_per_order_limit");
+    assert!(
+        outcome(&reply, "big")["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("per-order limit")
+    );
+
+    // Without a mandate the shopper buys: a hand-off, no reservation.
+    let own = ready_cart(&app, &alice, None, &[("acme", 1_000, "outdoor")]).await;
+    let reply = app
+        .post(&format!("/v1/carts/{own}/checkout"), &alice, json!({}))
+        .await;
+    assert_eq!(outcome(&reply, "acme")["status"], "handoff");
+    app.stop().await;
+}
+
+async fn fifty_concurrent_checkouts_never_exceed_the_budget(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let alice = app.shopper("alice");
+    let terms = json!({"mode": "autopilot", "currency": "USD", "period_budget": {"period": "month", "limit": usd(10_000)}, "price_drift_tolerance_bps": 0});
+    let mandate = create_mandate(&app, &alice, terms).await;
+    let agent = app.token("acme", "agent-7", Role::Agent, Some(&mandate));
+    let mut carts = Vec::new();
+    for _ in 0..50 {
+        // 800 + 100 shipping + 100 tax: the budget covers exactly ten.
+        carts.push(ready_cart(&app, &agent, None, &[("acme", 800, "outdoor")]).await);
+    }
+    let checkouts: Vec<_> = carts
+        .into_iter()
+        .map(|cart| {
+            let (app, agent) = (app.clone(), agent.clone());
+            tokio::spawn(async move {
+                app.post(&format!("/v1/carts/{cart}/checkout"), &agent, json!({}))
+                    .await
+            })
+        })
+        .collect();
+    let (mut reserved, mut refused) = (0, 0);
+    for checkout in checkouts {
+        let reply = checkout.await.expect("task");
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let acme = outcome(&reply, "acme");
+        match acme["status"].as_str() {
+            Some("reserved") => reserved += 1,
+            Some("refused") => {
+                assert_eq!(acme["code"], "over_period_budget", "{acme:?}");
+                refused += 1;
+            }
+            other => panic!("unexpected outcome {other:?}: {acme:?}"),
+        }
+    }
+    assert_eq!((reserved, refused), (10, 40));
+    let read = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
+    let held: i64 = read.body["open_reservations"]
+        .as_array()
+        .expect("r")
+        .iter()
+        .map(|r| r["amount"]["minor"].as_i64().expect("minor"))
+        .sum();
+    assert_eq!(held, 10_000, "the budget is used exactly, never exceeded");
+    std::sync::Arc::into_inner(app)
+        .expect("sole owner")
+        .stop()
+        .await;
+}
+
+async fn runs_keep_an_append_only_ledger_with_approvals(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let agent = app.token("acme", "agent-7", Role::Agent, Some(&mandate));
+    let run = app
+        .post(
+            "/v1/runs",
+            &agent,
+            json!({"prompt": "a 2-person tent under $150"}),
+        )
+        .await;
+    assert_eq!(run.status, StatusCode::CREATED, "{:?}", run.body);
+    assert_eq!(
+        (run.body["mode"].as_str(), run.body["shopper"].as_str()),
+        (Some("autopilot"), Some("alice"))
+    );
+    let path = format!("/v1/runs/{}", run.body["id"].as_str().expect("id"));
+    let action = json!({"kind": "search", "input_digest": "a".repeat(64), "output_digest": "b".repeat(64), "citations": ["https://acme.example/tents"], "latency_ms": 420, "cost": usd(3)});
+    assert_eq!(
+        app.post(&format!("{path}/actions"), &agent, action.clone())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let mut bad = action.clone();
+    bad["citations"] = json!(["javascript:alert(1)"]);
+    app.post(&format!("{path}/actions"), &agent, bad)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let decision = json!({"rule": "per_order_limit", "outcome": "allowed", "rationale": "$149 is within the $200 limit"});
+    assert_eq!(
+        app.post(&format!("{path}/guardrail-decisions"), &agent, decision)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let requested = app.post(&format!("{path}/approvals"), &agent, json!({"subject": "buy tent for $149", "amount": usd(14_900), "expires_in_seconds": 600})).await;
+    let approval = requested.body["created_id"]
+        .as_str()
+        .expect("approval id")
+        .to_owned();
+    assert_eq!(requested.body["pending_approvals"], json!([approval]));
+    app.post(
+        &format!("{path}/approvals/{approval}/grant"),
+        &agent,
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(
+        app.post(
+            &format!("{path}/approvals/{approval}/grant"),
+            &alice,
+            json!({})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let done = app
+        .post(
+            &format!("{path}/complete"),
+            &agent,
+            json!({"summary": "bought the tent"}),
+        )
+        .await;
+    assert_eq!(done.body["status"], "completed");
+    app.post(&format!("{path}/actions"), &agent, action)
+        .await
+        .assert_problem(StatusCode::CONFLICT, "run_ended");
+
+    let ledger = app
+        .get(
+            &format!("{path}/ledger"),
+            &app.token("acme", "auditor-1", Role::Auditor, None),
+        )
+        .await;
+    let types: Vec<&str> = ledger
+        .body
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["entry_type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "RunStarted",
+            "RunActionRecorded",
+            "GuardrailDecisionRecorded",
+            "ApprovalRequested",
+            "ApprovalGranted",
+            "RunCompleted"
+        ]
+    );
+    app.stop().await;
+}
+
+async fn run_entries_stream_as_server_sent_events(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let run = app
+        .post("/v1/runs", &alice, json!({"prompt": "socks"}))
+        .await;
+    let path = format!("/v1/runs/{}", run.body["id"].as_str().expect("id"));
+    let response = app
+        .client
+        .get(app.url(&format!("{path}/events")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response;
+    let action = json!({"kind": "search", "input_digest": "a".repeat(64), "output_digest": "b".repeat(64), "latency_ms": 5});
+    assert_eq!(
+        app.post(&format!("{path}/actions"), &alice, action)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post(
+            &format!("{path}/cancel"),
+            &alice,
+            json!({"reason": "found them elsewhere"})
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let mut text = String::new();
+    let read_all = async {
+        while let Some(chunk) = body.chunk().await.expect("chunk") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read_all)
+        .await
+        .expect("the stream ends with the run");
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events, ["RunStarted", "RunActionRecorded", "RunCancelled"]);
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .collect();
+    assert_eq!(ids, ["1", "2", "3"]);
+
+    // Resuming after entry 2 delivers only what follows.
+    let resumed = app
+        .client
+        .get(app.url(&format!("{path}/events")))
+        .bearer_auth(&alice)
+        .header("Last-Event-ID", "2")
+        .send()
+        .await
+        .expect("sse");
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(20), resumed.text())
+        .await
+        .expect("ends")
+        .expect("text");
+    assert_eq!(
+        rest.lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect::<Vec<_>>(),
+        ["RunCancelled"]
+    );
+    app.stop().await;
+}
+
+async fn oidc_tokens_are_verified_against_the_jwks(backend: Backend) {
+    let jwks: Value =
+        serde_json::from_str(include_str!("fixtures/oidc-test-jwks.json")).expect("jwks");
+    let provider = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || async move { axum::Json(jwks) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let jwks_url = format!("http://{}/jwks", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, provider).await });
+    let app = spawn_app_with(backend, Some(jwks_url)).await;
+
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("fixtures/oidc-test-key.pem"))
+        .expect("key");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims =
+        json!({"sub": "alice", "tenant": "acme", "role": "shopper", "exp": now + 600, "iat": now});
+    let sign = |kid: &str| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+    };
+    let created = app
+        .post("/v1/mandates", &sign("test-key-1"), mandate_terms())
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["shopper"], "alice");
+    app.get(
+        "/v1/mandates/00000000-0000-0000-0000-000000000000",
+        &sign("unknown-key"),
+    )
+    .await
+    .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.stop().await;
+}
