@@ -23,6 +23,7 @@ pub fn router(app: App) -> Router {
         .merge(routes::mandates::routes())
         .merge(routes::carts::routes())
         .merge(routes::runs::routes())
+        .merge(routes::orders::routes())
         // Authentication runs first (outermost), then idempotency, which needs the tenant.
         .layer(middleware::from_fn_with_state(
             app.clone(),

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, mandates, runs};
+use crate::routes::{carts, mandates, orders, runs};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -14,10 +14,11 @@ use crate::routes::{carts, mandates, runs};
         carts::set_address, carts::record_quote, carts::checkout,
         runs::start, runs::read, runs::ledger, runs::events, runs::record_action, runs::record_decision,
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
+        orders::read, orders::cancel, orders::request_return, orders::read_payment,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),
-    tags((name = "mandates"), (name = "carts"), (name = "runs")),
+    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments")),
 )]
 pub struct ApiDoc;
 

@@ -7,6 +7,8 @@ use anyhow::Context;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig};
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
+use shopagent_domain::order::Order;
+use shopagent_domain::payment::Payment;
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{AggregateCatalog, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
@@ -22,6 +24,8 @@ pub struct App {
     pub mandates: Arc<CommandBus<Mandate>>,
     pub carts: Arc<CommandBus<Cart>>,
     pub runs: Arc<CommandBus<AgentRun>>,
+    pub orders: Arc<CommandBus<Order>>,
+    pub payments: Arc<CommandBus<Payment>>,
 }
 
 impl App {
@@ -33,6 +37,8 @@ impl App {
             mandates: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             carts: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            orders: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            payments: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             store,
             auth,
         }

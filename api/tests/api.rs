@@ -28,6 +28,7 @@ on_both_backends!(
     runs_keep_an_append_only_ledger_with_approvals,
     run_entries_stream_as_server_sent_events,
     oidc_tokens_are_verified_against_the_jwks,
+    checkout_creates_one_order_per_proceeding_merchant,
 );
 
 fn usd(minor: i64) -> Value {
@@ -1026,5 +1027,94 @@ async fn oidc_tokens_are_verified_against_the_jwks(backend: Backend) {
     )
     .await
     .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.stop().await;
+}
+
+async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let cart = ready_cart(
+        &app,
+        &alice,
+        Some(&mandate),
+        &[("acme", 1_000, "outdoor"), ("vino", 2_000, "alcohol")],
+    )
+    .await;
+    let reply = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &alice, json!({}))
+        .await;
+    assert!(
+        outcome(&reply, "vino")["order_id"].is_null(),
+        "a refused sub-cart gets no order"
+    );
+    let order_id = outcome(&reply, "acme")["order_id"]
+        .as_str()
+        .expect("order")
+        .to_owned();
+    let path = format!("/v1/orders/{order_id}");
+    let order = app.get(&path, &alice).await;
+    assert_eq!(order.status, StatusCode::OK, "{:?}", order.body);
+    assert_eq!(order.body["path"], "api");
+    assert!(
+        order.body["path_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("autopilot")
+    );
+    assert_eq!(order.body["status"], "created");
+    assert_eq!(order.body["total"], usd(1_200));
+    assert_eq!(order.body["lines"][0]["unit_price"], usd(1_000));
+
+    app.get(&path, &app.shopper("bob"))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let finance = app.token("acme", "fin-1", Role::Finance, None);
+    assert_eq!(app.get(&path, &finance).await.status, StatusCode::OK);
+    app.post(&format!("{path}/cancel"), &finance, json!({"reason": "x"}))
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.post(
+        &format!("{path}/returns"),
+        &alice,
+        json!({"reason": "too small"}),
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "illegal_order_transition");
+    let cancelled = app
+        .post(
+            &format!("{path}/cancel"),
+            &alice,
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(cancelled.body["status"], "cancelled");
+    app.post(
+        &format!("{path}/cancel"),
+        &alice,
+        json!({"reason": "again"}),
+    )
+    .await
+    .assert_problem(StatusCode::CONFLICT, "illegal_order_transition");
+
+    // Without an autopilot mandate the order is a deep-link hand-off.
+    let own = ready_cart(&app, &alice, None, &[("acme", 500, "outdoor")]).await;
+    let reply = app
+        .post(&format!("/v1/carts/{own}/checkout"), &alice, json!({}))
+        .await;
+    let handoff = outcome(&reply, "acme")["order_id"]
+        .as_str()
+        .expect("order")
+        .to_owned();
+    assert_eq!(
+        app.get(&format!("/v1/orders/{handoff}"), &alice).await.body["path"],
+        "deeplink"
+    );
+
+    // Payments are read-only and appear with checkout orchestration; none exist yet.
+    app.get(&format!("/v1/payments/{order_id}"), &alice)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
 }

@@ -10,10 +10,11 @@ use shopagent_commands::CommandError;
 use shopagent_domain::address::{Address, AddressFields};
 use shopagent_domain::cart::{Cart, CartCommand, CartEvent, CartLine, Quote, SubCartDecision};
 use shopagent_domain::ids::{
-    CartId, Category, LineId, MandateId, MerchantId, OfferId, ReservationId,
+    CartId, Category, LineId, MandateId, MerchantId, OfferId, OrderId, ReservationId,
 };
 use shopagent_domain::mandate::{MandateCommand, MandateError, Mode};
 use shopagent_domain::money::Currency;
+use shopagent_domain::order::{CheckoutPath, OrderCommand, OrderDraft, OrderLine};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -158,6 +159,8 @@ pub struct SubCartOutcome {
     /// `code` and `reason`); `handoff`: no autopilot mandate, the shopper buys.
     pub status: String,
     pub reservation_id: Option<String>,
+    /// The order created for a reserved or handed-off sub-cart.
+    pub order_id: Option<String>,
     pub code: Option<String>,
     pub reason: Option<String>,
 }
@@ -531,6 +534,7 @@ pub async fn checkout(
             grand_total: sub_cart.grand_total.into(),
             status: "handoff".into(),
             reservation_id: None,
+            order_id: None,
             code: None,
             reason: None,
         };
@@ -588,6 +592,62 @@ pub async fn checkout(
                 }
                 Err(other) => return Err(other.into()),
             }
+        }
+        let path = match outcome.status.as_str() {
+            "reserved" => Some((
+                CheckoutPath::Api,
+                "autopilot: budget reserved on the mandate, the agent buys through the merchant",
+            )),
+            "handoff" => Some((
+                CheckoutPath::Deeplink,
+                "no autopilot mandate: the shopper completes the purchase at the merchant",
+            )),
+            _ => None,
+        };
+        if let Some((path, reason)) = path {
+            let order_id = OrderId(Uuid::new_v5(
+                &cart_id.0,
+                format!("order/{}", sub_cart.merchant).as_bytes(),
+            ));
+            let lines = sub_cart
+                .lines
+                .iter()
+                .filter_map(|line_id| cart.lines.get(line_id))
+                .map(|line| OrderLine {
+                    offer_id: line.offer_id.clone(),
+                    title: line.title.clone(),
+                    quantity: line.quantity,
+                    unit_price: line.unit_price,
+                })
+                .collect();
+            let draft = OrderDraft {
+                cart_id,
+                shopper: cart.shopper.clone(),
+                mandate_id: cart.mandate_id,
+                reservation_id: outcome
+                    .reservation_id
+                    .as_deref()
+                    .and_then(|id| Uuid::parse_str(id).ok())
+                    .map(ReservationId),
+                merchant: sub_cart.merchant.clone(),
+                lines,
+                total: sub_cart.grand_total,
+                path,
+                path_reason: reason.into(),
+            };
+            let order_key = key.derived(&format!("order/{}", sub_cart.merchant));
+            app.orders
+                .execute(
+                    &stream_id(&principal.tenant, order_id),
+                    OrderCommand::Create {
+                        order_id,
+                        draft,
+                        at: now,
+                    },
+                    metadata(&principal, &order_key),
+                )
+                .await?;
+            outcome.order_id = Some(order_id.to_string());
         }
         outcomes.push(outcome);
     }

@@ -6,6 +6,7 @@
 
 pub mod carts;
 pub mod mandates;
+pub mod orders;
 pub mod runs;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};

@@ -1,0 +1,289 @@
+//! `/v1/orders` (one per merchant sub-cart) and `/v1/payments` (read-only).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use shopagent_domain::ids::{OrderId, PaymentId, ReturnId};
+use shopagent_domain::order::{CheckoutPath, Order, OrderCommand, ReturnStatus};
+use shopagent_domain::payment::Payment;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use super::mandates::MoneyBody;
+use super::{
+    Body, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata, new_id,
+    stream_id, versioned,
+};
+use crate::auth::Principal;
+use crate::idempotency::RequestKey;
+use crate::problem::Problem;
+use crate::server::App;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/v1/orders/{id}", get(read))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/returns", post(request_return))
+        .route("/v1/payments/{id}", get(read_payment))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderReason {
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderLineView {
+    pub offer_id: String,
+    pub title: String,
+    pub quantity: u32,
+    pub unit_price: MoneyBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReturnView {
+    pub return_id: String,
+    /// `requested`, `rma_issued` or `returned`.
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub cart_id: String,
+    pub shopper: String,
+    pub mandate_id: Option<String>,
+    pub merchant: String,
+    pub version: i64,
+    /// `api`, `deeplink` or `headless`.
+    pub path: String,
+    pub path_reason: String,
+    pub status: String,
+    pub merchant_reference: Option<String>,
+    pub total: MoneyBody,
+    pub refunded: MoneyBody,
+    pub lines: Vec<OrderLineView>,
+    pub returns: Vec<ReturnView>,
+    /// Id of the return a POST created, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub id: String,
+    pub order_id: String,
+    pub merchant: String,
+    pub version: i64,
+    pub cap: MoneyBody,
+    /// The issuer's card reference; never a card number.
+    pub card_reference: Option<String>,
+    pub status: String,
+    pub captured: MoneyBody,
+    pub refunded: MoneyBody,
+}
+
+fn owner(order: &Order) -> Option<Owner<'_>> {
+    order.draft.as_ref().map(|d| Owner {
+        shopper: &d.shopper,
+        mandate: d.mandate_id,
+    })
+}
+
+pub fn path_name(path: CheckoutPath) -> &'static str {
+    match path {
+        CheckoutPath::Api => "api",
+        CheckoutPath::Deeplink => "deeplink",
+        CheckoutPath::Headless => "headless",
+    }
+}
+
+fn view(order: &Order, version: i64, created_id: Option<ReturnId>) -> Result<OrderView, Problem> {
+    let (Some(id), Some(draft)) = (order.id, order.draft.as_ref()) else {
+        return Err(Problem::not_found());
+    };
+    Ok(OrderView {
+        id: id.to_string(),
+        cart_id: draft.cart_id.to_string(),
+        shopper: draft.shopper.clone(),
+        mandate_id: draft.mandate_id.map(|m| m.to_string()),
+        merchant: draft.merchant.to_string(),
+        version,
+        path: path_name(draft.path).into(),
+        path_reason: draft.path_reason.clone(),
+        status: order.status.as_str().into(),
+        merchant_reference: order.merchant_reference.clone(),
+        total: draft.total.into(),
+        refunded: shopagent_domain::money::Money::new(order.refunded_minor, draft.total.currency)
+            .into(),
+        lines: draft
+            .lines
+            .iter()
+            .map(|l| OrderLineView {
+                offer_id: l.offer_id.to_string(),
+                title: l.title.clone(),
+                quantity: l.quantity,
+                unit_price: l.unit_price.into(),
+            })
+            .collect(),
+        returns: order
+            .returns
+            .iter()
+            .map(|(id, status)| ReturnView {
+                return_id: id.to_string(),
+                status: match status {
+                    ReturnStatus::Requested => "requested",
+                    ReturnStatus::RmaIssued => "rma_issued",
+                    ReturnStatus::Returned => "returned",
+                }
+                .into(),
+            })
+            .collect(),
+        created_id: created_id.map(|id| id.to_string()),
+    })
+}
+
+async fn load_visible(
+    app: &App,
+    principal: &Principal,
+    id: OrderId,
+) -> Result<(Order, i64), Problem> {
+    let (order, version) = app.orders.load(&stream_id(&principal.tenant, id)).await?;
+    authorize_read(principal, owner(&order).ok_or_else(Problem::not_found)?)?;
+    Ok((order, version))
+}
+
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = OrderView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn read(
+    State(app): State<App>,
+    principal: Principal,
+    IdPath(id): IdPath,
+) -> Result<Response, Problem> {
+    let (order, version) = load_visible(&app, &principal, OrderId(id)).await?;
+    Ok(versioned(
+        StatusCode::OK,
+        version,
+        &view(&order, version, None)?,
+    ))
+}
+
+async fn change(
+    app: &App,
+    principal: &Principal,
+    key: &RequestKey,
+    headers: &HeaderMap,
+    id: OrderId,
+    command: OrderCommand,
+) -> Result<(Order, i64), Problem> {
+    let stream = stream_id(&principal.tenant, id);
+    let (order, _) = load_visible(app, principal, id).await?;
+    authorize_write(principal, owner(&order).ok_or_else(Problem::not_found)?)?;
+    app.orders
+        .execute_at_version(
+            &stream,
+            command,
+            metadata(principal, key),
+            if_match(headers)?,
+        )
+        .await?;
+    Ok(app.orders.load(&stream).await?)
+}
+
+fn reason(body: OrderReason) -> Result<String, Problem> {
+    if body.reason.trim().is_empty() || body.reason.chars().count() > 500 {
+        return Err(invalid("reason", "1 to 500 characters"));
+    }
+    Ok(body.reason)
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = OrderReason,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = OrderView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn cancel(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<OrderReason>,
+) -> Result<Response, Problem> {
+    let command = OrderCommand::Cancel {
+        reason: reason(body)?,
+        at: OffsetDateTime::now_utc(),
+    };
+    let (order, version) = change(&app, &principal, &key, &headers, OrderId(id), command).await?;
+    Ok(versioned(
+        StatusCode::OK,
+        version,
+        &view(&order, version, None)?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/returns", tag = "orders", request_body = OrderReason,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = OrderView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn request_return(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<OrderReason>,
+) -> Result<Response, Problem> {
+    let return_id = ReturnId(new_id(&principal, &key));
+    let command = OrderCommand::RequestReturn {
+        return_id,
+        reason: reason(body)?,
+        at: OffsetDateTime::now_utc(),
+    };
+    let (order, version) = change(&app, &principal, &key, &headers, OrderId(id), command).await?;
+    Ok(versioned(
+        StatusCode::OK,
+        version,
+        &view(&order, version, Some(return_id))?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = PaymentView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn read_payment(
+    State(app): State<App>,
+    principal: Principal,
+    IdPath(id): IdPath,
+) -> Result<Response, Problem> {
+    let (payment, version): (Payment, i64) = app
+        .payments
+        .load(&stream_id(&principal.tenant, PaymentId(id)))
+        .await?;
+    let (Some(id), Some(terms)) = (payment.id, payment.terms.as_ref()) else {
+        return Err(Problem::not_found());
+    };
+    authorize_read(
+        &principal,
+        Owner {
+            shopper: &terms.shopper,
+            mandate: terms.mandate_id,
+        },
+    )?;
+    let currency = terms.cap.currency;
+    let view = PaymentView {
+        id: id.to_string(),
+        order_id: terms.order_id.to_string(),
+        merchant: terms.merchant.to_string(),
+        version,
+        cap: terms.cap.into(),
+        card_reference: payment
+            .card
+            .as_ref()
+            .map(|(card, _)| card.as_str().to_owned()),
+        status: format!("{:?}", payment.status).to_lowercase(),
+        captured: shopagent_domain::money::Money::new(payment.captured_minor, currency).into(),
+        refunded: shopagent_domain::money::Money::new(payment.refunded_minor, currency).into(),
+    };
+    Ok(versioned(StatusCode::OK, version, &view))
+}
