@@ -236,9 +236,9 @@ async fn load_visible(
     Ok((cart, version))
 }
 
-#[utoipa::path(post, path = "/v1/carts", tag = "carts", request_body = CreateCart,
+#[utoipa::path(operation_id = "carts_create", post, path = "/v1/carts", tag = "carts", request_body = CreateCart,
     params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Created", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<App>,
@@ -309,8 +309,8 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/carts/{id}", tag = "carts", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = CartView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")),
+#[utoipa::path(operation_id = "carts_read", get, path = "/v1/carts/{id}", tag = "carts", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The resource after the request", body = CartView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn read(
     State(app): State<App>,
@@ -344,9 +344,9 @@ async fn change(
     Ok(versioned(StatusCode::OK, version, &view(&cart, version)?))
 }
 
-#[utoipa::path(post, path = "/v1/carts/{id}/lines", tag = "carts", request_body = AddLine,
+#[utoipa::path(operation_id = "carts_add_line", post, path = "/v1/carts/{id}/lines", tag = "carts", request_body = AddLine,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn add_line(
     State(app): State<App>,
@@ -377,9 +377,9 @@ pub async fn add_line(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/carts/{id}/lines/{line_id}/quantity", tag = "carts", request_body = ChangeQuantity,
+#[utoipa::path(operation_id = "carts_change_quantity", post, path = "/v1/carts/{id}/lines/{line_id}/quantity", tag = "carts", request_body = ChangeQuantity,
     params(("id" = String, Path, format = Uuid), ("line_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn change_quantity(
     State(app): State<App>,
@@ -396,9 +396,9 @@ pub async fn change_quantity(
     change(&app, &principal, &key, &headers, CartId(id), command).await
 }
 
-#[utoipa::path(post, path = "/v1/carts/{id}/lines/{line_id}/remove", tag = "carts",
+#[utoipa::path(operation_id = "carts_remove_line", post, path = "/v1/carts/{id}/lines/{line_id}/remove", tag = "carts",
     params(("id" = String, Path, format = Uuid), ("line_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn remove_line(
     State(app): State<App>,
@@ -420,9 +420,9 @@ pub async fn remove_line(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/carts/{id}/address", tag = "carts", request_body = AddressBody,
+#[utoipa::path(operation_id = "carts_set_address", post, path = "/v1/carts/{id}/address", tag = "carts", request_body = AddressBody,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn set_address(
     State(app): State<App>,
@@ -453,9 +453,9 @@ pub async fn set_address(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/carts/{id}/quotes", tag = "carts", request_body = RecordQuote,
+#[utoipa::path(operation_id = "carts_record_quote", post, path = "/v1/carts/{id}/quotes", tag = "carts", request_body = RecordQuote,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CartView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CartView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn record_quote(
     State(app): State<App>,
@@ -484,9 +484,9 @@ pub async fn record_quote(
 /// Locks the cart, splits it by merchant, and reserves budget on the cart's mandate for
 /// every sub-cart that may proceed. The mandate decides each reservation alone, so
 /// concurrent checkouts never overspend it.
-#[utoipa::path(post, path = "/v1/carts/{id}/checkout", tag = "carts",
+#[utoipa::path(operation_id = "carts_checkout", post, path = "/v1/carts/{id}/checkout", tag = "carts",
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CheckoutView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CheckoutView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn checkout(
     State(app): State<App>,

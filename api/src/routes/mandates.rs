@@ -303,9 +303,9 @@ pub async fn load_visible(
     Ok((mandate, version))
 }
 
-#[utoipa::path(post, path = "/v1/mandates", tag = "mandates", request_body = CreateMandate,
+#[utoipa::path(operation_id = "mandates_create", post, path = "/v1/mandates", tag = "mandates", request_body = CreateMandate,
     params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry")),
-    responses((status = 201, body = MandateView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Created", body = MandateView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<App>,
@@ -349,9 +349,9 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/mandates/{id}", tag = "mandates",
+#[utoipa::path(operation_id = "mandates_read", get, path = "/v1/mandates/{id}", tag = "mandates",
     params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = MandateView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = MandateView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn read(
     State(app): State<App>,
@@ -399,9 +399,9 @@ async fn change(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/mandates/{id}/revoke", tag = "mandates", request_body = Revoke,
+#[utoipa::path(operation_id = "mandates_revoke", post, path = "/v1/mandates/{id}/revoke", tag = "mandates", request_body = Revoke,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = MandateView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = MandateView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn revoke(
     State(app): State<App>,
@@ -430,9 +430,9 @@ pub async fn revoke(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/mandates/{id}/reservations/{reservation_id}/approve", tag = "mandates",
+#[utoipa::path(operation_id = "mandates_approve", post, path = "/v1/mandates/{id}/reservations/{reservation_id}/approve", tag = "mandates",
     params(("id" = String, Path, format = Uuid), ("reservation_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = MandateView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = MandateView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn approve(
     State(app): State<App>,
@@ -457,9 +457,9 @@ pub async fn approve(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/mandates/{id}/reservations/{reservation_id}/deny", tag = "mandates",
+#[utoipa::path(operation_id = "mandates_deny", post, path = "/v1/mandates/{id}/reservations/{reservation_id}/deny", tag = "mandates",
     params(("id" = String, Path, format = Uuid), ("reservation_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = MandateView), (status = "4XX", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = MandateView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn deny(
     State(app): State<App>,

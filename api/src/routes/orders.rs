@@ -157,8 +157,8 @@ async fn load_visible(
     Ok((order, version))
 }
 
-#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = OrderView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(operation_id = "orders_read", get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The resource after the request", body = OrderView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn read(
     State(app): State<App>,
     principal: Principal,
@@ -201,9 +201,9 @@ fn reason(body: OrderReason) -> Result<String, Problem> {
     Ok(body.reason)
 }
 
-#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = OrderReason,
+#[utoipa::path(operation_id = "orders_cancel", post, path = "/v1/orders/{id}/cancel", tag = "orders", request_body = OrderReason,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = OrderView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = OrderView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn cancel(
     State(app): State<App>,
     principal: Principal,
@@ -224,9 +224,9 @@ pub async fn cancel(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/orders/{id}/returns", tag = "orders", request_body = OrderReason,
+#[utoipa::path(operation_id = "orders_request_return", post, path = "/v1/orders/{id}/returns", tag = "orders", request_body = OrderReason,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = OrderView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = OrderView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn request_return(
     State(app): State<App>,
     principal: Principal,
@@ -249,8 +249,8 @@ pub async fn request_return(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = PaymentView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(operation_id = "orders_read_payment", get, path = "/v1/payments/{id}", tag = "payments", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The resource after the request", body = PaymentView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn read_payment(
     State(app): State<App>,
     principal: Principal,

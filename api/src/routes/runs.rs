@@ -194,8 +194,8 @@ async fn load_visible(
     Ok((run, version))
 }
 
-#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = StartRun, params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(operation_id = "runs_start", post, path = "/v1/runs", tag = "runs", request_body = StartRun, params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, description = "Created", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn start(
     State(app): State<App>,
     principal: Principal,
@@ -257,8 +257,8 @@ pub async fn start(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = RunView, headers(("ETag" = String))), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(operation_id = "runs_read", get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The resource after the request", body = RunView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn read(
     State(app): State<App>,
     principal: Principal,
@@ -291,8 +291,8 @@ async fn entries_after(app: &App, stream: &str, after: i64) -> Result<Vec<Ledger
         .collect())
 }
 
-#[utoipa::path(get, path = "/v1/runs/{id}/ledger", tag = "runs", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = Vec<LedgerEntry>), (status = 404, body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+#[utoipa::path(operation_id = "runs_ledger", get, path = "/v1/runs/{id}/ledger", tag = "runs", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, description = "The resource after the request", body = Vec<LedgerEntry>), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn ledger(
     State(app): State<App>,
     principal: Principal,
@@ -305,8 +305,8 @@ pub async fn ledger(
 
 /// Server-sent events: each ledger entry as it is appended, read from the log (so
 /// entries written by any instance arrive). `Last-Event-ID` resumes after an entry.
-#[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, format = Uuid), ("Last-Event-ID" = Option<i64>, Header)),
-    responses((status = 200, content_type = "text/event-stream", description = "One event per ledger entry; `id` is its sequence"), (status = 404, body = Problem, content_type = "application/problem+json")),
+#[utoipa::path(operation_id = "runs_events", get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = String, Path, format = Uuid), ("Last-Event-ID" = Option<i64>, Header)),
+    responses((status = 200, description = "The resource after the request", content_type = "text/event-stream", description = "One event per ledger entry; `id` is its sequence"), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn events(
     State(app): State<App>,
@@ -378,9 +378,9 @@ fn changed((mut view, version): (RunView, i64), created_id: Option<Uuid>) -> Res
     versioned(StatusCode::OK, version, &view)
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/actions", tag = "runs", request_body = RecordAction,
+#[utoipa::path(operation_id = "runs_record_action", post, path = "/v1/runs/{id}/actions", tag = "runs", request_body = RecordAction,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn record_action(
     State(app): State<App>,
     principal: Principal,
@@ -422,9 +422,9 @@ pub async fn record_action(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/guardrail-decisions", tag = "runs", request_body = RecordDecision,
+#[utoipa::path(operation_id = "runs_record_decision", post, path = "/v1/runs/{id}/guardrail-decisions", tag = "runs", request_body = RecordDecision,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn record_decision(
     State(app): State<App>,
     principal: Principal,
@@ -450,9 +450,9 @@ pub async fn record_decision(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/approvals", tag = "runs", request_body = RequestApproval,
+#[utoipa::path(operation_id = "runs_request_approval", post, path = "/v1/runs/{id}/approvals", tag = "runs", request_body = RequestApproval,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn request_approval(
     State(app): State<App>,
     principal: Principal,
@@ -479,9 +479,9 @@ pub async fn request_approval(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/approvals/{approval_id}/grant", tag = "runs",
+#[utoipa::path(operation_id = "runs_grant", post, path = "/v1/runs/{id}/approvals/{approval_id}/grant", tag = "runs",
     params(("id" = String, Path, format = Uuid), ("approval_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn grant(
     State(app): State<App>,
     principal: Principal,
@@ -500,9 +500,9 @@ pub async fn grant(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/approvals/{approval_id}/deny", tag = "runs", request_body = Reason,
+#[utoipa::path(operation_id = "runs_deny", post, path = "/v1/runs/{id}/approvals/{approval_id}/deny", tag = "runs", request_body = Reason,
     params(("id" = String, Path, format = Uuid), ("approval_id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn deny(
     State(app): State<App>,
     principal: Principal,
@@ -523,9 +523,9 @@ pub async fn deny(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/complete", tag = "runs", request_body = Summary,
+#[utoipa::path(operation_id = "runs_complete", post, path = "/v1/runs/{id}/complete", tag = "runs", request_body = Summary,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn complete(
     State(app): State<App>,
     principal: Principal,
@@ -544,9 +544,9 @@ pub async fn complete(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/fail", tag = "runs", request_body = Reason,
+#[utoipa::path(operation_id = "runs_fail", post, path = "/v1/runs/{id}/fail", tag = "runs", request_body = Reason,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn fail(
     State(app): State<App>,
     principal: Principal,
@@ -565,9 +565,9 @@ pub async fn fail(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", request_body = Reason,
+#[utoipa::path(operation_id = "runs_cancel", post, path = "/v1/runs/{id}/cancel", tag = "runs", request_body = Reason,
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
-    responses((status = 200, body = RunView), (status = "4XX", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The resource after the request", body = RunView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn cancel(
     State(app): State<App>,
     principal: Principal,
