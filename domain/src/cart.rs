@@ -26,6 +26,7 @@ pub struct CartLine {
     pub unit_price: Money,
     pub quantity: u32,
     /// When the agent or shopper saw `unit_price`.
+    #[serde(with = "time::serde::rfc3339")]
     pub price_seen_at: OffsetDateTime,
 }
 
@@ -35,7 +36,9 @@ pub struct Quote {
     pub items_total: Money,
     pub shipping: Money,
     pub tax: Money,
+    #[serde(with = "crate::serde_time::date::option")]
     pub delivery_estimate: Option<Date>,
+    #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
 
@@ -81,6 +84,7 @@ pub enum CartCommand {
         shopper: String,
         mandate_id: Option<MandateId>,
         currency: Currency,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     AddLine {
@@ -100,10 +104,12 @@ pub enum CartCommand {
     RecordQuote {
         merchant: MerchantId,
         quote: Quote,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     StartCheckout {
         price_drift_tolerance_bps: u32,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }
@@ -115,6 +121,7 @@ pub enum CartEvent {
         shopper: String,
         mandate_id: Option<MandateId>,
         currency: Currency,
+        #[serde(with = "time::serde::rfc3339")]
         created_at: OffsetDateTime,
     },
     LineAdded {
@@ -141,6 +148,7 @@ pub enum CartEvent {
     },
     CheckoutStarted {
         sub_carts: Vec<SubCart>,
+        #[serde(with = "time::serde::rfc3339")]
         started_at: OffsetDateTime,
     },
 }

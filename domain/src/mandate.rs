@@ -71,6 +71,7 @@ pub struct MandateTerms {
     /// How far (in basis points) a quoted price may exceed the price the agent saw
     /// before the checkout waits for approval.
     pub price_drift_tolerance_bps: u32,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
 }
 
@@ -91,6 +92,7 @@ pub enum MandateCommand {
         mandate_id: MandateId,
         shopper: String,
         terms: MandateTerms,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Reserve {
@@ -98,10 +100,12 @@ pub enum MandateCommand {
         merchant: MerchantId,
         categories: BTreeSet<Category>,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ApproveReservation {
         reservation_id: ReservationId,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     DenyReservation {
@@ -118,6 +122,7 @@ pub enum MandateCommand {
     },
     Revoke {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }
@@ -128,6 +133,7 @@ pub enum MandateEvent {
         mandate_id: MandateId,
         shopper: String,
         terms: MandateTerms,
+        #[serde(with = "time::serde::rfc3339")]
         created_at: OffsetDateTime,
     },
     BudgetReserved {
@@ -135,6 +141,7 @@ pub enum MandateEvent {
         merchant: MerchantId,
         amount: Money,
         /// First day of the budget period the reservation counts against.
+        #[serde(with = "crate::serde_time::date")]
         period_start: Date,
         /// Above the approval threshold: the checkout waits for the shopper.
         awaiting_approval: bool,
@@ -149,10 +156,12 @@ pub enum MandateEvent {
     SpendCommitted {
         reservation_id: ReservationId,
         amount: Money,
+        #[serde(with = "crate::serde_time::date")]
         period_start: Date,
     },
     MandateRevoked {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         revoked_at: OffsetDateTime,
     },
 }
@@ -241,10 +250,17 @@ impl MandateError {
     }
 }
 
+/// First day of a budget period; a string (`2026-11-23`) on the wire, so it can key a
+/// JSON map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeriodStart(#[serde(with = "crate::serde_time::date")] pub Date);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub merchant: MerchantId,
     pub amount: Money,
+    #[serde(with = "crate::serde_time::date")]
     pub period_start: Date,
     pub awaiting_approval: bool,
 }
@@ -255,12 +271,14 @@ pub struct Mandate {
     pub id: Option<MandateId>,
     pub shopper: String,
     pub terms: Option<MandateTerms>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub created_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
     /// Open reservations: held or awaiting approval.
     pub reservations: BTreeMap<ReservationId, Reservation>,
     /// Committed spend per budget period, in minor units of the mandate's currency.
-    pub spent: BTreeMap<Date, i64>,
+    pub spent: BTreeMap<PeriodStart, i64>,
 }
 
 impl Mandate {
@@ -286,7 +304,10 @@ impl Mandate {
         period_start: Date,
     ) -> Result<Money, MoneyError> {
         let spent = Money::new(
-            self.spent.get(&period_start).copied().unwrap_or(0),
+            self.spent
+                .get(&PeriodStart(period_start))
+                .copied()
+                .unwrap_or(0),
             currency,
         );
         let reserved = self
@@ -563,7 +584,7 @@ impl Aggregate for Mandate {
                 period_start,
             } => {
                 self.reservations.remove(&reservation_id);
-                let spent = self.spent.entry(period_start).or_default();
+                let spent = self.spent.entry(PeriodStart(period_start)).or_default();
                 *spent = spent.saturating_add(amount.minor);
             }
             E::MandateRevoked { revoked_at, .. } => self.revoked_at = Some(revoked_at),

@@ -105,60 +105,74 @@ pub enum OrderCommand {
     Create {
         order_id: OrderId,
         draft: OrderDraft,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Submit {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     MarkPlaced {
         merchant_reference: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     MarkFailed {
         reason: FailureReason,
         detail: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Confirm {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Ship {
         carrier: String,
         tracking_number: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     MarkOutForDelivery {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     MarkDelivered {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ReportDeliveryException {
         detail: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Cancel {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RequestReturn {
         return_id: ReturnId,
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     IssueRma {
         return_id: ReturnId,
         rma: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     MarkReturned {
         return_id: ReturnId,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Refund {
         refund_id: RefundId,
         return_id: Option<ReturnId>,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }
@@ -168,54 +182,67 @@ pub enum OrderEvent {
     OrderCreated {
         order_id: OrderId,
         draft: OrderDraft,
+        #[serde(with = "time::serde::rfc3339")]
         created_at: OffsetDateTime,
     },
     OrderSubmitted {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderPlaced {
         merchant_reference: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderFailed {
         reason: FailureReason,
         detail: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderConfirmed {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderShipped {
         carrier: String,
         tracking_number: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderOutForDelivery {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderDelivered {
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     DeliveryExceptionReported {
         detail: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderCancelled {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ReturnRequested {
         return_id: ReturnId,
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RmaIssued {
         return_id: ReturnId,
         rma: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ItemsReturned {
         return_id: ReturnId,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     OrderRefunded {
@@ -223,6 +250,7 @@ pub enum OrderEvent {
         return_id: Option<ReturnId>,
         amount: Money,
         fully_refunded: bool,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }

@@ -94,11 +94,14 @@ pub enum PaymentCommand {
         mandate_id: Option<MandateId>,
         merchant: MerchantId,
         cap: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RecordCardIssued {
         card: CardReference,
+        #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     DecideAuthorization {
@@ -107,20 +110,24 @@ pub enum PaymentCommand {
         merchant: MerchantId,
         /// Read from the mandate by the caller at decision time.
         mandate_revoked: bool,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Capture {
         authorization_id: AuthorizationId,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Refund {
         refund_id: RefundId,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Void {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }
@@ -134,36 +141,44 @@ pub enum PaymentEvent {
         mandate_id: Option<MandateId>,
         merchant: MerchantId,
         cap: Money,
+        #[serde(with = "time::serde::rfc3339")]
         requested_at: OffsetDateTime,
     },
     CardIssued {
         card: CardReference,
+        #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
         issued_at: OffsetDateTime,
     },
     AuthorizationApproved {
         authorization_id: AuthorizationId,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     AuthorizationDeclined {
         authorization_id: AuthorizationId,
         amount: Money,
         reason: DeclineReason,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     PaymentCaptured {
         authorization_id: AuthorizationId,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     PaymentRefunded {
         refund_id: RefundId,
         amount: Money,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     CardVoided {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }

@@ -135,51 +135,62 @@ pub enum RunCommand {
         mandate_id: Option<MandateId>,
         mode: Mode,
         prompt: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RecordAction {
         action_id: ActionId,
         action: Action,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RecordGuardrailDecision {
         rule: String,
         outcome: GuardrailOutcome,
         rationale: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RequestApproval {
         approval_id: ApprovalId,
         subject: String,
         amount: Option<Money>,
+        #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     GrantApproval {
         approval_id: ApprovalId,
         by: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     DenyApproval {
         approval_id: ApprovalId,
         by: String,
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ExpireApproval {
         approval_id: ApprovalId,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Complete {
         summary: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Fail {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     Cancel {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }
@@ -192,51 +203,62 @@ pub enum RunEvent {
         mandate_id: Option<MandateId>,
         mode: Mode,
         prompt: String,
+        #[serde(with = "time::serde::rfc3339")]
         started_at: OffsetDateTime,
     },
     ActionRecorded {
         action_id: ActionId,
         action: Action,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     GuardrailDecisionRecorded {
         rule: String,
         outcome: GuardrailOutcome,
         rationale: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ApprovalRequested {
         approval_id: ApprovalId,
         subject: String,
         amount: Option<Money>,
+        #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ApprovalGranted {
         approval_id: ApprovalId,
         by: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ApprovalDenied {
         approval_id: ApprovalId,
         by: String,
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     ApprovalExpired {
         approval_id: ApprovalId,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RunCompleted {
         summary: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RunFailed {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
     RunCancelled {
         reason: String,
+        #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
 }

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use shopagent_domain::ids::{Category, MandateId, MerchantId, ReservationId};
 use shopagent_domain::mandate::{
-    BudgetPeriod, Mandate, MandateCommand, MandateTerms, Mode, PeriodBudget,
+    BudgetPeriod, Mandate, MandateCommand, MandateTerms, Mode, PeriodBudget, PeriodStart,
 };
 use shopagent_domain::money::{Currency, Money};
 use time::OffsetDateTime;
@@ -235,7 +235,7 @@ fn view(mandate: &Mandate, version: i64) -> Result<MandateView, Problem> {
     let period = terms.period_budget.map_or(BudgetPeriod::Day, |b| b.period);
     let spent = mandate
         .spent
-        .get(&period.start_of(OffsetDateTime::now_utc()))
+        .get(&PeriodStart(period.start_of(OffsetDateTime::now_utc())))
         .copied()
         .unwrap_or(0);
     Ok(MandateView {
