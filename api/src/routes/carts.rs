@@ -21,9 +21,10 @@ use uuid::Uuid;
 
 use super::mandates::{MoneyBody, load_visible as load_mandate};
 use super::{
-    Body, IdPairPath, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata,
-    new_id, stream_id, versioned,
+    Body, IdPairPath, IdPath, Owner, authorize_write, if_match, invalid, metadata, new_id,
+    stream_id, versioned,
 };
+use super::{Changer, Owned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -171,10 +172,12 @@ pub struct CheckoutView {
     pub sub_carts: Vec<SubCartOutcome>,
 }
 
-fn owner(cart: &Cart) -> Owner<'_> {
-    Owner {
-        shopper: &cart.shopper,
-        mandate: cart.mandate_id,
+impl Owned for Cart {
+    fn owner(&self) -> Option<Owner<'_>> {
+        self.id.map(|_| Owner {
+            shopper: &self.shopper,
+            mandate: self.mandate_id,
+        })
     }
 }
 
@@ -228,12 +231,7 @@ async fn load_visible(
     principal: &Principal,
     id: CartId,
 ) -> Result<(Cart, i64), Problem> {
-    let (cart, version) = app.carts.load(&stream_id(&principal.tenant, id)).await?;
-    if cart.id.is_none() {
-        return Err(Problem::not_found());
-    }
-    authorize_read(principal, owner(&cart))?;
-    Ok((cart, version))
+    super::load_visible(&app.carts, principal, id).await
 }
 
 #[utoipa::path(operation_id = "carts_create", post, path = "/v1/carts", tag = "carts", request_body = CreateCart,
@@ -329,18 +327,16 @@ async fn change(
     id: CartId,
     command: CartCommand,
 ) -> Result<Response, Problem> {
-    let stream = stream_id(&principal.tenant, id);
-    let (cart, _) = load_visible(app, principal, id).await?;
-    authorize_write(principal, owner(&cart))?;
-    app.carts
-        .execute_at_version(
-            &stream,
-            command,
-            metadata(principal, key),
-            if_match(headers)?,
-        )
-        .await?;
-    let (cart, version) = app.carts.load(&stream).await?;
+    let (cart, version) = super::change(
+        &app.carts,
+        principal,
+        key,
+        headers,
+        id,
+        Changer::OwnerOrAgent,
+        command,
+    )
+    .await?;
     Ok(versioned(StatusCode::OK, version, &view(&cart, version)?))
 }
 
@@ -498,7 +494,7 @@ pub async fn checkout(
     let cart_id = CartId(id);
     let stream = stream_id(&principal.tenant, cart_id);
     let (cart, _) = load_visible(&app, &principal, cart_id).await?;
-    authorize_write(&principal, owner(&cart))?;
+    authorize_write(&principal, cart.owner().ok_or_else(Problem::not_found)?)?;
     let mandate = match cart.mandate_id {
         Some(mandate_id) => Some((
             mandate_id,

@@ -16,10 +16,8 @@ use shopagent_domain::money::{Currency, Money};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use super::{
-    Body, IdPairPath, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata,
-    new_id, stream_id, versioned,
-};
+use super::{Body, IdPairPath, IdPath, Owner, invalid, metadata, new_id, stream_id, versioned};
+use super::{Changer, Owned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -221,10 +219,12 @@ impl CreateMandate {
     }
 }
 
-pub fn owner(mandate: &Mandate) -> Owner<'_> {
-    Owner {
-        shopper: &mandate.shopper,
-        mandate: mandate.id,
+impl Owned for Mandate {
+    fn owner(&self) -> Option<Owner<'_>> {
+        self.id.map(|id| Owner {
+            shopper: &self.shopper,
+            mandate: Some(id),
+        })
     }
 }
 
@@ -295,12 +295,7 @@ pub async fn load_visible(
     principal: &Principal,
     id: MandateId,
 ) -> Result<(Mandate, i64), Problem> {
-    let (mandate, version) = app.mandates.load(&stream_id(&principal.tenant, id)).await?;
-    if mandate.id.is_none() {
-        return Err(Problem::not_found());
-    }
-    authorize_read(principal, owner(&mandate))?;
-    Ok((mandate, version))
+    super::load_visible(&app.mandates, principal, id).await
 }
 
 #[utoipa::path(operation_id = "mandates_create", post, path = "/v1/mandates", tag = "mandates", request_body = CreateMandate,
@@ -372,26 +367,19 @@ async fn change(
     key: &RequestKey,
     headers: &HeaderMap,
     id: MandateId,
-    shopper_only: bool,
     command: MandateCommand,
 ) -> Result<Response, Problem> {
-    let stream = stream_id(&principal.tenant, id);
-    let (mandate, _) = load_visible(app, principal, id).await?;
-    authorize_write(principal, owner(&mandate))?;
-    if shopper_only && principal.role == Role::Agent {
-        return Err(Problem::forbidden(
-            "only the shopper or an admin may do this",
-        ));
-    }
-    app.mandates
-        .execute_at_version(
-            &stream,
-            command,
-            metadata(principal, key),
-            if_match(headers)?,
-        )
-        .await?;
-    let (mandate, version) = app.mandates.load(&stream).await?;
+    // Every mandate change is the shopper's (or an admin's) decision, never the agent's.
+    let (mandate, version) = super::change(
+        &app.mandates,
+        principal,
+        key,
+        headers,
+        id,
+        Changer::ShopperOrAdmin,
+        command,
+    )
+    .await?;
     Ok(versioned(
         StatusCode::OK,
         version,
@@ -418,16 +406,7 @@ pub async fn revoke(
         reason: body.reason,
         at: OffsetDateTime::now_utc(),
     };
-    change(
-        &app,
-        &principal,
-        &key,
-        &headers,
-        MandateId(id),
-        true,
-        command,
-    )
-    .await
+    change(&app, &principal, &key, &headers, MandateId(id), command).await
 }
 
 #[utoipa::path(operation_id = "mandates_approve", post, path = "/v1/mandates/{id}/reservations/{reservation_id}/approve", tag = "mandates",
@@ -445,16 +424,7 @@ pub async fn approve(
         reservation_id: ReservationId(reservation),
         at: OffsetDateTime::now_utc(),
     };
-    change(
-        &app,
-        &principal,
-        &key,
-        &headers,
-        MandateId(id),
-        true,
-        command,
-    )
-    .await
+    change(&app, &principal, &key, &headers, MandateId(id), command).await
 }
 
 #[utoipa::path(operation_id = "mandates_deny", post, path = "/v1/mandates/{id}/reservations/{reservation_id}/deny", tag = "mandates",
@@ -471,16 +441,7 @@ pub async fn deny(
     let command = MandateCommand::DenyReservation {
         reservation_id: ReservationId(reservation),
     };
-    change(
-        &app,
-        &principal,
-        &key,
-        &headers,
-        MandateId(id),
-        true,
-        command,
-    )
-    .await
+    change(&app, &principal, &key, &headers, MandateId(id), command).await
 }
 
 impl IntoResponse for MandateView {

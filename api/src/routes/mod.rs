@@ -16,11 +16,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shopagent_domain::EventMetadata;
+use shopagent_commands::CommandBus;
 use shopagent_domain::ids::MandateId;
+use shopagent_domain::{Aggregate, EventMetadata};
 use uuid::Uuid;
 
 use crate::auth::{Principal, Role};
+use crate::error::Rejection;
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
 
@@ -208,6 +210,69 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPairPath {
             _ => Err(Problem::not_found().with_detail("ids are UUIDs")),
         }
     }
+}
+
+/// An aggregate whose owner decides who may see and change it.
+pub trait Owned: Aggregate {
+    /// `None` until the aggregate exists.
+    fn owner(&self) -> Option<Owner<'_>>;
+}
+
+/// Who, besides having write access, may issue a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changer {
+    /// The owning shopper, the agent under its mandate, an admin.
+    OwnerOrAgent,
+    /// Decisions an agent must not take for itself: the shopper or an admin.
+    ShopperOrAdmin,
+}
+
+/// Loads an aggregate the caller may see (404 otherwise).
+pub async fn load_visible<A>(
+    bus: &CommandBus<A>,
+    principal: &Principal,
+    id: impl std::fmt::Display,
+) -> Result<(A, i64), Problem>
+where
+    A: Owned,
+    A::Error: Rejection,
+{
+    let (aggregate, version) = bus.load(&stream_id(&principal.tenant, id)).await?;
+    authorize_read(principal, aggregate.owner().ok_or_else(Problem::not_found)?)?;
+    Ok((aggregate, version))
+}
+
+/// The shape of every change: the caller may change the aggregate, the command runs at
+/// the `If-Match` version (if any), and the new state comes back with its version.
+pub async fn change<A>(
+    bus: &CommandBus<A>,
+    principal: &Principal,
+    key: &RequestKey,
+    headers: &HeaderMap,
+    id: impl std::fmt::Display,
+    changer: Changer,
+    command: A::Command,
+) -> Result<(A, i64), Problem>
+where
+    A: Owned,
+    A::Error: Rejection,
+{
+    let stream = stream_id(&principal.tenant, id);
+    let (aggregate, _) = bus.load(&stream).await?;
+    authorize_write(principal, aggregate.owner().ok_or_else(Problem::not_found)?)?;
+    if changer == Changer::ShopperOrAdmin && principal.role == Role::Agent {
+        return Err(Problem::forbidden(
+            "only the shopper or an admin may do this",
+        ));
+    }
+    bus.execute_at_version(
+        &stream,
+        command,
+        metadata(principal, key),
+        if_match(headers)?,
+    )
+    .await?;
+    Ok(bus.load(&stream).await?)
 }
 
 /// Domain value parsing failures are the caller's fault: 422 with the reason.

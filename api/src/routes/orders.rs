@@ -13,10 +13,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::mandates::MoneyBody;
-use super::{
-    Body, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata, new_id,
-    stream_id, versioned,
-};
+use super::{Body, IdPath, Owner, invalid, new_id, versioned};
+use super::{Changer, Owned};
 use crate::auth::Principal;
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -87,11 +85,22 @@ pub struct PaymentView {
     pub refunded: MoneyBody,
 }
 
-fn owner(order: &Order) -> Option<Owner<'_>> {
-    order.draft.as_ref().map(|d| Owner {
-        shopper: &d.shopper,
-        mandate: d.mandate_id,
-    })
+impl Owned for Order {
+    fn owner(&self) -> Option<Owner<'_>> {
+        self.draft.as_ref().map(|d| Owner {
+            shopper: &d.shopper,
+            mandate: d.mandate_id,
+        })
+    }
+}
+
+impl Owned for Payment {
+    fn owner(&self) -> Option<Owner<'_>> {
+        self.terms.as_ref().map(|t| Owner {
+            shopper: &t.shopper,
+            mandate: t.mandate_id,
+        })
+    }
 }
 
 pub fn path_name(path: CheckoutPath) -> &'static str {
@@ -147,16 +156,6 @@ fn view(order: &Order, version: i64, created_id: Option<ReturnId>) -> Result<Ord
     })
 }
 
-async fn load_visible(
-    app: &App,
-    principal: &Principal,
-    id: OrderId,
-) -> Result<(Order, i64), Problem> {
-    let (order, version) = app.orders.load(&stream_id(&principal.tenant, id)).await?;
-    authorize_read(principal, owner(&order).ok_or_else(Problem::not_found)?)?;
-    Ok((order, version))
-}
-
 #[utoipa::path(operation_id = "orders_read", get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path, format = Uuid)),
     responses((status = 200, description = "The resource after the request", body = OrderView, headers(("ETag" = String))), (status = 404, description = "No such resource (or not visible to the caller)", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn read(
@@ -164,34 +163,12 @@ pub async fn read(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Response, Problem> {
-    let (order, version) = load_visible(&app, &principal, OrderId(id)).await?;
+    let (order, version) = super::load_visible(&app.orders, &principal, OrderId(id)).await?;
     Ok(versioned(
         StatusCode::OK,
         version,
         &view(&order, version, None)?,
     ))
-}
-
-async fn change(
-    app: &App,
-    principal: &Principal,
-    key: &RequestKey,
-    headers: &HeaderMap,
-    id: OrderId,
-    command: OrderCommand,
-) -> Result<(Order, i64), Problem> {
-    let stream = stream_id(&principal.tenant, id);
-    let (order, _) = load_visible(app, principal, id).await?;
-    authorize_write(principal, owner(&order).ok_or_else(Problem::not_found)?)?;
-    app.orders
-        .execute_at_version(
-            &stream,
-            command,
-            metadata(principal, key),
-            if_match(headers)?,
-        )
-        .await?;
-    Ok(app.orders.load(&stream).await?)
 }
 
 fn reason(body: OrderReason) -> Result<String, Problem> {
@@ -216,7 +193,16 @@ pub async fn cancel(
         reason: reason(body)?,
         at: OffsetDateTime::now_utc(),
     };
-    let (order, version) = change(&app, &principal, &key, &headers, OrderId(id), command).await?;
+    let (order, version) = super::change(
+        &app.orders,
+        &principal,
+        &key,
+        &headers,
+        OrderId(id),
+        Changer::OwnerOrAgent,
+        command,
+    )
+    .await?;
     Ok(versioned(
         StatusCode::OK,
         version,
@@ -241,7 +227,16 @@ pub async fn request_return(
         reason: reason(body)?,
         at: OffsetDateTime::now_utc(),
     };
-    let (order, version) = change(&app, &principal, &key, &headers, OrderId(id), command).await?;
+    let (order, version) = super::change(
+        &app.orders,
+        &principal,
+        &key,
+        &headers,
+        OrderId(id),
+        Changer::OwnerOrAgent,
+        command,
+    )
+    .await?;
     Ok(versioned(
         StatusCode::OK,
         version,
@@ -256,20 +251,10 @@ pub async fn read_payment(
     principal: Principal,
     IdPath(id): IdPath,
 ) -> Result<Response, Problem> {
-    let (payment, version): (Payment, i64) = app
-        .payments
-        .load(&stream_id(&principal.tenant, PaymentId(id)))
-        .await?;
+    let (payment, version) = super::load_visible(&app.payments, &principal, PaymentId(id)).await?;
     let (Some(id), Some(terms)) = (payment.id, payment.terms.as_ref()) else {
         return Err(Problem::not_found());
     };
-    authorize_read(
-        &principal,
-        Owner {
-            shopper: &terms.shopper,
-            mandate: terms.mandate_id,
-        },
-    )?;
     let currency = terms.cap.currency;
     let view = PaymentView {
         id: id.to_string(),

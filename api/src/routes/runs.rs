@@ -23,10 +23,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::mandates::{ModeBody, MoneyBody, load_visible as load_mandate};
-use super::{
-    Body, IdPairPath, IdPath, Owner, authorize_read, authorize_write, if_match, invalid, metadata,
-    new_id, stream_id, versioned,
-};
+use super::{Body, IdPairPath, IdPath, Owner, invalid, metadata, new_id, stream_id, versioned};
+use super::{Changer, Owned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -144,10 +142,12 @@ pub struct LedgerEntry {
     pub entry: serde_json::Value,
 }
 
-fn owner(run: &AgentRun) -> Owner<'_> {
-    Owner {
-        shopper: &run.shopper,
-        mandate: run.mandate_id,
+impl Owned for AgentRun {
+    fn owner(&self) -> Option<Owner<'_>> {
+        self.id.map(|_| Owner {
+            shopper: &self.shopper,
+            mandate: self.mandate_id,
+        })
     }
 }
 
@@ -186,12 +186,7 @@ async fn load_visible(
     principal: &Principal,
     id: RunId,
 ) -> Result<(AgentRun, i64), Problem> {
-    let (run, version) = app.runs.load(&stream_id(&principal.tenant, id)).await?;
-    if run.id.is_none() {
-        return Err(Problem::not_found());
-    }
-    authorize_read(principal, owner(&run))?;
-    Ok((run, version))
+    super::load_visible(&app.runs, principal, id).await
 }
 
 #[utoipa::path(operation_id = "runs_start", post, path = "/v1/runs", tag = "runs", request_body = StartRun, params(("Idempotency-Key" = String, Header)),
@@ -342,33 +337,17 @@ pub async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// Runs `command` on a run the caller may change; returns the run's new view.
 async fn change(
     app: &App,
     principal: &Principal,
     key: &RequestKey,
     headers: &HeaderMap,
     id: RunId,
-    shopper_only: bool,
+    changer: Changer,
     command: RunCommand,
 ) -> Result<(RunView, i64), Problem> {
-    let stream = stream_id(&principal.tenant, id);
-    let (run, _) = load_visible(app, principal, id).await?;
-    authorize_write(principal, owner(&run))?;
-    if shopper_only && principal.role == Role::Agent {
-        return Err(Problem::forbidden(
-            "an agent cannot decide its own approvals",
-        ));
-    }
-    app.runs
-        .execute_at_version(
-            &stream,
-            command,
-            metadata(principal, key),
-            if_match(headers)?,
-        )
-        .await?;
-    let (run, version) = app.runs.load(&stream).await?;
+    let (run, version) =
+        super::change(&app.runs, principal, key, headers, id, changer, command).await?;
     Ok((view(&run, version, None)?, version))
 }
 
@@ -417,7 +396,16 @@ pub async fn record_action(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         Some(action_id.0),
     ))
 }
@@ -445,7 +433,16 @@ pub async fn record_decision(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         None,
     ))
 }
@@ -474,7 +471,16 @@ pub async fn request_approval(
         at: now,
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         Some(approval_id.0),
     ))
 }
@@ -495,7 +501,16 @@ pub async fn grant(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), true, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::ShopperOrAdmin,
+            command,
+        )
+        .await?,
         None,
     ))
 }
@@ -518,7 +533,16 @@ pub async fn deny(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), true, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::ShopperOrAdmin,
+            command,
+        )
+        .await?,
         None,
     ))
 }
@@ -539,7 +563,16 @@ pub async fn complete(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         None,
     ))
 }
@@ -560,7 +593,16 @@ pub async fn fail(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         None,
     ))
 }
@@ -581,7 +623,16 @@ pub async fn cancel(
         at: OffsetDateTime::now_utc(),
     };
     Ok(changed(
-        change(&app, &principal, &key, &headers, RunId(id), false, command).await?,
+        change(
+            &app,
+            &principal,
+            &key,
+            &headers,
+            RunId(id),
+            Changer::OwnerOrAgent,
+            command,
+        )
+        .await?,
         None,
     ))
 }
