@@ -29,6 +29,7 @@ on_both_backends!(
     run_entries_stream_as_server_sent_events,
     oidc_tokens_are_verified_against_the_jwks,
     checkout_creates_one_order_per_proceeding_merchant,
+    a_drifted_price_waits_for_the_shopper,
 );
 
 fn usd(minor: i64) -> Value {
@@ -1116,5 +1117,53 @@ async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
     app.get(&format!("/v1/payments/{order_id}"), &alice)
         .await
         .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.stop().await;
+}
+
+async fn a_drifted_price_waits_for_the_shopper(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let cart = ready_cart(&app, &alice, Some(&mandate), &[("acme", 1_000, "outdoor")]).await;
+    // The merchant now wants 10 % more than the price seen; the tolerance is 3 %.
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let requote = json!({"merchant": "acme", "items_total": usd(1_100), "shipping": usd(100), "tax": usd(100), "expires_at": expires});
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/quotes"), &alice, requote)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let reply = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &alice, json!({}))
+        .await;
+    let acme = outcome(&reply, "acme");
+    assert_eq!(acme["status"], "awaiting_approval", "{acme:?}");
+    assert_eq!(acme["code"], "price_drift");
+    assert!(
+        acme["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("1000 basis points")
+    );
+    assert!(
+        acme["order_id"].is_null(),
+        "no order before the shopper decides"
+    );
+    let reservation = acme["reservation_id"].as_str().expect("held").to_owned();
+    let approved = app
+        .post(
+            &format!("/v1/mandates/{mandate}/reservations/{reservation}/approve"),
+            &alice,
+            json!({}),
+        )
+        .await;
+    assert_eq!(approved.status, StatusCode::OK);
+    assert_eq!(
+        approved.body["open_reservations"][0]["awaiting_approval"],
+        false
+    );
     app.stop().await;
 }

@@ -100,6 +100,9 @@ pub enum MandateCommand {
         merchant: MerchantId,
         categories: BTreeSet<Category>,
         amount: Money,
+        /// The caller has its own reason for the shopper to approve (e.g. price drift),
+        /// whatever the threshold says.
+        approval_required: bool,
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
@@ -330,6 +333,7 @@ impl Mandate {
         merchant: MerchantId,
         categories: &BTreeSet<Category>,
         amount: Money,
+        approval_required: bool,
         at: OffsetDateTime,
     ) -> Result<MandateEvent, MandateError> {
         let terms = self.ensure_active(at)?;
@@ -367,9 +371,10 @@ impl Mandate {
                 return Err(MandateError::OverPeriodBudget { amount, remaining });
             }
         }
-        let awaiting_approval = terms
-            .approval_threshold
-            .is_some_and(|threshold| amount.minor > threshold.minor);
+        let awaiting_approval = approval_required
+            || terms
+                .approval_threshold
+                .is_some_and(|threshold| amount.minor > threshold.minor);
         Ok(MandateEvent::BudgetReserved {
             reservation_id,
             merchant,
@@ -452,12 +457,14 @@ impl Aggregate for Mandate {
                 merchant,
                 categories,
                 amount,
+                approval_required,
                 at,
             } => Ok(vec![self.reserve(
                 reservation_id,
                 merchant,
                 &categories,
                 amount,
+                approval_required,
                 at,
             )?]),
             C::ApproveReservation { reservation_id, at } => {

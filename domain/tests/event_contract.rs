@@ -376,6 +376,7 @@ fn aggregate_state_serializes_for_snapshots() {
         merchant: merchant(),
         categories: BTreeSet::new(),
         amount: usd(500),
+        approval_required: false,
         at: AT,
     };
     for event in mandate.decide(reserve).expect("reserve") {

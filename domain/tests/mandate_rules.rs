@@ -64,6 +64,7 @@ fn reserve(id: ReservationId, minor: i64) -> C {
         merchant: merchant("acme"),
         categories: [category("outdoor")].into(),
         amount: usd(minor),
+        approval_required: false,
         at: NOW,
     }
 }
@@ -245,6 +246,7 @@ fn blocked_merchants_are_refused() {
             merchant: merchant("shady-deals"),
             categories: BTreeSet::new(),
             amount: usd(100),
+            approval_required: false,
             at: NOW,
         })
         .then_expect_error(MandateError::MerchantBlocked(merchant("shady-deals")));
@@ -258,6 +260,7 @@ fn blocked_categories_are_refused() {
             merchant: merchant("acme"),
             categories: [category("wine-club"), category("alcohol")].into(),
             amount: usd(100),
+            approval_required: false,
             at: NOW,
         })
         .then_expect_error(MandateError::CategoryBlocked(category("alcohol")));
@@ -271,6 +274,7 @@ fn a_reservation_is_in_the_mandate_currency() {
             merchant: merchant("acme"),
             categories: BTreeSet::new(),
             amount: Money::new(100, Currency::parse("EUR").expect("EUR")),
+            approval_required: false,
             at: NOW,
         })
         .then_expect_error(MandateError::Money(
@@ -305,6 +309,7 @@ fn an_expired_mandate_buys_nothing() {
             merchant: merchant("acme"),
             categories: BTreeSet::new(),
             amount: usd(100),
+            approval_required: false,
             at: datetime!(2027-01-01 0:00 UTC),
         })
         .then_expect_error(MandateError::Expired);
@@ -462,4 +467,19 @@ fn commands_on_a_missing_mandate_are_refused() {
     AggregateTest::<Mandate>::given_no_previous_events()
         .when(reserve(rid(1), 100))
         .then_expect_error(MandateError::NotFound);
+}
+
+#[test]
+fn a_price_drift_waits_for_approval_even_below_the_threshold() {
+    let command = C::Reserve {
+        reservation_id: rid(1),
+        merchant: merchant("acme"),
+        categories: [category("outdoor")].into(),
+        amount: usd(100),
+        approval_required: true,
+        at: NOW,
+    };
+    AggregateTest::<Mandate>::given([created()])
+        .when(command)
+        .then_expect_events(vec![reserved(rid(1), 100, true)]);
 }

@@ -534,13 +534,13 @@ pub async fn checkout(
             code: None,
             reason: None,
         };
-        if let SubCartDecision::AwaitApproval { drift_bps } = sub_cart.decision {
-            outcome.status = "awaiting_approval".into();
-            outcome.code = Some("price_drift".into());
-            outcome.reason = Some(format!(
-                "the quote is {drift_bps} basis points above the prices seen"
-            ));
-        } else if let Some((mandate_id, _)) = autopilot {
+        let drift = match sub_cart.decision {
+            SubCartDecision::AwaitApproval { drift_bps } => Some(drift_bps),
+            SubCartDecision::Proceed => None,
+        };
+        if let Some((mandate_id, _)) = autopilot {
+            // Reserve even when the price drifted: the hold keeps the budget while the
+            // shopper decides, and approving the reservation releases the checkout.
             let reservation_id = ReservationId(Uuid::new_v5(
                 &cart_id.0,
                 sub_cart.merchant.as_str().as_bytes(),
@@ -551,6 +551,7 @@ pub async fn checkout(
                 merchant: sub_cart.merchant.clone(),
                 categories: sub_cart.categories.clone(),
                 amount: sub_cart.grand_total,
+                approval_required: drift.is_some(),
                 at: now,
             };
             let mandate_stream = stream_id(&principal.tenant, mandate_id);
@@ -572,7 +573,12 @@ pub async fn checkout(
                         "reserved"
                     }
                     .into();
-                    if waiting {
+                    if let Some(drift_bps) = drift {
+                        outcome.code = Some("price_drift".into());
+                        outcome.reason = Some(format!(
+                            "the quote is {drift_bps} basis points above the prices seen"
+                        ));
+                    } else if waiting {
                         outcome.code = Some("approval_threshold".into());
                     }
                 }
@@ -588,6 +594,13 @@ pub async fn checkout(
                 }
                 Err(other) => return Err(other.into()),
             }
+        } else if let Some(drift_bps) = drift {
+            // The shopper buys: tell them the price moved; they re-quote or accept at
+            // the merchant.
+            outcome.code = Some("price_drift".into());
+            outcome.reason = Some(format!(
+                "the quote is {drift_bps} basis points above the prices seen"
+            ));
         }
         let path = match outcome.status.as_str() {
             "reserved" => Some((
