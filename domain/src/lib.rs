@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod cart;
 pub mod ids;
 pub mod mandate;
+pub mod merchant;
 pub mod metadata;
 pub mod money;
 pub mod order;

@@ -14,7 +14,7 @@ use crate::money::{Money, MoneyError};
 use crate::{Aggregate, DomainEvent};
 
 /// How the order is placed with the merchant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckoutPath {
     /// Through the merchant's API (a connector).

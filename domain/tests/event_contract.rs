@@ -394,3 +394,33 @@ fn aggregate_state_serializes_for_snapshots() {
     let back: Mandate = serde_json::from_value(json).expect("state deserializes");
     assert_eq!(back, mandate);
 }
+
+#[test]
+fn merchant_events() {
+    use shopagent_domain::merchant::{Health, MerchantEvent, MerchantProfile, Protocol};
+    let profile = MerchantProfile {
+        name: "Acme Outdoor".into(),
+        protocol: Some(Protocol::Ucp),
+        api_endpoint: Some("https://acme.example/ucp".into()),
+        deeplink_base: Some("https://acme.example/p/".into()),
+        headless_domain: None,
+        paths: [CheckoutPath::Api, CheckoutPath::Deeplink].into(),
+    };
+    insta::assert_json_snapshot!(contract(&[
+        MerchantEvent::MerchantRegistered {
+            merchant: merchant(),
+            profile: profile.clone(),
+            at: AT
+        },
+        MerchantEvent::MerchantProfileUpdated { profile, at: AT },
+        MerchantEvent::MerchantHealthReported {
+            health: Health::Down,
+            reason: "circuit open".into(),
+            at: AT
+        },
+        MerchantEvent::HeadlessAllowlistChanged {
+            allowed: true,
+            at: AT
+        },
+    ]));
+}
