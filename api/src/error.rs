@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use shopagent_commands::CommandError;
 use shopagent_domain::cart::CartError;
 use shopagent_domain::mandate::MandateError;
+use shopagent_domain::merchant::MerchantError;
 use shopagent_domain::order::OrderError;
 use shopagent_domain::payment::PaymentError;
 use shopagent_domain::run::RunError;
@@ -48,6 +49,10 @@ rejection!(RunError {
 rejection!(OrderError {
     not_found: OrderError::NotFound,
     conflict: OrderError::AlreadyExists | OrderError::IllegalTransition { .. }
+});
+rejection!(MerchantError {
+    not_found: MerchantError::NotFound,
+    conflict: MerchantError::AlreadyExists
 });
 rejection!(PaymentError {
     not_found: PaymentError::NotFound,

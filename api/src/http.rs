@@ -24,6 +24,7 @@ pub fn router(app: App) -> Router {
         .merge(routes::carts::routes())
         .merge(routes::runs::routes())
         .merge(routes::orders::routes())
+        .merge(routes::merchants::routes())
         // Authentication runs first (outermost), then idempotency, which needs the tenant.
         .layer(middleware::from_fn_with_state(
             app.clone(),

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, mandates, orders, runs};
+use crate::routes::{carts, mandates, merchants, orders, runs};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -15,10 +15,11 @@ use crate::routes::{carts, mandates, orders, runs};
         runs::start, runs::read, runs::ledger, runs::events, runs::record_action, runs::record_decision,
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::read, orders::cancel, orders::request_return, orders::read_payment,
+        merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),
-    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments")),
+    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments"), (name = "merchants")),
 )]
 pub struct ApiDoc;
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig};
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
+use shopagent_domain::merchant::Merchant;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
 use shopagent_domain::run::AgentRun;
@@ -26,6 +27,7 @@ pub struct App {
     pub runs: Arc<CommandBus<AgentRun>>,
     pub orders: Arc<CommandBus<Order>>,
     pub payments: Arc<CommandBus<Payment>>,
+    pub merchants: Arc<CommandBus<Merchant>>,
 }
 
 impl App {
@@ -39,6 +41,7 @@ impl App {
             runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             orders: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             payments: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            merchants: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             store,
             auth,
         }

@@ -30,6 +30,7 @@ on_both_backends!(
     oidc_tokens_are_verified_against_the_jwks,
     checkout_creates_one_order_per_proceeding_merchant,
     a_drifted_price_waits_for_the_shopper,
+    checkout_follows_the_capability_registry,
 );
 
 fn usd(minor: i64) -> Value {
@@ -46,6 +47,16 @@ fn mandate_terms() -> Value {
         "blocked_categories": ["alcohol"],
         "price_drift_tolerance_bps": 300
     })
+}
+
+/// Registers merchants that take orders over a UCP API.
+async fn register_merchants(app: &TestApp, names: &[&str]) {
+    let ops = app.token("acme", "ops-1", Role::Ops, None);
+    for name in names {
+        let body = json!({"merchant_id": name, "name": format!("{name} store"), "protocol": "ucp", "api_endpoint": format!("https://{name}.example/ucp"), "deeplink_base": format!("https://{name}.example/p/"), "paths": ["api", "deeplink"]});
+        let reply = app.post("/v1/merchants", &ops, body).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    }
 }
 
 async fn create_mandate(app: &TestApp, token: &str, terms: Value) -> String {
@@ -676,6 +687,7 @@ fn outcome<'a>(reply: &'a Reply, merchant: &str) -> &'a Value {
 
 async fn checkout_reserves_budget_per_merchant(backend: Backend) {
     let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme", "bolt"]).await;
     let alice = app.shopper("alice");
     let mandate = create_mandate(&app, &alice, mandate_terms()).await;
     let agent = app.token("acme", "agent-7", Role::Agent, Some(&mandate));
@@ -732,6 +744,7 @@ async fn checkout_reserves_budget_per_merchant(backend: Backend) {
 
 async fn checkout_reports_what_the_mandate_refuses(backend: Backend) {
     let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme", "vino", "big"]).await;
     let alice = app.shopper("alice");
     let mandate = create_mandate(&app, &alice, mandate_terms()).await;
     let cart = ready_cart(
@@ -771,6 +784,7 @@ async fn checkout_reports_what_the_mandate_refuses(backend: Backend) {
 
 async fn fifty_concurrent_checkouts_never_exceed_the_budget(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
+    register_merchants(&app, &["acme"]).await;
     let alice = app.shopper("alice");
     let terms = json!({"mode": "autopilot", "currency": "USD", "period_budget": {"period": "month", "limit": usd(10_000)}, "price_drift_tolerance_bps": 0});
     let mandate = create_mandate(&app, &alice, terms).await;
@@ -1033,6 +1047,7 @@ async fn oidc_tokens_are_verified_against_the_jwks(backend: Backend) {
 
 async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
     let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme", "vino"]).await;
     let alice = app.shopper("alice");
     let mandate = create_mandate(&app, &alice, mandate_terms()).await;
     let cart = ready_cart(
@@ -1057,12 +1072,7 @@ async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
     let order = app.get(&path, &alice).await;
     assert_eq!(order.status, StatusCode::OK, "{:?}", order.body);
     assert_eq!(order.body["path"], "api");
-    assert!(
-        order.body["path_reason"]
-            .as_str()
-            .expect("reason")
-            .contains("autopilot")
-    );
+    assert_eq!(order.body["path_reason"], "acme store has a UCP API and is healthy");
     assert_eq!(order.body["status"], "created");
     assert_eq!(order.body["total"], usd(1_200));
     assert_eq!(order.body["lines"][0]["unit_price"], usd(1_000));
@@ -1122,6 +1132,7 @@ async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
 
 async fn a_drifted_price_waits_for_the_shopper(backend: Backend) {
     let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme"]).await;
     let alice = app.shopper("alice");
     let mandate = create_mandate(&app, &alice, mandate_terms()).await;
     let cart = ready_cart(&app, &alice, Some(&mandate), &[("acme", 1_000, "outdoor")]).await;
@@ -1164,6 +1175,96 @@ async fn a_drifted_price_waits_for_the_shopper(backend: Backend) {
     assert_eq!(
         approved.body["open_reservations"][0]["awaiting_approval"],
         false
+    );
+    app.stop().await;
+}
+
+async fn checkout_follows_the_capability_registry(backend: Backend) {
+    let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme", "bolt"]).await;
+    let alice = app.shopper("alice");
+    let ops = app.token("acme", "ops-1", Role::Ops, None);
+    // Everyone reads the registry; only ops and admins change it.
+    let read = app.get("/v1/merchants/acme", &alice).await;
+    assert_eq!(
+        (read.status, read.body["paths"].clone()),
+        (StatusCode::OK, json!(["api", "deeplink"]))
+    );
+    app.post(
+        "/v1/merchants/acme/health",
+        &alice,
+        json!({"health": "down", "reason": "x"}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.post(
+        "/v1/merchants",
+        &ops,
+        json!({"merchant_id": "nope", "name": "N", "paths": ["api"]}),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_merchant_profile");
+    app.get("/v1/merchants/Not-A-Slug", &alice)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let down = app
+        .post(
+            "/v1/merchants/bolt/health",
+            &ops,
+            json!({"health": "down", "reason": "circuit open"}),
+        )
+        .await;
+    assert_eq!(down.body["health"], "down");
+
+    let mandate = create_mandate(&app, &alice, mandate_terms()).await;
+    let cart = ready_cart(
+        &app,
+        &alice,
+        Some(&mandate),
+        &[
+            ("acme", 1_000, "outdoor"),
+            ("bolt", 1_000, "bikes"),
+            ("corner-shop", 1_000, "food"),
+        ],
+    )
+    .await;
+    let reply = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &alice, json!({}))
+        .await;
+    assert_eq!(outcome(&reply, "acme")["status"], "reserved");
+    for (merchant, why) in [
+        ("bolt", "its API is down"),
+        ("corner-shop", "not in the capability registry"),
+    ] {
+        let sub_cart = outcome(&reply, merchant);
+        assert_eq!(sub_cart["status"], "handoff", "{sub_cart:?}");
+        assert!(
+            sub_cart["reservation_id"].is_null(),
+            "a hand-off holds no budget"
+        );
+        let order = app
+            .get(
+                &format!(
+                    "/v1/orders/{}",
+                    sub_cart["order_id"].as_str().expect("order")
+                ),
+                &alice,
+            )
+            .await;
+        assert_eq!(order.body["path"], "deeplink");
+        assert!(
+            order.body["path_reason"]
+                .as_str()
+                .expect("reason")
+                .contains(why),
+            "{:?}",
+            order.body["path_reason"]
+        );
+    }
+    let held = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
+    assert_eq!(
+        held.body["open_reservations"].as_array().expect("r").len(),
+        1
     );
     app.stop().await;
 }

@@ -13,6 +13,7 @@ use shopagent_domain::ids::{
     CartId, Category, LineId, MandateId, MerchantId, OfferId, OrderId, ReservationId,
 };
 use shopagent_domain::mandate::{MandateCommand, MandateError, Mode};
+use shopagent_domain::merchant::choose_path;
 use shopagent_domain::money::Currency;
 use shopagent_domain::order::{CheckoutPath, OrderCommand, OrderDraft, OrderLine};
 use time::{Date, OffsetDateTime};
@@ -20,6 +21,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::mandates::{MoneyBody, load_visible as load_mandate};
+use super::merchants::merchant_stream;
 use super::{
     Body, IdPairPath, IdPath, Owner, authorize_write, if_match, invalid, metadata, new_id,
     stream_id, versioned,
@@ -520,9 +522,11 @@ pub async fn checkout(
         .await?;
     let sub_carts = checkout_started(&app, &stream).await?;
 
-    let autopilot = mandate
+    // Without a mandate the shopper is buying: the same as assist mode.
+    let mode = mandate
         .as_ref()
-        .filter(|(_, m)| m.terms.as_ref().is_some_and(|t| t.mode == Mode::Autopilot));
+        .and_then(|(_, m)| m.terms.as_ref())
+        .map_or(Mode::Assist, |t| t.mode);
     let mut outcomes = Vec::with_capacity(sub_carts.len());
     for sub_cart in sub_carts {
         let mut outcome = SubCartOutcome {
@@ -538,7 +542,16 @@ pub async fn checkout(
             SubCartDecision::AwaitApproval { drift_bps } => Some(drift_bps),
             SubCartDecision::Proceed => None,
         };
-        if let Some((mandate_id, _)) = autopilot {
+        let (registered, _) = app
+            .merchants
+            .load(&merchant_stream(&principal, &sub_cart.merchant))
+            .await?;
+        let choice = choose_path(mode, &registered);
+        // Only an automated path (api, headless) buys under the mandate; it needs budget.
+        let automated = mandate
+            .as_ref()
+            .filter(|_| choice.path != CheckoutPath::Deeplink);
+        if let Some((mandate_id, _)) = automated {
             // Reserve even when the price drifted: the hold keeps the budget while the
             // shopper decides, and approving the reservation releases the checkout.
             let reservation_id = ReservationId(Uuid::new_v5(
@@ -603,14 +616,7 @@ pub async fn checkout(
             ));
         }
         let path = match outcome.status.as_str() {
-            "reserved" => Some((
-                CheckoutPath::Api,
-                "autopilot: budget reserved on the mandate, the agent buys through the merchant",
-            )),
-            "handoff" => Some((
-                CheckoutPath::Deeplink,
-                "no autopilot mandate: the shopper completes the purchase at the merchant",
-            )),
+            "reserved" | "handoff" => Some((choice.path, choice.reason)),
             _ => None,
         };
         if let Some((path, reason)) = path {
@@ -642,7 +648,7 @@ pub async fn checkout(
                 lines,
                 total: sub_cart.grand_total,
                 path,
-                path_reason: reason.into(),
+                path_reason: reason,
             };
             let order_key = key.derived(&format!("order/{}", sub_cart.merchant));
             app.orders

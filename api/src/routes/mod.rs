@@ -6,6 +6,7 @@
 
 pub mod carts;
 pub mod mandates;
+pub mod merchants;
 pub mod orders;
 pub mod runs;
 
