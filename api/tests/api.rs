@@ -1072,7 +1072,10 @@ async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
     let order = app.get(&path, &alice).await;
     assert_eq!(order.status, StatusCode::OK, "{:?}", order.body);
     assert_eq!(order.body["path"], "api");
-    assert_eq!(order.body["path_reason"], "acme store has a UCP API and is healthy");
+    assert_eq!(
+        order.body["path_reason"],
+        "acme store has a UCP API and is healthy"
+    );
     assert_eq!(order.body["status"], "created");
     assert_eq!(order.body["total"], usd(1_200));
     assert_eq!(order.body["lines"][0]["unit_price"], usd(1_000));

@@ -1,0 +1,231 @@
+//! Subscribers with side effects: every event at least once, in order, never skipped;
+//! a failure or a crash repeats an event, never loses one; one instance at a time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shopagent_commands::test_support::{TestStore, append_amounts};
+use shopagent_commands::{LogCursor, Store, StoredEvent};
+use shopagent_projections::{HandlerError, Subscriber, SubscriberRunner, status};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Records every event it handles; can fail or hang once at a chosen position in the
+/// sequence of handled events.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<Uuid>>,
+    fail_once_at: Mutex<Option<usize>>,
+    hang_once_at: Mutex<Option<usize>>,
+    hanging: Notify,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for Recorder {
+    fn name(&self) -> &'static str {
+        "test_recorder"
+    }
+
+    async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        let n = {
+            let mut seen = self.seen.lock().expect("lock");
+            seen.push(event.event_id);
+            seen.len()
+        };
+        if self
+            .fail_once_at
+            .lock()
+            .expect("lock")
+            .take_if(|at| *at == n)
+            .is_some()
+        {
+            return Err(HandlerError("merchant timed out".into()));
+        }
+        if self
+            .hang_once_at
+            .lock()
+            .expect("lock")
+            .take_if(|at| *at == n)
+            .is_some()
+        {
+            // The side effect happened; the process dies before the checkpoint moves.
+            self.hanging.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn seen(&self) -> Vec<Uuid> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn seed(store: &Store, events: usize) -> Vec<Uuid> {
+    for n in 0..events {
+        append_amounts(store, "tally", &format!("t-{n}"), 0, &[1]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = store
+            .read_log(LogCursor::START, u32::MAX)
+            .await
+            .expect("read");
+        if log.len() == events || Instant::now() > deadline {
+            return log.into_iter().map(|e| e.event_id).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn drain(runner: &SubscriberRunner) {
+    loop {
+        let progress = runner.step().await.expect("step");
+        if progress.handled == 0 && !progress.failed {
+            return;
+        }
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::postgres().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    every_event_is_handled_once_in_log_order,
+    a_failed_event_is_retried_and_nothing_after_it_is_skipped,
+    a_crash_after_the_side_effect_repeats_the_event_but_loses_none,
+);
+
+async fn every_event_is_handled_once_in_log_order(test: &TestStore) {
+    let log = seed(&test.store, 30).await;
+    let recorder = Arc::new(Recorder::default());
+    let runner = SubscriberRunner::new(test.store.clone(), recorder.clone()).with_batch_size(7);
+    drain(&runner).await;
+    assert_eq!(recorder.seen(), log);
+    let checkpoint = status(&test.store, "test_recorder").await.expect("status");
+    assert_eq!((checkpoint.lag_events, checkpoint.events_applied), (0, 30));
+}
+
+async fn a_failed_event_is_retried_and_nothing_after_it_is_skipped(test: &TestStore) {
+    let log = seed(&test.store, 20).await;
+    let recorder = Arc::new(Recorder {
+        fail_once_at: Mutex::new(Some(10)),
+        ..Recorder::default()
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), recorder.clone());
+    let first = runner.step().await.expect("step");
+    assert_eq!((first.handled, first.failed), (9, true));
+    assert_eq!(
+        status(&test.store, "test_recorder")
+            .await
+            .expect("status")
+            .lag_events,
+        11
+    );
+    drain(&runner).await;
+    let mut expected = log[..10].to_vec();
+    expected.extend_from_slice(&log[9..]);
+    assert_eq!(
+        recorder.seen(),
+        expected,
+        "the 10th event twice, every other once, in order"
+    );
+}
+
+async fn a_crash_after_the_side_effect_repeats_the_event_but_loses_none(test: &TestStore) {
+    let log = seed(&test.store, 12).await;
+    let recorder = Arc::new(Recorder {
+        hang_once_at: Mutex::new(Some(5)),
+        ..Recorder::default()
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), recorder.clone());
+    let task = tokio::spawn(runner.run(CancellationToken::new()));
+    tokio::time::timeout(Duration::from_secs(30), recorder.hanging.notified())
+        .await
+        .expect("reaches the 5th event");
+    task.abort();
+    let _ = task.await;
+
+    let restarted = SubscriberRunner::new(test.reopen().await, recorder.clone());
+    drain(&restarted).await;
+    let mut expected = log[..5].to_vec();
+    expected.extend_from_slice(&log[4..]);
+    assert_eq!(recorder.seen(), expected, "duplicates only, never a gap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_a_subscriber_on_one_instance_at_a_time() {
+    let test = TestStore::postgres().await;
+    let log = seed(&test.store, 10).await;
+    let recorder = Arc::new(Recorder::default());
+    let (first_stop, second_stop) = (CancellationToken::new(), CancellationToken::new());
+    let first = tokio::spawn(
+        SubscriberRunner::new(test.store.clone(), recorder.clone()).run(first_stop.clone()),
+    );
+    let other_instance = test.reopen().await;
+    let second = tokio::spawn(
+        SubscriberRunner::new(other_instance.clone(), recorder.clone()).run(second_stop.clone()),
+    );
+
+    let wait_for = |count: usize| {
+        let recorder = recorder.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while recorder.seen().len() < count && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(10).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        recorder.seen(),
+        log,
+        "both instances running, each event handled once"
+    );
+
+    // The active instance stops; the standby takes over and handles what comes next.
+    first_stop.cancel();
+    first.await.expect("first runner");
+    let more: Vec<Uuid> = {
+        append_amounts(&test.store, "tally", "after", 0, &[1, 2]).await;
+        let all = test
+            .store
+            .read_log(LogCursor::START, u32::MAX)
+            .await
+            .expect("read");
+        all.into_iter().skip(10).map(|e| e.event_id).collect()
+    };
+    wait_for(12).await;
+    let mut expected = log.clone();
+    expected.extend(more);
+    assert_eq!(recorder.seen(), expected);
+    second_stop.cancel();
+    second.await.expect("second runner");
+    other_instance.database().close().await;
+    test.cleanup().await;
+}
