@@ -13,6 +13,7 @@ pub mod bus;
 pub mod database;
 pub mod log;
 pub mod store;
+pub mod subscriber;
 #[doc(hidden)]
 pub mod test_support;
 
@@ -20,3 +21,4 @@ pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, StoreConfig};
 pub use log::{LogCursor, StoredEvent};
 pub use store::{AppendError, Store, StoreError};
+pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};

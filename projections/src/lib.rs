@@ -8,10 +8,8 @@
 
 pub mod catalog;
 pub mod runner;
-pub mod subscriber;
 
 pub use catalog::AggregateCatalog;
 pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, status,
 };
-pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};

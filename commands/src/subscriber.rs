@@ -14,14 +14,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shopagent_commands::log::format_timestamp;
-use shopagent_commands::{Database, LogCursor, Store, StoredEvent};
+use crate::log::format_timestamp;
+use crate::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::PgConnection;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::runner::ProjectionError;
+/// Why a step could not run: the store failed. The step is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscriberError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] sqlx::Error),
+}
 
 /// Why handling an event failed. The event is handled again later.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +91,7 @@ impl SubscriberRunner {
 
     /// Handles the events after the checkpoint, in order, moving the checkpoint past
     /// each one as soon as it is handled. Stops at the first failure.
-    pub async fn step(&self) -> Result<Progress, ProjectionError> {
+    pub async fn step(&self) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let mut cursor = checkpoint(self.store.database(), name).await?;
         let events = self.store.read_log(cursor, self.batch_size).await?;
@@ -159,7 +166,7 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
 }
 
-async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, ProjectionError> {
+async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, SubscriberError> {
     const SQL: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
     let row: Option<(i64, i64)> = match db {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
@@ -171,7 +178,7 @@ async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, ProjectionEr
     }))
 }
 
-async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), ProjectionError> {
+async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), SubscriberError> {
     const SQL: &str = "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at)
          VALUES ($1, $2, $3, 1, $4)
          ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position,
