@@ -10,8 +10,10 @@
 
 pub mod bridge;
 pub mod bus;
+pub mod checkout;
 pub mod database;
 pub mod log;
+pub mod ports;
 pub mod store;
 pub mod subscriber;
 #[doc(hidden)]

@@ -52,6 +52,7 @@ pub struct SubscriberRunner {
     subscriber: Arc<dyn Subscriber>,
     batch_size: u32,
     idle_poll: Duration,
+    last_error: Arc<std::sync::Mutex<LastError>>,
 }
 
 impl std::fmt::Debug for SubscriberRunner {
@@ -70,6 +71,9 @@ pub struct Progress {
     pub failed: bool,
 }
 
+/// What the last failed step reported, for status and tests.
+pub type LastError = Option<String>;
+
 impl SubscriberRunner {
     pub fn new(store: Store, subscriber: Arc<dyn Subscriber>) -> Self {
         Self {
@@ -77,6 +81,7 @@ impl SubscriberRunner {
             subscriber,
             batch_size: 100,
             idle_poll: Duration::from_millis(250),
+            last_error: Arc::default(),
         }
     }
 
@@ -89,6 +94,14 @@ impl SubscriberRunner {
         self.subscriber.name()
     }
 
+    /// The error of the last failed event, if any.
+    pub fn last_error(&self) -> LastError {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Handles the events after the checkpoint, in order, moving the checkpoint past
     /// each one as soon as it is handled. Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
@@ -99,6 +112,10 @@ impl SubscriberRunner {
         for event in &events {
             if let Err(error) = self.subscriber.handle(event).await {
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
                 return Ok(Progress {
                     handled,
                     failed: true,

@@ -1,0 +1,404 @@
+//! The checkout process manager: drives each `api`-path order from the log.
+//!
+//! OrderCreated → request a card → card issued → submit and place with the merchant →
+//! placed (commit the spend) or failed (void the card, release the reservation). A
+//! cancellation before placement voids and releases too. Every step is a command with
+//! an idempotency key derived from the event that caused it, and every outside call
+//! carries a key derived from the aggregate it serves, so handling an event again after
+//! a crash repeats nothing: no second order, no second card, no lost reservation.
+
+use std::fmt::Display;
+use std::sync::Arc;
+
+use shopagent_domain::cart::Cart;
+use shopagent_domain::ids::{OrderId, PaymentId};
+use shopagent_domain::mandate::{Mandate, MandateCommand, ReleaseReason};
+use shopagent_domain::order::{CheckoutPath, FailureReason, Order, OrderCommand, OrderEvent};
+use shopagent_domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
+use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::ports::{CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder};
+use crate::subscriber::{HandlerError, Subscriber};
+use crate::{CommandBus, CommandError, StoredEvent};
+
+/// The buses and ports the process works with.
+pub struct CheckoutProcess {
+    pub orders: Arc<CommandBus<Order>>,
+    pub payments: Arc<CommandBus<Payment>>,
+    pub mandates: Arc<CommandBus<Mandate>>,
+    pub carts: Arc<CommandBus<Cart>>,
+    pub issuer: Arc<dyn CardIssuer>,
+    pub merchants: Arc<dyn MerchantDirectory>,
+    /// How far above the order total the card's cap goes (taxes and shipping recomputed
+    /// by the merchant), in basis points.
+    pub cap_tolerance_bps: u32,
+}
+
+impl std::fmt::Debug for CheckoutProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckoutProcess")
+            .field("cap_tolerance_bps", &self.cap_tolerance_bps)
+            .finish()
+    }
+}
+
+/// The payment of an order: one per order, its id derived from the order's.
+pub fn payment_of(order: OrderId) -> PaymentId {
+    PaymentId(Uuid::new_v5(&order.0, b"payment"))
+}
+
+fn stream(tenant: &str, id: impl Display) -> String {
+    format!("{tenant}/{id}")
+}
+
+fn retry(error: impl Display) -> HandlerError {
+    HandlerError(error.to_string())
+}
+
+impl CheckoutProcess {
+    pub const NAME: &'static str = "checkout_process";
+
+    /// Runs one step's command; a business rejection is logged and ends the step (it
+    /// will not change on retry), anything else is retried.
+    async fn step<A: Aggregate>(
+        &self,
+        bus: &CommandBus<A>,
+        cause: &StoredEvent,
+        target: &str,
+        step: &str,
+        command: A::Command,
+    ) -> Result<bool, HandlerError> {
+        let mut metadata = EventMetadata::new(cause.metadata.tenant.clone(), "process:checkout")
+            .caused_by(cause.event_id);
+        metadata.correlation_id = cause.metadata.correlation_id;
+        metadata.traceparent = cause.metadata.traceparent.clone();
+        // The cause and the step identify the intent; the command itself carries a fresh
+        // timestamp on every attempt, so it cannot be its own digest.
+        let intent = format!("pm/{}/{step}", cause.event_id);
+        metadata.idempotency_key = IdempotencyKey::parse(&intent).ok();
+        metadata.request_digest = Some(intent);
+        match bus.execute(target, command, metadata).await {
+            Ok(_) => Ok(true),
+            Err(CommandError::Rejected(rejection)) => {
+                tracing::info!(step, target, %rejection, "checkout step not applicable");
+                Ok(false)
+            }
+            Err(error) => Err(retry(error)),
+        }
+    }
+
+    async fn on_order_created(
+        &self,
+        event: &StoredEvent,
+        order_id: OrderId,
+    ) -> Result<(), HandlerError> {
+        let tenant = &event.metadata.tenant;
+        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let Some(draft) = order.draft.filter(|d| d.path == CheckoutPath::Api) else {
+            return Ok(()); // hand-offs are the shopper's; headless runs elsewhere
+        };
+        let cap = draft
+            .total
+            .checked_add(
+                draft
+                    .total
+                    .checked_basis_points(self.cap_tolerance_bps)
+                    .map_err(retry)?,
+            )
+            .map_err(retry)?;
+        let payment_id = payment_of(order_id);
+        let command = PaymentCommand::RequestCard {
+            payment_id,
+            order_id,
+            shopper: draft.shopper,
+            mandate_id: draft.mandate_id,
+            merchant: draft.merchant,
+            cap,
+            at: OffsetDateTime::now_utc(),
+        };
+        self.step(
+            &self.payments,
+            event,
+            &stream(tenant, payment_id),
+            "request-card",
+            command,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn on_card_requested(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        let (payment, _) = self
+            .payments
+            .load(&event.aggregate_id)
+            .await
+            .map_err(retry)?;
+        let (Some(payment_id), Some(terms)) = (payment.id, payment.terms) else {
+            return Ok(());
+        };
+        if payment.card.is_some() || payment.status == PaymentStatus::Voided {
+            return Ok(());
+        }
+        let request = CardRequest {
+            idempotency_key: format!("card/{payment_id}"),
+            order_id: terms.order_id,
+            cap: terms.cap,
+            merchant: terms.merchant,
+        };
+        match self.issuer.create_card(&request).await {
+            Ok(card) => {
+                let command = PaymentCommand::RecordCardIssued {
+                    card: card.reference,
+                    expires_at: card.expires_at,
+                    at: OffsetDateTime::now_utc(),
+                };
+                self.step(
+                    &self.payments,
+                    event,
+                    &event.aggregate_id,
+                    "card-issued",
+                    command,
+                )
+                .await
+                .map(drop)
+            }
+            Err(CallError::Unavailable(why)) => {
+                Err(HandlerError(format!("card issuer unavailable: {why}")))
+            }
+            Err(CallError::Refused(why)) => {
+                let command = OrderCommand::MarkFailed {
+                    reason: FailureReason::PaymentRequired,
+                    detail: format!("no card: {why}"),
+                    at: OffsetDateTime::now_utc(),
+                };
+                let order = stream(&event.metadata.tenant, terms.order_id);
+                self.step(&self.orders, event, &order, "fail-no-card", command)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    async fn on_card_issued(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        let tenant = &event.metadata.tenant;
+        let (payment, _) = self
+            .payments
+            .load(&event.aggregate_id)
+            .await
+            .map_err(retry)?;
+        let (Some(terms), Some((card, _))) = (payment.terms, payment.card) else {
+            return Ok(());
+        };
+        let order_stream = stream(tenant, terms.order_id);
+        self.step(
+            &self.orders,
+            event,
+            &order_stream,
+            "submit",
+            OrderCommand::Submit {
+                at: OffsetDateTime::now_utc(),
+            },
+        )
+        .await?;
+        let (order, _) = self.orders.load(&order_stream).await.map_err(retry)?;
+        let Some(draft) = order.draft else {
+            return Ok(());
+        };
+        let now = OffsetDateTime::now_utc();
+        let Some(gateway) = self.merchants.gateway(&draft.merchant) else {
+            let command = OrderCommand::MarkFailed {
+                reason: FailureReason::MerchantUnavailable,
+                detail: format!("no connector for merchant {}", draft.merchant),
+                at: now,
+            };
+            return self
+                .step(
+                    &self.orders,
+                    event,
+                    &order_stream,
+                    "fail-no-connector",
+                    command,
+                )
+                .await
+                .map(drop);
+        };
+        let (cart, _) = self
+            .carts
+            .load(&stream(tenant, draft.cart_id))
+            .await
+            .map_err(retry)?;
+        let request = PlaceOrder {
+            idempotency_key: format!("order/{}", terms.order_id),
+            order_id: terms.order_id,
+            lines: draft.lines,
+            total: draft.total,
+            ship_to: cart.address,
+            card,
+        };
+        let command = match gateway.place_order(&request).await {
+            Ok(merchant_reference) => OrderCommand::MarkPlaced {
+                merchant_reference,
+                at: now,
+            },
+            Err(PlaceError::Failed { reason, detail }) => OrderCommand::MarkFailed {
+                reason,
+                detail,
+                at: now,
+            },
+            Err(PlaceError::Unavailable(why)) => {
+                return Err(HandlerError(format!(
+                    "merchant {} unavailable: {why}",
+                    draft.merchant
+                )));
+            }
+        };
+        self.step(
+            &self.orders,
+            event,
+            &order_stream,
+            "placed-or-failed",
+            command,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn on_order_placed(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let Some(draft) = order.draft else {
+            return Ok(());
+        };
+        let (Some(mandate_id), Some(reservation_id)) = (draft.mandate_id, draft.reservation_id)
+        else {
+            return Ok(());
+        };
+        let command = MandateCommand::CommitSpend {
+            reservation_id,
+            amount: draft.total,
+        };
+        self.step(
+            &self.mandates,
+            event,
+            &stream(&event.metadata.tenant, mandate_id),
+            "commit-spend",
+            command,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A failed or cancelled order gives everything back: card voided, budget released.
+    async fn on_order_ended(
+        &self,
+        event: &StoredEvent,
+        order_id: OrderId,
+        reason: ReleaseReason,
+    ) -> Result<(), HandlerError> {
+        let tenant = &event.metadata.tenant;
+        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let Some(draft) = order.draft else {
+            return Ok(());
+        };
+        if order.merchant_reference.is_some() {
+            return Ok(()); // placed then cancelled: refunds, not voids, settle it
+        }
+        let payment_stream = stream(tenant, payment_of(order_id));
+        let (payment, _) = self.payments.load(&payment_stream).await.map_err(retry)?;
+        if payment.terms.is_some()
+            && !matches!(
+                payment.status,
+                PaymentStatus::Voided | PaymentStatus::Captured
+            )
+        {
+            if let Some((card, _)) = &payment.card {
+                match self
+                    .issuer
+                    .void_card(card, &format!("void/{}", payment_of(order_id)))
+                    .await
+                {
+                    Ok(()) | Err(CallError::Refused(_)) => {}
+                    Err(CallError::Unavailable(why)) => {
+                        return Err(HandlerError(format!("card issuer unavailable: {why}")));
+                    }
+                }
+            }
+            let command = PaymentCommand::Void {
+                reason: format!("order {}", order.status.as_str()),
+                at: OffsetDateTime::now_utc(),
+            };
+            self.step(&self.payments, event, &payment_stream, "void", command)
+                .await?;
+        }
+        if let (Some(mandate_id), Some(reservation_id)) = (draft.mandate_id, draft.reservation_id) {
+            let command = MandateCommand::ReleaseReservation {
+                reservation_id,
+                reason,
+            };
+            self.step(
+                &self.mandates,
+                event,
+                &stream(tenant, mandate_id),
+                "release",
+                command,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscriber for CheckoutProcess {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        match event.aggregate_type.as_str() {
+            "order" => match serde_json::from_value::<OrderEvent>(event.payload.clone()) {
+                Ok(OrderEvent::OrderCreated { order_id, .. }) => {
+                    self.on_order_created(event, order_id).await
+                }
+                Ok(OrderEvent::OrderPlaced { .. }) => self.on_order_placed(event).await,
+                Ok(OrderEvent::OrderFailed { .. }) => {
+                    self.order_ended(event, ReleaseReason::CheckoutFailed).await
+                }
+                Ok(OrderEvent::OrderCancelled { .. }) => {
+                    self.order_ended(event, ReleaseReason::CheckoutCancelled)
+                        .await
+                }
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    tracing::error!(position = event.position(), %error, "unreadable order event skipped");
+                    Ok(())
+                }
+            },
+            "payment" => match serde_json::from_value::<PaymentEvent>(event.payload.clone()) {
+                Ok(PaymentEvent::CardRequested { .. }) => self.on_card_requested(event).await,
+                Ok(PaymentEvent::CardIssued { .. }) => self.on_card_issued(event).await,
+                Ok(_) => Ok(()),
+                Err(error) => {
+                    tracing::error!(position = event.position(), %error, "unreadable payment event skipped");
+                    Ok(())
+                }
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+impl CheckoutProcess {
+    async fn order_ended(
+        &self,
+        event: &StoredEvent,
+        reason: ReleaseReason,
+    ) -> Result<(), HandlerError> {
+        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        match order.id {
+            Some(order_id) => self.on_order_ended(event, order_id, reason).await,
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Ports: what checkout needs from the outside world. Connectors implement them; their
+//! wire types never leak past these signatures.
+
+use std::sync::Arc;
+
+use shopagent_domain::address::Address;
+use shopagent_domain::ids::{MerchantId, OrderId};
+use shopagent_domain::money::Money;
+use shopagent_domain::order::{FailureReason, OrderLine};
+use shopagent_domain::payment::CardReference;
+use time::OffsetDateTime;
+
+/// A call to the outside world that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Timeout, 5xx, connection refused, open circuit: trying again later may work.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// A definite answer: trying again will not change it.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+/// A single-use virtual card for one order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRequest {
+    /// The same key always yields the same card.
+    pub idempotency_key: String,
+    pub order_id: OrderId,
+    /// Spend cap: authorizations above it are declined by the issuer.
+    pub cap: Money,
+    /// Merchant lock: authorizations from any other merchant are declined.
+    pub merchant: MerchantId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCard {
+    /// The issuer's reference; the card number never leaves the issuer.
+    pub reference: CardReference,
+    pub expires_at: OffsetDateTime,
+}
+
+/// A card issuer (shaped after Stripe Issuing).
+#[async_trait::async_trait]
+pub trait CardIssuer: Send + Sync {
+    async fn create_card(&self, request: &CardRequest) -> Result<IssuedCard, CallError>;
+    async fn void_card(&self, card: &CardReference, idempotency_key: &str)
+    -> Result<(), CallError>;
+}
+
+/// An order to place with a merchant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceOrder {
+    /// The same key never places a second order.
+    pub idempotency_key: String,
+    pub order_id: OrderId,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub ship_to: Option<Address>,
+    pub card: CardReference,
+}
+
+/// Why a merchant did not place an order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    #[error("merchant temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("{reason:?}: {detail}")]
+    Failed {
+        reason: FailureReason,
+        detail: String,
+    },
+}
+
+/// A merchant's checkout API (UCP, ACP, Shopify, …).
+#[async_trait::async_trait]
+pub trait MerchantGateway: Send + Sync {
+    /// Places the order; returns the merchant's order reference.
+    async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError>;
+}
+
+/// Finds the gateway that speaks to a merchant.
+pub trait MerchantDirectory: Send + Sync {
+    fn gateway(&self, merchant: &MerchantId) -> Option<Arc<dyn MerchantGateway>>;
+}

@@ -1,0 +1,562 @@
+//! The checkout process manager against the real store, with the card issuer and the
+//! merchant played by in-test ports that honour idempotency keys as the real ones must.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shopagent_commands::checkout::{CheckoutProcess, payment_of};
+use shopagent_commands::ports::{
+    CallError, CardIssuer, CardRequest, IssuedCard, MerchantDirectory, MerchantGateway, PlaceError,
+    PlaceOrder,
+};
+use shopagent_commands::test_support::TestStore;
+use shopagent_commands::{CommandBus, Store, SubscriberRunner};
+use shopagent_domain::EventMetadata;
+use shopagent_domain::address::{Address, AddressFields};
+use shopagent_domain::cart::{Cart, CartCommand, CartLine};
+use shopagent_domain::ids::*;
+use shopagent_domain::mandate::{Mandate, MandateCommand, MandateTerms, Mode};
+use shopagent_domain::money::{Currency, Money};
+use shopagent_domain::order::{
+    CheckoutPath, FailureReason, Order, OrderCommand, OrderDraft, OrderLine, OrderStatus,
+};
+use shopagent_domain::payment::{CardReference, Payment, PaymentStatus};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const TENANT: &str = "acme";
+
+fn usd(minor: i64) -> Money {
+    Money::new(minor, Currency::parse("USD").expect("USD"))
+}
+
+fn stream(id: impl std::fmt::Display) -> String {
+    format!("{TENANT}/{id}")
+}
+
+fn metadata() -> EventMetadata {
+    EventMetadata::new(TENANT, "test")
+}
+
+#[derive(Default)]
+struct Issuer {
+    created: Mutex<Vec<String>>,
+    voided: Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl CardIssuer for Issuer {
+    async fn create_card(&self, request: &CardRequest) -> Result<IssuedCard, CallError> {
+        self.created
+            .lock()
+            .expect("lock")
+            .push(request.idempotency_key.clone());
+        let reference = format!(
+            "ic_{}",
+            &request.idempotency_key.replace(['/', '-'], "")[..20]
+        );
+        Ok(IssuedCard {
+            reference: CardReference::parse(&reference).expect("reference"),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::days(1),
+        })
+    }
+
+    async fn void_card(&self, card: &CardReference, _key: &str) -> Result<(), CallError> {
+        self.voided
+            .lock()
+            .expect("lock")
+            .push(card.as_str().to_owned());
+        Ok(())
+    }
+}
+
+/// A merchant that answers per key: the same key always gets the same answer.
+struct Merchant {
+    calls: Mutex<Vec<String>>,
+    answer: Result<String, PlaceError>,
+    unavailable_first: AtomicUsize,
+    hang_first_call: Mutex<bool>,
+    hanging: Notify,
+}
+
+impl Merchant {
+    fn answering(answer: Result<String, PlaceError>) -> Self {
+        Self {
+            calls: Mutex::new(Vec::new()),
+            answer,
+            unavailable_first: AtomicUsize::new(0),
+            hang_first_call: Mutex::new(false),
+            hanging: Notify::new(),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl MerchantGateway for Merchant {
+    async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(order.idempotency_key.clone());
+        assert!(order.ship_to.is_some(), "orders ship to the cart's address");
+        if self.unavailable_first.load(Ordering::SeqCst) > 0 {
+            self.unavailable_first.fetch_sub(1, Ordering::SeqCst);
+            return Err(PlaceError::Unavailable("503".into()));
+        }
+        let hang = std::mem::take(&mut *self.hang_first_call.lock().expect("lock"));
+        if hang {
+            // The merchant placed the order; we die before recording it.
+            self.hanging.notify_one();
+            std::future::pending::<()>().await;
+        }
+        self.answer.clone()
+    }
+}
+
+struct Directory(Option<Arc<Merchant>>);
+
+impl MerchantDirectory for Directory {
+    fn gateway(&self, merchant: &MerchantId) -> Option<Arc<dyn MerchantGateway>> {
+        self.0
+            .clone()
+            .filter(|_| merchant.as_str() == "acme")
+            .map(|m| m as Arc<dyn MerchantGateway>)
+    }
+}
+
+struct Fixture {
+    orders: Arc<CommandBus<Order>>,
+    payments: Arc<CommandBus<Payment>>,
+    mandates: Arc<CommandBus<Mandate>>,
+    carts: Arc<CommandBus<Cart>>,
+    mandate: MandateId,
+    order: OrderId,
+}
+
+/// A mandate holding a 1200 reservation, a cart with an address, and an `api` order.
+async fn fixture(store: &Store) -> Fixture {
+    let fixture = Fixture {
+        orders: Arc::new(CommandBus::new(store.clone())),
+        payments: Arc::new(CommandBus::new(store.clone())),
+        mandates: Arc::new(CommandBus::new(store.clone())),
+        carts: Arc::new(CommandBus::new(store.clone())),
+        mandate: MandateId::new(),
+        order: OrderId::new(),
+    };
+    let now = OffsetDateTime::now_utc();
+    let terms = MandateTerms {
+        mode: Mode::Autopilot,
+        currency: Currency::parse("USD").expect("USD"),
+        period_budget: None,
+        per_order_limit: None,
+        allowed_merchants: BTreeSet::new(),
+        blocked_merchants: BTreeSet::new(),
+        blocked_categories: BTreeSet::new(),
+        approval_threshold: None,
+        price_drift_tolerance_bps: 0,
+        expires_at: None,
+    };
+    let reservation = ReservationId::new();
+    let acme = MerchantId::parse("acme").expect("merchant");
+    fixture
+        .mandates
+        .execute(
+            &stream(fixture.mandate),
+            MandateCommand::Create {
+                mandate_id: fixture.mandate,
+                shopper: "alice".into(),
+                terms,
+                at: now,
+            },
+            metadata(),
+        )
+        .await
+        .expect("mandate");
+    let reserve = MandateCommand::Reserve {
+        reservation_id: reservation,
+        merchant: acme.clone(),
+        categories: BTreeSet::new(),
+        amount: usd(1_200),
+        approval_required: false,
+        at: now,
+    };
+    fixture
+        .mandates
+        .execute(&stream(fixture.mandate), reserve, metadata())
+        .await
+        .expect("reserve");
+    let cart = CartId::new();
+    fixture
+        .carts
+        .execute(
+            &stream(cart),
+            CartCommand::Create {
+                cart_id: cart,
+                shopper: "alice".into(),
+                mandate_id: Some(fixture.mandate),
+                currency: Currency::parse("USD").expect("USD"),
+                at: now,
+            },
+            metadata(),
+        )
+        .await
+        .expect("cart");
+    let line = CartLine {
+        offer_id: OfferId::parse("sku:1").expect("offer"),
+        merchant: acme.clone(),
+        title: "Tent".into(),
+        category: Category::parse("outdoor").expect("c"),
+        unit_price: usd(1_000),
+        quantity: 1,
+        price_seen_at: now,
+    };
+    fixture
+        .carts
+        .execute(
+            &stream(cart),
+            CartCommand::AddLine {
+                line_id: LineId::new(),
+                line,
+            },
+            metadata(),
+        )
+        .await
+        .expect("line");
+    let address = Address::new(AddressFields {
+        name: "Ada".into(),
+        line1: "1 Main St".into(),
+        line2: None,
+        city: "Springfield".into(),
+        region: None,
+        postal_code: "62701".into(),
+        country: "US".into(),
+    })
+    .expect("address");
+    fixture
+        .carts
+        .execute(
+            &stream(cart),
+            CartCommand::SetShippingAddress { address },
+            metadata(),
+        )
+        .await
+        .expect("address");
+    let draft = OrderDraft {
+        cart_id: cart,
+        shopper: "alice".into(),
+        mandate_id: Some(fixture.mandate),
+        reservation_id: Some(reservation),
+        merchant: acme,
+        lines: vec![OrderLine {
+            offer_id: OfferId::parse("sku:1").expect("offer"),
+            title: "Tent".into(),
+            quantity: 1,
+            unit_price: usd(1_000),
+        }],
+        total: usd(1_200),
+        path: CheckoutPath::Api,
+        path_reason: "acme has a UCP API and is healthy".into(),
+    };
+    fixture
+        .orders
+        .execute(
+            &stream(fixture.order),
+            OrderCommand::Create {
+                order_id: fixture.order,
+                draft,
+                at: now,
+            },
+            metadata(),
+        )
+        .await
+        .expect("order");
+    fixture
+}
+
+fn process(
+    fixture: &Fixture,
+    issuer: Arc<Issuer>,
+    merchant: Option<Arc<Merchant>>,
+) -> Arc<CheckoutProcess> {
+    Arc::new(CheckoutProcess {
+        orders: fixture.orders.clone(),
+        payments: fixture.payments.clone(),
+        mandates: fixture.mandates.clone(),
+        carts: fixture.carts.clone(),
+        issuer,
+        merchants: Arc::new(Directory(merchant)),
+        cap_tolerance_bps: 500,
+    })
+}
+
+/// Steps until every committed event has been handled; failed steps are retried (as the
+/// runner's backoff would). On PostgreSQL an event becomes readable only once older
+/// transactions in the cluster end, so "nothing to read" is not yet "done".
+async fn drain(store: &Store, runner: &SubscriberRunner) {
+    for _ in 0..2_000 {
+        let progress = runner.step().await.expect("step");
+        if progress.handled == 0 && !progress.failed {
+            if behind(store).await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    panic!("the process did not settle: {:?}", runner.last_error());
+}
+
+/// Committed events the process has not handled yet.
+async fn behind(store: &Store) -> i64 {
+    const SQL: &str =
+        "SELECT txid, position FROM projection_checkpoints WHERE name = 'checkout_process'";
+    let row: Option<(i64, i64)> = match store.database() {
+        shopagent_commands::Database::Postgres(pool) => {
+            sqlx::query_as(SQL).fetch_optional(pool).await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            sqlx::query_as(SQL).fetch_optional(pool).await
+        }
+    }
+    .expect("checkpoint");
+    let (txid, position) = row.unwrap_or_default();
+    store
+        .count_after(shopagent_commands::LogCursor { txid, position })
+        .await
+        .expect("count")
+}
+
+async fn order(fixture: &Fixture) -> Order {
+    fixture
+        .orders
+        .load(&stream(fixture.order))
+        .await
+        .expect("order")
+        .0
+}
+
+async fn payment(fixture: &Fixture) -> Payment {
+    fixture
+        .payments
+        .load(&stream(payment_of(fixture.order)))
+        .await
+        .expect("payment")
+        .0
+}
+
+async fn mandate(fixture: &Fixture) -> Mandate {
+    fixture
+        .mandates
+        .load(&stream(fixture.mandate))
+        .await
+        .expect("mandate")
+        .0
+}
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = shopagent_commands::test_support::TestStore::postgres().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_placed_order_has_one_card_and_commits_its_spend,
+    a_declined_order_voids_its_card_and_releases_its_budget,
+    an_unavailable_merchant_is_retried_with_the_same_key,
+    a_crash_after_the_merchant_placed_the_order_places_it_once,
+    a_merchant_without_a_connector_fails_cleanly,
+);
+
+async fn a_placed_order_has_one_card_and_commits_its_spend(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(Ok("A-1001".into()))),
+    );
+    drain(
+        &test.store,
+        &SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant.clone())),
+        ),
+    )
+    .await;
+
+    let order = order(&fixture).await;
+    assert_eq!(
+        (order.status, order.merchant_reference.as_deref()),
+        (OrderStatus::Placed, Some("A-1001"))
+    );
+    let payment = payment(&fixture).await;
+    assert_eq!(payment.status, PaymentStatus::CardIssued);
+    assert_eq!(
+        payment.terms.expect("terms").cap,
+        usd(1_260),
+        "total plus 5 %"
+    );
+    assert_eq!(issuer.created.lock().expect("lock").len(), 1);
+    assert_eq!(merchant.calls(), vec![format!("order/{}", fixture.order)]);
+    let mandate = mandate(&fixture).await;
+    assert!(mandate.reservations.is_empty());
+    assert_eq!(mandate.spent.values().sum::<i64>(), 1_200);
+}
+
+async fn a_declined_order_voids_its_card_and_releases_its_budget(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let declined = Err(PlaceError::Failed {
+        reason: FailureReason::PaymentDeclined,
+        detail: "card declined".into(),
+    });
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(declined)),
+    );
+    drain(
+        &test.store,
+        &SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant)),
+        ),
+    )
+    .await;
+
+    let order = order(&fixture).await;
+    assert_eq!(
+        (order.status, order.failure),
+        (OrderStatus::Failed, Some(FailureReason::PaymentDeclined))
+    );
+    assert_eq!(payment(&fixture).await.status, PaymentStatus::Voided);
+    assert_eq!(issuer.voided.lock().expect("lock").len(), 1);
+    let mandate = mandate(&fixture).await;
+    assert!(mandate.reservations.is_empty(), "reservation released");
+    assert_eq!(mandate.spent.values().sum::<i64>(), 0, "nothing spent");
+}
+
+async fn an_unavailable_merchant_is_retried_with_the_same_key(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(Ok("A-7".into()))),
+    );
+    merchant.unavailable_first.store(2, Ordering::SeqCst);
+    drain(
+        &test.store,
+        &SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant.clone())),
+        ),
+    )
+    .await;
+    let key = format!("order/{}", fixture.order);
+    assert_eq!(merchant.calls(), vec![key.clone(), key.clone(), key]);
+    assert_eq!(order(&fixture).await.status, OrderStatus::Placed);
+    assert_eq!(
+        issuer.created.lock().expect("lock").len(),
+        1,
+        "one card, whatever the retries"
+    );
+}
+
+async fn a_crash_after_the_merchant_placed_the_order_places_it_once(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(Ok("A-9".into()))),
+    );
+    *merchant.hang_first_call.lock().expect("lock") = true;
+    let task = tokio::spawn(
+        SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant.clone())),
+        )
+        .run(CancellationToken::new()),
+    );
+    tokio::time::timeout(Duration::from_secs(30), merchant.hanging.notified())
+        .await
+        .expect("reaches the merchant");
+    task.abort();
+    let _ = task.await;
+
+    // A new instance, with nothing in memory, resumes from the log.
+    let restarted = test.reopen().await;
+    let resumed = Fixture {
+        orders: Arc::new(CommandBus::new(restarted.clone())),
+        payments: Arc::new(CommandBus::new(restarted.clone())),
+        mandates: Arc::new(CommandBus::new(restarted.clone())),
+        carts: Arc::new(CommandBus::new(restarted.clone())),
+        ..fixture
+    };
+    drain(
+        &restarted,
+        &SubscriberRunner::new(
+            restarted.clone(),
+            process(&resumed, issuer.clone(), Some(merchant.clone())),
+        ),
+    )
+    .await;
+    let key = format!("order/{}", resumed.order);
+    assert_eq!(
+        merchant.calls(),
+        vec![key.clone(), key],
+        "the retry reuses the key: one order at the merchant"
+    );
+    assert_eq!(
+        order(&resumed).await.merchant_reference.as_deref(),
+        Some("A-9")
+    );
+    let cards: BTreeSet<String> = issuer
+        .created
+        .lock()
+        .expect("lock")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(cards.len(), 1, "at most one card");
+    assert!(mandate(&resumed).await.reservations.is_empty());
+    restarted.database().close().await;
+}
+
+async fn a_merchant_without_a_connector_fails_cleanly(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let issuer = Arc::new(Issuer::default());
+    drain(
+        &test.store,
+        &SubscriberRunner::new(test.store.clone(), process(&fixture, issuer.clone(), None)),
+    )
+    .await;
+    let order = order(&fixture).await;
+    assert_eq!(
+        (order.status, order.failure),
+        (
+            OrderStatus::Failed,
+            Some(FailureReason::MerchantUnavailable)
+        )
+    );
+    assert_eq!(payment(&fixture).await.status, PaymentStatus::Voided);
+    assert!(mandate(&fixture).await.reservations.is_empty());
+}
