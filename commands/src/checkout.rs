@@ -19,9 +19,11 @@ use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::ports::{CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder};
 use crate::subscriber::{HandlerError, Subscriber};
 use crate::{CommandBus, CommandError, StoredEvent};
+use shopagent_domain::ports::{
+    CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder,
+};
 
 /// The buses and ports the process works with.
 pub struct CheckoutProcess {

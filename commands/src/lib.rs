@@ -13,7 +13,6 @@ pub mod bus;
 pub mod checkout;
 pub mod database;
 pub mod log;
-pub mod ports;
 pub mod store;
 pub mod subscriber;
 #[doc(hidden)]

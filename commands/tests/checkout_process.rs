@@ -7,10 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shopagent_commands::checkout::{CheckoutProcess, payment_of};
-use shopagent_commands::ports::{
-    CallError, CardIssuer, CardRequest, IssuedCard, MerchantDirectory, MerchantGateway, PlaceError,
-    PlaceOrder,
-};
 use shopagent_commands::test_support::TestStore;
 use shopagent_commands::{CommandBus, Store, SubscriberRunner};
 use shopagent_domain::EventMetadata;
@@ -23,6 +19,10 @@ use shopagent_domain::order::{
     CheckoutPath, FailureReason, Order, OrderCommand, OrderDraft, OrderLine, OrderStatus,
 };
 use shopagent_domain::payment::{CardReference, Payment, PaymentStatus};
+use shopagent_domain::ports::{
+    CallError, CardIssuer, CardRequest, IssuedCard, MerchantDirectory, MerchantGateway, PlaceError,
+    PlaceOrder,
+};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod ports;
 pub mod run;
 pub(crate) mod serde_time;
 pub mod testing;

@@ -1,13 +1,14 @@
 //! Ports: what checkout needs from the outside world. Connectors implement them; their
-//! wire types never leak past these signatures.
+//! wire types never leak past these signatures. The traits are async (through the
+//! `async-trait` macro, which needs no runtime): the domain only names them.
 
 use std::sync::Arc;
 
-use shopagent_domain::address::Address;
-use shopagent_domain::ids::{MerchantId, OrderId};
-use shopagent_domain::money::Money;
-use shopagent_domain::order::{FailureReason, OrderLine};
-use shopagent_domain::payment::CardReference;
+use crate::address::Address;
+use crate::ids::{MerchantId, OrderId};
+use crate::money::Money;
+use crate::order::{FailureReason, OrderLine};
+use crate::payment::CardReference;
 use time::OffsetDateTime;
 
 /// A call to the outside world that did not succeed.
