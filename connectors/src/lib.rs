@@ -1,7 +1,9 @@
-//! Adapters to the outside world: merchants, the card issuer, carriers, Kafka and search
-//! engines. Each implements a port (a trait) defined by the crate that needs it and keeps
-//! its wire types private.
+//! Adapters to the outside world, each implementing a port of `shopagent_domain::ports`
+//! and keeping its wire types private, plus sandboxes that speak the same protocols for
+//! tests and demos.
 //!
-//! Nothing lives here yet: the event-sourced spine talks to no outside system. The first
-//! connectors arrive with checkout; the crate exists now so the dependency rules
-//! (`api → connectors → domain`, never the reverse) are enforced from the start.
+//! * [`stripe_issuing`] — the card issuer, shaped after Stripe Issuing.
+//! * [`sandbox_issuer`] — an issuer server speaking those same shapes.
+
+pub mod sandbox_issuer;
+pub mod stripe_issuing;

@@ -1,0 +1,239 @@
+//! A sandbox card issuer speaking the Stripe Issuing shapes the connector uses: create a
+//! virtual card, cancel it, read it back. Cards live in memory; requests need the
+//! configured secret key and honour `Idempotency-Key` as Stripe does. It never returns a
+//! card number, only `last4`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+#[derive(Debug, Default)]
+struct Ledger {
+    cards: HashMap<String, Value>,
+    /// Idempotency key → (request fingerprint, answer).
+    answers: HashMap<String, (String, StatusCode, Value)>,
+}
+
+/// The sandbox's state, shared by its handlers and inspectable by tests.
+#[derive(Debug, Clone)]
+pub struct SandboxIssuer {
+    api_key: String,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+impl SandboxIssuer {
+    pub fn new(api_key: impl Into<String>) -> Self {
+        Self {
+            api_key: api_key.into(),
+            ledger: Arc::default(),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/v1/issuing/cards",
+                post(create).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+            )
+            .route("/v1/issuing/cards/{id}", post(update).get(read))
+            .with_state(self.clone())
+    }
+
+    /// Serves on a free loopback port; returns the base URL.
+    pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "sandbox issuer stopped");
+            }
+        });
+        Ok((url, task))
+    }
+
+    /// A card as the sandbox holds it.
+    pub fn card(&self, id: &str) -> Option<Value> {
+        self.ledger().cards.get(id).cloned()
+    }
+
+    /// How many cards were issued.
+    pub fn cards_issued(&self) -> usize {
+        self.ledger().cards.len()
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|key| key == self.api_key)
+    }
+
+    /// Runs `answer` once per idempotency key; a replay returns the first answer, a key
+    /// reused with other parameters is an error (as Stripe does).
+    fn once(
+        &self,
+        headers: &HeaderMap,
+        fingerprint: String,
+        answer: impl FnOnce(&mut Ledger) -> (StatusCode, Value),
+    ) -> Response {
+        if !self.authorized(headers) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "Invalid API Key provided",
+            );
+        }
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut ledger = self.ledger();
+        if let Some((seen, status, body)) = key.as_ref().and_then(|k| ledger.answers.get(k)) {
+            if *seen != fingerprint {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                );
+            }
+            return (*status, Json(body.clone())).into_response();
+        }
+        let (status, body) = answer(&mut ledger);
+        if let Some(key) = key {
+            ledger
+                .answers
+                .insert(key, (fingerprint, status, body.clone()));
+        }
+        (status, Json(body)).into_response()
+    }
+}
+
+fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"type": kind, "message": message}})),
+    )
+        .into_response()
+}
+
+fn fingerprint(path: &str, form: &HashMap<String, String>) -> String {
+    let mut fields: Vec<_> = form.iter().collect();
+    fields.sort();
+    format!("{path}?{fields:?}")
+}
+
+/// `ic_` and 24 letters: like Stripe's ids, and never a run of digits.
+fn card_id() -> String {
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let bytes = [
+        uuid::Uuid::new_v4().into_bytes(),
+        uuid::Uuid::new_v4().into_bytes(),
+    ]
+    .concat();
+    let id: String = bytes
+        .iter()
+        .take(24)
+        .map(|b| LETTERS[usize::from(*b) % LETTERS.len()] as char)
+        .collect();
+    format!("ic_{id}")
+}
+
+async fn create(
+    State(issuer): State<SandboxIssuer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let print = fingerprint("/v1/issuing/cards", &form);
+    issuer.once(&headers, print, |ledger| {
+        let field = |name: &str| form.get(name).map(String::as_str);
+        let amount = field("spending_controls[spending_limits][0][amount]").and_then(|a| a.parse::<i64>().ok());
+        let valid = field("cardholder").is_some_and(|c| c.starts_with("ich_"))
+            && field("type") == Some("virtual")
+            && field("currency").is_some_and(|c| c.len() == 3)
+            && amount.is_some_and(|a| a > 0);
+        if !valid {
+            return (StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error", "message": "cardholder (ich_…), type=virtual, currency and a positive spending limit are required"}}));
+        }
+        let expires = OffsetDateTime::now_utc() + time::Duration::days(31);
+        let id = card_id();
+        let metadata: serde_json::Map<String, Value> = form
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_owned(), Value::from(v.clone()))))
+            .collect();
+        let card = json!({
+            "id": id,
+            "object": "issuing.card",
+            "brand": "Visa",
+            "cardholder": {"id": field("cardholder"), "object": "issuing.cardholder"},
+            "created": OffsetDateTime::now_utc().unix_timestamp(),
+            "currency": field("currency"),
+            "exp_month": u8::from(expires.month()),
+            "exp_year": expires.year(),
+            "last4": "4242",
+            "livemode": false,
+            "metadata": metadata,
+            "spending_controls": {"spending_limits": [{"amount": amount, "interval": field("spending_controls[spending_limits][0][interval]").unwrap_or("all_time")}]},
+            "status": field("status").unwrap_or("inactive"),
+            "type": "virtual",
+        });
+        ledger.cards.insert(id, card.clone());
+        (StatusCode::OK, card)
+    })
+}
+
+async fn update(
+    State(issuer): State<SandboxIssuer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let print = fingerprint(&format!("/v1/issuing/cards/{id}"), &form);
+    issuer.once(&headers, print, |ledger| {
+        let Some(card) = ledger.cards.get_mut(&id) else {
+            return (StatusCode::NOT_FOUND, json!({"error": {"type": "invalid_request_error", "message": format!("No such issuing card: '{id}'")}}));
+        };
+        if let Some(status) = form.get("status") {
+            if card["status"] == "canceled" && status != "canceled" {
+                return (StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error", "message": "A canceled card cannot be reactivated."}}));
+            }
+            card["status"] = Value::from(status.clone());
+        }
+        (StatusCode::OK, card.clone())
+    })
+}
+
+async fn read(
+    State(issuer): State<SandboxIssuer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !issuer.authorized(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided",
+        );
+    }
+    match issuer.card(&id) {
+        Some(card) => Json(card).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "No such issuing card",
+        ),
+    }
+}
