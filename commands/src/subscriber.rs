@@ -179,11 +179,14 @@ impl SubscriberRunner {
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+/// Pause before retrying after `failures` consecutive failures: 200 ms doubling to 30 s.
+/// Shared by every reader of the log (projections too).
+pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
 }
 
-async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, SubscriberError> {
+/// The cursor stored for the reader `name` (projection or subscriber), or the start.
+pub async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, sqlx::Error> {
     const SQL: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
     let row: Option<(i64, i64)> = match db {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,

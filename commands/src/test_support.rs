@@ -70,6 +70,41 @@ impl TestStore {
     }
 }
 
+impl std::ops::Deref for TestStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Runs each scenario — an `async fn(&TestStore)` (or `&Store`) — once per backend,
+/// each in a fresh store that is dropped afterwards.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = $crate::test_support::TestStore::sqlite().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    let test = $crate::test_support::TestStore::postgres().await;
+                    super::$scenario(&test).await;
+                    test.cleanup().await;
+                }
+            )*
+        }
+    };
+}
+
 async fn open(config: &StoreConfig) -> Store {
     let db = Database::connect(config)
         .await

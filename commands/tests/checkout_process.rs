@@ -359,32 +359,7 @@ async fn mandate(fixture: &Fixture) -> Mandate {
         .0
 }
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::postgres().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+shopagent_commands::on_both_backends!(
     a_placed_order_has_one_card_and_commits_its_spend,
     a_declined_order_voids_its_card_and_releases_its_budget,
     an_unavailable_merchant_is_retried_with_the_same_key,

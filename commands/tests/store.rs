@@ -14,33 +14,7 @@ use shopagent_commands::{AppendError, CommandBus, CommandError, LogCursor, Store
 use shopagent_domain::{EventMetadata, IdempotencyKey};
 use uuid::Uuid;
 
-/// Runs each scenario once per backend, each in a fresh database.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
-                    super::$scenario(&test.store).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::postgres().await;
-                    super::$scenario(&test.store).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+shopagent_commands::on_both_backends!(
     appended_events_load_back_in_sequence,
     metadata_round_trips_through_the_log,
     conflicting_append_is_rejected_and_stores_nothing,

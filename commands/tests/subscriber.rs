@@ -105,32 +105,7 @@ async fn drain(runner: &SubscriberRunner) {
     }
 }
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::sqlite().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = shopagent_commands::test_support::TestStore::postgres().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+shopagent_commands::on_both_backends!(
     every_event_is_handled_once_in_log_order,
     a_failed_event_is_retried_and_nothing_after_it_is_skipped,
     a_crash_after_the_side_effect_repeats_the_event_but_loses_none,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shopagent_commands::log::format_timestamp;
+use shopagent_commands::subscriber::{backoff, checkpoint};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -157,7 +158,7 @@ impl ProjectionRunner {
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let backoff = failure_backoff(failures);
+                    let backoff = backoff(failures);
                     tracing::warn!(projection = name, %error, retry_in_ms = backoff.as_millis() as u64, "projection batch failed");
                     backoff
                 }
@@ -201,7 +202,7 @@ impl ProjectionRunner {
     pub async fn step(&self) -> Result<usize, ProjectionError> {
         let name = self.name();
         let (tx, events) = loop {
-            let checkpoint = load_checkpoint(self.store.database(), name).await?;
+            let checkpoint = checkpoint(self.store.database(), name).await?;
             let events = self.store.read_log(checkpoint, self.batch_size).await?;
             if events.is_empty() {
                 return Ok(0);
@@ -228,22 +229,6 @@ impl ProjectionRunner {
         );
         Ok(events.len())
     }
-}
-
-fn failure_backoff(failures: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
-}
-
-async fn load_checkpoint(db: &Database, name: &str) -> Result<LogCursor, ProjectionError> {
-    const SQL: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
-    let row: Option<(i64, i64)> = match db {
-        Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
-        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
-    };
-    Ok(row.map_or(LogCursor::START, |(txid, position)| LogCursor {
-        txid,
-        position,
-    }))
 }
 
 async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, ProjectionError> {
