@@ -34,6 +34,15 @@ pub struct Cli {
     /// JWKS URL of an OIDC provider whose RS256/ES256 tokens are accepted too.
     #[arg(long, env = "SHOPAGENT_JWKS_URL", global = true)]
     pub jwks_url: Option<String>,
+    /// Signing secret of the card issuer's webhooks (`whsec_…`). Unset: the
+    /// `/v1/webhooks/stripe` endpoint answers 404.
+    #[arg(
+        long,
+        env = "SHOPAGENT_STRIPE_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secret: Option<String>,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
     pub log: String,

@@ -36,6 +36,8 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
         .merge(v1)
+        // Webhooks authenticate by signature, outside the bearer-token layers.
+        .merge(routes::webhooks::routes())
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(idempotency::MAX_BODY))

@@ -53,7 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let server = Server::build(&config, authenticator()?, cli.listen).await?;
+            let server = Server::build(&config, authenticator()?, cli.listen)
+                .await?
+                .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone());
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await

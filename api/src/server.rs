@@ -28,6 +28,8 @@ pub struct App {
     pub orders: Arc<CommandBus<Order>>,
     pub payments: Arc<CommandBus<Payment>>,
     pub merchants: Arc<CommandBus<Merchant>>,
+    /// Signing secret of the card issuer's webhooks (`whsec_…`); unset disables them.
+    pub stripe_webhook_secret: Option<Arc<str>>,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
             merchants: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             store,
             auth,
+            stripe_webhook_secret: None,
         }
     }
 }
@@ -81,6 +84,12 @@ impl Server {
             app: App::new(store, auth),
             listener,
         })
+    }
+
+    /// Enables `POST /v1/webhooks/stripe`, verifying signatures with `secret`.
+    pub fn with_stripe_webhook_secret(mut self, secret: Option<String>) -> Self {
+        self.app.stripe_webhook_secret = secret.filter(|s| !s.is_empty()).map(Arc::from);
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

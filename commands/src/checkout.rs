@@ -148,6 +148,7 @@ impl CheckoutProcess {
             order_id: terms.order_id,
             cap: terms.cap,
             merchant: terms.merchant,
+            payment_ref: event.aggregate_id.clone(),
         };
         match self.issuer.create_card(&request).await {
             Ok(card) => {

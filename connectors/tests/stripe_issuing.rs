@@ -28,6 +28,7 @@ fn request(key: &str, minor: i64) -> CardRequest {
         order_id: OrderId::new(),
         cap: Money::new(minor, Currency::parse("USD").expect("USD")),
         merchant: MerchantId::parse("acme").expect("merchant"),
+        payment_ref: "acme/00000000-0000-0000-0000-000000000001".into(),
     }
 }
 
@@ -54,6 +55,10 @@ async fn a_card_is_issued_with_its_cap_and_only_once_per_key() {
         (Some("virtual"), Some("active"))
     );
     assert_eq!(stored["metadata"]["merchant"], "acme");
+    assert_eq!(
+        stored["metadata"]["payment"],
+        "acme/00000000-0000-0000-0000-000000000001"
+    );
     assert!(
         stored.get("number").is_none(),
         "no card number ever leaves the issuer"

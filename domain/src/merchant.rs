@@ -49,6 +49,10 @@ pub struct MerchantProfile {
     /// The site headless automation would drive, for the `headless` path.
     pub headless_domain: Option<String>,
     pub paths: BTreeSet<CheckoutPath>,
+    /// The merchant's card-acceptor ids on the card network: an authorization on a
+    /// merchant-locked card is approved only when it comes from one of these.
+    #[serde(default)]
+    pub card_acceptor_ids: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,6 +179,15 @@ impl MerchantProfile {
                 return invalid("endpoints are https URLs (http only on loopback)");
             }
         }
+        if self.card_acceptor_ids.len() > 50
+            || self.card_acceptor_ids.iter().any(|id| {
+                id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+        {
+            return invalid(
+                "card_acceptor_ids are up to 50 alphanumeric ids of at most 64 characters",
+            );
+        }
         if let Some(domain) = &self.headless_domain {
             let valid = !domain.is_empty()
                 && domain.len() <= 253
@@ -265,6 +278,15 @@ impl Aggregate for Merchant {
             E::MerchantHealthReported { health, .. } => self.health = health,
             E::HeadlessAllowlistChanged { allowed, .. } => self.headless_allowed = allowed,
         }
+    }
+}
+
+impl Merchant {
+    /// Whether a card authorization from `acceptor_id` comes from this merchant.
+    pub fn accepts_for(&self, acceptor_id: &str) -> bool {
+        self.profile
+            .as_ref()
+            .is_some_and(|p| p.card_acceptor_ids.contains(acceptor_id))
     }
 }
 

@@ -32,6 +32,9 @@ pub struct CardRequest {
     pub cap: Money,
     /// Merchant lock: authorizations from any other merchant are declined.
     pub merchant: MerchantId,
+    /// Opaque id the issuer echoes in its webhooks (card metadata), so an authorization
+    /// request finds its payment: the payment's stream id.
+    pub payment_ref: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

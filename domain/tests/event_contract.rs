@@ -405,6 +405,7 @@ fn merchant_events() {
         deeplink_base: Some("https://acme.example/p/".into()),
         headless_domain: None,
         paths: [CheckoutPath::Api, CheckoutPath::Deeplink].into(),
+        card_acceptor_ids: ["1234567890".to_owned()].into(),
     };
     insta::assert_json_snapshot!(contract(&[
         MerchantEvent::MerchantRegistered {

@@ -1,5 +1,7 @@
 //! Capability registry rules and the checkout path choice, one test each.
 
+use std::collections::BTreeSet;
+
 use shopagent_domain::ids::MerchantId;
 use shopagent_domain::mandate::Mode;
 use shopagent_domain::merchant::{
@@ -25,6 +27,7 @@ fn profile(paths: &[CheckoutPath]) -> MerchantProfile {
         deeplink_base: Some("https://acme.example/p/".into()),
         headless_domain: Some("acme.example".into()),
         paths: paths.iter().copied().collect(),
+        card_acceptor_ids: BTreeSet::new(),
     }
 }
 

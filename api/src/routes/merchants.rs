@@ -66,6 +66,9 @@ pub struct ProfileBody {
     pub deeplink_base: Option<String>,
     pub headless_domain: Option<String>,
     pub paths: Vec<PathBody>,
+    /// Card-network acceptor ids whose authorizations count as this merchant's.
+    #[serde(default)]
+    pub card_acceptor_ids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,6 +103,7 @@ pub struct MerchantView {
     pub deeplink_base: Option<String>,
     pub headless_domain: Option<String>,
     pub paths: Vec<String>,
+    pub card_acceptor_ids: Vec<String>,
     pub health: HealthBody,
     pub headless_allowed: bool,
 }
@@ -129,6 +133,7 @@ impl ProfileBody {
                     PathBody::Headless => CheckoutPath::Headless,
                 })
                 .collect(),
+            card_acceptor_ids: self.card_acceptor_ids.into_iter().collect(),
         }
     }
 }
@@ -158,6 +163,7 @@ fn view(merchant: &Merchant, version: i64) -> Result<MerchantView, Problem> {
             .iter()
             .map(|p| path_name(*p).to_owned())
             .collect(),
+        card_acceptor_ids: profile.card_acceptor_ids.iter().cloned().collect(),
         health: match merchant.health {
             Health::Healthy => HealthBody::Healthy,
             Health::Degraded => HealthBody::Degraded,
@@ -169,7 +175,12 @@ fn view(merchant: &Merchant, version: i64) -> Result<MerchantView, Problem> {
 
 /// The registry's stream for `merchant` in the caller's tenant.
 pub fn merchant_stream(principal: &Principal, merchant: &MerchantId) -> String {
-    stream_id(&principal.tenant, format!("merchant/{merchant}"))
+    merchant_stream_in(&principal.tenant, merchant)
+}
+
+/// The registry's stream for `merchant` in `tenant`.
+pub fn merchant_stream_in(tenant: &str, merchant: &MerchantId) -> String {
+    stream_id(tenant, format!("merchant/{merchant}"))
 }
 
 fn parse_merchant(raw: &str) -> Result<MerchantId, Problem> {

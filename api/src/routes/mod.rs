@@ -9,6 +9,7 @@ pub mod mandates;
 pub mod merchants;
 pub mod orders;
 pub mod runs;
+pub mod webhooks;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};

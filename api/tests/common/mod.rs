@@ -39,6 +39,14 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, jwks_url: Option<String>) -> TestApp {
+    spawn_app_configured(backend, jwks_url, None).await
+}
+
+pub async fn spawn_app_configured(
+    backend: Backend,
+    jwks_url: Option<String>,
+    stripe_webhook_secret: Option<&str>,
+) -> TestApp {
     let (config, dir, pg_database) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -56,7 +64,8 @@ pub async fn spawn_app_with(backend: Backend, jwks_url: Option<String>) -> TestA
         "127.0.0.1:0".parse().expect("address"),
     )
     .await
-    .expect("build the server");
+    .expect("build the server")
+    .with_stripe_webhook_secret(stripe_webhook_secret.map(str::to_owned));
     let address = server.local_addr().expect("bound address");
     let store = server.app().store.clone();
     let shutdown = CancellationToken::new();

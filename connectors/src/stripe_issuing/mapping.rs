@@ -27,6 +27,7 @@ pub fn create_card_form(request: &CardRequest, cardholder: &str) -> Vec<(String,
         ),
         ("metadata[order_id]".into(), request.order_id.to_string()),
         ("metadata[merchant]".into(), request.merchant.to_string()),
+        ("metadata[payment]".into(), request.payment_ref.clone()),
     ]
 }
 
