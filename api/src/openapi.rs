@@ -14,7 +14,7 @@ use crate::routes::{carts, mandates, merchants, orders, runs};
         carts::set_address, carts::record_quote, carts::checkout,
         runs::start, runs::read, runs::ledger, runs::events, runs::record_action, runs::record_decision,
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
-        orders::read, orders::cancel, orders::request_return, orders::read_payment,
+        orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
     ),
     components(schemas(crate::problem::Problem)),

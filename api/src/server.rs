@@ -11,7 +11,7 @@ use shopagent_domain::merchant::Merchant;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
 use shopagent_domain::run::AgentRun;
-use shopagent_projections::{AggregateCatalog, Projection, ProjectionRunner};
+use shopagent_projections::{AggregateCatalog, OrdersHub, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ impl App {
 
 /// Every projection this build maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(AggregateCatalog)]
+    vec![Arc::new(AggregateCatalog), Arc::new(OrdersHub)]
 }
 
 /// Opens the configured store and applies pending migrations.

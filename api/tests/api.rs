@@ -31,6 +31,7 @@ on_both_backends!(
     checkout_creates_one_order_per_proceeding_merchant,
     a_drifted_price_waits_for_the_shopper,
     checkout_follows_the_capability_registry,
+    the_orders_hub_lists_each_caller_s_orders_newest_first,
 );
 
 fn usd(minor: i64) -> Value {
@@ -1269,5 +1270,132 @@ async fn checkout_follows_the_capability_registry(backend: Backend) {
         held.body["open_reservations"].as_array().expect("r").len(),
         1
     );
+    app.stop().await;
+}
+
+/// Polls `GET /v1/orders` until it lists `count` orders (the hub is a projection).
+async fn orders_page(app: &TestApp, token: &str, query: &str, count: usize) -> Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = app.get(&format!("/v1/orders{query}"), token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        if reply.body["orders"].as_array().expect("orders").len() >= count
+            || std::time::Instant::now() > deadline
+        {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn the_orders_hub_lists_each_caller_s_orders_newest_first(backend: Backend) {
+    let app = spawn_app(backend).await;
+    register_merchants(&app, &["acme", "bolt"]).await;
+    let alice = app.shopper("alice");
+    let first = ready_cart(&app, &alice, None, &[("acme", 1_000, "outdoor")]).await;
+    app.post(&format!("/v1/carts/{first}/checkout"), &alice, json!({}))
+        .await;
+    let second = ready_cart(
+        &app,
+        &alice,
+        None,
+        &[("bolt", 2_000, "bikes"), ("acme", 500, "outdoor")],
+    )
+    .await;
+    let checkout = app
+        .post(&format!("/v1/carts/{second}/checkout"), &alice, json!({}))
+        .await;
+    let bolt_order = outcome(&checkout, "bolt")["order_id"]
+        .as_str()
+        .expect("order")
+        .to_owned();
+
+    let page = orders_page(&app, &alice, "", 3).await;
+    let orders = page.body["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 3);
+    let created: Vec<&str> = orders
+        .iter()
+        .map(|o| o["created_at"].as_str().expect("created"))
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {created:?}"
+    );
+    assert!(
+        orders
+            .iter()
+            .all(|o| o["path"] == "deeplink" && o["status"] == "created")
+    );
+    assert_eq!(
+        orders
+            .iter()
+            .find(|o| o["order_id"] == bolt_order.as_str())
+            .expect("bolt")["total"],
+        usd(2_200)
+    );
+
+    // Filters and pages.
+    let acme = orders_page(&app, &alice, "?merchant=acme", 2).await;
+    assert_eq!(acme.body["orders"].as_array().expect("orders").len(), 2);
+    let one = app.get("/v1/orders?limit=1", &alice).await;
+    let cursor = one.body["next_cursor"]
+        .as_str()
+        .expect("more pages")
+        .to_owned();
+    let rest = app
+        .get(&format!("/v1/orders?limit=5&cursor={cursor}"), &alice)
+        .await;
+    assert_eq!(rest.body["orders"].as_array().expect("orders").len(), 2);
+    assert!(rest.body["next_cursor"].is_null());
+    assert_ne!(
+        one.body["orders"][0]["order_id"],
+        rest.body["orders"][0]["order_id"]
+    );
+
+    // A cancellation reaches the hub's status and timeline.
+    app.post(
+        &format!("/v1/orders/{bolt_order}/cancel"),
+        &alice,
+        json!({"reason": "changed my mind"}),
+    )
+    .await;
+    let cancelled = orders_page(&app, &alice, "?status=cancelled", 1).await;
+    let bolt = &cancelled.body["orders"][0];
+    assert_eq!(bolt["order_id"], bolt_order.as_str());
+    let events: Vec<&str> = bolt["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["event"].as_str().expect("event"))
+        .collect();
+    assert_eq!(events, ["created", "cancelled"]);
+
+    // Each caller sees their own; readers see the tenant; bad filters are 4xx.
+    assert!(
+        app.get("/v1/orders", &app.shopper("bob")).await.body["orders"]
+            .as_array()
+            .expect("orders")
+            .is_empty()
+    );
+    let finance = app.token("acme", "fin", Role::Finance, None);
+    assert_eq!(
+        orders_page(&app, &finance, "", 3).await.body["orders"]
+            .as_array()
+            .expect("orders")
+            .len(),
+        3
+    );
+    app.get("/v1/orders?status=lost", &alice)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    app.get("/v1/orders?limit=0", &alice)
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    app.get("/v1/orders?cursor=zz", &alice)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid_cursor");
+    app.get("/v1/orders?sort=price", &alice)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST, "invalid_query");
     app.stop().await;
 }

@@ -119,10 +119,16 @@ async fn migrate_applies_to_postgres() {
     );
     let status = run(&["projections", "status"], &[("DATABASE_URL", &url)]);
     assert!(status.status.success());
-    let line: serde_json::Value =
-        serde_json::from_slice(&status.stdout).expect("one JSON line per projection");
-    assert_eq!(line["name"], "aggregate_catalog");
-    assert_eq!(line["lag_events"], 0);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON line per projection"))
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["aggregate_catalog", "orders_hub"]);
+    assert!(lines.iter().all(|l| l["lag_events"] == 0));
     drop_pg_database(&name).await;
 }
 

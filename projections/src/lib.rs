@@ -7,9 +7,11 @@
 //! Read models never learn of events any other way.
 
 pub mod catalog;
+pub mod orders_hub;
 pub mod runner;
 
 pub use catalog::AggregateCatalog;
+pub use orders_hub::OrdersHub;
 pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, status,
 };

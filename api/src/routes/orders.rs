@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use shopagent_domain::ids::{OrderId, PaymentId, ReturnId};
@@ -15,13 +15,14 @@ use utoipa::ToSchema;
 use super::mandates::MoneyBody;
 use super::{Body, IdPath, Owner, invalid, new_id, versioned};
 use super::{Changer, Owned};
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
 use crate::server::App;
 
 pub fn routes() -> Router<App> {
     Router::new()
+        .route("/v1/orders", get(list))
         .route("/v1/orders/{id}", get(read))
         .route("/v1/orders/{id}/cancel", post(cancel))
         .route("/v1/orders/{id}/returns", post(request_return))
@@ -271,4 +272,222 @@ pub async fn read_payment(
         refunded: shopagent_domain::money::Money::new(payment.refunded_minor, currency).into(),
     };
     Ok(versioned(StatusCode::OK, version, &view))
+}
+
+/// Filters and page of `GET /v1/orders`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListOrders {
+    /// Only orders in this status (`created`, `placed`, `shipped`, …).
+    pub status: Option<String>,
+    /// Only orders at this merchant.
+    pub merchant: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderSummary {
+    pub order_id: String,
+    pub shopper: String,
+    pub merchant: String,
+    pub path: String,
+    pub status: String,
+    pub total: MoneyBody,
+    pub refunded: MoneyBody,
+    pub merchant_reference: Option<String>,
+    pub carrier: Option<String>,
+    pub tracking_number: Option<String>,
+    /// What happened, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub timeline: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub orders: Vec<OrderSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+const STATUSES: [&str; 10] = [
+    "created",
+    "submitted",
+    "placed",
+    "confirmed",
+    "shipped",
+    "out_for_delivery",
+    "delivered",
+    "delivery_exception",
+    "failed",
+    "cancelled",
+];
+
+type SummaryRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+);
+
+/// Every order the caller may see, newest first, from the `orders_hub` projection.
+#[utoipa::path(operation_id = "orders_list", get, path = "/v1/orders", tag = "orders", params(ListOrders),
+    responses((status = 200, description = "A page of orders, newest first", body = OrderPage), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<App>,
+    principal: Principal,
+    query: Result<axum::extract::Query<ListOrders>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let limit = i64::from(query.limit.unwrap_or(20));
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "between 1 and 100"));
+    }
+    let mut sql = String::from(
+        "SELECT order_id, shopper, merchant, path, status, total_minor, refunded_minor, currency,
+                merchant_reference, carrier, tracking_number, timeline, created_at, updated_at
+           FROM orders_hub WHERE tenant = $1",
+    );
+    let mut binds = vec![principal.tenant.clone()];
+    let mut and = |clause: &str, value: String| {
+        binds.push(value);
+        sql.push_str(&format!(" AND {clause} ${}", binds.len()));
+    };
+    match principal.role {
+        Role::Shopper => and("shopper =", principal.subject.clone()),
+        Role::Agent => and(
+            "mandate_id =",
+            principal.mandate.map(|m| m.to_string()).unwrap_or_default(),
+        ),
+        Role::Finance | Role::Auditor | Role::Ops | Role::Admin => {}
+    }
+    if let Some(status) = query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(invalid("status", format!("one of {}", STATUSES.join(", "))));
+        }
+        and("status =", status);
+    }
+    if let Some(merchant) = query.merchant {
+        let merchant = shopagent_domain::ids::MerchantId::parse(&merchant)
+            .map_err(|e| invalid("merchant", e))?;
+        and("merchant =", merchant.to_string());
+    }
+    if let Some(cursor) = query.cursor {
+        let decoded = hex::decode(&cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        let Some((created_at, order_id)) = decoded.as_deref().and_then(|c| c.split_once('|'))
+        else {
+            return Err(Problem::bad_request(
+                "invalid_cursor",
+                "pass next_cursor from the previous page",
+            ));
+        };
+        binds.push(created_at.to_owned());
+        binds.push(order_id.to_owned());
+        sql.push_str(&format!(
+            " AND (created_at, order_id) < (${}, ${})",
+            binds.len() - 1,
+            binds.len()
+        ));
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, order_id DESC LIMIT ${}",
+        binds.len() + 1
+    ));
+    let rows: Vec<SummaryRow> = match app.store.database() {
+        shopagent_commands::Database::Postgres(pool) => {
+            let mut q = sqlx::query_as(&sql);
+            for value in &binds {
+                q = q.bind(value);
+            }
+            q.bind(limit + 1).fetch_all(pool).await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            let mut q = sqlx::query_as(&sql);
+            for value in &binds {
+                q = q.bind(value);
+            }
+            q.bind(limit + 1).fetch_all(pool).await
+        }
+    }
+    .map_err(|error| match shopagent_commands::StoreError::from(error) {
+        shopagent_commands::StoreError::Unavailable(_) => Problem::store_unavailable(),
+        other => {
+            tracing::error!(error = %other, "orders hub read failed");
+            Problem::internal()
+        }
+    })?;
+    let more = rows.len() as i64 > limit;
+    let orders: Vec<OrderSummary> = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(
+            |(
+                order_id,
+                shopper,
+                merchant,
+                path,
+                status,
+                total,
+                refunded,
+                currency,
+                merchant_reference,
+                carrier,
+                tracking_number,
+                timeline,
+                created_at,
+                updated_at,
+            )| OrderSummary {
+                order_id,
+                shopper,
+                merchant,
+                path,
+                status,
+                total: MoneyBody {
+                    minor: total,
+                    currency: currency.clone(),
+                },
+                refunded: MoneyBody {
+                    minor: refunded,
+                    currency,
+                },
+                merchant_reference,
+                carrier,
+                tracking_number,
+                timeline: serde_json::from_str(&timeline).unwrap_or_default(),
+                created_at,
+                updated_at,
+            },
+        )
+        .collect();
+    let next_cursor = if more {
+        orders
+            .last()
+            .map(|o| hex::encode(format!("{}|{}", o.created_at, o.order_id)))
+    } else {
+        None
+    };
+    Ok(axum::Json(OrderPage {
+        orders,
+        next_cursor,
+    })
+    .into_response())
 }
