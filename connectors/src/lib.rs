@@ -4,6 +4,10 @@
 //!
 //! * [`stripe_issuing`] — the card issuer, shaped after Stripe Issuing.
 //! * [`sandbox_issuer`] — an issuer server speaking those same shapes.
+//! * [`ucp`] — merchants speaking the Universal Commerce Protocol (REST binding).
+//! * [`sandbox_merchant`] — a UCP merchant server with switchable failure modes.
 
 pub mod sandbox_issuer;
+pub mod sandbox_merchant;
 pub mod stripe_issuing;
+pub mod ucp;

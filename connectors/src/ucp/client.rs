@@ -1,0 +1,89 @@
+use reqwest::StatusCode;
+use serde::Serialize;
+use shopagent_domain::ports::{MerchantGateway, PlaceError, PlaceOrder};
+
+use super::UcpConfig;
+use super::mapping::{complete_checkout, create_checkout, failure};
+use super::wire::Checkout;
+
+/// A UCP merchant. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UcpMerchant {
+    config: UcpConfig,
+    http: reqwest::Client,
+}
+
+impl UcpMerchant {
+    pub fn new(config: UcpConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(config.timeout).build()?;
+        Ok(Self { config, http })
+    }
+
+    /// POSTs `body`; a checkout answer (even an error one) comes back as `Checkout`.
+    async fn post(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        body: &impl Serialize,
+    ) -> Result<(StatusCode, Checkout), PlaceError> {
+        let url = format!("{}{path}", self.config.endpoint.trim_end_matches('/'));
+        let response = self
+            .http
+            .post(url)
+            .header(
+                "UCP-Agent",
+                format!("profile=\"{}\"", self.config.agent_profile),
+            )
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(PlaceError::Unavailable(format!(
+                "merchant answered {status}"
+            )));
+        }
+        let checkout = response
+            .json::<Checkout>()
+            .await
+            .map_err(|e| PlaceError::Failed {
+                reason: shopagent_domain::order::FailureReason::MerchantUnavailable,
+                detail: format!("unreadable answer ({status}): {e}"),
+            })?;
+        Ok((status, checkout))
+    }
+}
+
+#[async_trait::async_trait]
+impl MerchantGateway for UcpMerchant {
+    async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
+        let (status, session) = self
+            .post(
+                "/checkout-sessions",
+                &format!("{}/create", order.idempotency_key),
+                &create_checkout(order),
+            )
+            .await?;
+        let id = match (&session.id, session.status.as_str()) {
+            (Some(id), "ready_for_complete" | "completed") if status.is_success() => id.clone(),
+            _ => return Err(failure(&session)),
+        };
+        if let (Some(confirmation), "completed") = (&session.order, session.status.as_str()) {
+            return Ok(confirmation.id.clone());
+        }
+        let path = format!("/checkout-sessions/{id}/complete");
+        let (status, completed) = self
+            .post(
+                &path,
+                &format!("{}/complete", order.idempotency_key),
+                &complete_checkout(order),
+            )
+            .await?;
+        match (&completed.order, completed.status.as_str()) {
+            (Some(confirmation), "completed") if status.is_success() => Ok(confirmation.id.clone()),
+            _ => Err(failure(&completed)),
+        }
+    }
+}

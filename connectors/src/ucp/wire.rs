@@ -1,0 +1,106 @@
+//! The parts of UCP's checkout JSON this connector writes and reads
+//! (`shared/specs/ucp/2026-01-11/source/schemas/shopping/checkout.json`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Item {
+    pub id: String,
+    pub title: String,
+    /// Minor units.
+    pub price: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineItem {
+    pub id: String,
+    pub item: Item,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Destination {
+    pub id: String,
+    pub street_address: String,
+    pub address_locality: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_region: Option<String>,
+    pub address_country: String,
+    pub postal_code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FulfillmentMethod {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub line_item_ids: Vec<String>,
+    pub destinations: Vec<Destination>,
+    pub selected_destination_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fulfillment {
+    pub methods: Vec<FulfillmentMethod>,
+}
+
+/// Body of `POST /checkout-sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CreateCheckout {
+    pub line_items: Vec<LineItem>,
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfillment: Option<Fulfillment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credential {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PaymentData {
+    pub id: String,
+    pub handler_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub credential: Credential,
+}
+
+/// Body of `POST /checkout-sessions/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteCheckout {
+    pub payment_data: PaymentData,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderConfirmation {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permalink_url: Option<String>,
+}
+
+/// A checkout session as the merchant answers it (also an error body: `status` and
+/// `messages`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkout {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderConfirmation>,
+}

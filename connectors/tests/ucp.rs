@@ -1,0 +1,121 @@
+//! The UCP merchant connector against the sandbox UCP merchant, over real HTTP.
+
+use std::time::Duration;
+
+use shopagent_connectors::sandbox_merchant::{FailureMode, SandboxMerchant};
+use shopagent_connectors::ucp::{UcpConfig, UcpMerchant};
+use shopagent_domain::address::{Address, AddressFields};
+use shopagent_domain::ids::{OfferId, OrderId};
+use shopagent_domain::money::{Currency, Money};
+use shopagent_domain::order::{FailureReason, OrderLine};
+use shopagent_domain::payment::CardReference;
+use shopagent_domain::ports::{MerchantGateway, PlaceError, PlaceOrder};
+
+async fn merchant() -> (SandboxMerchant, UcpMerchant) {
+    let sandbox = SandboxMerchant::new();
+    let (endpoint, _server) = sandbox.spawn().await.expect("sandbox");
+    let client = UcpMerchant::new(UcpConfig {
+        endpoint,
+        agent_profile: "https://shopagent.invalid/profile".into(),
+        timeout: Duration::from_millis(500),
+    })
+    .expect("client");
+    (sandbox, client)
+}
+
+fn order(key: &str) -> PlaceOrder {
+    let usd = Currency::parse("USD").expect("USD");
+    PlaceOrder {
+        idempotency_key: key.into(),
+        order_id: OrderId::new(),
+        lines: vec![OrderLine {
+            offer_id: OfferId::parse("sku:tent").expect("offer"),
+            title: "Tent".into(),
+            quantity: 2,
+            unit_price: Money::new(5_000, usd),
+        }],
+        total: Money::new(11_300, usd),
+        ship_to: Some(
+            Address::new(AddressFields {
+                name: "Ada".into(),
+                line1: "1 Main St".into(),
+                line2: None,
+                city: "Springfield".into(),
+                region: Some("IL".into()),
+                postal_code: "62701".into(),
+                country: "US".into(),
+            })
+            .expect("address"),
+        ),
+        card: CardReference::parse("ic_sandboxCard").expect("card"),
+    }
+}
+
+#[tokio::test]
+async fn an_order_is_placed_once_per_key() {
+    let (sandbox, ucp) = merchant().await;
+    let request = order("order/1");
+    let reference = ucp.place_order(&request).await.expect("placed");
+    assert_eq!(reference, "ord_1");
+    // A retry after a lost answer lands on the same order.
+    assert_eq!(ucp.place_order(&request).await.expect("replayed"), "ord_1");
+    assert_eq!(sandbox.orders(), ["ord_1"]);
+}
+
+#[tokio::test]
+async fn merchant_refusals_become_typed_failures() {
+    for (mode, reason) in [
+        (FailureMode::OutOfStock, FailureReason::InventoryChanged),
+        (FailureMode::AddressRejected, FailureReason::AddressInvalid),
+        (FailureMode::PaymentDeclined, FailureReason::PaymentDeclined),
+    ] {
+        let (sandbox, ucp) = merchant().await;
+        sandbox.set_failure_mode(mode);
+        let error = ucp
+            .place_order(&order("order/2"))
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, PlaceError::Failed { reason: got, .. } if *got == reason),
+            "{mode:?}: {error:?}"
+        );
+        assert!(sandbox.orders().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_order_without_a_destination_is_an_address_problem() {
+    let (_sandbox, ucp) = merchant().await;
+    let mut request = order("order/3");
+    request.ship_to = None;
+    let error = ucp.place_order(&request).await.expect_err("incomplete");
+    assert!(
+        matches!(error, PlaceError::Failed { reason: FailureReason::MerchantUnavailable, ref detail } if detail.starts_with("missing")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_slow_answers_are_retryable() {
+    let (sandbox, ucp) = merchant().await;
+    sandbox.set_failure_mode(FailureMode::ServerError);
+    assert!(matches!(
+        ucp.place_order(&order("order/4")).await,
+        Err(PlaceError::Unavailable(_))
+    ));
+    sandbox.set_failure_mode(FailureMode::Slow(Duration::from_secs(2)));
+    assert!(
+        matches!(
+            ucp.place_order(&order("order/5")).await,
+            Err(PlaceError::Unavailable(_))
+        ),
+        "timeout is retryable"
+    );
+    // Recovered, the retried key places exactly one order.
+    sandbox.set_failure_mode(FailureMode::None);
+    assert_eq!(
+        ucp.place_order(&order("order/4")).await.expect("placed"),
+        "ord_1"
+    );
+    assert_eq!(sandbox.orders().len(), 1);
+}
