@@ -43,6 +43,26 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub stripe_webhook_secret: Option<String>,
+    /// Card issuer API (Stripe Issuing shapes), e.g. `https://api.stripe.com`. Set: the
+    /// checkout process manager runs and places `api` orders.
+    #[arg(long, env = "SHOPAGENT_CARD_ISSUER_URL", global = true)]
+    pub card_issuer_url: Option<String>,
+    /// Secret key for the card issuer.
+    #[arg(
+        long,
+        env = "SHOPAGENT_CARD_ISSUER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub card_issuer_key: Option<String>,
+    /// Cardholder the virtual cards are issued to.
+    #[arg(
+        long,
+        env = "SHOPAGENT_CARD_CARDHOLDER",
+        default_value = "ich_shopagent",
+        global = true
+    )]
+    pub card_cardholder: String,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
     pub log: String,

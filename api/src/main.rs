@@ -6,7 +6,10 @@ use shopagent::auth::{Authenticator, Claims, Principal};
 use shopagent::cli::{Cli, Command, ProjectionsCommand};
 use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry;
+use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
+use shopagent_domain::ports::CardIssuer;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -53,9 +56,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            let issuer = match &cli.card_issuer_url {
+                Some(url) => {
+                    let config = StripeIssuingConfig {
+                        base_url: url.clone(),
+                        api_key: cli.card_issuer_key.clone().context(
+                            "SHOPAGENT_CARD_ISSUER_KEY is required with SHOPAGENT_CARD_ISSUER_URL",
+                        )?,
+                        cardholder: cli.card_cardholder.clone(),
+                        timeout: std::time::Duration::from_secs(10),
+                    };
+                    Some(Arc::new(StripeIssuing::new(config)?) as Arc<dyn CardIssuer>)
+                }
+                None => None,
+            };
             let server = Server::build(&config, authenticator()?, cli.listen)
                 .await?
-                .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone());
+                .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
+                .with_card_issuer(issuer);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await

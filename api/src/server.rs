@@ -4,18 +4,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shopagent_commands::{CommandBus, Database, Store, StoreConfig};
+use shopagent_commands::checkout::CheckoutProcess;
+use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
+use shopagent_domain::ports::CardIssuer;
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{AggregateCatalog, OrdersHub, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::directory::RegistryDirectory;
 
 /// What request handlers share. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -64,10 +67,19 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Store> {
 }
 
 /// A server bound to its address, ready to run.
-#[derive(Debug)]
 pub struct Server {
     app: App,
     listener: TcpListener,
+    /// The card issuer the checkout process uses; without one it does not run.
+    card_issuer: Option<Arc<dyn CardIssuer>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("checkout_process", &self.card_issuer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Server {
@@ -83,7 +95,15 @@ impl Server {
         Ok(Self {
             app: App::new(store, auth),
             listener,
+            card_issuer: None,
         })
+    }
+
+    /// Runs the checkout process manager with this card issuer: `api` orders get a card
+    /// and are placed with their merchant's connector from the registry.
+    pub fn with_card_issuer(mut self, issuer: Option<Arc<dyn CardIssuer>>) -> Self {
+        self.card_issuer = issuer;
+        self
     }
 
     /// Enables `POST /v1/webhooks/stripe`, verifying signatures with `secret`.
@@ -103,7 +123,11 @@ impl Server {
     /// Serves until `shutdown` fires; then lets in-flight requests finish, lets each
     /// projection finish and checkpoint its batch, and closes the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { app, listener } = self;
+        let Self {
+            app,
+            listener,
+            card_issuer,
+        } = self;
         let store = app.store.clone();
         let runners_stop = CancellationToken::new();
         let runners: Vec<_> = projections()
@@ -115,6 +139,25 @@ impl Server {
             .collect();
 
         let purger = tokio::spawn(purge_idempotency_keys(store.clone(), runners_stop.clone()));
+        let checkout = card_issuer.map(|issuer| {
+            let process = CheckoutProcess {
+                orders: app.orders.clone(),
+                payments: app.payments.clone(),
+                mandates: app.mandates.clone(),
+                carts: app.carts.clone(),
+                issuer,
+                merchants: Arc::new(RegistryDirectory {
+                    merchants: app.merchants.clone(),
+                    agent_profile: "https://shopagent.invalid/.well-known/ucp".into(),
+                    timeout: std::time::Duration::from_secs(10),
+                }),
+                // Shipping and tax may be recomputed at placement: 5 % headroom.
+                cap_tolerance_bps: 500,
+            };
+            tokio::spawn(
+                SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),
+            )
+        });
         tracing::info!(
             address = %listener.local_addr()?,
             store = store.backend().as_str(),
@@ -126,6 +169,9 @@ impl Server {
 
         runners_stop.cancel();
         let _ = purger.await;
+        if let Some(checkout) = checkout {
+            let _ = checkout.await;
+        }
         for runner in runners {
             if let Err(error) = runner.await {
                 tracing::error!(%error, "projection runner ended abnormally");

@@ -210,7 +210,7 @@ impl CheckoutProcess {
             return Ok(());
         };
         let now = OffsetDateTime::now_utc();
-        let Some(gateway) = self.merchants.gateway(&draft.merchant) else {
+        let Some(gateway) = self.merchants.gateway(tenant, &draft.merchant).await else {
             let command = OrderCommand::MarkFailed {
                 reason: FailureReason::MerchantUnavailable,
                 detail: format!("no connector for merchant {}", draft.merchant),

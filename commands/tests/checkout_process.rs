@@ -122,8 +122,13 @@ impl MerchantGateway for Merchant {
 
 struct Directory(Option<Arc<Merchant>>);
 
+#[async_trait::async_trait]
 impl MerchantDirectory for Directory {
-    fn gateway(&self, merchant: &MerchantId) -> Option<Arc<dyn MerchantGateway>> {
+    async fn gateway(
+        &self,
+        _tenant: &str,
+        merchant: &MerchantId,
+    ) -> Option<Arc<dyn MerchantGateway>> {
         self.0
             .clone()
             .filter(|_| merchant.as_str() == "acme")

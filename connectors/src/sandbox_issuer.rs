@@ -65,6 +65,11 @@ impl SandboxIssuer {
         self.ledger().cards.get(id).cloned()
     }
 
+    /// Ids of every card issued.
+    pub fn card_ids(&self) -> Vec<String> {
+        self.ledger().cards.keys().cloned().collect()
+    }
+
     /// How many cards were issued.
     pub fn cards_issued(&self) -> usize {
         self.ledger().cards.len()

@@ -83,7 +83,12 @@ pub trait MerchantGateway: Send + Sync {
     async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError>;
 }
 
-/// Finds the gateway that speaks to a merchant.
+/// Finds the gateway that speaks to a merchant of a tenant (from its registry entry).
+#[async_trait::async_trait]
 pub trait MerchantDirectory: Send + Sync {
-    fn gateway(&self, merchant: &MerchantId) -> Option<Arc<dyn MerchantGateway>>;
+    async fn gateway(
+        &self,
+        tenant: &str,
+        merchant: &MerchantId,
+    ) -> Option<Arc<dyn MerchantGateway>>;
 }

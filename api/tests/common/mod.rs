@@ -47,6 +47,17 @@ pub async fn spawn_app_configured(
     jwks_url: Option<String>,
     stripe_webhook_secret: Option<&str>,
 ) -> TestApp {
+    spawn_app_full(backend, jwks_url, stripe_webhook_secret, None).await
+}
+
+/// Everything configurable: OIDC, webhook secret, and a card issuer (which starts the
+/// checkout process manager).
+pub async fn spawn_app_full(
+    backend: Backend,
+    jwks_url: Option<String>,
+    stripe_webhook_secret: Option<&str>,
+    card_issuer: Option<std::sync::Arc<dyn shopagent_domain::ports::CardIssuer>>,
+) -> TestApp {
     let (config, dir, pg_database) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -65,7 +76,8 @@ pub async fn spawn_app_configured(
     )
     .await
     .expect("build the server")
-    .with_stripe_webhook_secret(stripe_webhook_secret.map(str::to_owned));
+    .with_stripe_webhook_secret(stripe_webhook_secret.map(str::to_owned))
+    .with_card_issuer(card_issuer);
     let address = server.local_addr().expect("bound address");
     let store = server.app().store.clone();
     let shutdown = CancellationToken::new();

@@ -1,0 +1,245 @@
+//! Checkout end to end over HTTP: an autopilot agent checks out a cart; the process
+//! manager gets a card from the sandbox issuer (Stripe Issuing shapes) and places the
+//! order with the sandbox UCP merchant; the order, the mandate and the orders hub show
+//! the outcome. One run per failure mode too.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Reply, TestApp, spawn_app_full};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shopagent::auth::Role;
+use shopagent_connectors::sandbox_issuer::SandboxIssuer;
+use shopagent_connectors::sandbox_merchant::{FailureMode, SandboxMerchant};
+use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
+
+on_both_backends!(
+    an_autopilot_order_is_placed_over_ucp_with_a_virtual_card,
+    a_declined_payment_voids_the_card_and_releases_the_budget,
+    an_out_of_stock_item_fails_the_order_with_its_reason,
+);
+
+struct World {
+    app: TestApp,
+    issuer: SandboxIssuer,
+    merchant: SandboxMerchant,
+}
+
+async fn world(backend: Backend, mode: FailureMode) -> World {
+    let issuer = SandboxIssuer::new("sk_test_e2e");
+    let (issuer_url, _) = issuer.spawn().await.expect("issuer");
+    let merchant = SandboxMerchant::new();
+    merchant.set_failure_mode(mode);
+    let (merchant_url, _) = merchant.spawn().await.expect("merchant");
+    let connector = StripeIssuing::new(StripeIssuingConfig {
+        base_url: issuer_url,
+        api_key: "sk_test_e2e".into(),
+        cardholder: "ich_shopagent".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("connector");
+    let app = spawn_app_full(backend, None, None, Some(Arc::new(connector))).await;
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let registered = app
+        .post("/v1/merchants", &ops, json!({"merchant_id": "acme", "name": "Acme Outdoor", "protocol": "ucp", "api_endpoint": merchant_url, "paths": ["api"]}))
+        .await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{:?}",
+        registered.body
+    );
+    World {
+        app,
+        issuer,
+        merchant,
+    }
+}
+
+fn usd(minor: i64) -> Value {
+    json!({"minor": minor, "currency": "USD"})
+}
+
+/// Mandate, agent, cart with a quoted line, checkout: returns (mandate id, order id).
+async fn check_out(app: &TestApp) -> (String, String) {
+    let alice = app.shopper("alice");
+    let mandate = app
+        .post(
+            "/v1/mandates",
+            &alice,
+            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": usd(50_000)}),
+        )
+        .await;
+    let mandate = mandate.body["id"].as_str().expect("mandate").to_owned();
+    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let cart = app
+        .post("/v1/carts", &agent, json!({"currency": "USD"}))
+        .await
+        .body["id"]
+        .as_str()
+        .expect("cart")
+        .to_owned();
+    let line = json!({"offer_id": "sku:tent", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(10_000), "quantity": 1});
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/lines"), &agent, line)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let address = json!({"name": "Ada Shopper", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/address"), &agent, address)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("time");
+    let quote = json!({"merchant": "acme", "items_total": usd(10_000), "shipping": usd(500), "tax": usd(800), "expires_at": expires});
+    assert_eq!(
+        app.post(&format!("/v1/carts/{cart}/quotes"), &agent, quote)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let checkout = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &agent, json!({}))
+        .await;
+    assert_eq!(
+        checkout.body["sub_carts"][0]["status"], "reserved",
+        "{:?}",
+        checkout.body
+    );
+    (
+        mandate,
+        checkout.body["sub_carts"][0]["order_id"]
+            .as_str()
+            .expect("order")
+            .to_owned(),
+    )
+}
+
+/// Polls the order until it leaves `created`/`submitted`.
+async fn settled_order(app: &TestApp, order: &str) -> Reply {
+    let alice = app.shopper("alice");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = app.get(&format!("/v1/orders/{order}"), &alice).await;
+        let status = reply.body["status"].as_str().unwrap_or_default().to_owned();
+        if !matches!(status.as_str(), "created" | "submitted") || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn mandate_settles(app: &TestApp, mandate: &str) -> Reply {
+    let alice = app.shopper("alice");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
+        if reply.body["open_reservations"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            || Instant::now() > deadline
+        {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_autopilot_order_is_placed_over_ucp_with_a_virtual_card(backend: Backend) {
+    let World {
+        app,
+        issuer,
+        merchant,
+    } = world(backend, FailureMode::None).await;
+    let (mandate, order) = check_out(&app).await;
+    let placed = settled_order(&app, &order).await;
+    assert_eq!(placed.body["status"], "placed", "{:?}", placed.body);
+    assert_eq!(placed.body["merchant_reference"], "ord_1");
+    assert_eq!(merchant.orders(), ["ord_1"]);
+    assert_eq!(issuer.cards_issued(), 1);
+    let settled = mandate_settles(&app, &mandate).await;
+    assert_eq!(
+        settled.body["spent_this_period"],
+        usd(11_300),
+        "the spend is committed"
+    );
+    app.stop().await;
+}
+
+async fn a_declined_payment_voids_the_card_and_releases_the_budget(backend: Backend) {
+    let World {
+        app,
+        issuer,
+        merchant,
+    } = world(backend, FailureMode::PaymentDeclined).await;
+    let (mandate, order) = check_out(&app).await;
+    let failed = settled_order(&app, &order).await;
+    assert_eq!(failed.body["status"], "failed", "{:?}", failed.body);
+    assert!(merchant.orders().is_empty());
+    let settled = mandate_settles(&app, &mandate).await;
+    assert_eq!(
+        settled.body["spent_this_period"],
+        usd(0),
+        "nothing spent, reservation released"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let canceled = loop {
+        let canceled = issuer.cards_issued() == 1 && issuer_cards_canceled(&issuer);
+        if canceled || Instant::now() > deadline {
+            break canceled;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(canceled, "the virtual card is canceled at the issuer");
+    app.stop().await;
+}
+
+fn issuer_cards_canceled(issuer: &SandboxIssuer) -> bool {
+    issuer.card_ids().iter().all(|id| {
+        issuer
+            .card(id)
+            .is_some_and(|card| card["status"] == "canceled")
+    })
+}
+
+async fn an_out_of_stock_item_fails_the_order_with_its_reason(backend: Backend) {
+    let World { app, .. } = world(backend, FailureMode::OutOfStock).await;
+    let (mandate, order) = check_out(&app).await;
+    let failed = settled_order(&app, &order).await;
+    assert_eq!(failed.body["status"], "failed");
+    let hub = app
+        .get("/v1/orders?status=failed", &app.shopper("alice"))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut hub = hub;
+    while hub.body["orders"].as_array().is_none_or(Vec::is_empty) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hub = app
+            .get("/v1/orders?status=failed", &app.shopper("alice"))
+            .await;
+    }
+    let timeline = hub.body["orders"][0]["timeline"]
+        .as_array()
+        .expect("timeline")
+        .clone();
+    let failure = timeline
+        .iter()
+        .find(|e| e["event"] == "failed")
+        .expect("failure in the timeline");
+    assert_eq!(failure["reason"], "inventory_changed");
+    assert!(
+        mandate_settles(&app, &mandate).await.body["open_reservations"]
+            .as_array()
+            .expect("r")
+            .is_empty()
+    );
+    app.stop().await;
+}
