@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shopagent_commands::checkout::CheckoutProcess;
+use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker};
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
@@ -153,6 +153,9 @@ impl Server {
                 }),
                 // Shipping and tax may be recomputed at placement: 5 % headroom.
                 cap_tolerance_bps: 500,
+                // Five unavailable answers in a row open a merchant's circuit; an order
+                // gives up after five attempts (backoff grows to 30 s between them).
+                breaker: MerchantBreaker::new(app.merchants.clone(), 5, 5),
             };
             tokio::spawn(
                 SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),

@@ -7,12 +7,14 @@
 //! carries a key derived from the aggregate it serves, so handling an event again after
 //! a crash repeats nothing: no second order, no second card, no lost reservation.
 
+use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use shopagent_domain::cart::Cart;
 use shopagent_domain::ids::{OrderId, PaymentId};
 use shopagent_domain::mandate::{Mandate, MandateCommand, ReleaseReason};
+use shopagent_domain::merchant::{Health, Merchant, MerchantCommand};
 use shopagent_domain::order::{CheckoutPath, FailureReason, Order, OrderCommand, OrderEvent};
 use shopagent_domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
@@ -36,6 +38,69 @@ pub struct CheckoutProcess {
     /// How far above the order total the card's cap goes (taxes and shipping recomputed
     /// by the merchant), in basis points.
     pub cap_tolerance_bps: u32,
+    /// Retries and the circuit breaker of merchant calls.
+    pub breaker: MerchantBreaker,
+}
+
+/// Bounded retries per order and a circuit breaker per merchant, feeding the registry.
+///
+/// A merchant that answers "unavailable" to `open_after` calls in a row is reported
+/// `down` in the capability registry (new checkouts then avoid its API); its next
+/// success reports it `healthy` again. An order whose placement met "unavailable"
+/// `give_up_after` times fails with `merchant_unavailable`, which voids its card and
+/// releases its budget. The counts live in memory: a restart starts them again.
+#[derive(Debug)]
+pub struct MerchantBreaker {
+    pub registry: Arc<CommandBus<Merchant>>,
+    pub open_after: u32,
+    pub give_up_after: u32,
+    merchant_failures: Mutex<HashMap<String, u32>>,
+    order_attempts: Mutex<HashMap<OrderId, u32>>,
+}
+
+impl MerchantBreaker {
+    pub fn new(registry: Arc<CommandBus<Merchant>>, open_after: u32, give_up_after: u32) -> Self {
+        Self {
+            registry,
+            open_after: open_after.max(1),
+            give_up_after: give_up_after.max(1),
+            merchant_failures: Mutex::default(),
+            order_attempts: Mutex::default(),
+        }
+    }
+
+    /// Records an unavailable answer; returns (order attempts so far, circuit just opened).
+    fn failed(&self, merchant_stream: &str, order: OrderId) -> (u32, bool) {
+        let mut merchants = self
+            .merchant_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let failures = merchants.entry(merchant_stream.to_owned()).or_default();
+        *failures += 1;
+        let opened = *failures == self.open_after;
+        let mut orders = self
+            .order_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let attempts = orders.entry(order).or_default();
+        *attempts += 1;
+        (*attempts, opened)
+    }
+
+    /// Records an answer; returns whether the circuit had been open.
+    fn answered(&self, merchant_stream: &str, order: OrderId) -> bool {
+        self.order_attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&order);
+        let failures = self
+            .merchant_failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(merchant_stream)
+            .unwrap_or(0);
+        failures >= self.open_after
+    }
 }
 
 impl std::fmt::Debug for CheckoutProcess {
@@ -240,7 +305,47 @@ impl CheckoutProcess {
             ship_to: cart.address,
             card,
         };
-        let command = match gateway.place_order(&request).await {
+        let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
+        let placed = gateway.place_order(&request).await;
+        if let Err(PlaceError::Unavailable(why)) = &placed {
+            let (attempts, opened) = self.breaker.failed(&registry_stream, terms.order_id);
+            if opened {
+                let report = MerchantCommand::ReportHealth {
+                    health: Health::Down,
+                    reason: format!("circuit open: {why}"),
+                    at: now,
+                };
+                self.step(
+                    &self.breaker.registry,
+                    event,
+                    &registry_stream,
+                    &format!("circuit-open/{attempts}"),
+                    report,
+                )
+                .await?;
+            }
+            if attempts < self.breaker.give_up_after {
+                return Err(HandlerError(format!(
+                    "merchant {} unavailable (attempt {attempts}): {why}",
+                    draft.merchant
+                )));
+            }
+        } else if self.breaker.answered(&registry_stream, terms.order_id) {
+            let report = MerchantCommand::ReportHealth {
+                health: Health::Healthy,
+                reason: "answered again".into(),
+                at: now,
+            };
+            self.step(
+                &self.breaker.registry,
+                event,
+                &registry_stream,
+                "circuit-closed",
+                report,
+            )
+            .await?;
+        }
+        let command = match placed {
             Ok(merchant_reference) => OrderCommand::MarkPlaced {
                 merchant_reference,
                 at: now,
@@ -250,12 +355,14 @@ impl CheckoutProcess {
                 detail,
                 at: now,
             },
-            Err(PlaceError::Unavailable(why)) => {
-                return Err(HandlerError(format!(
-                    "merchant {} unavailable: {why}",
-                    draft.merchant
-                )));
-            }
+            Err(PlaceError::Unavailable(why)) => OrderCommand::MarkFailed {
+                reason: FailureReason::MerchantUnavailable,
+                detail: format!(
+                    "gave up after {} attempts: {why}",
+                    self.breaker.give_up_after
+                ),
+                at: now,
+            },
         };
         self.step(
             &self.orders,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shopagent_commands::checkout::{CheckoutProcess, payment_of};
+use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker, payment_of};
 use shopagent_commands::test_support::TestStore;
 use shopagent_commands::{CommandBus, Store, SubscriberRunner};
 use shopagent_domain::EventMetadata;
@@ -137,6 +137,7 @@ impl MerchantDirectory for Directory {
 }
 
 struct Fixture {
+    registry: Arc<CommandBus<shopagent_domain::merchant::Merchant>>,
     orders: Arc<CommandBus<Order>>,
     payments: Arc<CommandBus<Payment>>,
     mandates: Arc<CommandBus<Mandate>>,
@@ -148,6 +149,7 @@ struct Fixture {
 /// A mandate holding a 1200 reservation, a cart with an address, and an `api` order.
 async fn fixture(store: &Store) -> Fixture {
     let fixture = Fixture {
+        registry: Arc::new(CommandBus::new(store.clone())),
         orders: Arc::new(CommandBus::new(store.clone())),
         payments: Arc::new(CommandBus::new(store.clone())),
         mandates: Arc::new(CommandBus::new(store.clone())),
@@ -156,6 +158,25 @@ async fn fixture(store: &Store) -> Fixture {
         order: OrderId::new(),
     };
     let now = OffsetDateTime::now_utc();
+    let profile = shopagent_domain::merchant::MerchantProfile {
+        name: "Acme".into(),
+        protocol: Some(shopagent_domain::merchant::Protocol::Ucp),
+        api_endpoint: Some("https://acme.example/ucp".into()),
+        deeplink_base: None,
+        headless_domain: None,
+        paths: [CheckoutPath::Api].into(),
+        card_acceptor_ids: BTreeSet::new(),
+    };
+    let register = shopagent_domain::merchant::MerchantCommand::Register {
+        merchant: MerchantId::parse("acme").expect("merchant"),
+        profile,
+        at: now,
+    };
+    fixture
+        .registry
+        .execute(&stream("merchant/acme"), register, metadata())
+        .await
+        .expect("register");
     let terms = MandateTerms {
         mode: Mode::Autopilot,
         currency: Currency::parse("USD").expect("USD"),
@@ -298,6 +319,7 @@ fn process(
         issuer,
         merchants: Arc::new(Directory(merchant)),
         cap_tolerance_bps: 500,
+        breaker: MerchantBreaker::new(fixture.registry.clone(), 2, 4),
     })
 }
 
@@ -370,6 +392,7 @@ shopagent_commands::on_both_backends!(
     an_unavailable_merchant_is_retried_with_the_same_key,
     a_crash_after_the_merchant_placed_the_order_places_it_once,
     a_merchant_without_a_connector_fails_cleanly,
+    a_merchant_that_stays_unavailable_is_given_up_and_reported_down,
 );
 
 async fn a_placed_order_has_one_card_and_commits_its_spend(test: &TestStore) {
@@ -460,6 +483,11 @@ async fn an_unavailable_merchant_is_retried_with_the_same_key(test: &TestStore) 
         1,
         "one card, whatever the retries"
     );
+    assert_eq!(
+        health(&fixture).await,
+        shopagent_domain::merchant::Health::Healthy,
+        "opened after two failures, closed by the success"
+    );
 }
 
 async fn a_crash_after_the_merchant_placed_the_order_places_it_once(test: &TestStore) {
@@ -485,6 +513,7 @@ async fn a_crash_after_the_merchant_placed_the_order_places_it_once(test: &TestS
     // A new instance, with nothing in memory, resumes from the log.
     let restarted = test.reopen().await;
     let resumed = Fixture {
+        registry: Arc::new(CommandBus::new(restarted.clone())),
         orders: Arc::new(CommandBus::new(restarted.clone())),
         payments: Arc::new(CommandBus::new(restarted.clone())),
         mandates: Arc::new(CommandBus::new(restarted.clone())),
@@ -539,4 +568,47 @@ async fn a_merchant_without_a_connector_fails_cleanly(test: &TestStore) {
     );
     assert_eq!(payment(&fixture).await.status, PaymentStatus::Voided);
     assert!(mandate(&fixture).await.reservations.is_empty());
+}
+
+async fn health(fixture: &Fixture) -> shopagent_domain::merchant::Health {
+    fixture
+        .registry
+        .load(&stream("merchant/acme"))
+        .await
+        .expect("registry")
+        .0
+        .health
+}
+
+async fn a_merchant_that_stays_unavailable_is_given_up_and_reported_down(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(Ok("never".into()))),
+    );
+    merchant.unavailable_first.store(100, Ordering::SeqCst);
+    drain(
+        &test.store,
+        &SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant.clone())),
+        ),
+    )
+    .await;
+    assert_eq!(merchant.calls().len(), 4, "bounded: four attempts");
+    let order = order(&fixture).await;
+    assert_eq!(
+        (order.status, order.failure),
+        (
+            OrderStatus::Failed,
+            Some(FailureReason::MerchantUnavailable)
+        )
+    );
+    assert_eq!(payment(&fixture).await.status, PaymentStatus::Voided);
+    assert!(mandate(&fixture).await.reservations.is_empty());
+    assert_eq!(
+        health(&fixture).await,
+        shopagent_domain::merchant::Health::Down,
+        "the circuit opened after two failures"
+    );
 }
