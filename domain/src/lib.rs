@@ -19,6 +19,7 @@ pub mod ports;
 pub mod run;
 pub(crate) mod serde_time;
 pub mod testing;
+pub mod text;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use metadata::{EventMetadata, IdempotencyKey, InvalidIdempotencyKey, MetadataKey};

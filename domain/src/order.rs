@@ -350,15 +350,8 @@ pub struct Order {
     pub refunded_minor: i64,
 }
 
-/// Free text from outside (merchants, carriers): bounded, no control characters.
 fn text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
-    let length = value.trim().chars().count();
-    if length == 0 || length > max || value.chars().any(char::is_control) {
-        return Err(OrderError::Invalid(format!(
-            "{field} must be 1 to {max} characters"
-        )));
-    }
-    Ok(())
+    crate::text::check(field, value, max).map_err(OrderError::Invalid)
 }
 
 impl Order {

@@ -343,13 +343,7 @@ pub struct AgentRun {
 }
 
 fn text(field: &str, value: &str, max: usize) -> Result<(), RunError> {
-    let length = value.trim().chars().count();
-    if length == 0 || length > max {
-        return Err(RunError::Invalid(format!(
-            "{field} must be 1 to {max} characters"
-        )));
-    }
-    Ok(())
+    crate::text::check(field, value, max).map_err(RunError::Invalid)
 }
 
 impl AgentRun {
