@@ -1,10 +1,12 @@
 //! Where the checkout process finds each merchant's connector: the capability registry.
+//! A UCP merchant's `api_endpoint` is its business URL; discovery (`/.well-known/ucp`)
+//! finds the REST endpoint and settles the version.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use shopagent_commands::CommandBus;
-use shopagent_connectors::ucp::{UcpConfig, UcpMerchant};
+use shopagent_connectors::ucp::DiscoveringUcpMerchant;
 use shopagent_domain::ids::MerchantId;
 use shopagent_domain::merchant::{Merchant, Protocol};
 use shopagent_domain::ports::{MerchantDirectory, MerchantGateway};
@@ -34,15 +36,10 @@ impl MerchantDirectory for RegistryDirectory {
             .ok()?;
         let profile = registered.profile?;
         match (profile.protocol, profile.api_endpoint) {
-            (Some(Protocol::Ucp), Some(endpoint)) => {
-                let config = UcpConfig {
-                    endpoint,
-                    agent_profile: self.agent_profile.clone(),
-                    timeout: self.timeout,
-                };
-                let gateway = UcpMerchant::new(config).ok()?;
-                Some(Arc::new(gateway))
-            }
+            // The registry holds the business URL; its profile names the REST endpoint.
+            (Some(Protocol::Ucp), Some(business_url)) => Some(Arc::new(
+                DiscoveringUcpMerchant::new(business_url, self.agent_profile.clone(), self.timeout),
+            )),
             // Other protocols get their connectors in later work.
             _ => None,
         }

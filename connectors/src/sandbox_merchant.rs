@@ -67,6 +67,7 @@ impl SandboxMerchant {
 
     pub fn router(&self) -> Router {
         Router::new()
+            .route("/.well-known/ucp", axum::routing::get(profile))
             .route("/checkout-sessions", post(create))
             .route("/checkout-sessions/{id}", axum::routing::get(read))
             .route("/checkout-sessions/{id}/complete", post(complete))
@@ -125,6 +126,25 @@ impl SandboxMerchant {
         }
         (status, Json(body)).into_response()
     }
+}
+
+/// The business profile: the REST endpoint is this server itself.
+async fn profile(headers: HeaderMap) -> Json<Value> {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    Json(json!({
+        "ucp": {
+            "version": crate::ucp::VERSION,
+            "services": {"dev.ucp.shopping": {"version": crate::ucp::VERSION, "rest": {"endpoint": format!("http://{host}")}}},
+            "capabilities": [
+                {"name": "dev.ucp.shopping.checkout", "version": crate::ucp::VERSION},
+                {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout"}
+            ]
+        },
+        "payment": {"handlers": []}
+    }))
 }
 
 fn error_body(code: &str, content: &str) -> Value {

@@ -119,3 +119,42 @@ async fn server_errors_and_slow_answers_are_retryable() {
     );
     assert_eq!(sandbox.orders().len(), 1);
 }
+
+#[tokio::test]
+async fn discovery_finds_the_rest_endpoint_and_agrees_on_a_version() {
+    let sandbox = SandboxMerchant::new();
+    let (base, _server) = sandbox.spawn().await.expect("sandbox");
+    let found = shopagent_connectors::ucp::discover(&base, Duration::from_secs(2))
+        .await
+        .expect("profile");
+    assert_eq!(found.endpoint, base);
+    assert_eq!(found.version, "2026-01-11");
+}
+
+#[test]
+fn negotiation_refuses_an_older_checkout_or_none_at_all() {
+    use shopagent_connectors::ucp::wire::Profile;
+    use shopagent_connectors::ucp::{DiscoveryError, negotiate};
+    let profile = |version: &str, capability: &str| -> Profile {
+        serde_json::from_value(serde_json::json!({"ucp": {"version": version, "services": {"dev.ucp.shopping": {"version": version, "rest": {"endpoint": "https://shop.example/ucp"}}}, "capabilities": [{"name": capability, "version": version}]}})).expect("profile")
+    };
+    assert!(
+        negotiate(&profile("2026-06-01", "dev.ucp.shopping.checkout")).is_ok(),
+        "a later, compatible version"
+    );
+    assert_eq!(
+        negotiate(&profile("2025-10-01", "dev.ucp.shopping.checkout")),
+        Err(DiscoveryError::UnsupportedVersion {
+            theirs: "2025-10-01".into()
+        })
+    );
+    assert_eq!(
+        negotiate(&profile("2026-01-11", "dev.ucp.shopping.catalog")),
+        Err(DiscoveryError::NoCheckout)
+    );
+    let no_rest: Profile = serde_json::from_value(
+        serde_json::json!({"ucp": {"version": "2026-01-11", "services": {}, "capabilities": []}}),
+    )
+    .expect("profile");
+    assert_eq!(negotiate(&no_rest), Err(DiscoveryError::NoRestService));
+}

@@ -87,3 +87,53 @@ impl MerchantGateway for UcpMerchant {
         }
     }
 }
+
+/// A UCP merchant known by its business URL: discovers the REST endpoint and negotiates
+/// the version before its first order (and again after a failed discovery).
+#[derive(Debug)]
+pub struct DiscoveringUcpMerchant {
+    business_url: String,
+    agent_profile: String,
+    timeout: std::time::Duration,
+    discovered: tokio::sync::OnceCell<UcpMerchant>,
+}
+
+impl DiscoveringUcpMerchant {
+    pub fn new(business_url: String, agent_profile: String, timeout: std::time::Duration) -> Self {
+        Self {
+            business_url,
+            agent_profile,
+            timeout,
+            discovered: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn merchant(&self) -> Result<&UcpMerchant, PlaceError> {
+        self.discovered
+            .get_or_try_init(|| async {
+                let found = super::discover(&self.business_url, self.timeout)
+                    .await
+                    .map_err(|error| match error {
+                        super::DiscoveryError::Unreachable(why) => PlaceError::Unavailable(why),
+                        definite => PlaceError::Failed {
+                            reason: shopagent_domain::order::FailureReason::MerchantUnavailable,
+                            detail: definite.to_string(),
+                        },
+                    })?;
+                let config = UcpConfig {
+                    endpoint: found.endpoint,
+                    agent_profile: self.agent_profile.clone(),
+                    timeout: self.timeout,
+                };
+                UcpMerchant::new(config).map_err(|e| PlaceError::Unavailable(e.to_string()))
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl MerchantGateway for DiscoveringUcpMerchant {
+    async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
+        self.merchant().await?.place_order(order).await
+    }
+}

@@ -5,10 +5,12 @@
 //! never places a second order.
 
 mod client;
+pub mod discovery;
 mod mapping;
 pub mod wire;
 
-pub use client::UcpMerchant;
+pub use client::{DiscoveringUcpMerchant, UcpMerchant};
+pub use discovery::{Discovered, DiscoveryError, discover, negotiate};
 
 /// UCP version this connector speaks.
 pub const VERSION: &str = "2026-01-11";

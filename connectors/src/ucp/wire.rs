@@ -104,3 +104,36 @@ pub struct Checkout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<OrderConfirmation>,
 }
+
+/// The business profile at `/.well-known/ucp` (the parts this connector reads).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Profile {
+    pub ucp: DiscoveryProfile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiscoveryProfile {
+    pub version: String,
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, Service>,
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Service {
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestService {
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Capability {
+    pub name: String,
+    pub version: String,
+}
