@@ -54,10 +54,19 @@ impl CardIssuer for Issuer {
             .lock()
             .expect("lock")
             .push(request.idempotency_key.clone());
-        let reference = format!(
-            "ic_{}",
-            &request.idempotency_key.replace(['/', '-'], "")[..20]
-        );
+        // Derived from the key (same key, same card), in letters only: a reference is
+        // never allowed to look like a card number.
+        let letters: String = request
+            .idempotency_key
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| match c.to_digit(10) {
+                Some(digit) => char::from(b'g' + digit as u8),
+                None => c,
+            })
+            .take(24)
+            .collect();
+        let reference = format!("ic_{letters}");
         Ok(IssuedCard {
             reference: CardReference::parse(&reference).expect("reference"),
             expires_at: OffsetDateTime::now_utc() + time::Duration::days(1),
