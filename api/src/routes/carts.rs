@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::mandates::{MoneyBody, load_visible as load_mandate};
 use super::merchants::merchant_stream;
 use super::{
-    Body, IdPairPath, IdPath, Owner, authorize_write, if_match, invalid, metadata, new_id,
+    Body, IdPairPath, IdPath, Owner, authorize_write, created, if_match, invalid, metadata, new_id,
     stream_id, versioned,
 };
 use super::{Changer, Owned};
@@ -302,11 +302,11 @@ pub async fn create(
         .execute(&stream, command, metadata(&principal, &key))
         .await?;
     let (cart, version) = app.carts.load(&stream).await?;
-    let mut response = versioned(StatusCode::CREATED, version, &view(&cart, version)?);
-    if let Ok(location) = HeaderValue::try_from(format!("/v1/carts/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(created(
+        format!("/v1/carts/{id}"),
+        version,
+        &view(&cart, version)?,
+    ))
 }
 
 #[utoipa::path(operation_id = "carts_read", get, path = "/v1/carts/{id}", tag = "carts", params(("id" = String, Path, format = Uuid)),

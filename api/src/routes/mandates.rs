@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,9 @@ use shopagent_domain::money::{Currency, Money};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use super::{Body, IdPairPath, IdPath, Owner, invalid, metadata, new_id, stream_id, versioned};
+use super::{
+    Body, IdPairPath, IdPath, Owner, created, invalid, metadata, new_id, stream_id, versioned,
+};
 use super::{Changer, Owned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
@@ -337,11 +339,11 @@ pub async fn create(
         .execute(&stream, command, metadata(&principal, &key))
         .await?;
     let (mandate, version) = app.mandates.load(&stream).await?;
-    let mut response = versioned(StatusCode::CREATED, version, &view(&mandate, version)?);
-    if let Ok(location) = HeaderValue::try_from(format!("/v1/mandates/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(created(
+        format!("/v1/mandates/{id}"),
+        version,
+        &view(&mandate, version)?,
+    ))
 }
 
 #[utoipa::path(operation_id = "mandates_read", get, path = "/v1/mandates/{id}", tag = "mandates",

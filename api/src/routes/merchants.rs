@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::orders::path_name;
-use super::{Body, if_match, invalid, metadata, stream_id, versioned};
+use super::{Body, created, if_match, invalid, metadata, stream_id, versioned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -219,11 +219,11 @@ pub async fn register(
         .execute(&stream, command, metadata(&principal, &key))
         .await?;
     let (registered, version) = app.merchants.load(&stream).await?;
-    let mut response = versioned(StatusCode::CREATED, version, &view(&registered, version)?);
-    if let Ok(location) = HeaderValue::try_from(format!("/v1/merchants/{merchant}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(created(
+        format!("/v1/merchants/{merchant}"),
+        version,
+        &view(&registered, version)?,
+    ))
 }
 
 #[utoipa::path(operation_id = "merchants_read", get, path = "/v1/merchants/{merchant}", tag = "merchants", params(("merchant" = String, Path)),

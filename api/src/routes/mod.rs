@@ -64,6 +64,15 @@ pub fn versioned<T: Serialize>(status: StatusCode, version: i64, body: &T) -> Re
     response
 }
 
+/// `201 Created` with the new resource, its version as `ETag` and its `Location`.
+pub fn created<T: Serialize>(location: String, version: i64, body: &T) -> Response {
+    let mut response = versioned(StatusCode::CREATED, version, body);
+    if let Ok(location) = HeaderValue::try_from(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 /// The version named by `If-Match`, if any.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
     let Some(value) = headers.get(header::IF_MATCH) else {

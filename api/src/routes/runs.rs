@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::mandates::{ModeBody, MoneyBody, load_visible as load_mandate};
-use super::{Body, IdPairPath, IdPath, Owner, invalid, metadata, new_id, stream_id, versioned};
+use super::{
+    Body, IdPairPath, IdPath, Owner, created, invalid, metadata, new_id, stream_id, versioned,
+};
 use super::{Changer, Owned};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
@@ -245,11 +247,11 @@ pub async fn start(
         .execute(&stream, command, metadata(&principal, &key))
         .await?;
     let (run, version) = app.runs.load(&stream).await?;
-    let mut response = versioned(StatusCode::CREATED, version, &view(&run, version, None)?);
-    if let Ok(location) = HeaderValue::try_from(format!("/v1/runs/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(created(
+        format!("/v1/runs/{id}"),
+        version,
+        &view(&run, version, None)?,
+    ))
 }
 
 #[utoipa::path(operation_id = "runs_read", get, path = "/v1/runs/{id}", tag = "runs", params(("id" = String, Path, format = Uuid)),
