@@ -45,3 +45,56 @@ impl MerchantDirectory for RegistryDirectory {
         }
     }
 }
+
+/// The webhook signing keys of UCP businesses, read from their `/.well-known/ucp`
+/// profiles and kept for a while. A signature naming a key the cached profile lacks
+/// refreshes it once (the business may have rotated its keys).
+#[derive(Debug)]
+pub struct UcpSigningKeys {
+    timeout: Duration,
+    max_age: Duration,
+    cached: std::sync::Mutex<std::collections::HashMap<String, CachedKeys>>,
+}
+
+use shopagent_connectors::ucp::webhook::SigningKey;
+
+/// A business's keys and when they were read.
+type CachedKeys = (std::time::Instant, Arc<[SigningKey]>);
+
+impl UcpSigningKeys {
+    pub fn new(timeout: Duration, max_age: Duration) -> Self {
+        Self {
+            timeout,
+            max_age,
+            cached: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The keys of the business at `business_url`; `fresh` skips the cache.
+    pub async fn keys(
+        &self,
+        business_url: &str,
+        fresh: bool,
+    ) -> Result<Arc<[SigningKey]>, shopagent_connectors::ucp::DiscoveryError> {
+        let cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(business_url)
+            .filter(|(at, _)| !fresh && at.elapsed() < self.max_age)
+            .map(|(_, keys)| keys.clone());
+        if let Some(keys) = cached {
+            return Ok(keys);
+        }
+        let found = shopagent_connectors::ucp::discover(business_url, self.timeout).await?;
+        let keys: Arc<[SigningKey]> = found.signing_keys.into();
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                business_url.to_owned(),
+                (std::time::Instant::now(), keys.clone()),
+            );
+        Ok(keys)
+    }
+}

@@ -33,6 +33,8 @@ pub struct App {
     pub merchants: Arc<CommandBus<Merchant>>,
     /// Signing secret of the card issuer's webhooks (`whsec_…`); unset disables them.
     pub stripe_webhook_secret: Option<Arc<str>>,
+    /// Webhook signing keys of UCP merchants, from their profiles.
+    pub ucp_keys: Arc<crate::directory::UcpSigningKeys>,
 }
 
 impl App {
@@ -50,6 +52,10 @@ impl App {
             store,
             auth,
             stripe_webhook_secret: None,
+            ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(300),
+            )),
         }
     }
 }

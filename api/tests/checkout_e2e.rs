@@ -20,6 +20,7 @@ on_both_backends!(
     an_autopilot_order_is_placed_over_ucp_with_a_virtual_card,
     a_declined_payment_voids_the_card_and_releases_the_budget,
     an_out_of_stock_item_fails_the_order_with_its_reason,
+    merchant_order_events_carry_the_order_through_delivery_return_and_refund,
 );
 
 struct World {
@@ -240,6 +241,95 @@ async fn an_out_of_stock_item_fails_the_order_with_its_reason(backend: Backend) 
             .as_array()
             .expect("r")
             .is_empty()
+    );
+    app.stop().await;
+}
+
+/// Polls the order until `done` holds (or 30 s pass); returns the last reply.
+async fn order_until(app: &TestApp, order: &str, done: impl Fn(&Value) -> bool) -> Reply {
+    let alice = app.shopper("alice");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = app.get(&format!("/v1/orders/{order}"), &alice).await;
+        if done(&reply.body) || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn merchant_order_events_carry_the_order_through_delivery_return_and_refund(
+    backend: Backend,
+) {
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    merchant.deliver_webhooks_to(app.url("/v1/webhooks/ucp/acme/acme"));
+    let (_, order) = check_out(&app).await;
+    // The merchant's "order created" event confirms the order.
+    let confirmed = order_until(&app, &order, |o| o["status"] == "confirmed").await;
+    assert_eq!(
+        confirmed.body["status"], "confirmed",
+        "{:?}",
+        confirmed.body
+    );
+
+    merchant
+        .ship("ord_1", "UPS", "1Z999AA10123456784")
+        .expect("ship");
+    let shipped = order_until(&app, &order, |o| o["status"] == "shipped").await;
+    assert_eq!(
+        shipped.body["tracking"],
+        json!({"carrier": "UPS", "tracking_number": "1Z999AA10123456784"}),
+        "{:?}",
+        shipped.body
+    );
+    merchant.deliver("ord_1").expect("deliver");
+    let delivered = order_until(&app, &order, |o| o["status"] == "delivered").await;
+    assert_eq!(
+        delivered.body["status"], "delivered",
+        "{:?}",
+        delivered.body
+    );
+
+    // The shopper asks for a return; the merchant accepts it, receives it, refunds.
+    let alice = app.shopper("alice");
+    let requested = app
+        .post(
+            &format!("/v1/orders/{order}/returns"),
+            &alice,
+            json!({"reason": "too small"}),
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::OK, "{:?}", requested.body);
+    let rma = merchant.accept_return("ord_1").expect("accept");
+    let accepted = order_until(&app, &order, |o| o["returns"][0]["status"] == "rma_issued").await;
+    assert_eq!(accepted.body["returns"][0]["rma"], json!(rma));
+    merchant.receive_return("ord_1", &rma).expect("receive");
+    order_until(&app, &order, |o| o["returns"][0]["status"] == "returned").await;
+    merchant.refund("ord_1", 11_300).expect("refund");
+    let refunded = order_until(&app, &order, |o| o["refunded"] == usd(11_300)).await;
+    assert_eq!(
+        refunded.body["refunded"],
+        usd(11_300),
+        "{:?}",
+        refunded.body
+    );
+    assert_eq!(refunded.body["returns"].as_array().map(Vec::len), Some(1));
+
+    // Every delivery was acknowledged; redelivering the last one changes nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while merchant.webhooks_acknowledged() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(merchant.webhooks_acknowledged(), 6);
+    let version = refunded.body["version"].clone();
+    merchant.receive_return("ord_1", &rma).expect("resend");
+    while merchant.webhooks_acknowledged() < 7 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = app.get(&format!("/v1/orders/{order}"), &alice).await;
+    assert_eq!(
+        after.body["version"], version,
+        "a repeated event appends nothing"
     );
     app.stop().await;
 }

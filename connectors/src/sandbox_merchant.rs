@@ -2,6 +2,12 @@
 //! in-memory store, honouring `Idempotency-Key` as the spec requires (same key and body →
 //! the stored answer; same key, other body → 409), with failure modes that can be
 //! switched on: out of stock, address rejected, payment declined, slow, 5xx.
+//!
+//! After a checkout completes, the sandbox keeps the UCP order entity and, once told the
+//! platform's webhook URL, sends it as a signed `orderEvent` on creation and on every
+//! change a test or the demo makes (ship, deliver, accept and receive a return, refund).
+//! Deliveries go out one at a time, in order, and are retried until acknowledged, as
+//! the spec requires of a business. Its signing key is published in its profile.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +20,90 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ucp::webhook::{SIGNATURE_HEADER, SigningKey, WebhookSigner};
+
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn push(log: &mut Value, entry: Value) {
+    if let Some(entries) = log.as_array_mut() {
+        entries.push(entry);
+    } else {
+        *log = json!([entry]);
+    }
+}
+
+/// Marks every line fulfilled; returns the lines as log references.
+fn fulfil_all(order: &mut Value) -> Value {
+    let mut lines = Vec::new();
+    if let Some(items) = order["line_items"].as_array_mut() {
+        for line in items {
+            line["quantity"]["fulfilled"] = line["quantity"]["total"].clone();
+            line["status"] = json!("fulfilled");
+            lines.push(json!({"id": line["id"], "quantity": line["quantity"]["total"]}));
+        }
+    }
+    Value::Array(lines)
+}
+
+/// An order event: the entity as it is now, with a fresh event id and time.
+fn order_event(entity: &Value) -> Value {
+    let mut event = entity.clone();
+    event["event_id"] = json!(format!("evt_{}", uuid::Uuid::new_v4().simple()));
+    event["created_time"] = json!(now());
+    event
+}
+
+/// Sends each event in turn, signed afresh on every attempt, until the platform
+/// acknowledges it (or a day's worth of attempts failed).
+async fn deliver(
+    url: String,
+    signer: WebhookSigner,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    acknowledged: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let http = reqwest::Client::new();
+    while let Some(event) = events.recv().await {
+        let body = event.to_string();
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=2_000 {
+            let signature =
+                match signer.sign(body.as_bytes(), OffsetDateTime::now_utc().unix_timestamp()) {
+                    Ok(signature) => signature,
+                    Err(error) => {
+                        tracing::error!(%error, "sandbox merchant cannot sign");
+                        break;
+                    }
+                };
+            let sent = http
+                .post(&url)
+                .header(SIGNATURE_HEADER, signature)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    break;
+                }
+                Ok(response) => {
+                    tracing::debug!(attempt, status = %response.status(), "order event not acknowledged")
+                }
+                Err(error) => tracing::debug!(attempt, %error, "order event not delivered"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
 
 /// What the sandbox does wrong, when asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,18 +124,157 @@ struct Shop {
     sessions: HashMap<String, Value>,
     answers: HashMap<String, (String, StatusCode, Value)>,
     orders: Vec<String>,
+    /// UCP order entities by order id.
+    entities: HashMap<String, Value>,
     next: u64,
+    /// Where order events go, once the platform is known.
+    webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SandboxMerchant {
     shop: Arc<Mutex<Shop>>,
     mode: Arc<Mutex<FailureMode>>,
+    signer: WebhookSigner,
+    acknowledged: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+impl Default for SandboxMerchant {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A change the sandbox was asked to make to an order it does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the sandbox has no order {0}")]
+pub struct UnknownOrder(pub String);
 
 impl SandboxMerchant {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            shop: Arc::default(),
+            mode: Arc::default(),
+            signer: WebhookSigner::generate(format!("sandbox-{}", uuid::Uuid::new_v4().simple())),
+            acknowledged: Arc::default(),
+        }
+    }
+
+    /// The key the sandbox signs its webhooks with (also in its profile).
+    pub fn signing_key(&self) -> SigningKey {
+        self.signer.public_key()
+    }
+
+    /// Sends order events to `url` from now on (and the orders placed so far, as they
+    /// are now). Needs a Tokio runtime.
+    pub fn deliver_webhooks_to(&self, url: impl Into<String>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(deliver(
+            url.into(),
+            self.signer.clone(),
+            receiver,
+            self.acknowledged.clone(),
+        ));
+        let mut shop = self.shop();
+        for id in shop.orders.clone() {
+            if let Some(entity) = shop.entities.get(&id) {
+                let _ = sender.send(order_event(entity));
+            }
+        }
+        shop.webhooks = Some(sender);
+    }
+
+    /// How many webhook deliveries the platform acknowledged with a 2xx.
+    pub fn webhooks_acknowledged(&self) -> usize {
+        self.acknowledged.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The UCP order entity of an order.
+    pub fn order(&self, id: &str) -> Option<Value> {
+        self.shop().entities.get(id).cloned()
+    }
+
+    /// Changes an order entity and sends the new entity as an order event.
+    fn change(&self, id: &str, edit: impl FnOnce(&mut Value, String)) -> Result<(), UnknownOrder> {
+        let mut shop = self.shop();
+        shop.next += 1;
+        let log_id = format!("{}_{}", id, shop.next);
+        let entity = shop
+            .entities
+            .get_mut(id)
+            .ok_or_else(|| UnknownOrder(id.to_owned()))?;
+        edit(entity, log_id);
+        let event = order_event(entity);
+        if let Some(webhooks) = &shop.webhooks {
+            let _ = webhooks.send(event);
+        }
+        Ok(())
+    }
+
+    /// The whole order leaves the warehouse with this carrier and tracking number.
+    pub fn ship(&self, id: &str, carrier: &str, tracking_number: &str) -> Result<(), UnknownOrder> {
+        self.change(id, |order, log_id| {
+            let lines = fulfil_all(order);
+            push(&mut order["fulfillment"]["events"], json!({
+                "id": format!("fe_{log_id}"), "occurred_at": now(), "type": "shipped",
+                "line_items": lines, "carrier": carrier, "tracking_number": tracking_number,
+                "tracking_url": format!("https://sandbox.shopagent.invalid/track/{tracking_number}"),
+                "description": format!("Shipped with {carrier}")
+            }));
+        })
+    }
+
+    /// The carrier delivered the order.
+    pub fn deliver(&self, id: &str) -> Result<(), UnknownOrder> {
+        self.change(id, |order, log_id| {
+            let lines = fulfil_all(order);
+            push(
+                &mut order["fulfillment"]["events"],
+                json!({
+                    "id": format!("fe_{log_id}"), "occurred_at": now(), "type": "delivered",
+                    "line_items": lines, "description": "Delivered to the front door"
+                }),
+            );
+        })
+    }
+
+    /// The merchant accepts a return of the whole order; returns its RMA (the
+    /// adjustment's id).
+    pub fn accept_return(&self, id: &str) -> Result<String, UnknownOrder> {
+        let mut rma = String::new();
+        self.change(id, |order, log_id| {
+            rma = format!("adj_{log_id}");
+            let lines = fulfil_all(order);
+            push(
+                &mut order["adjustments"],
+                json!({
+                    "id": rma, "type": "return", "occurred_at": now(), "status": "pending",
+                    "line_items": lines, "description": "Return accepted; label sent"
+                }),
+            );
+        })?;
+        Ok(rma)
+    }
+
+    /// The returned goods arrived at the merchant.
+    pub fn receive_return(&self, id: &str, rma: &str) -> Result<(), UnknownOrder> {
+        self.change(id, |order, _| {
+            if let Some(adjustments) = order["adjustments"].as_array_mut() {
+                for adjustment in adjustments.iter_mut().filter(|a| a["id"] == rma) {
+                    adjustment["status"] = json!("completed");
+                }
+            }
+        })
+    }
+
+    /// The merchant refunds `amount` (minor units).
+    pub fn refund(&self, id: &str, amount: i64) -> Result<(), UnknownOrder> {
+        self.change(id, |order, log_id| {
+            push(&mut order["adjustments"], json!({
+                "id": format!("adj_{log_id}"), "type": "refund", "occurred_at": now(),
+                "status": "completed", "amount": amount, "description": "Refund to the original payment"
+            }));
+        })
     }
 
     pub fn set_failure_mode(&self, mode: FailureMode) {
@@ -129,7 +358,7 @@ impl SandboxMerchant {
 }
 
 /// The business profile: the REST endpoint is this server itself.
-async fn profile(headers: HeaderMap) -> Json<Value> {
+async fn profile(State(merchant): State<SandboxMerchant>, headers: HeaderMap) -> Json<Value> {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
@@ -140,10 +369,12 @@ async fn profile(headers: HeaderMap) -> Json<Value> {
             "services": {"dev.ucp.shopping": {"version": crate::ucp::VERSION, "rest": {"endpoint": format!("http://{host}")}}},
             "capabilities": [
                 {"name": "dev.ucp.shopping.checkout", "version": crate::ucp::VERSION},
-                {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout"}
+                {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout"},
+                {"name": "dev.ucp.shopping.order", "version": crate::ucp::VERSION}
             ]
         },
-        "payment": {"handlers": []}
+        "payment": {"handlers": []},
+        "signing_keys": [merchant.signing_key()]
     }))
 }
 
@@ -233,10 +464,16 @@ async fn complete(
             }
             let order_id = format!("ord_{}", shop.orders.len() + 1);
             shop.orders.push(order_id.clone());
+            let permalink = format!("https://sandbox.shopagent.invalid/orders/{order_id}");
             let mut completed = session;
             completed["status"] = json!("completed");
-            completed["order"] = json!({"id": order_id, "permalink_url": format!("https://sandbox.shopagent.invalid/orders/{order_id}")});
+            completed["order"] = json!({"id": order_id, "permalink_url": permalink});
             shop.sessions.insert(id.clone(), completed.clone());
+            let entity = order_entity(&completed, &order_id, &permalink);
+            if let Some(webhooks) = &shop.webhooks {
+                let _ = webhooks.send(order_event(&entity));
+            }
+            shop.entities.insert(order_id, entity);
             (StatusCode::OK, completed)
         })
         .await
@@ -265,4 +502,36 @@ async fn cancel(
             }
         })
         .await
+}
+
+/// The UCP order entity of a completed checkout session.
+fn order_entity(session: &Value, order_id: &str, permalink: &str) -> Value {
+    let line_items: Vec<Value> = session["line_items"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|line| {
+                    let quantity = line["quantity"].as_i64().unwrap_or(0);
+                    let amount = line["item"]["price"].as_i64().unwrap_or(0) * quantity;
+                    json!({
+                        "id": line["id"], "item": line["item"],
+                        "quantity": {"total": quantity, "fulfilled": 0},
+                        "totals": [{"type": "subtotal", "amount": amount}, {"type": "total", "amount": amount}],
+                        "status": "processing"
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "ucp": {"version": crate::ucp::VERSION, "capabilities": [{"name": "dev.ucp.shopping.order", "version": crate::ucp::VERSION}]},
+        "id": order_id,
+        "checkout_id": session["id"],
+        "permalink_url": permalink,
+        "line_items": line_items,
+        "fulfillment": {"expectations": [], "events": []},
+        "adjustments": [],
+        "totals": session["totals"],
+    })
 }

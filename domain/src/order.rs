@@ -2,7 +2,7 @@
 //! Every transition not listed in [`Order::decide`] is rejected with
 //! [`OrderError::IllegalTransition`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -348,6 +348,12 @@ pub struct Order {
     pub returns: BTreeMap<ReturnId, ReturnStatus>,
     pub refunds: BTreeMap<RefundId, Money>,
     pub refunded_minor: i64,
+    /// The merchant's reference (RMA) of each return it accepted.
+    #[serde(default)]
+    pub rmas: BTreeMap<ReturnId, String>,
+    /// Returns a refund has settled.
+    #[serde(default)]
+    pub refunded_returns: BTreeSet<ReturnId>,
 }
 
 fn text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
@@ -355,6 +361,24 @@ fn text(field: &str, value: &str, max: usize) -> Result<(), OrderError> {
 }
 
 impl Order {
+    /// The return the merchant gave this RMA.
+    pub fn return_with_rma(&self, rma: &str) -> Option<ReturnId> {
+        self.rmas
+            .iter()
+            .find(|(_, known)| known.as_str() == rma)
+            .map(|(id, _)| *id)
+    }
+
+    /// Returns whose goods are back and which no refund has settled yet.
+    pub fn returns_awaiting_refund(&self) -> impl Iterator<Item = ReturnId> + '_ {
+        self.returns
+            .iter()
+            .filter(|(id, status)| {
+                **status == ReturnStatus::Returned && !self.refunded_returns.contains(id)
+            })
+            .map(|(id, _)| *id)
+    }
+
     fn draft(&self) -> Result<&OrderDraft, OrderError> {
         self.draft.as_ref().ok_or(OrderError::NotFound)
     }
@@ -623,16 +647,21 @@ impl Aggregate for Order {
             E::ReturnRequested { return_id, .. } => {
                 self.returns.insert(return_id, ReturnStatus::Requested);
             }
-            E::RmaIssued { return_id, .. } => {
+            E::RmaIssued { return_id, rma, .. } => {
                 self.returns.insert(return_id, ReturnStatus::RmaIssued);
+                self.rmas.insert(return_id, rma);
             }
             E::ItemsReturned { return_id, .. } => {
                 self.returns.insert(return_id, ReturnStatus::Returned);
             }
             E::OrderRefunded {
-                refund_id, amount, ..
+                refund_id,
+                return_id,
+                amount,
+                ..
             } => {
                 self.refunds.insert(refund_id, amount);
+                self.refunded_returns.extend(return_id);
                 self.refunded_minor = self.refunded_minor.saturating_add(amount.minor);
             }
         }

@@ -92,3 +92,64 @@ pub trait MerchantDirectory: Send + Sync {
         merchant: &MerchantId,
     ) -> Option<Arc<dyn MerchantGateway>>;
 }
+
+/// What a merchant or a carrier reports about an order after it was placed. Merchant
+/// protocols (UCP order events, marketplace notifications) and carrier trackers
+/// (EasyPost, Shippo) are mapped onto these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FulfillmentUpdate {
+    /// The merchant accepted the order (UCP: the order exists).
+    Confirmed,
+    Shipped {
+        carrier: String,
+        tracking_number: String,
+    },
+    OutForDelivery,
+    Delivered,
+    /// Failed attempt, undeliverable, returned to sender, …
+    DeliveryException {
+        detail: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    /// The merchant accepted a return and gave it this reference (an RMA).
+    ReturnAccepted {
+        rma: String,
+    },
+    /// The merchant received the goods of the return with this RMA.
+    ReturnReceived {
+        rma: String,
+    },
+    /// The merchant refunded this amount; `reference` is its own id for the refund.
+    Refunded {
+        reference: String,
+        amount: Money,
+    },
+}
+
+/// One update, with the id its sender gave it (the same id is the same update, however
+/// often it is delivered) and when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedUpdate {
+    pub id: String,
+    pub update: FulfillmentUpdate,
+    pub at: OffsetDateTime,
+}
+
+/// A parcel to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackParcel {
+    /// The same key never registers a second tracker.
+    pub idempotency_key: String,
+    pub carrier: String,
+    pub tracking_number: String,
+}
+
+/// A carrier-tracking provider (shaped after EasyPost trackers): once a parcel is
+/// registered, the provider reports its progress by webhook.
+#[async_trait::async_trait]
+pub trait TrackingProvider: Send + Sync {
+    /// Registers the parcel; returns the provider's tracker id.
+    async fn track(&self, parcel: &TrackParcel) -> Result<String, CallError>;
+}

@@ -11,7 +11,7 @@ pub mod orders_hub;
 pub mod runner;
 
 pub use catalog::AggregateCatalog;
-pub use orders_hub::OrdersHub;
+pub use orders_hub::{OrdersHub, OutsideReference, find_order};
 pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, status,
 };

@@ -208,3 +208,55 @@ impl Projection for OrdersHub {
         Ok(())
     }
 }
+
+/// How a party outside shopagent names an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutsideReference<'a> {
+    /// The merchant's own order id.
+    Merchant {
+        merchant: &'a str,
+        reference: &'a str,
+    },
+    /// The carrier's tracking number.
+    Tracking(&'a str),
+}
+
+/// The id and currency of the order `by` names, once the hub has caught up with it.
+pub async fn find_order(
+    db: &shopagent_commands::Database,
+    tenant: &str,
+    by: OutsideReference<'_>,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    let (sql, binds): (&str, Vec<&str>) = match by {
+        OutsideReference::Merchant {
+            merchant,
+            reference,
+        } => (
+            "SELECT order_id, currency FROM orders_hub
+              WHERE tenant = $1 AND merchant = $2 AND merchant_reference = $3",
+            vec![tenant, merchant, reference],
+        ),
+        OutsideReference::Tracking(number) => (
+            "SELECT order_id, currency FROM orders_hub
+              WHERE tenant = $1 AND tracking_number = $2
+              ORDER BY created_at DESC LIMIT 1",
+            vec![tenant, number],
+        ),
+    };
+    match db {
+        shopagent_commands::Database::Postgres(pool) => {
+            let mut query = sqlx::query_as(sql);
+            for value in binds {
+                query = query.bind(value);
+            }
+            query.fetch_optional(pool).await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            let mut query = sqlx::query_as(sql);
+            for value in binds {
+                query = query.bind(value);
+            }
+            query.fetch_optional(pool).await
+        }
+    }
+}

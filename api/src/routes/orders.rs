@@ -48,6 +48,14 @@ pub struct ReturnView {
     pub return_id: String,
     /// `requested`, `rma_issued` or `returned`.
     pub status: String,
+    /// The merchant's reference for the return, once it accepted it.
+    pub rma: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrackingView {
+    pub carrier: String,
+    pub tracking_number: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,6 +71,8 @@ pub struct OrderView {
     pub path_reason: String,
     pub status: String,
     pub merchant_reference: Option<String>,
+    /// The parcel, once shipped.
+    pub tracking: Option<TrackingView>,
     pub total: MoneyBody,
     pub refunded: MoneyBody,
     pub lines: Vec<OrderLineView>,
@@ -127,6 +137,13 @@ fn view(order: &Order, version: i64, created_id: Option<ReturnId>) -> Result<Ord
         path_reason: draft.path_reason.clone(),
         status: order.status.as_str().into(),
         merchant_reference: order.merchant_reference.clone(),
+        tracking: order
+            .tracking
+            .clone()
+            .map(|(carrier, tracking_number)| TrackingView {
+                carrier,
+                tracking_number,
+            }),
         total: draft.total.into(),
         refunded: shopagent_domain::money::Money::new(order.refunded_minor, draft.total.currency)
             .into(),
@@ -151,6 +168,7 @@ fn view(order: &Order, version: i64, created_id: Option<ReturnId>) -> Result<Ord
                     ReturnStatus::Returned => "returned",
                 }
                 .into(),
+                rma: order.rmas.get(id).cloned(),
             })
             .collect(),
         created_id: created_id.map(|id| id.to_string()),

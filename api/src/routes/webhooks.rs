@@ -7,6 +7,16 @@
 //! is checked over the raw body with a 5-minute tolerance; a failure answers 401 and
 //! stores nothing. A redelivered event gets the first answer again, with no second
 //! decision.
+//!
+//! `POST /v1/webhooks/ucp/{tenant}/{merchant}` takes a UCP merchant's order events (the
+//! platform URL given to the merchant at onboarding names the tenant and the merchant).
+//! The `Request-Signature` (a detached JWS with `iat`) must verify against a key in the
+//! merchant's own `/.well-known/ucp` profile, found from its registry entry; otherwise
+//! 401 and nothing is stored. The order entity's fulfillment events and adjustments
+//! become order commands, each applied once however often it is delivered. An event for
+//! an order the orders hub does not know yet (the merchant can be faster than the
+//! checkout process records the placement) answers 503 with `Retry-After`, and the
+//! merchant, which must retry, delivers it again.
 
 use std::time::Duration;
 
@@ -36,7 +46,12 @@ pub const TOLERANCE: Duration = Duration::from_secs(300);
 const AUTHORIZATION_NAMESPACE: Uuid = Uuid::from_u128(0x2b1e_64c4_0d1f_4a8c_b6a3_9e57_71c2_04ad);
 
 pub fn routes() -> Router<App> {
-    Router::new().route("/v1/webhooks/stripe", post(stripe))
+    Router::new()
+        .route("/v1/webhooks/stripe", post(stripe))
+        .route(
+            "/v1/webhooks/ucp/{tenant}/{merchant}",
+            post(ucp_order_event),
+        )
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -245,6 +260,118 @@ async fn stripe(
         .is_some_and(|(_, approved)| *approved);
     tracing::info!(authorization = %authorization.id, approved, "card authorization decided");
     Ok(decision(approved))
+}
+
+fn signature_refused(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_signature",
+        "The webhook signature does not verify",
+    )
+    .with_detail(detail)
+}
+
+async fn ucp_order_event(
+    State(app): State<App>,
+    axum::extract::Path((tenant, merchant)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    use shopagent_connectors::ucp::webhook::{self, SIGNATURE_HEADER, SignatureError};
+    let merchant = MerchantId::parse(&merchant).map_err(|_| Problem::not_found())?;
+    let (registered, _) = app
+        .merchants
+        .load(&merchant_stream_in(&tenant, &merchant))
+        .await?;
+    let business_url = registered
+        .profile
+        .filter(|p| p.protocol == Some(shopagent_domain::merchant::Protocol::Ucp))
+        .and_then(|p| p.api_endpoint)
+        .ok_or_else(|| Problem::not_found().with_detail("no UCP merchant is registered here"))?;
+
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| signature_refused("Request-Signature is missing"))?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let unreachable = |error: shopagent_connectors::ucp::DiscoveryError| {
+        tracing::warn!(%error, merchant = %merchant, "merchant profile unreadable");
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "merchant_profile_unavailable",
+            "The merchant's signing keys cannot be read right now",
+        );
+        problem.retry_after = Some(5);
+        problem
+    };
+    let keys = app
+        .ucp_keys
+        .keys(&business_url, false)
+        .await
+        .map_err(unreachable)?;
+    match webhook::verify(signature, &body, &keys, now) {
+        Ok(()) => {}
+        Err(SignatureError::UnknownKey(_)) => {
+            let keys = app
+                .ucp_keys
+                .keys(&business_url, true)
+                .await
+                .map_err(unreachable)?;
+            webhook::verify(signature, &body, &keys, now)
+                .map_err(|e| signature_refused(e.to_string()))?;
+        }
+        Err(other) => return Err(signature_refused(other.to_string())),
+    }
+
+    let event = webhook::parse_order_event(&body)
+        .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
+    let found = shopagent_projections::find_order(
+        app.store.database(),
+        &tenant,
+        shopagent_projections::OutsideReference::Merchant {
+            merchant: merchant.as_str(),
+            reference: &event.id,
+        },
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(%error, "orders hub lookup failed");
+        Problem::store_unavailable()
+    })?;
+    let Some((order_id, currency)) = found else {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "order_not_yet_known",
+            "shopagent does not know this order yet; deliver it again",
+        );
+        problem.retry_after = Some(1);
+        return Err(problem);
+    };
+    let currency = Currency::parse(&currency).map_err(|_| Problem::internal())?;
+    let updates = event
+        .updates(currency)
+        .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
+    let mut metadata = EventMetadata::new(tenant.clone(), format!("webhook:ucp:{merchant}"));
+    metadata.correlation_id = Uuid::new_v5(&AUTHORIZATION_NAMESPACE, event.event_id.as_bytes());
+    let applied = shopagent_commands::fulfillment::apply_updates(
+        &app.orders,
+        &super::stream_id(&tenant, &order_id),
+        &format!("ucp:{merchant}"),
+        &updates,
+        &metadata,
+    )
+    .await?;
+    tracing::info!(
+        event = %event.event_id, order = %order_id, applied = applied.applied,
+        repeated = applied.repeated, not_applicable = applied.not_applicable.len(),
+        "merchant order event received"
+    );
+    Ok(axum::Json(json!({
+        "ucp": {"version": shopagent_connectors::ucp::VERSION, "capabilities": [
+            {"name": "dev.ucp.shopping.order", "version": shopagent_connectors::ucp::VERSION}
+        ]}
+    }))
+    .into_response())
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub struct Discovered {
     pub endpoint: String,
     /// The version both sides speak.
     pub version: String,
+    /// Keys the business signs its webhooks with.
+    pub signing_keys: Vec<super::webhook::SigningKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +63,7 @@ pub fn negotiate(profile: &Profile) -> Result<Discovered, DiscoveryError> {
     Ok(Discovered {
         endpoint,
         version: VERSION.to_owned(),
+        signing_keys: profile.signing_keys.clone(),
     })
 }
 

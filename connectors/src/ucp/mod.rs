@@ -7,6 +7,7 @@
 mod client;
 pub mod discovery;
 mod mapping;
+pub mod webhook;
 pub mod wire;
 
 pub use client::{DiscoveringUcpMerchant, UcpMerchant};

@@ -109,6 +109,9 @@ pub struct Checkout {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Profile {
     pub ucp: DiscoveryProfile,
+    /// Keys the business signs its webhooks with.
+    #[serde(default)]
+    pub signing_keys: Vec<super::webhook::SigningKey>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
