@@ -21,6 +21,7 @@ on_both_backends!(
     a_declined_payment_voids_the_card_and_releases_the_budget,
     an_out_of_stock_item_fails_the_order_with_its_reason,
     merchant_order_events_carry_the_order_through_delivery_return_and_refund,
+    a_merchant_event_must_be_signed_by_the_merchant_and_recent,
 );
 
 struct World {
@@ -331,5 +332,137 @@ async fn merchant_order_events_carry_the_order_through_delivery_return_and_refun
         after.body["version"], version,
         "a repeated event appends nothing"
     );
+    app.stop().await;
+}
+
+async fn a_merchant_event_must_be_signed_by_the_merchant_and_recent(backend: Backend) {
+    use shopagent_connectors::ucp::webhook::WebhookSigner;
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    let (_, order) = check_out(&app).await;
+    let placed = settled_order(&app, &order).await;
+    assert_eq!(placed.body["status"], "placed");
+    merchant.ship("ord_1", "UPS", "1Z1").expect("ship");
+    let mut event = merchant.order("ord_1").expect("entity");
+    event["event_id"] = json!("evt_test_1");
+    event["created_time"] = json!("2026-11-25T10:00:00Z");
+    let body = event.to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let url = app.url("/v1/webhooks/ucp/acme/acme");
+    let deliver = |body: String, signature: Option<String>| {
+        let request = app
+            .client
+            .post(&url)
+            .header("content-type", "application/json");
+        let request = match signature {
+            Some(signature) => request.header("request-signature", signature),
+            None => request,
+        };
+        async move {
+            let response = request.body(body).send().await.expect("delivered");
+            let status = response.status();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let impostor = WebhookSigner::generate(
+        merchant.signing_key().kid, // the right key id, the wrong key
+    );
+    let tampered = body.replace("1Z1", "1Z2");
+    for (what, body, signature) in [
+        (
+            "tampered body",
+            tampered.clone(),
+            Some(merchant.sign_webhook(body.as_bytes(), now)),
+        ),
+        (
+            "another key",
+            body.clone(),
+            impostor.sign(body.as_bytes(), now).ok(),
+        ),
+        (
+            "stale",
+            body.clone(),
+            Some(merchant.sign_webhook(body.as_bytes(), now - 360)),
+        ),
+        (
+            "from the future",
+            body.clone(),
+            Some(merchant.sign_webhook(body.as_bytes(), now + 360)),
+        ),
+        ("unsigned", body.clone(), None),
+        ("garbage", body.clone(), Some("not.a.jws".into())),
+    ] {
+        let (status, problem) = deliver(body, signature).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {problem:?}");
+        assert_eq!(problem["code"], "invalid_signature", "{what}");
+    }
+    let unchanged = app
+        .get(&format!("/v1/orders/{order}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(unchanged.body["status"], "placed", "nothing stored");
+    assert_eq!(unchanged.body["version"], placed.body["version"]);
+
+    // Signed and recent: applied; the same delivery again changes nothing.
+    let signed = || Some(merchant.sign_webhook(body.as_bytes(), now));
+    // Like a merchant, retry while the orders hub has not caught up with the placement.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, answer) = loop {
+        let (status, answer) = deliver(body.clone(), signed()).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer["ucp"]["version"], "2026-01-11");
+    let shipped = app
+        .get(&format!("/v1/orders/{order}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(shipped.body["status"], "shipped");
+    let (status, _) = deliver(body.clone(), signed()).await;
+    assert_eq!(status, StatusCode::OK);
+    let again = app
+        .get(&format!("/v1/orders/{order}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(
+        again.body["version"], shipped.body["version"],
+        "a duplicate has no effect"
+    );
+
+    // An order shopagent does not know (yet): try again later.
+    let mut unknown = event.clone();
+    unknown["id"] = json!("ord_999");
+    let unknown = unknown.to_string();
+    let response = app
+        .client
+        .post(&url)
+        .header(
+            "request-signature",
+            merchant.sign_webhook(unknown.as_bytes(), now),
+        )
+        .body(unknown)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    // A merchant that is not registered has no webhook here.
+    let (status, _) = {
+        let response = app
+            .client
+            .post(app.url("/v1/webhooks/ucp/acme/nobody"))
+            .header(
+                "request-signature",
+                merchant.sign_webhook(body.as_bytes(), now),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .expect("sent");
+        (response.status(), ())
+    };
+    assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
