@@ -61,6 +61,7 @@ async fn issued_payment(app: &TestApp) -> String {
         .expect("request card");
     let issued = PaymentCommand::RecordCardIssued {
         card: CardReference::parse(CARD).expect("card"),
+        display: None,
         expires_at: now + time::Duration::days(1),
         at: now,
     };

@@ -219,6 +219,7 @@ impl CheckoutProcess {
             Ok(card) => {
                 let command = PaymentCommand::RecordCardIssued {
                     card: card.reference,
+                    display: card.display,
                     expires_at: card.expires_at,
                     at: OffsetDateTime::now_utc(),
                 };
@@ -256,6 +257,7 @@ impl CheckoutProcess {
             .load(&event.aggregate_id)
             .await
             .map_err(retry)?;
+        let card_display = payment.card_display.clone();
         let (Some(terms), Some((card, _))) = (payment.terms, payment.card) else {
             return Ok(());
         };
@@ -304,6 +306,7 @@ impl CheckoutProcess {
             total: draft.total,
             ship_to: cart.address,
             card,
+            card_display,
         };
         let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
         let placed = gateway.place_order(&request).await;

@@ -69,6 +69,7 @@ impl CardIssuer for Issuer {
         let reference = format!("ic_{letters}");
         Ok(IssuedCard {
             reference: CardReference::parse(&reference).expect("reference"),
+            display: None,
             expires_at: OffsetDateTime::now_utc() + time::Duration::days(1),
         })
     }

@@ -127,12 +127,23 @@ struct Shop {
     /// UCP order entities by order id.
     entities: HashMap<String, Value>,
     next: u64,
+    exchanges: Vec<Exchange>,
     /// Where order events go, once the platform is known.
     webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
+/// The demo catalogue: item id → (title, price in minor units).
+pub const DEMO_CATALOGUE: &[(&str, &str, i64)] = &[
+    ("sku:tent", "Trail Tent 2P", 10_000),
+    ("sku:stove", "Camp Stove", 4_500),
+    ("sku:lamp", "Rechargeable Headlamp", 2_500),
+    ("sku:bag", "Down Sleeping Bag", 8_000),
+    ("sku:mug", "Enamel Mug", 1_200),
+];
+
 #[derive(Debug, Clone)]
 pub struct SandboxMerchant {
+    catalogue: Arc<Mutex<HashMap<String, (String, i64)>>>,
     shop: Arc<Mutex<Shop>>,
     mode: Arc<Mutex<FailureMode>>,
     signer: WebhookSigner,
@@ -145,6 +156,16 @@ impl Default for SandboxMerchant {
     }
 }
 
+/// One checkout call as the sandbox saw it: what the platform sent and what it answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exchange {
+    /// `create`, `complete` or `cancel`.
+    pub operation: &'static str,
+    pub request: Value,
+    pub status: u16,
+    pub response: Value,
+}
+
 /// A change the sandbox was asked to make to an order it does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the sandbox has no order {0}")]
@@ -152,12 +173,32 @@ pub struct UnknownOrder(pub String);
 
 impl SandboxMerchant {
     pub fn new() -> Self {
+        let catalogue = DEMO_CATALOGUE
+            .iter()
+            .map(|(id, title, price)| ((*id).to_owned(), ((*title).to_owned(), *price)))
+            .collect();
         Self {
+            catalogue: Arc::new(Mutex::new(catalogue)),
             shop: Arc::default(),
             mode: Arc::default(),
             signer: WebhookSigner::generate(format!("sandbox-{}", uuid::Uuid::new_v4().simple())),
             acknowledged: Arc::default(),
         }
+    }
+
+    /// Sells `item_id` as `title` at `price` (minor units) from now on.
+    pub fn stock(&self, item_id: &str, title: &str, price: i64) {
+        self.catalogue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(item_id.to_owned(), (title.to_owned(), price));
+    }
+
+    fn catalogue(&self) -> HashMap<String, (String, i64)> {
+        self.catalogue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The key the sandbox signs its webhooks with (also in its profile).
@@ -295,6 +336,11 @@ impl SandboxMerchant {
         self.shop.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every checkout call so far, oldest first.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.shop().exchanges.clone()
+    }
+
     /// Order ids the sandbox has placed, oldest first.
     pub fn orders(&self) -> Vec<String> {
         self.shop().orders.clone()
@@ -323,16 +369,39 @@ impl SandboxMerchant {
         Ok((url, task))
     }
 
-    /// Applies the failure mode, then answers once per idempotency key.
+    /// Applies the failure mode, then answers once per idempotency key, and records the
+    /// exchange.
     async fn answer(
+        &self,
+        headers: &HeaderMap,
+        (operation, request): (&'static str, Value),
+        fingerprint: String,
+        decide: impl FnOnce(&mut Shop, FailureMode) -> (StatusCode, Value),
+    ) -> Response {
+        let (status, body) = self.decide_once(headers, fingerprint, decide).await;
+        self.shop().exchanges.push(Exchange {
+            operation,
+            request,
+            status: status.as_u16(),
+            response: body.clone(),
+        });
+        (status, Json(body)).into_response()
+    }
+
+    async fn decide_once(
         &self,
         headers: &HeaderMap,
         fingerprint: String,
         decide: impl FnOnce(&mut Shop, FailureMode) -> (StatusCode, Value),
-    ) -> Response {
+    ) -> (StatusCode, Value) {
         let mode = self.mode();
         match mode {
-            FailureMode::ServerError => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "requires_escalation", "messages": [{"type": "error", "code": "unavailable", "content": "try again later"}]}))).into_response(),
+            FailureMode::ServerError => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "requires_escalation", "messages": [{"type": "error", "code": "unavailable", "content": "try again later"}]}),
+                );
+            }
             FailureMode::Slow(delay) => tokio::time::sleep(delay).await,
             _ => {}
         }
@@ -345,21 +414,20 @@ impl SandboxMerchant {
             if *seen != fingerprint {
                 return (
                     StatusCode::CONFLICT,
-                    Json(error_body(
+                    error_body(
                         "idempotency_conflict",
                         "key reused with different parameters",
-                    )),
-                )
-                    .into_response();
+                    ),
+                );
             }
-            return (*status, Json(body.clone())).into_response();
+            return (*status, body.clone());
         }
         let (status, body) = decide(&mut shop, mode);
         if let Some(key) = key {
             shop.answers
                 .insert(key, (fingerprint, status, body.clone()));
         }
-        (status, Json(body)).into_response()
+        (status, body)
     }
 }
 
@@ -372,11 +440,18 @@ async fn profile(State(merchant): State<SandboxMerchant>, headers: HeaderMap) ->
     Json(json!({
         "ucp": {
             "version": crate::ucp::VERSION,
-            "services": {"dev.ucp.shopping": {"version": crate::ucp::VERSION, "rest": {"endpoint": format!("http://{host}")}}},
+            "services": {"dev.ucp.shopping": {
+                "version": crate::ucp::VERSION,
+                "spec": "https://ucp.dev/specification/overview",
+                "rest": {"schema": "https://ucp.dev/services/shopping/openapi.json", "endpoint": format!("http://{host}")}
+            }},
             "capabilities": [
-                {"name": "dev.ucp.shopping.checkout", "version": crate::ucp::VERSION},
-                {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout"},
-                {"name": "dev.ucp.shopping.order", "version": crate::ucp::VERSION}
+                {"name": "dev.ucp.shopping.checkout", "version": crate::ucp::VERSION,
+                 "spec": "https://ucp.dev/specification/checkout", "schema": "https://ucp.dev/schemas/shopping/checkout.json"},
+                {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout",
+                 "spec": "https://ucp.dev/specification/fulfillment", "schema": "https://ucp.dev/schemas/shopping/fulfillment.json"},
+                {"name": "dev.ucp.shopping.order", "version": crate::ucp::VERSION,
+                 "spec": "https://ucp.dev/specification/order", "schema": "https://ucp.dev/schemas/shopping/order.json"}
             ]
         },
         "payment": {"handlers": []},
@@ -398,35 +473,64 @@ async fn create(
     Json(body): Json<Value>,
 ) -> Response {
     let fingerprint = format!("create {body}");
+    let catalogue = merchant.catalogue();
     merchant
-        .answer(&headers, fingerprint, |shop, mode| {
-            let items = body["line_items"].as_array().cloned().unwrap_or_default();
-            let valid = !items.is_empty()
-                && items.iter().all(|l| l["item"]["id"].is_string() && l["item"]["price"].as_i64().is_some_and(|p| p > 0) && l["quantity"].as_u64().is_some_and(|q| q >= 1));
+        .answer(&headers, ("create", body.clone()), fingerprint, |shop, mode| {
+            let requested = body["line_items"].as_array().cloned().unwrap_or_default();
+            let valid = !requested.is_empty()
+                && requested.iter().all(|l| l["item"]["id"].is_string() && l["quantity"].as_u64().is_some_and(|q| q >= 1));
             if !valid || !body["currency"].is_string() {
-                return (StatusCode::BAD_REQUEST, error_body("invalid_cart_items", "line items need an item id, a positive price and a quantity"));
+                return (StatusCode::BAD_REQUEST, error_body("invalid_cart_items", "line items need an item id and a quantity of at least 1"));
+            }
+            // The merchant prices its own items; an item it does not sell is unavailable.
+            let mut line_items = Vec::new();
+            let mut unknown = Vec::new();
+            for (n, line) in requested.iter().enumerate() {
+                let item_id = line["item"]["id"].as_str().unwrap_or_default();
+                let quantity = line["quantity"].as_i64().unwrap_or(0);
+                match catalogue.get(item_id) {
+                    Some((title, price)) => line_items.push(json!({
+                        "id": format!("li_{}", n + 1),
+                        "item": {"id": item_id, "title": title, "price": price},
+                        "quantity": quantity,
+                        "totals": [{"type": "subtotal", "amount": price * quantity}, {"type": "total", "amount": price * quantity}],
+                    })),
+                    None => unknown.push(item_id.to_owned()),
+                }
             }
             shop.next += 1;
             let id = format!("chk_{}", shop.next);
-            let subtotal: i64 = items.iter().map(|l| l["item"]["price"].as_i64().unwrap_or(0) * l["quantity"].as_i64().unwrap_or(0)).sum();
-            let has_destination = body["fulfillment"]["methods"][0]["destinations"][0]["postal_code"].is_string();
+            let subtotal: i64 = line_items.iter().map(|l| l["totals"][0]["amount"].as_i64().unwrap_or(0)).sum();
+            let method = &body["fulfillment"]["methods"][0];
+            let has_destination = method["destinations"][0]["postal_code"].is_string();
             let (status, messages) = match mode {
+                _ if !unknown.is_empty() => ("incomplete", json!([{"type": "error", "code": "item_unavailable", "content": format!("not sold here: {}", unknown.join(", ")), "severity": "requires_buyer_input"}])),
                 FailureMode::OutOfStock => ("incomplete", json!([{"type": "error", "code": "out_of_stock", "content": "an item sold out", "severity": "requires_buyer_input"}])),
                 FailureMode::AddressRejected => ("incomplete", json!([{"type": "error", "code": "invalid_address", "content": "we do not ship there", "severity": "requires_buyer_input"}])),
                 _ if !has_destination => ("incomplete", json!([{"type": "error", "code": "missing", "path": "$.fulfillment", "content": "a shipping destination is required", "severity": "recoverable"}])),
                 _ => ("ready_for_complete", json!([])),
             };
-            let session = json!({
+            let mut session = json!({
                 "ucp": ucp(),
                 "id": id,
                 "status": status,
                 "messages": messages,
                 "currency": body["currency"],
-                "line_items": items,
-                "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "total", "amount": subtotal}],
+                "line_items": line_items,
+                "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "fulfillment", "amount": 0}, {"type": "total", "amount": subtotal}],
                 "links": [{"type": "terms_of_service", "url": "https://sandbox.shopagent.invalid/terms"}],
                 "payment": {"handlers": []},
             });
+            if has_destination {
+                let ids: Vec<Value> = line_items.iter().map(|l| l["id"].clone()).collect();
+                session["fulfillment"] = json!({"methods": [{
+                    "id": "method_1",
+                    "type": "shipping",
+                    "line_item_ids": ids,
+                    "destinations": method["destinations"],
+                    "selected_destination_id": method["selected_destination_id"],
+                }]});
+            }
             shop.sessions.insert(id, session.clone());
             (StatusCode::CREATED, session)
         })
@@ -452,7 +556,7 @@ async fn complete(
 ) -> Response {
     let fingerprint = format!("complete {id} {body}");
     merchant
-        .answer(&headers, fingerprint, |shop, mode| {
+        .answer(&headers, ("complete", body.clone()), fingerprint, |shop, mode| {
             let Some(session) = shop.sessions.get(&id).cloned() else {
                 return (StatusCode::NOT_FOUND, error_body("not_found", "no such checkout session"));
             };
@@ -491,8 +595,11 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Response {
     merchant
-        .answer(&headers, format!("cancel {id}"), |shop, _| {
-            match shop.sessions.get_mut(&id) {
+        .answer(
+            &headers,
+            ("cancel", Value::Null),
+            format!("cancel {id}"),
+            |shop, _| match shop.sessions.get_mut(&id) {
                 Some(session) if session["status"] != "completed" => {
                     session["status"] = json!("canceled");
                     (StatusCode::OK, session.clone())
@@ -505,8 +612,8 @@ async fn cancel(
                     StatusCode::NOT_FOUND,
                     error_body("not_found", "no such checkout session"),
                 ),
-            }
-        })
+            },
+        )
         .await
 }
 

@@ -8,7 +8,7 @@ use shopagent_domain::address::{Address, AddressFields};
 use shopagent_domain::ids::{OfferId, OrderId};
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::order::{FailureReason, OrderLine};
-use shopagent_domain::payment::CardReference;
+use shopagent_domain::payment::{CardDisplay, CardReference};
 use shopagent_domain::ports::{MerchantGateway, PlaceError, PlaceOrder};
 
 async fn merchant() -> (SandboxMerchant, UcpMerchant) {
@@ -32,9 +32,9 @@ fn order(key: &str) -> PlaceOrder {
             offer_id: OfferId::parse("sku:tent").expect("offer"),
             title: "Tent".into(),
             quantity: 2,
-            unit_price: Money::new(5_000, usd),
+            unit_price: Money::new(10_000, usd),
         }],
-        total: Money::new(11_300, usd),
+        total: Money::new(21_300, usd),
         ship_to: Some(
             Address::new(AddressFields {
                 name: "Ada".into(),
@@ -48,6 +48,7 @@ fn order(key: &str) -> PlaceOrder {
             .expect("address"),
         ),
         card: CardReference::parse("ic_sandboxCard").expect("card"),
+        card_display: Some(CardDisplay::parse("Visa", "4242").expect("display")),
     }
 }
 
@@ -157,4 +158,39 @@ fn negotiation_refuses_an_older_checkout_or_none_at_all() {
     )
     .expect("profile");
     assert_eq!(negotiate(&no_rest), Err(DiscoveryError::NoRestService));
+}
+
+#[tokio::test]
+async fn the_merchant_prices_the_items_and_a_higher_price_is_not_bought() {
+    let (sandbox, ucp) = merchant().await;
+    sandbox.stock("sku:tent", "Trail Tent 2P", 12_000);
+    let error = ucp
+        .place_order(&order("order/6"))
+        .await
+        .expect_err("over the agreed total");
+    assert!(
+        matches!(&error, PlaceError::Failed { reason: FailureReason::PriceChanged, detail } if detail.contains("24000")),
+        "{error:?}"
+    );
+    assert!(sandbox.orders().is_empty(), "nothing bought");
+    let operations: Vec<_> = sandbox.exchanges().iter().map(|e| e.operation).collect();
+    assert_eq!(operations, ["create", "cancel"], "the session is canceled");
+}
+
+#[tokio::test]
+async fn an_item_the_merchant_does_not_sell_is_unavailable() {
+    let (_sandbox, ucp) = merchant().await;
+    let mut request = order("order/7");
+    request.lines[0].offer_id = OfferId::parse("sku:unicorn").expect("offer");
+    let error = ucp.place_order(&request).await.expect_err("unknown item");
+    assert!(
+        matches!(
+            &error,
+            PlaceError::Failed {
+                reason: FailureReason::InventoryChanged,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
 }

@@ -30,6 +30,8 @@ pub enum CheckoutPath {
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     InventoryChanged,
+    /// The merchant asked more than the order's total (the shopper agreed to that).
+    PriceChanged,
     AddressInvalid,
     PaymentRequired,
     PaymentDeclined,

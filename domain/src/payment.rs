@@ -47,6 +47,64 @@ impl CardReference {
     }
 }
 
+/// What may be shown of a card: its brand and its last four digits, never more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CardDisplayFields", into = "CardDisplayFields")]
+pub struct CardDisplay {
+    brand: String,
+    last4: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CardDisplayFields {
+    brand: String,
+    last4: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a card display is a brand of 1 to 20 letters and exactly 4 digits")]
+pub struct InvalidCardDisplay;
+
+impl CardDisplay {
+    pub fn parse(brand: &str, last4: &str) -> Result<Self, InvalidCardDisplay> {
+        let brand_ok = (1..=20).contains(&brand.len())
+            && brand.bytes().all(|b| b.is_ascii_alphabetic() || b == b' ');
+        let last4_ok = last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit());
+        if brand_ok && last4_ok {
+            Ok(Self {
+                brand: brand.to_owned(),
+                last4: last4.to_owned(),
+            })
+        } else {
+            Err(InvalidCardDisplay)
+        }
+    }
+
+    pub fn brand(&self) -> &str {
+        &self.brand
+    }
+
+    pub fn last4(&self) -> &str {
+        &self.last4
+    }
+}
+
+impl TryFrom<CardDisplayFields> for CardDisplay {
+    type Error = InvalidCardDisplay;
+    fn try_from(fields: CardDisplayFields) -> Result<Self, Self::Error> {
+        Self::parse(&fields.brand, &fields.last4)
+    }
+}
+
+impl From<CardDisplay> for CardDisplayFields {
+    fn from(display: CardDisplay) -> Self {
+        Self {
+            brand: display.brand,
+            last4: display.last4,
+        }
+    }
+}
+
 impl TryFrom<String> for CardReference {
     type Error = InvalidCardReference;
     fn try_from(text: String) -> Result<Self, Self::Error> {
@@ -99,6 +157,9 @@ pub enum PaymentCommand {
     },
     RecordCardIssued {
         card: CardReference,
+        /// Brand and last four digits, for the merchant's checkout and the shopper.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display: Option<CardDisplay>,
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
         #[serde(with = "time::serde::rfc3339")]
@@ -146,6 +207,8 @@ pub enum PaymentEvent {
     },
     CardIssued {
         card: CardReference,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        display: Option<CardDisplay>,
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
         #[serde(with = "time::serde::rfc3339")]
@@ -269,6 +332,8 @@ pub struct Payment {
     pub id: Option<PaymentId>,
     pub terms: Option<CardTerms>,
     pub card: Option<(CardReference, OffsetDateTime)>,
+    #[serde(default)]
+    pub card_display: Option<CardDisplay>,
     pub status: PaymentStatus,
     /// Every decided authorization: amount, and whether it was approved.
     pub authorizations: BTreeMap<AuthorizationId, (Money, bool)>,
@@ -357,6 +422,7 @@ impl Aggregate for Payment {
             }
             C::RecordCardIssued {
                 card,
+                display,
                 expires_at,
                 at,
             } => {
@@ -369,6 +435,7 @@ impl Aggregate for Payment {
                 }
                 E::CardIssued {
                     card,
+                    display,
                     expires_at,
                     issued_at: at,
                 }
@@ -493,9 +560,13 @@ impl Aggregate for Payment {
                 self.status = PaymentStatus::CardRequested;
             }
             E::CardIssued {
-                card, expires_at, ..
+                card,
+                display,
+                expires_at,
+                ..
             } => {
                 self.card = Some((card, expires_at));
+                self.card_display = display;
                 self.status = PaymentStatus::CardIssued;
             }
             E::AuthorizationApproved {

@@ -8,7 +8,7 @@ use crate::address::Address;
 use crate::ids::{MerchantId, OrderId};
 use crate::money::Money;
 use crate::order::{FailureReason, OrderLine};
-use crate::payment::CardReference;
+use crate::payment::{CardDisplay, CardReference};
 use time::OffsetDateTime;
 
 /// A call to the outside world that did not succeed.
@@ -41,6 +41,8 @@ pub struct CardRequest {
 pub struct IssuedCard {
     /// The issuer's reference; the card number never leaves the issuer.
     pub reference: CardReference,
+    /// Brand and last four digits, when the issuer tells them.
+    pub display: Option<CardDisplay>,
     pub expires_at: OffsetDateTime,
 }
 
@@ -62,6 +64,7 @@ pub struct PlaceOrder {
     pub total: Money,
     pub ship_to: Option<Address>,
     pub card: CardReference,
+    pub card_display: Option<CardDisplay>,
 }
 
 /// Why a merchant did not place an order.

@@ -14,7 +14,7 @@ use shopagent_domain::mandate::{
 };
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::order::{CheckoutPath, FailureReason, OrderDraft, OrderEvent, OrderLine};
-use shopagent_domain::payment::{CardReference, DeclineReason, PaymentEvent};
+use shopagent_domain::payment::{CardDisplay, CardReference, DeclineReason, PaymentEvent};
 use shopagent_domain::run::{Action, ActionKind, Citation, Digest, GuardrailOutcome, RunEvent};
 use time::macros::{date, datetime};
 use uuid::Uuid;
@@ -249,6 +249,7 @@ fn payment_events() {
         },
         PaymentEvent::CardIssued {
             card: CardReference::parse("ic_1NvLgS2eZvKYlo2C").expect("ref"),
+            display: Some(CardDisplay::parse("Visa", "4242").expect("display")),
             expires_at: AT,
             issued_at: AT
         },

@@ -45,6 +45,7 @@ fn issued() -> Vec<E> {
         requested(),
         E::CardIssued {
             card: card(),
+            display: None,
             expires_at: EXPIRY,
             issued_at: NOW,
         },
@@ -279,4 +280,23 @@ fn an_uncaptured_card_is_voided() {
             reason: "order failed".into(),
             at: NOW,
         }]);
+}
+
+#[test]
+fn a_card_display_shows_only_the_brand_and_four_digits() {
+    use shopagent_domain::payment::CardDisplay;
+    let display = CardDisplay::parse("Visa", "4242").expect("brand and last four");
+    assert_eq!((display.brand(), display.last4()), ("Visa", "4242"));
+    for (brand, last4) in [
+        ("Visa", "4242424242424242"),
+        ("Visa", "424"),
+        ("Visa", "42a2"),
+        ("", "4242"),
+        ("Visa 4242424242424242", "4242"),
+    ] {
+        assert!(CardDisplay::parse(brand, last4).is_err(), "{brand} {last4}");
+    }
+    // Stored events are checked the same way when read back.
+    let forged = serde_json::json!({"brand": "Visa", "last4": "4242424242424242"});
+    assert!(serde_json::from_value::<CardDisplay>(forged).is_err());
 }

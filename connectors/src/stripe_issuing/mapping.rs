@@ -1,6 +1,6 @@
 //! Wire shapes to domain values and back.
 
-use shopagent_domain::payment::CardReference;
+use shopagent_domain::payment::{CardDisplay, CardReference};
 use shopagent_domain::ports::{CardRequest, IssuedCard};
 use time::{Date, Month, OffsetDateTime, Time};
 
@@ -46,8 +46,13 @@ pub fn issued_card(card: IssuingCard) -> Result<IssuedCard, IssuerHttpError> {
     let expires_at = next_month.map_or(OffsetDateTime::now_utc(), |d| {
         d.with_time(Time::MIDNIGHT).assume_utc()
     });
+    let display = match (&card.brand, &card.last4) {
+        (Some(brand), Some(last4)) => CardDisplay::parse(brand, last4).ok(),
+        _ => None,
+    };
     Ok(IssuedCard {
         reference,
+        display,
         expires_at,
     })
 }

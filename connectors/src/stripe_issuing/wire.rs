@@ -14,6 +14,9 @@ pub struct IssuingCard {
     pub currency: String,
     #[serde(default)]
     pub last4: Option<String>,
+    /// `Visa` or `MasterCard`.
+    #[serde(default)]
+    pub brand: Option<String>,
 }
 
 /// Stripe's error envelope.

@@ -73,6 +73,21 @@ impl MerchantGateway for UcpMerchant {
         if let (Some(confirmation), "completed") = (&session.order, session.status.as_str()) {
             return Ok(confirmation.id.clone());
         }
+        // The merchant prices the items; more than the shopper agreed to is not bought.
+        if let Some(asked) = session.total().filter(|asked| *asked > order.total.minor) {
+            let cancel = format!("/checkout-sessions/{id}/cancel");
+            let key = format!("{}/cancel", order.idempotency_key);
+            if let Err(error) = self.post(&cancel, &key, &serde_json::json!({})).await {
+                tracing::warn!(%error, session = %id, "could not cancel an over-priced checkout");
+            }
+            return Err(PlaceError::Failed {
+                reason: shopagent_domain::order::FailureReason::PriceChanged,
+                detail: format!(
+                    "the merchant asks {asked} minor units, the order allows {}",
+                    order.total.minor
+                ),
+            });
+        }
         let path = format!("/checkout-sessions/{id}/complete");
         let (status, completed) = self
             .post(

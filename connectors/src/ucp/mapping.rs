@@ -5,20 +5,18 @@ use shopagent_domain::ports::{PlaceError, PlaceOrder};
 
 use super::wire::{
     Checkout, CompleteCheckout, CreateCheckout, Credential, Destination, Fulfillment,
-    FulfillmentMethod, Item, LineItem, PaymentData,
+    FulfillmentMethod, ItemRef, LineItemRequest, PaymentData, PaymentRequest,
 };
 
+/// The create request: items by id and quantity (the merchant prices them), and the
+/// shipping destination.
 pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
-    let line_items: Vec<LineItem> = order
+    let line_items: Vec<LineItemRequest> = order
         .lines
         .iter()
-        .enumerate()
-        .map(|(n, line)| LineItem {
-            id: format!("li_{}", n + 1),
-            item: Item {
+        .map(|line| LineItemRequest {
+            item: ItemRef {
                 id: line.offer_id.to_string(),
-                title: line.title.clone(),
-                price: line.unit_price.minor,
             },
             quantity: line.quantity,
         })
@@ -27,9 +25,7 @@ pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
         let fields = address.fields();
         Fulfillment {
             methods: vec![FulfillmentMethod {
-                id: "shipping_1".into(),
                 kind: "shipping".into(),
-                line_item_ids: line_items.iter().map(|l| l.id.clone()).collect(),
                 destinations: vec![Destination {
                     id: "dest_1".into(),
                     street_address: match &fields.line2 {
@@ -48,6 +44,7 @@ pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
     CreateCheckout {
         line_items,
         currency: order.total.currency.code().to_owned(),
+        payment: PaymentRequest::default(),
         fulfillment,
     }
 }
@@ -58,6 +55,16 @@ pub fn complete_checkout(order: &PlaceOrder) -> CompleteCheckout {
             id: "pi_shopagent_card".into(),
             handler_id: "dev.shopagent.virtual_card".into(),
             kind: "card".into(),
+            brand: order
+                .card_display
+                .as_ref()
+                .map_or("unknown", |d| d.brand())
+                .to_owned(),
+            last_digits: order
+                .card_display
+                .as_ref()
+                .map_or("0000", |d| d.last4())
+                .to_owned(),
             credential: Credential {
                 kind: "PAYMENT_GATEWAY".into(),
                 token: order.card.as_str().to_owned(),

@@ -3,18 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An item as a request names it: the merchant owns titles and prices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Item {
+pub struct ItemRef {
     pub id: String,
-    pub title: String,
-    /// Minor units.
-    pub price: i64,
 }
 
+/// A line of a create request (its id is the merchant's to assign).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct LineItem {
-    pub id: String,
-    pub item: Item,
+pub struct LineItemRequest {
+    pub item: ItemRef,
     pub quantity: u32,
 }
 
@@ -29,12 +27,11 @@ pub struct Destination {
     pub postal_code: String,
 }
 
+/// A fulfillment method of a create request: it covers every line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FulfillmentMethod {
-    pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
-    pub line_item_ids: Vec<String>,
     pub destinations: Vec<Destination>,
     pub selected_destination_id: String,
 }
@@ -44,11 +41,16 @@ pub struct Fulfillment {
     pub methods: Vec<FulfillmentMethod>,
 }
 
+/// The payment part of a create request: handlers are the merchant's to list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PaymentRequest {}
+
 /// Body of `POST /checkout-sessions`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CreateCheckout {
-    pub line_items: Vec<LineItem>,
+    pub line_items: Vec<LineItemRequest>,
     pub currency: String,
+    pub payment: PaymentRequest,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fulfillment: Option<Fulfillment>,
 }
@@ -66,6 +68,9 @@ pub struct PaymentData {
     pub handler_id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// Display data of the card instrument (the credential is the token).
+    pub brand: String,
+    pub last_digits: String,
     pub credential: Credential,
 }
 
@@ -103,6 +108,25 @@ pub struct Checkout {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<OrderConfirmation>,
+    #[serde(default)]
+    pub totals: Vec<Total>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Total {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub amount: i64,
+}
+
+impl Checkout {
+    /// The grand total the merchant asks, if it states one.
+    pub fn total(&self) -> Option<i64> {
+        self.totals
+            .iter()
+            .find(|t| t.kind == "total")
+            .map(|t| t.amount)
+    }
 }
 
 /// The business profile at `/.well-known/ucp` (the parts this connector reads).
