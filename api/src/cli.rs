@@ -63,6 +63,27 @@ pub struct Cli {
         global = true
     )]
     pub card_cardholder: String,
+    /// Carrier-tracking API (EasyPost shapes), e.g. `https://api.easypost.com`. Set:
+    /// shipped parcels are registered for tracking.
+    #[arg(long, env = "SHOPAGENT_TRACKING_URL", global = true)]
+    pub tracking_url: Option<String>,
+    /// API key for the tracking API.
+    #[arg(
+        long,
+        env = "SHOPAGENT_TRACKING_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub tracking_key: Option<String>,
+    /// Signing secret of the tracking provider's webhooks. Unset: the
+    /// `/v1/webhooks/easypost/{tenant}` endpoint answers 404.
+    #[arg(
+        long,
+        env = "SHOPAGENT_TRACKING_WEBHOOK_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub tracking_webhook_secret: Option<String>,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
     pub log: String,

@@ -6,9 +6,10 @@ use shopagent::auth::{Authenticator, Claims, Principal};
 use shopagent::cli::{Cli, Command, ProjectionsCommand};
 use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry;
+use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
-use shopagent_domain::ports::CardIssuer;
+use shopagent_domain::ports::{CardIssuer, TrackingProvider};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +71,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let tracking = match &cli.tracking_url {
+                Some(url) => {
+                    let config = EasyPostConfig {
+                        base_url: url.clone(),
+                        api_key: cli.tracking_key.clone().context(
+                            "SHOPAGENT_TRACKING_KEY is required with SHOPAGENT_TRACKING_URL",
+                        )?,
+                        timeout: std::time::Duration::from_secs(10),
+                    };
+                    Some(Arc::new(EasyPostTracking::new(config)?) as Arc<dyn TrackingProvider>)
+                }
+                None => None,
+            };
             let server = Server::build(&config, authenticator()?, cli.listen)
                 .await?
                 .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
-                .with_card_issuer(issuer);
+                .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
+                .with_card_issuer(issuer)
+                .with_tracking(tracking);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await

@@ -11,7 +11,7 @@ use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
-use shopagent_domain::ports::CardIssuer;
+use shopagent_domain::ports::{CardIssuer, TrackingProvider};
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{AggregateCatalog, OrdersHub, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
@@ -33,6 +33,8 @@ pub struct App {
     pub merchants: Arc<CommandBus<Merchant>>,
     /// Signing secret of the card issuer's webhooks (`whsec_…`); unset disables them.
     pub stripe_webhook_secret: Option<Arc<str>>,
+    /// Signing secret of the tracking provider's webhooks; unset disables them.
+    pub tracking_webhook_secret: Option<Arc<str>>,
     /// Webhook signing keys of UCP merchants, from their profiles.
     pub ucp_keys: Arc<crate::directory::UcpSigningKeys>,
 }
@@ -52,6 +54,7 @@ impl App {
             store,
             auth,
             stripe_webhook_secret: None,
+            tracking_webhook_secret: None,
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -78,6 +81,8 @@ pub struct Server {
     listener: TcpListener,
     /// The card issuer the checkout process uses; without one it does not run.
     card_issuer: Option<Arc<dyn CardIssuer>>,
+    /// The carrier-tracking provider shipped parcels are registered with.
+    tracking: Option<Arc<dyn TrackingProvider>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -102,6 +107,7 @@ impl Server {
             app: App::new(store, auth),
             listener,
             card_issuer: None,
+            tracking: None,
         })
     }
 
@@ -109,6 +115,18 @@ impl Server {
     /// and are placed with their merchant's connector from the registry.
     pub fn with_card_issuer(mut self, issuer: Option<Arc<dyn CardIssuer>>) -> Self {
         self.card_issuer = issuer;
+        self
+    }
+
+    /// Runs the tracking process with this provider: shipped parcels are registered.
+    pub fn with_tracking(mut self, provider: Option<Arc<dyn TrackingProvider>>) -> Self {
+        self.tracking = provider;
+        self
+    }
+
+    /// Enables `POST /v1/webhooks/easypost/{tenant}`, verifying signatures with `secret`.
+    pub fn with_tracking_webhook_secret(mut self, secret: Option<String>) -> Self {
+        self.app.tracking_webhook_secret = secret.filter(|s| !s.is_empty()).map(Arc::from);
         self
     }
 
@@ -133,6 +151,7 @@ impl Server {
             app,
             listener,
             card_issuer,
+            tracking,
         } = self;
         let store = app.store.clone();
         let runners_stop = CancellationToken::new();
@@ -167,6 +186,12 @@ impl Server {
                 SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),
             )
         });
+        let tracking = tracking.map(|provider| {
+            let process = shopagent_commands::tracking::TrackingProcess { provider };
+            tokio::spawn(
+                SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),
+            )
+        });
         tracing::info!(
             address = %listener.local_addr()?,
             store = store.backend().as_str(),
@@ -178,8 +203,8 @@ impl Server {
 
         runners_stop.cancel();
         let _ = purger.await;
-        if let Some(checkout) = checkout {
-            let _ = checkout.await;
+        for process in [checkout, tracking].into_iter().flatten() {
+            let _ = process.await;
         }
         for runner in runners {
             if let Err(error) = runner.await {

@@ -8,10 +8,12 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Reply, TestApp, spawn_app_full};
+use common::{Backend, Reply, TestApp, spawn_app_with_server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shopagent::auth::Role;
+use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
+use shopagent_connectors::sandbox_carrier::SandboxCarrier;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;
 use shopagent_connectors::sandbox_merchant::{FailureMode, SandboxMerchant};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
@@ -22,13 +24,17 @@ on_both_backends!(
     an_out_of_stock_item_fails_the_order_with_its_reason,
     merchant_order_events_carry_the_order_through_delivery_return_and_refund,
     a_merchant_event_must_be_signed_by_the_merchant_and_recent,
+    a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
 );
 
 struct World {
     app: TestApp,
     issuer: SandboxIssuer,
     merchant: SandboxMerchant,
+    carrier: SandboxCarrier,
 }
+
+const TRACKING_SECRET: &str = "tracking-webhook-secret";
 
 async fn world(backend: Backend, mode: FailureMode) -> World {
     let issuer = SandboxIssuer::new("sk_test_e2e");
@@ -43,7 +49,22 @@ async fn world(backend: Backend, mode: FailureMode) -> World {
         timeout: Duration::from_secs(5),
     })
     .expect("connector");
-    let app = spawn_app_full(backend, None, None, Some(Arc::new(connector))).await;
+    let carrier = SandboxCarrier::new("ep_test_key", TRACKING_SECRET);
+    let (carrier_url, _) = carrier.spawn().await.expect("carrier");
+    let tracking = EasyPostTracking::new(EasyPostConfig {
+        base_url: carrier_url,
+        api_key: "ep_test_key".into(),
+        timeout: Duration::from_secs(5),
+    })
+    .expect("tracking connector");
+    let app = spawn_app_with_server(backend, None, |server| {
+        server
+            .with_card_issuer(Some(Arc::new(connector)))
+            .with_tracking(Some(Arc::new(tracking)))
+            .with_tracking_webhook_secret(Some(TRACKING_SECRET.into()))
+    })
+    .await;
+    carrier.deliver_webhooks_to(app.url("/v1/webhooks/easypost/acme"));
     let ops = app.token("acme", "ops", Role::Ops, None);
     let registered = app
         .post("/v1/merchants", &ops, json!({"merchant_id": "acme", "name": "Acme Outdoor", "protocol": "ucp", "api_endpoint": merchant_url, "paths": ["api"]}))
@@ -58,6 +79,7 @@ async fn world(backend: Backend, mode: FailureMode) -> World {
         app,
         issuer,
         merchant,
+        carrier,
     }
 }
 
@@ -160,6 +182,7 @@ async fn an_autopilot_order_is_placed_over_ucp_with_a_virtual_card(backend: Back
         app,
         issuer,
         merchant,
+        ..
     } = world(backend, FailureMode::None).await;
     let (mandate, order) = check_out(&app).await;
     let placed = settled_order(&app, &order).await;
@@ -181,6 +204,7 @@ async fn a_declined_payment_voids_the_card_and_releases_the_budget(backend: Back
         app,
         issuer,
         merchant,
+        ..
     } = world(backend, FailureMode::PaymentDeclined).await;
     let (mandate, order) = check_out(&app).await;
     let failed = settled_order(&app, &order).await;
@@ -464,5 +488,79 @@ async fn a_merchant_event_must_be_signed_by_the_merchant_and_recent(backend: Bac
         (response.status(), ())
     };
     assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+async fn a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery(backend: Backend) {
+    let World {
+        app,
+        merchant,
+        carrier,
+        ..
+    } = world(backend, FailureMode::None).await;
+    merchant.deliver_webhooks_to(app.url("/v1/webhooks/ucp/acme/acme"));
+    let (_, order) = check_out(&app).await;
+    order_until(&app, &order, |o| o["status"] == "confirmed").await;
+    let parcel = "9400111899223344556677";
+    merchant.ship("ord_1", "USPS", parcel).expect("ship");
+    order_until(&app, &order, |o| o["status"] == "shipped").await;
+    // The tracking process registers the parcel with the carrier.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while carrier.tracked().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(carrier.tracked(), [parcel]);
+
+    // A forged tracking event is refused and changes nothing.
+    let forged = json!({"id": "evt_forged", "object": "Event", "description": "tracker.updated",
+        "updated_at": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).expect("time"),
+        "result": {"id": "trk_x", "object": "Tracker", "tracking_code": parcel, "status": "delivered"}})
+    .to_string();
+    for signature in [
+        shopagent_connectors::easypost::webhook::sign("wrong-secret", forged.as_bytes()),
+        String::new(),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/webhooks/easypost/acme"))
+            .header("x-hmac-signature", signature)
+            .body(forged.clone())
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let still = app
+        .get(&format!("/v1/orders/{order}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(still.body["status"], "shipped");
+
+    carrier.advance(parcel, "in_transit").expect("in transit");
+    carrier.advance(parcel, "out_for_delivery").expect("out");
+    let out = order_until(&app, &order, |o| o["status"] == "out_for_delivery").await;
+    assert_eq!(out.body["status"], "out_for_delivery", "{:?}", out.body);
+    carrier.advance(parcel, "delivered").expect("delivered");
+    let delivered = order_until(&app, &order, |o| o["status"] == "delivered").await;
+    assert_eq!(delivered.body["status"], "delivered");
+    let hub = loop {
+        let hub = app
+            .get("/v1/orders?status=delivered", &app.shopper("alice"))
+            .await;
+        if hub.body["orders"].as_array().is_some_and(|o| !o.is_empty()) || Instant::now() > deadline
+        {
+            break hub;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let events: Vec<&str> = hub.body["orders"][0]["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(
+        events.ends_with(&["shipped", "out_for_delivery", "delivered"]),
+        "{events:?}"
+    );
     app.stop().await;
 }

@@ -18,6 +18,7 @@ pub mod store;
 pub mod subscriber;
 #[doc(hidden)]
 pub mod test_support;
+pub mod tracking;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, StoreConfig};

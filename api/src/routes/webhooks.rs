@@ -17,6 +17,11 @@
 //! an order the orders hub does not know yet (the merchant can be faster than the
 //! checkout process records the placement) answers 503 with `Retry-After`, and the
 //! merchant, which must retry, delivers it again.
+//!
+//! `POST /v1/webhooks/easypost/{tenant}` takes carrier tracking events (EasyPost
+//! `tracker.updated`), verified with `X-Hmac-Signature` over the raw body and the
+//! event's signed `updated_at` within five minutes. The tracking number finds the
+//! order; out for delivery, delivered and delivery exceptions are applied to it once.
 
 use std::time::Duration;
 
@@ -52,6 +57,7 @@ pub fn routes() -> Router<App> {
             "/v1/webhooks/ucp/{tenant}/{merchant}",
             post(ucp_order_event),
         )
+        .route("/v1/webhooks/easypost/{tenant}", post(tracking_event))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -325,29 +331,15 @@ async fn ucp_order_event(
 
     let event = webhook::parse_order_event(&body)
         .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
-    let found = shopagent_projections::find_order(
-        app.store.database(),
+    let (order_id, currency) = order_named_by(
+        &app,
         &tenant,
         shopagent_projections::OutsideReference::Merchant {
             merchant: merchant.as_str(),
             reference: &event.id,
         },
     )
-    .await
-    .map_err(|error| {
-        tracing::error!(%error, "orders hub lookup failed");
-        Problem::store_unavailable()
-    })?;
-    let Some((order_id, currency)) = found else {
-        let mut problem = Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "order_not_yet_known",
-            "shopagent does not know this order yet; deliver it again",
-        );
-        problem.retry_after = Some(1);
-        return Err(problem);
-    };
-    let currency = Currency::parse(&currency).map_err(|_| Problem::internal())?;
+    .await?;
     let updates = event
         .updates(currency)
         .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
@@ -372,6 +364,78 @@ async fn ucp_order_event(
         ]}
     }))
     .into_response())
+}
+
+/// The order an outside reference names, or 503 until the orders hub knows it.
+async fn order_named_by(
+    app: &App,
+    tenant: &str,
+    by: shopagent_projections::OutsideReference<'_>,
+) -> Result<(String, Currency), Problem> {
+    let found = shopagent_projections::find_order(app.store.database(), tenant, by)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "orders hub lookup failed");
+            Problem::store_unavailable()
+        })?;
+    let Some((order_id, currency)) = found else {
+        let mut problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "order_not_yet_known",
+            "shopagent does not know this order yet; deliver it again",
+        );
+        problem.retry_after = Some(1);
+        return Err(problem);
+    };
+    let currency = Currency::parse(&currency).map_err(|_| Problem::internal())?;
+    Ok((order_id, currency))
+}
+
+async fn tracking_event(
+    State(app): State<App>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    use shopagent_connectors::easypost::webhook::{self, SIGNATURE_HEADER};
+    let Some(secret) = app.tracking_webhook_secret.as_deref() else {
+        return Err(Problem::not_found().with_detail("tracking webhooks are not configured"));
+    };
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let event = webhook::verify(
+        secret,
+        signature,
+        &body,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .map_err(|e| signature_refused(e.to_string()))?;
+    let Some((tracking_number, update)) = webhook::tracker_update(&event) else {
+        return Ok((StatusCode::OK, axum::Json(json!({ "received": true }))).into_response());
+    };
+    let (order_id, _) = order_named_by(
+        &app,
+        &tenant,
+        shopagent_projections::OutsideReference::Tracking(&tracking_number),
+    )
+    .await?;
+    let mut metadata = EventMetadata::new(tenant.clone(), "webhook:easypost");
+    metadata.correlation_id = Uuid::new_v5(&AUTHORIZATION_NAMESPACE, event.id.as_bytes());
+    let applied = shopagent_commands::fulfillment::apply_updates(
+        &app.orders,
+        &super::stream_id(&tenant, &order_id),
+        "easypost",
+        &[update],
+        &metadata,
+    )
+    .await?;
+    tracing::info!(
+        event = %event.id, order = %order_id, applied = applied.applied,
+        repeated = applied.repeated, "tracking event received"
+    );
+    Ok((StatusCode::OK, axum::Json(json!({ "received": true }))).into_response())
 }
 
 #[cfg(test)]

@@ -58,6 +58,20 @@ pub async fn spawn_app_full(
     stripe_webhook_secret: Option<&str>,
     card_issuer: Option<std::sync::Arc<dyn shopagent_domain::ports::CardIssuer>>,
 ) -> TestApp {
+    spawn_app_with_server(backend, jwks_url, |server| {
+        server
+            .with_stripe_webhook_secret(stripe_webhook_secret.map(str::to_owned))
+            .with_card_issuer(card_issuer)
+    })
+    .await
+}
+
+/// A server configured by `configure` before it starts.
+pub async fn spawn_app_with_server(
+    backend: Backend,
+    jwks_url: Option<String>,
+    configure: impl FnOnce(Server) -> Server,
+) -> TestApp {
     let (config, dir, pg_database) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -75,9 +89,8 @@ pub async fn spawn_app_full(
         "127.0.0.1:0".parse().expect("address"),
     )
     .await
-    .expect("build the server")
-    .with_stripe_webhook_secret(stripe_webhook_secret.map(str::to_owned))
-    .with_card_issuer(card_issuer);
+    .expect("build the server");
+    let server = configure(server);
     let address = server.local_addr().expect("bound address");
     let store = server.app().store.clone();
     let shutdown = CancellationToken::new();

@@ -1,0 +1,67 @@
+//! The tracking process: when an order ships, its parcel is registered with the
+//! carrier-tracking provider, which then reports the parcel's progress by webhook.
+//! Driven from the log by a checkpointed subscriber; registering is idempotent (one
+//! tracker per order, keyed by the order), so handling an event again repeats nothing.
+
+use std::sync::Arc;
+
+use shopagent_domain::order::OrderEvent;
+use shopagent_domain::ports::{CallError, TrackParcel, TrackingProvider};
+
+use crate::StoredEvent;
+use crate::subscriber::{HandlerError, Subscriber};
+
+pub struct TrackingProcess {
+    pub provider: Arc<dyn TrackingProvider>,
+}
+
+impl std::fmt::Debug for TrackingProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackingProcess").finish_non_exhaustive()
+    }
+}
+
+impl TrackingProcess {
+    pub const NAME: &'static str = "tracking_process";
+}
+
+#[async_trait::async_trait]
+impl Subscriber for TrackingProcess {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        if event.aggregate_type != "order" {
+            return Ok(());
+        }
+        let Ok(OrderEvent::OrderShipped {
+            carrier,
+            tracking_number,
+            ..
+        }) = serde_json::from_value::<OrderEvent>(event.payload.clone())
+        else {
+            return Ok(());
+        };
+        let parcel = TrackParcel {
+            idempotency_key: format!("track/{}/{tracking_number}", event.aggregate_id),
+            carrier,
+            tracking_number,
+        };
+        match self.provider.track(&parcel).await {
+            Ok(tracker) => {
+                tracing::info!(order = %event.aggregate_id, %tracker, "parcel tracked");
+                Ok(())
+            }
+            Err(CallError::Unavailable(why)) => Err(HandlerError(format!(
+                "tracking provider unavailable: {why}"
+            ))),
+            // A carrier or number the provider refuses will not change on retry; the
+            // merchant's own updates still reach the order.
+            Err(CallError::Refused(why)) => {
+                tracing::warn!(order = %event.aggregate_id, %why, "parcel not tracked");
+                Ok(())
+            }
+        }
+    }
+}
