@@ -25,6 +25,7 @@ on_both_backends!(
     merchant_order_events_carry_the_order_through_delivery_return_and_refund,
     a_merchant_event_must_be_signed_by_the_merchant_and_recent,
     a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
+    a_charge_from_another_acceptor_is_declined_by_the_payment_rules,
 );
 
 struct World {
@@ -35,6 +36,7 @@ struct World {
 }
 
 const TRACKING_SECRET: &str = "tracking-webhook-secret";
+const STRIPE_SECRET: &str = "whsec_e2e_secret";
 
 async fn world(backend: Backend, mode: FailureMode) -> World {
     let issuer = SandboxIssuer::new("sk_test_e2e");
@@ -43,7 +45,7 @@ async fn world(backend: Backend, mode: FailureMode) -> World {
     merchant.set_failure_mode(mode);
     let (merchant_url, _) = merchant.spawn().await.expect("merchant");
     let connector = StripeIssuing::new(StripeIssuingConfig {
-        base_url: issuer_url,
+        base_url: issuer_url.clone(),
         api_key: "sk_test_e2e".into(),
         cardholder: "ich_shopagent".into(),
         timeout: Duration::from_secs(5),
@@ -59,15 +61,19 @@ async fn world(backend: Backend, mode: FailureMode) -> World {
     .expect("tracking connector");
     let app = spawn_app_with_server(backend, None, |server| {
         server
+            .with_stripe_webhook_secret(Some(STRIPE_SECRET.into()))
             .with_card_issuer(Some(Arc::new(connector)))
             .with_tracking(Some(Arc::new(tracking)))
             .with_tracking_webhook_secret(Some(TRACKING_SECRET.into()))
     })
     .await;
     carrier.deliver_webhooks_to(app.url("/v1/webhooks/easypost/acme"));
+    // The merchant charges the virtual card; the issuer asks shopagent to decide.
+    issuer.deliver_authorizations_to(app.url("/v1/webhooks/stripe"), STRIPE_SECRET);
+    merchant.charge_cards_with(&issuer_url, "sk_test_e2e", "4445550001");
     let ops = app.token("acme", "ops", Role::Ops, None);
     let registered = app
-        .post("/v1/merchants", &ops, json!({"merchant_id": "acme", "name": "Acme Outdoor", "protocol": "ucp", "api_endpoint": merchant_url, "paths": ["api"]}))
+        .post("/v1/merchants", &ops, json!({"merchant_id": "acme", "name": "Acme Outdoor", "protocol": "ucp", "api_endpoint": merchant_url, "paths": ["api"], "card_acceptor_ids": ["4445550001"]}))
         .await;
     assert_eq!(
         registered.status,
@@ -190,6 +196,16 @@ async fn an_autopilot_order_is_placed_over_ucp_with_a_virtual_card(backend: Back
     assert_eq!(placed.body["merchant_reference"], "ord_1");
     assert_eq!(merchant.orders(), ["ord_1"]);
     assert_eq!(issuer.cards_issued(), 1);
+    // The merchant charged the card; shopagent approved the authorization.
+    let payment = placed.body["payment_id"].as_str().expect("payment id");
+    let payment = app
+        .get(&format!("/v1/payments/{payment}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(payment.body["status"], "authorized", "{:?}", payment.body);
+    let authorizations = issuer.authorizations();
+    assert_eq!(authorizations.len(), 1);
+    assert_eq!(authorizations[0]["approved"], true);
+    assert_eq!(authorizations[0]["amount"], 10_000);
     let settled = mandate_settles(&app, &mandate).await;
     assert_eq!(
         settled.body["spent_this_period"],
@@ -562,5 +578,38 @@ async fn a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery(backend: B
         events.ends_with(&["shipped", "out_for_delivery", "delivered"]),
         "{events:?}"
     );
+    app.stop().await;
+}
+
+async fn a_charge_from_another_acceptor_is_declined_by_the_payment_rules(backend: Backend) {
+    let World {
+        app,
+        issuer,
+        merchant,
+        ..
+    } = world(backend, FailureMode::None).await;
+    // The merchant presents an acceptor id the registry does not list for it.
+    let issuer_url = issuer.spawn().await.expect("second issuer endpoint").0;
+    merchant.charge_cards_with(&issuer_url, "sk_test_e2e", "9999999999");
+    let (mandate, order) = check_out(&app).await;
+    let failed = settled_order(&app, &order).await;
+    assert_eq!(failed.body["status"], "failed", "{:?}", failed.body);
+    let authorizations = issuer.authorizations();
+    assert_eq!(authorizations.len(), 1);
+    assert_eq!(authorizations[0]["approved"], false);
+    let payment = failed.body["payment_id"].as_str().expect("payment id");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let payment = loop {
+        let payment = app
+            .get(&format!("/v1/payments/{payment}"), &app.shopper("alice"))
+            .await;
+        if payment.body["status"] == "voided" || Instant::now() > deadline {
+            break payment;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(payment.body["status"], "voided", "{:?}", payment.body);
+    let settled = mandate_settles(&app, &mandate).await;
+    assert_eq!(settled.body["spent_this_period"], usd(0));
     app.stop().await;
 }

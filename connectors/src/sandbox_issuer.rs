@@ -2,6 +2,12 @@
 //! virtual card, cancel it, read it back. Cards live in memory; requests need the
 //! configured secret key and honour `Idempotency-Key` as Stripe does. It never returns a
 //! card number, only `last4`.
+//!
+//! A merchant charges a card through Stripe's test helper
+//! (`POST /v1/test_helpers/issuing/authorizations`): the sandbox sends the platform the
+//! real-time `issuing_authorization.request` webhook, signed with `Stripe-Signature`,
+//! and the platform's answer approves or declines. A platform that does not answer
+//! declines, as Stripe's default does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +24,9 @@ use time::OffsetDateTime;
 #[derive(Debug, Default)]
 struct Ledger {
     cards: HashMap<String, Value>,
+    authorizations: Vec<Value>,
+    /// Where authorization requests go, and the secret they are signed with.
+    webhook: Option<(String, String)>,
     /// Idempotency key → (request fingerprint, answer).
     answers: HashMap<String, (String, StatusCode, Value)>,
 }
@@ -37,8 +46,22 @@ impl SandboxIssuer {
         }
     }
 
+    /// Sends authorization requests to `url`, signed with `secret` (`whsec_…`).
+    pub fn deliver_authorizations_to(&self, url: impl Into<String>, secret: impl Into<String>) {
+        self.ledger().webhook = Some((url.into(), secret.into()));
+    }
+
+    /// Every authorization decided so far, oldest first.
+    pub fn authorizations(&self) -> Vec<Value> {
+        self.ledger().authorizations.clone()
+    }
+
     pub fn router(&self) -> Router {
         Router::new()
+            .route(
+                "/v1/test_helpers/issuing/authorizations",
+                post(test_authorization),
+            )
             .route(
                 "/v1/issuing/cards",
                 post(create).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
@@ -241,4 +264,131 @@ async fn read(
             "No such issuing card",
         ),
     }
+}
+
+/// `Stripe-Signature` for `body` at `timestamp` (Unix seconds).
+pub fn stripe_signature(secret: &str, body: &str, timestamp: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Asks the platform to decide an authorization; no answer, or an unreadable one, is a
+/// decline.
+async fn ask_platform(url: &str, secret: &str, authorization: &Value) -> bool {
+    let event = json!({
+        "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
+        "object": "event",
+        "type": "issuing_authorization.request",
+        "created": OffsetDateTime::now_utc().unix_timestamp(),
+        "livemode": false,
+        "data": {"object": authorization},
+    })
+    .to_string();
+    let signature = stripe_signature(secret, &event, OffsetDateTime::now_utc().unix_timestamp());
+    let answer = reqwest::Client::new()
+        .post(url)
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(event)
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    match answer {
+        Ok(response) if response.status().is_success() => response
+            .json::<Value>()
+            .await
+            .is_ok_and(|body| body["approved"] == true),
+        _ => false,
+    }
+}
+
+async fn test_authorization(
+    State(issuer): State<SandboxIssuer>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    if !issuer.authorized(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Invalid API Key provided",
+        );
+    }
+    let print = fingerprint("/v1/test_helpers/issuing/authorizations", &form);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some((seen, status, body)) = key
+        .as_ref()
+        .and_then(|k| issuer.ledger().answers.get(k).cloned())
+    {
+        if seen != print {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+            );
+        }
+        return (status, Json(body)).into_response();
+    }
+    let field = |name: &str| form.get(name).cloned();
+    let (Some(card_id), Some(amount)) = (
+        field("card"),
+        field("amount").and_then(|a| a.parse::<i64>().ok()),
+    ) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "card and amount are required",
+        );
+    };
+    let Some(card) = issuer.card(&card_id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            &format!("No such issuing card: '{card_id}'"),
+        );
+    };
+    let currency =
+        field("currency").unwrap_or_else(|| card["currency"].as_str().unwrap_or("usd").to_owned());
+    let mut authorization = json!({
+        "id": format!("iauth_{}", uuid::Uuid::new_v4().simple()),
+        "object": "issuing.authorization",
+        "amount": 0,
+        "approved": false,
+        "card": {"id": card["id"], "object": "issuing.card", "metadata": card["metadata"], "status": card["status"]},
+        "created": OffsetDateTime::now_utc().unix_timestamp(),
+        "currency": currency,
+        "livemode": false,
+        "merchant_data": {"network_id": field("merchant_data[network_id]"), "name": field("merchant_data[name]")},
+        "pending_request": {"amount": amount, "currency": currency, "is_amount_controllable": false},
+        "status": "pending",
+    });
+    let webhook = issuer.ledger().webhook.clone();
+    let approved = card["status"] == "active"
+        && match webhook {
+            Some((url, secret)) => ask_platform(&url, &secret, &authorization).await,
+            None => card["spending_controls"]["spending_limits"][0]["amount"]
+                .as_i64()
+                .is_some_and(|cap| amount <= cap),
+        };
+    authorization["approved"] = json!(approved);
+    authorization["amount"] = json!(if approved { amount } else { 0 });
+    authorization["status"] = json!(if approved { "pending" } else { "closed" });
+    authorization["pending_request"] = Value::Null;
+    let mut ledger = issuer.ledger();
+    ledger.authorizations.push(authorization.clone());
+    if let Some(key) = key {
+        ledger
+            .answers
+            .insert(key, (print, StatusCode::OK, authorization.clone()));
+    }
+    (StatusCode::OK, Json(authorization)).into_response()
 }

@@ -141,8 +141,17 @@ pub const DEMO_CATALOGUE: &[(&str, &str, i64)] = &[
     ("sku:mug", "Enamel Mug", 1_200),
 ];
 
+/// Where the sandbox charges cards.
+#[derive(Debug, Clone)]
+struct CardNetwork {
+    issuer_url: String,
+    issuer_key: String,
+    network_id: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct SandboxMerchant {
+    network: Arc<Mutex<Option<CardNetwork>>>,
     catalogue: Arc<Mutex<HashMap<String, (String, i64)>>>,
     shop: Arc<Mutex<Shop>>,
     mode: Arc<Mutex<FailureMode>>,
@@ -178,12 +187,93 @@ impl SandboxMerchant {
             .map(|(id, title, price)| ((*id).to_owned(), ((*title).to_owned(), *price)))
             .collect();
         Self {
+            network: Arc::default(),
             catalogue: Arc::new(Mutex::new(catalogue)),
             shop: Arc::default(),
             mode: Arc::default(),
             signer: WebhookSigner::generate(format!("sandbox-{}", uuid::Uuid::new_v4().simple())),
             acknowledged: Arc::default(),
         }
+    }
+
+    /// Charges the cards it is paid with through this issuer's authorization test helper
+    /// (Stripe Issuing shapes), as a card network would, presenting `network_id` as its
+    /// card-acceptor id. Without it, any card token is accepted.
+    pub fn charge_cards_with(&self, issuer_url: &str, issuer_key: &str, network_id: &str) {
+        *self.network.lock().unwrap_or_else(PoisonError::into_inner) = Some(CardNetwork {
+            issuer_url: issuer_url.trim_end_matches('/').to_owned(),
+            issuer_key: issuer_key.to_owned(),
+            network_id: network_id.to_owned(),
+        });
+    }
+
+    /// Asks the issuer to authorize the session's total on the card a complete request
+    /// pays with: `Some(approved)`, or `None` when there is nothing to charge (no card
+    /// network, a replayed request, a session not ready). An unreachable issuer is an
+    /// error, for the platform to retry.
+    async fn charge(
+        &self,
+        headers: &HeaderMap,
+        session_id: &str,
+        body: &Value,
+    ) -> Result<Option<bool>, String> {
+        let network = self
+            .network
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(network) = network else {
+            return Ok(None);
+        };
+        let key = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(session_id)
+            .to_owned();
+        let (amount, currency) = {
+            let shop = self.shop();
+            if shop.answers.contains_key(&key) {
+                return Ok(None);
+            }
+            match shop.sessions.get(session_id) {
+                Some(session) if session["status"] == "ready_for_complete" => (
+                    session["totals"]
+                        .as_array()
+                        .and_then(|t| t.iter().find(|t| t["type"] == "total"))
+                        .and_then(|t| t["amount"].as_i64())
+                        .unwrap_or(0),
+                    session["currency"].as_str().unwrap_or("USD").to_lowercase(),
+                ),
+                _ => return Ok(None),
+            }
+        };
+        let Some(card) = body["payment_data"]["credential"]["token"].as_str() else {
+            return Ok(None);
+        };
+        let form = [
+            ("card", card.to_owned()),
+            ("amount", amount.to_string()),
+            ("currency", currency),
+            ("merchant_data[network_id]", network.network_id.clone()),
+            ("merchant_data[name]", "Sandbox Merchant".to_owned()),
+        ];
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/test_helpers/issuing/authorizations",
+                network.issuer_url
+            ))
+            .bearer_auth(&network.issuer_key)
+            .header("Idempotency-Key", format!("{key}/charge"))
+            .form(&form)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_server_error() {
+            return Err(format!("issuer answered {}", response.status()));
+        }
+        let authorization: Value = response.json().await.map_err(|e| e.to_string())?;
+        Ok(Some(authorization["approved"] == true))
     }
 
     /// Sells `item_id` as `title` at `price` (minor units) from now on.
@@ -555,6 +645,20 @@ async fn complete(
     Json(body): Json<Value>,
 ) -> Response {
     let fingerprint = format!("complete {id} {body}");
+    let charged = match merchant.charge(&headers, &id, &body).await {
+        Ok(charged) => charged,
+        Err(why) => {
+            tracing::warn!(%why, "sandbox merchant could not charge the card");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(error_body(
+                    "payment_unavailable",
+                    "the card network is unreachable",
+                )),
+            )
+                .into_response();
+        }
+    };
     merchant
         .answer(&headers, ("complete", body.clone()), fingerprint, |shop, mode| {
             let Some(session) = shop.sessions.get(&id).cloned() else {
@@ -566,7 +670,7 @@ async fn complete(
             if !body["payment_data"]["credential"]["token"].is_string() {
                 return (StatusCode::BAD_REQUEST, error_body("payment_required", "payment_data.credential.token is required"));
             }
-            if mode == FailureMode::PaymentDeclined {
+            if mode == FailureMode::PaymentDeclined || charged == Some(false) {
                 let mut declined = session.clone();
                 declined["status"] = json!("requires_escalation");
                 declined["messages"] = json!([{"type": "error", "code": "payment_declined", "content": "the card was declined", "severity": "requires_buyer_input"}]);

@@ -73,6 +73,8 @@ pub struct OrderView {
     pub merchant_reference: Option<String>,
     /// The parcel, once shipped.
     pub tracking: Option<TrackingView>,
+    /// The payment (virtual card) of an order placed through the merchant's API.
+    pub payment_id: Option<String>,
     pub total: MoneyBody,
     pub refunded: MoneyBody,
     pub lines: Vec<OrderLineView>,
@@ -137,6 +139,8 @@ fn view(order: &Order, version: i64, created_id: Option<ReturnId>) -> Result<Ord
         path_reason: draft.path_reason.clone(),
         status: order.status.as_str().into(),
         merchant_reference: order.merchant_reference.clone(),
+        payment_id: (draft.path == CheckoutPath::Api)
+            .then(|| shopagent_commands::checkout::payment_of(id).to_string()),
         tracking: order
             .tracking
             .clone()
