@@ -1126,6 +1126,11 @@ async fn checkout_creates_one_order_per_proceeding_merchant(backend: Backend) {
         app.get(&format!("/v1/orders/{handoff}"), &alice).await.body["path"],
         "deeplink"
     );
+    // The shopper gets the merchant's checkout with the items and our reference.
+    assert_eq!(
+        outcome(&reply, "acme")["deeplink"],
+        format!("https://acme.example/p/?item=sku%3Aitem%3A1&ref={handoff}")
+    );
 
     // Payments are read-only and appear with checkout orchestration; none exist yet.
     app.get(&format!("/v1/payments/{order_id}"), &alice)

@@ -166,6 +166,9 @@ pub struct SubCartOutcome {
     pub order_id: Option<String>,
     pub code: Option<String>,
     pub reason: Option<String>,
+    /// For a deep-link hand-off: the merchant's checkout with the sub-cart's items, for
+    /// the shopper to open.
+    pub deeplink: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -537,6 +540,7 @@ pub async fn checkout(
             order_id: None,
             code: None,
             reason: None,
+            deeplink: None,
         };
         let drift = match sub_cart.decision {
             SubCartDecision::AwaitApproval { drift_bps } => Some(drift_bps),
@@ -663,6 +667,9 @@ pub async fn checkout(
                 )
                 .await?;
             outcome.order_id = Some(order_id.to_string());
+            if path == CheckoutPath::Deeplink {
+                outcome.deeplink = deeplink(&registered, &sub_cart, &cart, order_id);
+            }
         }
         outcomes.push(outcome);
     }
@@ -675,6 +682,26 @@ pub async fn checkout(
             sub_carts: outcomes,
         },
     ))
+}
+
+/// The merchant's `deeplink_base` with each item (`offer:quantity`) and our order id as
+/// the reference, e.g. `https://shop.example/cart?item=sku%3Akettle%3A1&ref=…`.
+fn deeplink(
+    merchant: &shopagent_domain::merchant::Merchant,
+    sub_cart: &shopagent_domain::cart::SubCart,
+    cart: &Cart,
+    order_id: OrderId,
+) -> Option<String> {
+    let base = merchant.profile.as_ref()?.deeplink_base.as_deref()?;
+    let mut url = url::Url::parse(base).ok()?;
+    {
+        let mut query = url.query_pairs_mut();
+        for line in sub_cart.lines.iter().filter_map(|id| cart.lines.get(id)) {
+            query.append_pair("item", &format!("{}:{}", line.offer_id, line.quantity));
+        }
+        query.append_pair("ref", &order_id.to_string());
+    }
+    Some(url.into())
 }
 
 /// The sub-carts of the cart's `CheckoutStarted` event.
