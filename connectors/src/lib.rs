@@ -10,6 +10,7 @@
 //! * [`sandbox_merchant`] — a UCP merchant server with switchable failure modes.
 
 pub mod easypost;
+mod sandbox;
 pub mod sandbox_carrier;
 pub mod sandbox_issuer;
 pub mod sandbox_merchant;

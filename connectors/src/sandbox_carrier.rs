@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -70,23 +69,26 @@ impl SandboxCarrier {
 
     /// Serves on a free loopback port; returns the base URL.
     pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "sandbox carrier stopped");
-            }
-        });
-        Ok((url, task))
+        self.spawn_at(crate::sandbox::loopback()).await
+    }
+
+    /// Serves at `address`; returns the base URL.
+    pub async fn spawn_at(
+        &self,
+        address: SocketAddr,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        crate::sandbox::serve(self.router(), address, "sandbox carrier").await
     }
 
     /// Sends tracker events to `url` from now on. Needs a Tokio runtime.
     pub fn deliver_webhooks_to(&self, url: impl Into<String>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(deliver(
+        let secret = self.webhook_secret.clone();
+        let sign: crate::sandbox::Signer =
+            Box::new(move |body| Some((SIGNATURE_HEADER, sign(&secret, body))));
+        tokio::spawn(crate::sandbox::deliver_in_order(
             url.into(),
-            self.webhook_secret.clone(),
+            sign,
             receiver,
             self.acknowledged.clone(),
         ));
@@ -206,41 +208,4 @@ async fn create(
         })
     });
     (StatusCode::OK, Json(tracker.clone())).into_response()
-}
-
-/// Sends each event in turn until acknowledged (re-signed each time: the body does not
-/// change, so neither does the signature).
-async fn deliver(
-    url: String,
-    secret: String,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    acknowledged: Arc<AtomicUsize>,
-) {
-    let http = reqwest::Client::new();
-    while let Some(event) = events.recv().await {
-        let body = event.to_string();
-        let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=2_000 {
-            let sent = http
-                .post(&url)
-                .header(SIGNATURE_HEADER, sign(&secret, body.as_bytes()))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => {
-                    acknowledged.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                Ok(response) => {
-                    tracing::debug!(attempt, status = %response.status(), "tracker event not acknowledged")
-                }
-                Err(error) => tracing::debug!(attempt, %error, "tracker event not delivered"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
 }

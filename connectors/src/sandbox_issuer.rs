@@ -72,15 +72,15 @@ impl SandboxIssuer {
 
     /// Serves on a free loopback port; returns the base URL.
     pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "sandbox issuer stopped");
-            }
-        });
-        Ok((url, task))
+        self.spawn_at(crate::sandbox::loopback()).await
+    }
+
+    /// Serves at `address`; returns the base URL.
+    pub async fn spawn_at(
+        &self,
+        address: SocketAddr,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        crate::sandbox::serve(self.router(), address, "sandbox issuer").await
     }
 
     /// A card as the sandbox holds it.

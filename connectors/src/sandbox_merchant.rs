@@ -60,51 +60,6 @@ fn order_event(entity: &Value) -> Value {
     event
 }
 
-/// Sends each event in turn, signed afresh on every attempt, until the platform
-/// acknowledges it (or a day's worth of attempts failed).
-async fn deliver(
-    url: String,
-    signer: WebhookSigner,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    acknowledged: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let http = reqwest::Client::new();
-    while let Some(event) = events.recv().await {
-        let body = event.to_string();
-        let mut backoff = Duration::from_millis(50);
-        for attempt in 1..=2_000 {
-            let signature =
-                match signer.sign(body.as_bytes(), OffsetDateTime::now_utc().unix_timestamp()) {
-                    Ok(signature) => signature,
-                    Err(error) => {
-                        tracing::error!(%error, "sandbox merchant cannot sign");
-                        break;
-                    }
-                };
-            let sent = http
-                .post(&url)
-                .header(SIGNATURE_HEADER, signature)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .timeout(Duration::from_secs(5))
-                .send()
-                .await;
-            match sent {
-                Ok(response) if response.status().is_success() => {
-                    acknowledged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    break;
-                }
-                Ok(response) => {
-                    tracing::debug!(attempt, status = %response.status(), "order event not acknowledged")
-                }
-                Err(error) => tracing::debug!(attempt, %error, "order event not delivered"),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-}
-
 /// What the sandbox does wrong, when asked to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailureMode {
@@ -300,9 +255,14 @@ impl SandboxMerchant {
     /// are now). Needs a Tokio runtime.
     pub fn deliver_webhooks_to(&self, url: impl Into<String>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(deliver(
+        let signer = self.signer.clone();
+        let sign: crate::sandbox::Signer = Box::new(move |body| {
+            let iat = OffsetDateTime::now_utc().unix_timestamp();
+            signer.sign(body, iat).ok().map(|s| (SIGNATURE_HEADER, s))
+        });
+        tokio::spawn(crate::sandbox::deliver_in_order(
             url.into(),
-            self.signer.clone(),
+            sign,
             receiver,
             self.acknowledged.clone(),
         ));
@@ -446,17 +406,17 @@ impl SandboxMerchant {
             .with_state(self.clone())
     }
 
-    /// Serves on a free loopback port; returns the UCP endpoint URL.
+    /// Serves on a free loopback port; returns the base URL.
     pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "sandbox merchant stopped");
-            }
-        });
-        Ok((url, task))
+        self.spawn_at(crate::sandbox::loopback()).await
+    }
+
+    /// Serves at `address`; returns the base URL.
+    pub async fn spawn_at(
+        &self,
+        address: SocketAddr,
+    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+        crate::sandbox::serve(self.router(), address, "sandbox merchant").await
     }
 
     /// Applies the failure mode, then answers once per idempotency key, and records the

@@ -1,0 +1,75 @@
+//! What the sandboxes share: serving a router on loopback, and delivering webhooks the
+//! way a well-behaved sender does (one at a time, in order, retried until acknowledged).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use serde_json::Value;
+
+/// Serves `router` at `address` (port 0: any free port); returns its base URL.
+pub(crate) async fn serve(
+    router: Router,
+    address: SocketAddr,
+    name: &'static str,
+) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, name, "sandbox stopped");
+        }
+    });
+    Ok((url, task))
+}
+
+/// Any free loopback port.
+pub(crate) fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Signs a body: the header name and value to send with it.
+pub(crate) type Signer = Box<dyn Fn(&[u8]) -> Option<(&'static str, String)> + Send>;
+
+/// Sends each event in turn, signed afresh on every attempt, until the receiver answers
+/// 2xx (or a day's worth of attempts failed); counts acknowledgements.
+pub(crate) async fn deliver_in_order(
+    url: String,
+    sign: Signer,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    acknowledged: Arc<AtomicUsize>,
+) {
+    let http = reqwest::Client::new();
+    while let Some(event) = events.recv().await {
+        let body = event.to_string();
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=2_000 {
+            let Some((header, signature)) = sign(body.as_bytes()) else {
+                tracing::error!("sandbox cannot sign its webhook");
+                break;
+            };
+            let sent = http
+                .post(&url)
+                .header(header, signature)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok(response) => {
+                    tracing::debug!(attempt, status = %response.status(), "webhook not acknowledged");
+                }
+                Err(error) => tracing::debug!(attempt, %error, "webhook not delivered"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
