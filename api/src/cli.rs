@@ -133,11 +133,25 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the OpenAPI description.
     Openapi,
+    /// Run the whole purchase story through the public API against sandboxes: exits 0
+    /// only if every step did what it should.
+    Demo(DemoArgs),
     /// Inspect projections.
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Drive this running server instead of starting one (it must use the sandbox
+    /// settings the demo prints, and `SHOPAGENT_JWT_SECRET`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// First of three ports for the sandboxes (issuer, merchant, carrier); 0: any.
+    #[arg(long, default_value_t = 0)]
+    pub sandbox_port: u16,
 }
 
 #[derive(Debug, Clone, Args)]

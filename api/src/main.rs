@@ -16,7 +16,13 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(&cli.log);
+    // The demo prints its story on stdout; routine logs would drown it.
+    let demo = matches!(cli.command, Some(Command::Demo(_)));
+    telemetry::init(if demo && cli.log == "info" {
+        "warn"
+    } else {
+        &cli.log
+    });
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -93,6 +99,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await
+        }
+        Command::Demo(args) => {
+            let options = shopagent::demo::DemoOptions {
+                url: args.url,
+                sandbox_port: args.sandbox_port,
+                jwt_secret: cli.jwt_secret.clone(),
+            };
+            if shopagent::demo::run(options).await? {
+                Ok(())
+            } else {
+                anyhow::bail!("the demo failed")
+            }
         }
         Command::Migrate => {
             let store = open_store(&config).await?;

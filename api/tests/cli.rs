@@ -194,3 +194,117 @@ fn read_until(logs: &mut impl BufRead, message: &str) -> serde_json::Value {
         }
     }
 }
+
+#[test]
+fn the_demo_tells_the_whole_story_and_exits_0() {
+    let output = run(&["demo"], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for step in [
+        "autopilot checkout splits the cart",
+        "shopagent approves the authorization",
+        "the carrier's signed tracking events follow the parcel",
+        "the merchant refunds it",
+        "Every step did what it should.",
+    ] {
+        assert!(stdout.contains(step), "{step:?} missing from:\n{stdout}");
+    }
+    assert!(!stdout.contains('✗'));
+}
+
+#[test]
+fn the_demo_fails_when_a_step_fails() {
+    // Nothing listens there: the first step cannot happen.
+    let output = run(
+        &["demo", "--url", "http://127.0.0.1:1"],
+        &[("SHOPAGENT_JWT_SECRET", "demo-secret")],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("The demo stopped"), "{stdout}");
+}
+
+/// Three consecutive free loopback ports.
+fn three_free_ports() -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let rest_free = (1..3).all(|offset| {
+            first
+                .checked_add(offset)
+                .is_some_and(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        });
+        if rest_free {
+            return first;
+        }
+    }
+}
+
+#[test]
+fn the_demo_drives_a_running_server_with_url() {
+    use shopagent::demo;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = three_free_ports();
+    let issuer = format!("http://127.0.0.1:{first}");
+    let carrier = format!("http://127.0.0.1:{}", first + 2);
+    let mut server = shopagent(
+        &["serve"],
+        &[
+            (
+                "SHOPAGENT_DATA_DIR",
+                dir.path().to_str().expect("utf-8 path"),
+            ),
+            ("SHOPAGENT_LISTEN", "127.0.0.1:0"),
+            ("SHOPAGENT_JWT_SECRET", "demo-secret"),
+            ("SHOPAGENT_CARD_ISSUER_URL", &issuer),
+            ("SHOPAGENT_CARD_ISSUER_KEY", demo::ISSUER_KEY),
+            (
+                "SHOPAGENT_STRIPE_WEBHOOK_SECRET",
+                demo::STRIPE_WEBHOOK_SECRET,
+            ),
+            ("SHOPAGENT_TRACKING_URL", &carrier),
+            ("SHOPAGENT_TRACKING_KEY", demo::TRACKING_KEY),
+            (
+                "SHOPAGENT_TRACKING_WEBHOOK_SECRET",
+                demo::TRACKING_WEBHOOK_SECRET,
+            ),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start shopagent");
+    let mut logs = BufReader::new(server.stderr.take().expect("stderr"));
+    let address = read_until(&mut logs, "shopagent listening")["address"]
+        .as_str()
+        .expect("address logged")
+        .to_owned();
+    // Keep draining the server's logs so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut logs, &mut std::io::sink()));
+
+    let output = run(
+        &[
+            "demo",
+            "--url",
+            &format!("http://{address}"),
+            "--sandbox-port",
+            &first.to_string(),
+        ],
+        &[("SHOPAGENT_JWT_SECRET", "demo-secret")],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("Every step did what it should."),
+        "{stdout}"
+    );
+}
