@@ -120,6 +120,13 @@ fn stream(tenant: &str, id: impl Display) -> String {
     format!("{tenant}/{id}")
 }
 
+/// A place where the crash tests can stop the process (`checkout/after/{point}`, with
+/// the `failpoints` feature); nothing at all otherwise.
+#[cfg_attr(not(feature = "failpoints"), allow(unused_variables))]
+fn crash_point(point: &str) {
+    fail::fail_point!(&format!("checkout/after/{point}"));
+}
+
 fn retry(error: impl Display) -> HandlerError {
     HandlerError(error.to_string())
 }
@@ -147,7 +154,10 @@ impl CheckoutProcess {
         metadata.idempotency_key = IdempotencyKey::parse(&intent).ok();
         metadata.request_digest = Some(intent);
         match bus.execute(target, command, metadata).await {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                crash_point(step);
+                Ok(true)
+            }
             Err(CommandError::Rejected(rejection)) => {
                 tracing::info!(step, target, %rejection, "checkout step not applicable");
                 Ok(false)
@@ -215,7 +225,9 @@ impl CheckoutProcess {
             merchant: terms.merchant,
             payment_ref: event.aggregate_id.clone(),
         };
-        match self.issuer.create_card(&request).await {
+        let created = self.issuer.create_card(&request).await;
+        crash_point("issuer-create");
+        match created {
             Ok(card) => {
                 let command = PaymentCommand::RecordCardIssued {
                     card: card.reference,
@@ -310,6 +322,7 @@ impl CheckoutProcess {
         };
         let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
         let placed = gateway.place_order(&request).await;
+        crash_point("merchant-place");
         if let Err(PlaceError::Unavailable(why)) = &placed {
             let (attempts, opened) = self.breaker.failed(&registry_stream, terms.order_id);
             if opened {
@@ -426,11 +439,12 @@ impl CheckoutProcess {
             )
         {
             if let Some((card, _)) = &payment.card {
-                match self
+                let voided = self
                     .issuer
                     .void_card(card, &format!("void/{}", payment_of(order_id)))
-                    .await
-                {
+                    .await;
+                crash_point("issuer-void");
+                match voided {
                     Ok(()) | Err(CallError::Refused(_)) => {}
                     Err(CallError::Unavailable(why)) => {
                         return Err(HandlerError(format!("card issuer unavailable: {why}")));
