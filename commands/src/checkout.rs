@@ -46,16 +46,18 @@ pub struct CheckoutProcess {
 ///
 /// A merchant that answers "unavailable" to `open_after` calls in a row is reported
 /// `down` in the capability registry (new checkouts then avoid its API); its next
-/// success reports it `healthy` again. An order whose placement met "unavailable"
-/// `give_up_after` times fails with `merchant_unavailable`, which voids its card and
-/// releases its budget. The counts live in memory: a restart starts them again.
+/// success reports it `healthy` again. Each unanswered placement is recorded on the
+/// order (`PlacementAttemptFailed`, shown in its timeline); an order whose placement met
+/// "unavailable" `give_up_after` times fails with `merchant_unavailable`, which voids
+/// its card and releases its budget. The attempts are in the log, so a restart keeps
+/// counting; the run of failures that opens a circuit is counted in memory, and a
+/// restart starts that run again (the registry keeps the merchant `down` meanwhile).
 #[derive(Debug)]
 pub struct MerchantBreaker {
     pub registry: Arc<CommandBus<Merchant>>,
     pub open_after: u32,
     pub give_up_after: u32,
     merchant_failures: Mutex<HashMap<String, u32>>,
-    order_attempts: Mutex<HashMap<OrderId, u32>>,
 }
 
 impl MerchantBreaker {
@@ -65,34 +67,22 @@ impl MerchantBreaker {
             open_after: open_after.max(1),
             give_up_after: give_up_after.max(1),
             merchant_failures: Mutex::default(),
-            order_attempts: Mutex::default(),
         }
     }
 
-    /// Records an unavailable answer; returns (order attempts so far, circuit just opened).
-    fn failed(&self, merchant_stream: &str, order: OrderId) -> (u32, bool) {
+    /// Records an unavailable answer; returns whether the circuit just opened.
+    fn failed(&self, merchant_stream: &str) -> bool {
         let mut merchants = self
             .merchant_failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let failures = merchants.entry(merchant_stream.to_owned()).or_default();
         *failures += 1;
-        let opened = *failures == self.open_after;
-        let mut orders = self
-            .order_attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let attempts = orders.entry(order).or_default();
-        *attempts += 1;
-        (*attempts, opened)
+        *failures == self.open_after
     }
 
     /// Records an answer; returns whether the circuit had been open.
-    fn answered(&self, merchant_stream: &str, order: OrderId) -> bool {
-        self.order_attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&order);
+    fn answered(&self, merchant_stream: &str) -> bool {
         let failures = self
             .merchant_failures
             .lock()
@@ -324,7 +314,8 @@ impl CheckoutProcess {
         let placed = gateway.place_order(&request).await;
         crash_point("merchant-place");
         if let Err(PlaceError::Unavailable(why)) = &placed {
-            let (attempts, opened) = self.breaker.failed(&registry_stream, terms.order_id);
+            let attempts = order.placement_attempts + 1;
+            let opened = self.breaker.failed(&registry_stream);
             if opened {
                 let report = MerchantCommand::ReportHealth {
                     health: Health::Down,
@@ -341,12 +332,24 @@ impl CheckoutProcess {
                 .await?;
             }
             if attempts < self.breaker.give_up_after {
+                let attempt = OrderCommand::RecordPlacementAttempt {
+                    detail: format!("merchant unavailable: {why}"),
+                    at: now,
+                };
+                self.step(
+                    &self.orders,
+                    event,
+                    &order_stream,
+                    &format!("attempt-{attempts}"),
+                    attempt,
+                )
+                .await?;
                 return Err(HandlerError(format!(
                     "merchant {} unavailable (attempt {attempts}): {why}",
                     draft.merchant
                 )));
             }
-        } else if self.breaker.answered(&registry_stream, terms.order_id) {
+        } else if self.breaker.answered(&registry_stream) {
             let report = MerchantCommand::ReportHealth {
                 health: Health::Healthy,
                 reason: "answered again".into(),

@@ -23,6 +23,7 @@ shopagent_commands::on_both_backends!(
     a_crash_after_the_merchant_placed_the_order_places_it_once,
     a_merchant_without_a_connector_fails_cleanly,
     a_merchant_that_stays_unavailable_is_given_up_and_reported_down,
+    placement_attempts_survive_a_restart,
 );
 
 async fn a_placed_order_has_one_card_and_commits_its_spend(test: &TestStore) {
@@ -231,4 +232,56 @@ async fn a_merchant_that_stays_unavailable_is_given_up_and_reported_down(test: &
         shopagent_domain::merchant::Health::Down,
         "the circuit opened after two failures"
     );
+}
+
+async fn placement_attempts_survive_a_restart(test: &TestStore) {
+    let fixture = fixture(&test.store).await;
+    let (issuer, merchant) = (
+        Arc::new(Issuer::default()),
+        Arc::new(Merchant::answering(Ok("never".into()))),
+    );
+    merchant.unavailable_first.store(100, Ordering::SeqCst);
+    // The first instance meets two unanswered attempts, then stops.
+    let first = SubscriberRunner::new(
+        test.store.clone(),
+        process(&fixture, issuer.clone(), Some(merchant.clone())),
+    );
+    for _ in 0..2_000 {
+        if merchant.calls().len() == 2 {
+            break;
+        }
+        first.step().await.expect("step");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(merchant.calls().len(), 2);
+    assert_eq!(
+        order(&fixture).await.placement_attempts,
+        2,
+        "recorded on the order"
+    );
+    drop(first);
+
+    // A new instance, nothing in memory, keeps counting from the log: two more.
+    drain(
+        &test.store,
+        &SubscriberRunner::new(
+            test.store.clone(),
+            process(&fixture, issuer.clone(), Some(merchant.clone())),
+        ),
+    )
+    .await;
+    assert_eq!(
+        merchant.calls().len(),
+        4,
+        "four attempts in all, across the restart"
+    );
+    let order = order(&fixture).await;
+    assert_eq!(
+        (order.status, order.failure),
+        (
+            OrderStatus::Failed,
+            Some(FailureReason::MerchantUnavailable)
+        )
+    );
+    assert!(mandate(&fixture).await.reservations.is_empty());
 }

@@ -125,6 +125,12 @@ pub enum OrderCommand {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
+    /// The merchant could not be reached; placement will be tried again.
+    RecordPlacementAttempt {
+        detail: String,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
     Confirm {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
@@ -202,6 +208,13 @@ pub enum OrderEvent {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
     },
+    PlacementAttemptFailed {
+        /// 1 for the first failed attempt.
+        attempt: u32,
+        detail: String,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
     OrderConfirmed {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
@@ -264,6 +277,7 @@ impl DomainEvent for OrderEvent {
             Self::OrderSubmitted { .. } => "OrderSubmitted",
             Self::OrderPlaced { .. } => "OrderPlaced",
             Self::OrderFailed { .. } => "OrderFailed",
+            Self::PlacementAttemptFailed { .. } => "PlacementAttemptFailed",
             Self::OrderConfirmed { .. } => "OrderConfirmed",
             Self::OrderShipped { .. } => "OrderShipped",
             Self::OrderOutForDelivery { .. } => "OrderOutForDelivery",
@@ -350,6 +364,9 @@ pub struct Order {
     pub returns: BTreeMap<ReturnId, ReturnStatus>,
     pub refunds: BTreeMap<RefundId, Money>,
     pub refunded_minor: i64,
+    /// Placement attempts the merchant did not answer (it was unavailable).
+    #[serde(default)]
+    pub placement_attempts: u32,
     /// The merchant's reference (RMA) of each return it accepted.
     #[serde(default)]
     pub rmas: BTreeMap<ReturnId, String>,
@@ -484,6 +501,15 @@ impl Aggregate for Order {
                 self.require(&[S::Created, S::Submitted], "fail")?;
                 text("detail", &detail, 1000)?;
                 E::OrderFailed { reason, detail, at }
+            }
+            C::RecordPlacementAttempt { detail, at } => {
+                self.require(&[S::Submitted], "retry the placement of")?;
+                text("detail", &detail, 1000)?;
+                E::PlacementAttemptFailed {
+                    attempt: self.placement_attempts + 1,
+                    detail,
+                    at,
+                }
             }
             C::Confirm { at } => {
                 self.require(&[S::Placed], "confirm")?;
@@ -633,6 +659,7 @@ impl Aggregate for Order {
                 self.failure = Some(reason);
                 self.status = S::Failed;
             }
+            E::PlacementAttemptFailed { attempt, .. } => self.placement_attempts = attempt,
             E::OrderConfirmed { .. } => self.status = S::Confirmed,
             E::OrderShipped {
                 carrier,

@@ -186,6 +186,11 @@ fn order_events() {
             created_at: AT
         },
         OrderEvent::OrderSubmitted { at: AT },
+        OrderEvent::PlacementAttemptFailed {
+            attempt: 1,
+            detail: "merchant answered 503".into(),
+            at: AT,
+        },
         OrderEvent::OrderPlaced {
             merchant_reference: "A-1001".into(),
             at: AT

@@ -397,3 +397,38 @@ fn commands_on_a_missing_order_are_refused() {
         .when(C::Submit { at: NOW })
         .then_expect_error(OrderError::NotFound);
 }
+
+#[test]
+fn an_unanswered_placement_is_counted_on_the_order() {
+    AggregateTest::<Order>::given([
+        created(),
+        E::OrderSubmitted { at: NOW },
+        E::PlacementAttemptFailed {
+            attempt: 1,
+            detail: "503".into(),
+            at: NOW,
+        },
+    ])
+    .when(C::RecordPlacementAttempt {
+        detail: "timeout".into(),
+        at: NOW,
+    })
+    .then_expect_events(vec![E::PlacementAttemptFailed {
+        attempt: 2,
+        detail: "timeout".into(),
+        at: NOW,
+    }]);
+}
+
+#[test]
+fn only_a_submitted_order_counts_placement_attempts() {
+    AggregateTest::<Order>::given([created()])
+        .when(C::RecordPlacementAttempt {
+            detail: "503".into(),
+            at: NOW,
+        })
+        .then_expect_error(OrderError::IllegalTransition {
+            from: OrderStatus::Created,
+            action: "retry the placement of",
+        });
+}

@@ -56,6 +56,13 @@ fn change(event: &OrderEvent, at: &str) -> Option<Change> {
             entry: json!({"at": at, "event": "failed", "reason": reason, "detail": detail}),
             ..plain("failed", "failed")
         },
+        E::PlacementAttemptFailed {
+            attempt, detail, ..
+        } => Change {
+            status: None,
+            entry: json!({"at": at, "event": "merchant_unavailable", "attempt": attempt, "detail": detail}),
+            ..plain("", "")
+        },
         E::OrderConfirmed { .. } => plain("confirmed", "confirmed"),
         E::OrderShipped {
             carrier,
