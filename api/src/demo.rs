@@ -419,24 +419,34 @@ impl Story {
             "region": "IL", "postal_code": "62701", "country": "US"}),
         )
         .await?;
-        let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
-            .format(&time::format_description::well_known::Rfc3339)?;
-        for (merchant, items, shipping, tax) in [
-            (MERCHANT, 10_000, 500, 800),
-            (DEEPLINK_MERCHANT, 2_500, 0, 200),
-        ] {
-            self.post(
-                &format!("/v1/carts/{cart_id}/quotes"),
+        // The UCP merchant prices its part itself; the other one is quoted by the agent.
+        let quoted = self
+            .post(
+                &format!("/v1/carts/{cart_id}/quotes/fetch"),
                 &agent,
-                json!({
-                "merchant": merchant, "items_total": usd(items), "shipping": usd(shipping),
-                "tax": usd(tax), "expires_at": expires}),
+                json!({"merchant": MERCHANT}),
             )
             .await?;
-        }
+        let quote = quoted["quotes"]
+            .as_array()
+            .and_then(|q| q.iter().find(|q| q["merchant"] == MERCHANT))
+            .cloned()
+            .context("no quote from the merchant")?;
+        let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+            .format(&time::format_description::well_known::Rfc3339)?;
+        self.post(
+            &format!("/v1/carts/{cart_id}/quotes"),
+            &agent,
+            json!({"merchant": DEEPLINK_MERCHANT, "items_total": usd(2_500), "shipping": usd(0),
+                   "tax": usd(200), "expires_at": expires}),
+        )
+        .await?;
         self.done(
-            "the agent fills one cart at two merchants and quotes it",
-            format!("cart {cart_id}: $113.00 at {MERCHANT}, $27.00 at {DEEPLINK_MERCHANT}"),
+            "the agent fills one cart at two merchants; the UCP merchant prices its part",
+            format!(
+                "cart {cart_id}: {MERCHANT} quotes items {}, shipping {}, tax {} (minor units); $27.00 at {DEEPLINK_MERCHANT}",
+                quote["items_total"]["minor"], quote["shipping"]["minor"], quote["tax"]["minor"]
+            ),
         );
 
         let checkout = self

@@ -11,7 +11,7 @@ use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
-use shopagent_domain::ports::{CardIssuer, TrackingProvider};
+use shopagent_domain::ports::{CardIssuer, MerchantDirectory, TrackingProvider};
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{AggregateCatalog, OrdersHub, Projection, ProjectionRunner};
 use tokio::net::TcpListener;
@@ -20,8 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::directory::RegistryDirectory;
 
+/// Our platform profile URI, sent to UCP merchants in `UCP-Agent`.
+const AGENT_PROFILE: &str = "https://shopagent.invalid/.well-known/ucp";
+
 /// What request handlers share. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct App {
     pub store: Store,
     pub auth: Authenticator,
@@ -37,6 +40,16 @@ pub struct App {
     pub tracking_webhook_secret: Option<Arc<str>>,
     /// Webhook signing keys of UCP merchants, from their profiles.
     pub ucp_keys: Arc<crate::directory::UcpSigningKeys>,
+    /// Each merchant's connector, from the capability registry.
+    pub directory: Arc<dyn MerchantDirectory>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl App {
@@ -44,13 +57,19 @@ impl App {
         // A checkout rush on one mandate queues in process; across processes the
         // conflicts it meets are retried this many times.
         let attempts = 20;
+        let merchants = Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts));
         Self {
+            directory: Arc::new(RegistryDirectory {
+                merchants: Arc::clone(&merchants),
+                agent_profile: AGENT_PROFILE.into(),
+                timeout: std::time::Duration::from_secs(10),
+            }),
             mandates: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             carts: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             orders: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             payments: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
-            merchants: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            merchants,
             store,
             auth,
             stripe_webhook_secret: None,
@@ -171,11 +190,7 @@ impl Server {
                 mandates: app.mandates.clone(),
                 carts: app.carts.clone(),
                 issuer,
-                merchants: Arc::new(RegistryDirectory {
-                    merchants: app.merchants.clone(),
-                    agent_profile: "https://shopagent.invalid/.well-known/ucp".into(),
-                    timeout: std::time::Duration::from_secs(10),
-                }),
+                merchants: app.directory.clone(),
                 // Shipping and tax may be recomputed at placement: 5 % headroom.
                 cap_tolerance_bps: 500,
                 // Five unavailable answers in a row open a merchant's circuit; an order

@@ -26,6 +26,7 @@ on_both_backends!(
     a_merchant_event_must_be_signed_by_the_merchant_and_recent,
     a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
     a_charge_from_another_acceptor_is_declined_by_the_payment_rules,
+    the_merchant_prices_its_part_of_the_cart,
 );
 
 struct World {
@@ -611,5 +612,75 @@ async fn a_charge_from_another_acceptor_is_declined_by_the_payment_rules(backend
     assert_eq!(payment.body["status"], "voided", "{:?}", payment.body);
     let settled = mandate_settles(&app, &mandate).await;
     assert_eq!(settled.body["spent_this_period"], usd(0));
+    app.stop().await;
+}
+
+async fn the_merchant_prices_its_part_of_the_cart(backend: Backend) {
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    let alice = app.shopper("alice");
+    let cart = app
+        .post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await
+        .body["id"]
+        .as_str()
+        .expect("cart")
+        .to_owned();
+    for line in [
+        json!({"offer_id": "sku:tent", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(10_000), "quantity": 2}),
+        json!({"offer_id": "sku:kettle", "merchant": "elsewhere", "title": "Kettle", "category": "outdoor", "unit_price": usd(2_000), "quantity": 1}),
+    ] {
+        app.post(&format!("/v1/carts/{cart}/lines"), &alice, line)
+            .await;
+    }
+    let fetch = |merchant: &str| json!({"merchant": merchant});
+    // No address yet: nothing to ship to, nothing to price.
+    app.post(
+        &format!("/v1/carts/{cart}/quotes/fetch"),
+        &alice,
+        fetch("acme"),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "address_required");
+    let address = json!({"name": "Ada Shopper", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
+    app.post(&format!("/v1/carts/{cart}/address"), &alice, address)
+        .await;
+
+    let quoted = app
+        .post(
+            &format!("/v1/carts/{cart}/quotes/fetch"),
+            &alice,
+            fetch("acme"),
+        )
+        .await;
+    assert_eq!(quoted.status, StatusCode::OK, "{:?}", quoted.body);
+    let quote = quoted.body["quotes"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["merchant"] == "acme"))
+        .expect("acme's quote");
+    assert_eq!(
+        (&quote["items_total"], &quote["shipping"], &quote["tax"]),
+        (&usd(20_000), &usd(500), &usd(1_600)),
+        "the merchant's own figures"
+    );
+    assert!(merchant.orders().is_empty(), "a quote buys nothing");
+    // A merchant with no connector cannot be asked; the agent records a quote instead.
+    app.post(
+        &format!("/v1/carts/{cart}/quotes/fetch"),
+        &alice,
+        fetch("elsewhere"),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "quote_not_offered");
+    // An unreachable merchant: try again later.
+    merchant.set_failure_mode(FailureMode::ServerError);
+    let down = app
+        .post(
+            &format!("/v1/carts/{cart}/quotes/fetch"),
+            &alice,
+            fetch("acme"),
+        )
+        .await;
+    down.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "merchant_unavailable");
+    assert!(down.header("retry-after").is_some());
     app.stop().await;
 }

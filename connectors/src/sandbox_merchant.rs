@@ -87,6 +87,11 @@ struct Shop {
     webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 }
 
+/// Flat shipping rate, minor units.
+pub const SHIPPING: i64 = 500;
+/// Sales tax, percent of the items.
+pub const TAX_PERCENT: i64 = 8;
+
 /// The demo catalogue: item id → (title, price in minor units).
 pub const DEMO_CATALOGUE: &[(&str, &str, i64)] = &[
     ("sku:tent", "Trail Tent 2P", 10_000),
@@ -553,6 +558,9 @@ async fn create(
             let subtotal: i64 = line_items.iter().map(|l| l["totals"][0]["amount"].as_i64().unwrap_or(0)).sum();
             let method = &body["fulfillment"]["methods"][0];
             let has_destination = method["destinations"][0]["postal_code"].is_string();
+            // Flat-rate shipping once there is somewhere to ship to, and 8 % sales tax.
+            let shipping = if has_destination { SHIPPING } else { 0 };
+            let tax = subtotal * TAX_PERCENT / 100;
             let (status, messages) = match mode {
                 _ if !unknown.is_empty() => ("incomplete", json!([{"type": "error", "code": "item_unavailable", "content": format!("not sold here: {}", unknown.join(", ")), "severity": "requires_buyer_input"}])),
                 FailureMode::OutOfStock => ("incomplete", json!([{"type": "error", "code": "out_of_stock", "content": "an item sold out", "severity": "requires_buyer_input"}])),
@@ -567,7 +575,8 @@ async fn create(
                 "messages": messages,
                 "currency": body["currency"],
                 "line_items": line_items,
-                "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "fulfillment", "amount": 0}, {"type": "total", "amount": subtotal}],
+                "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "fulfillment", "amount": shipping}, {"type": "tax", "amount": tax}, {"type": "total", "amount": subtotal + shipping + tax}],
+                "expires_at": (OffsetDateTime::now_utc() + time::Duration::hours(6)).format(&Rfc3339).unwrap_or_default(),
                 "links": [{"type": "terms_of_service", "url": "https://sandbox.shopagent.invalid/terms"}],
                 "payment": {"handlers": []},
             });

@@ -34,7 +34,7 @@ fn order(key: &str) -> PlaceOrder {
             quantity: 2,
             unit_price: Money::new(10_000, usd),
         }],
-        total: Money::new(21_300, usd),
+        total: Money::new(22_100, usd),
         ship_to: Some(
             Address::new(AddressFields {
                 name: "Ada".into(),
@@ -169,7 +169,7 @@ async fn the_merchant_prices_the_items_and_a_higher_price_is_not_bought() {
         .await
         .expect_err("over the agreed total");
     assert!(
-        matches!(&error, PlaceError::Failed { reason: FailureReason::PriceChanged, detail } if detail.contains("24000")),
+        matches!(&error, PlaceError::Failed { reason: FailureReason::PriceChanged, detail } if detail.contains("26420")),
         "{error:?}"
     );
     assert!(sandbox.orders().is_empty(), "nothing bought");
@@ -193,4 +193,35 @@ async fn an_item_the_merchant_does_not_sell_is_unavailable() {
         ),
         "{error:?}"
     );
+}
+
+#[tokio::test]
+async fn a_quote_is_the_merchant_s_own_totals_and_leaves_no_session_open() {
+    use shopagent_domain::ports::QuoteRequest;
+    let (sandbox, ucp) = merchant().await;
+    assert!(ucp.capabilities().quote);
+    let order = order("quote/1");
+    let request = QuoteRequest {
+        idempotency_key: "quote/1".into(),
+        lines: order.lines.clone(),
+        currency: order.total.currency,
+        ship_to: order.ship_to.clone().expect("address"),
+    };
+    let quote = ucp.quote(&request).await.expect("quoted");
+    let usd = order.total.currency;
+    assert_eq!(
+        (quote.items_total, quote.shipping, quote.tax),
+        (
+            Money::new(20_000, usd),
+            Money::new(500, usd),
+            Money::new(1_600, usd)
+        )
+    );
+    assert!(quote.expires_at > time::OffsetDateTime::now_utc());
+    let operations: Vec<_> = sandbox.exchanges().iter().map(|e| e.operation).collect();
+    assert_eq!(operations, ["create", "cancel"]);
+    assert!(sandbox.orders().is_empty(), "a quote buys nothing");
+    // What UCP does not offer is refused, not faked.
+    assert!(!ucp.capabilities().cancel);
+    assert!(ucp.cancel_order("ord_1", "cancel/1").await.is_err());
 }

@@ -139,7 +139,7 @@ fn order(key: &str) -> PlaceOrder {
             quantity: 2,
             unit_price: Money::new(10_000, usd),
         }],
-        total: Money::new(21_300, usd),
+        total: Money::new(22_100, usd),
         ship_to: Some(
             Address::new(AddressFields {
                 name: "Ada".into(),

@@ -79,11 +79,87 @@ pub enum PlaceError {
     },
 }
 
-/// A merchant's checkout API (UCP, ACP, Shopify, …).
+/// A sub-cart to price: the merchant answers with its shipping, tax and totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteRequest {
+    /// The same key gets the same quote (UCP: the same checkout session).
+    pub idempotency_key: String,
+    pub lines: Vec<OrderLine>,
+    pub currency: crate::money::Currency,
+    pub ship_to: Address,
+}
+
+/// What a merchant's protocol lets shopagent do besides placing orders. Protocols
+/// differ: UCP 2026-01-11 prices carts but reports order changes only by webhook;
+/// marketplace APIs (eBay, Violet) also cancel, return and refund on request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GatewayCapabilities {
+    pub quote: bool,
+    pub order_status: bool,
+    pub cancel: bool,
+    pub returns: bool,
+    pub refunds: bool,
+}
+
+fn not_offered(what: &str) -> CallError {
+    CallError::Refused(format!("this merchant's protocol offers no {what}"))
+}
+
+/// A merchant's checkout API (UCP, ACP, Shopify, …). Only placing an order is
+/// required; the rest answers "not offered" unless the connector says otherwise in
+/// [`MerchantGateway::capabilities`].
 #[async_trait::async_trait]
 pub trait MerchantGateway: Send + Sync {
+    fn capabilities(&self) -> GatewayCapabilities {
+        GatewayCapabilities::default()
+    }
+
+    /// Prices a sub-cart: shipping, tax and totals as the merchant computes them.
+    async fn quote(&self, _request: &QuoteRequest) -> Result<crate::cart::Quote, PlaceError> {
+        Err(PlaceError::Failed {
+            reason: FailureReason::MerchantUnavailable,
+            detail: not_offered("quotes").to_string(),
+        })
+    }
+
     /// Places the order; returns the merchant's order reference.
     async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError>;
+
+    /// The order's status at the merchant.
+    async fn order_status(
+        &self,
+        _merchant_reference: &str,
+    ) -> Result<crate::order::OrderStatus, CallError> {
+        Err(not_offered("order status"))
+    }
+
+    async fn cancel_order(
+        &self,
+        _merchant_reference: &str,
+        _idempotency_key: &str,
+    ) -> Result<(), CallError> {
+        Err(not_offered("cancellation"))
+    }
+
+    /// Asks for a return; returns the merchant's reference for it (an RMA).
+    async fn request_return(
+        &self,
+        _merchant_reference: &str,
+        _idempotency_key: &str,
+        _reason: &str,
+    ) -> Result<String, CallError> {
+        Err(not_offered("returns"))
+    }
+
+    /// Asks for a refund; returns the merchant's reference for it.
+    async fn refund(
+        &self,
+        _merchant_reference: &str,
+        _idempotency_key: &str,
+        _amount: Money,
+    ) -> Result<String, CallError> {
+        Err(not_offered("refunds"))
+    }
 }
 
 /// Finds the gateway that speaks to a merchant of a tenant (from its registry entry).

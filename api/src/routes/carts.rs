@@ -44,6 +44,7 @@ pub fn routes() -> Router<App> {
         .route("/v1/carts/{id}/lines/{line_id}/remove", post(remove_line))
         .route("/v1/carts/{id}/address", post(set_address))
         .route("/v1/carts/{id}/quotes", post(record_quote))
+        .route("/v1/carts/{id}/quotes/fetch", post(fetch_quote))
         .route("/v1/carts/{id}/checkout", post(checkout))
 }
 
@@ -109,6 +110,13 @@ pub struct RecordQuote {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchQuote {
+    #[schema(example = "acme-outdoor")]
+    pub merchant: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -474,6 +482,87 @@ pub async fn record_quote(
         expires_at: body.expires_at,
     };
     let merchant = MerchantId::parse(&body.merchant).map_err(|e| invalid("merchant", e))?;
+    let command = CartCommand::RecordQuote {
+        merchant,
+        quote,
+        at: OffsetDateTime::now_utc(),
+    };
+    change(&app, &principal, &key, &headers, CartId(id), command).await
+}
+
+/// Asks the merchant itself to price its part of the cart (shipping, tax, totals)
+/// through its connector, and records the answer as the merchant's quote.
+#[utoipa::path(operation_id = "carts_fetch_quote", post, path = "/v1/carts/{id}/quotes/fetch", tag = "carts", request_body = FetchQuote,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, description = "The cart with the merchant's quote", body = CartView), (status = 503, description = "The merchant cannot be reached: try again", body = Problem, content_type = "application/problem+json"), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn fetch_quote(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<FetchQuote>,
+) -> Result<Response, Problem> {
+    use shopagent_domain::cart::CartError;
+    use shopagent_domain::ports::{PlaceError, QuoteRequest};
+    let merchant = MerchantId::parse(&body.merchant).map_err(|e| invalid("merchant", e))?;
+    let (cart, _) = load_visible(&app, &principal, CartId(id)).await?;
+    authorize_write(&principal, cart.owner().ok_or_else(Problem::not_found)?)?;
+    let (Some(currency), Some(ship_to)) = (cart.currency, cart.address.clone()) else {
+        return Err(CommandError::<CartError>::Rejected(CartError::AddressRequired).into());
+    };
+    let lines: Vec<OrderLine> = cart
+        .lines
+        .values()
+        .filter(|line| line.merchant == merchant)
+        .map(|line| OrderLine {
+            offer_id: line.offer_id.clone(),
+            title: line.title.clone(),
+            quantity: line.quantity,
+            unit_price: line.unit_price,
+        })
+        .collect();
+    if lines.is_empty() {
+        return Err(
+            CommandError::<CartError>::Rejected(CartError::NoLinesForMerchant(merchant)).into(),
+        );
+    }
+    let gateway = app
+        .directory
+        .gateway(&principal.tenant, &merchant)
+        .await
+        .filter(|g| g.capabilities().quote)
+        .ok_or_else(|| {
+            Problem::unprocessable(
+                "quote_not_offered",
+                format!("{merchant} has no connector that quotes; record a quote instead"),
+            )
+        })?;
+    let request = QuoteRequest {
+        // The same request (key) gets the same session at the merchant.
+        idempotency_key: format!(
+            "quote/{}/{}",
+            cart.id.map(|c| c.to_string()).unwrap_or_default(),
+            key.digest
+        ),
+        lines,
+        currency,
+        ship_to,
+    };
+    let quote = gateway.quote(&request).await.map_err(|error| match error {
+        PlaceError::Unavailable(why) => {
+            let mut problem = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "merchant_unavailable",
+                "The merchant cannot be reached right now",
+            )
+            .with_detail(why);
+            problem.retry_after = Some(5);
+            problem
+        }
+        PlaceError::Failed { detail, .. } => Problem::unprocessable("quote_refused", detail),
+    })?;
     let command = CartCommand::RecordQuote {
         merchant,
         quote,

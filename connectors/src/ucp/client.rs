@@ -1,9 +1,12 @@
 use reqwest::StatusCode;
 use serde::Serialize;
-use shopagent_domain::ports::{MerchantGateway, PlaceError, PlaceOrder};
+use shopagent_domain::cart::Quote;
+use shopagent_domain::ports::{
+    GatewayCapabilities, MerchantGateway, PlaceError, PlaceOrder, QuoteRequest,
+};
 
 use super::UcpConfig;
-use super::mapping::{complete_checkout, create_checkout, failure};
+use super::mapping::{complete_checkout, create_checkout, failure, quote_checkout, quote_of};
 use super::wire::Checkout;
 
 /// A UCP merchant. Cheap to clone.
@@ -58,6 +61,37 @@ impl UcpMerchant {
 
 #[async_trait::async_trait]
 impl MerchantGateway for UcpMerchant {
+    /// UCP 2026-01-11 prices carts (a checkout session) and reports order changes by
+    /// webhook; it has no REST operations on orders.
+    fn capabilities(&self) -> GatewayCapabilities {
+        GatewayCapabilities {
+            quote: true,
+            ..GatewayCapabilities::default()
+        }
+    }
+
+    /// Opens a checkout session to read the merchant's totals, then cancels it.
+    async fn quote(&self, request: &QuoteRequest) -> Result<Quote, PlaceError> {
+        let (status, session) = self
+            .post(
+                "/checkout-sessions",
+                &request.idempotency_key,
+                &quote_checkout(request),
+            )
+            .await?;
+        let id = match (&session.id, session.status.as_str()) {
+            (Some(id), "ready_for_complete") if status.is_success() => id.clone(),
+            _ => return Err(failure(&session)),
+        };
+        let quote = quote_of(&session, request.currency);
+        let cancel = format!("/checkout-sessions/{id}/cancel");
+        let key = format!("{}/cancel", request.idempotency_key);
+        if let Err(error) = self.post(&cancel, &key, &serde_json::json!({})).await {
+            tracing::debug!(%error, session = %id, "quote session left to expire");
+        }
+        quote
+    }
+
     async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
         let (status, session) = self
             .post(
@@ -148,6 +182,17 @@ impl DiscoveringUcpMerchant {
 
 #[async_trait::async_trait]
 impl MerchantGateway for DiscoveringUcpMerchant {
+    fn capabilities(&self) -> GatewayCapabilities {
+        GatewayCapabilities {
+            quote: true,
+            ..GatewayCapabilities::default()
+        }
+    }
+
+    async fn quote(&self, request: &QuoteRequest) -> Result<Quote, PlaceError> {
+        self.merchant().await?.quote(request).await
+    }
+
     async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
         self.merchant().await?.place_order(order).await
     }

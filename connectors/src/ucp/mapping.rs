@@ -1,7 +1,12 @@
 //! Domain orders to UCP checkout bodies, and UCP answers to placement outcomes.
 
-use shopagent_domain::order::FailureReason;
-use shopagent_domain::ports::{PlaceError, PlaceOrder};
+use shopagent_domain::address::Address;
+use shopagent_domain::cart::Quote;
+use shopagent_domain::money::{Currency, Money};
+use shopagent_domain::order::{FailureReason, OrderLine};
+use shopagent_domain::ports::{PlaceError, PlaceOrder, QuoteRequest};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::wire::{
     Checkout, CompleteCheckout, CreateCheckout, Credential, Destination, Fulfillment,
@@ -11,8 +16,59 @@ use super::wire::{
 /// The create request: items by id and quantity (the merchant prices them), and the
 /// shipping destination.
 pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
-    let line_items: Vec<LineItemRequest> = order
-        .lines
+    checkout_request(&order.lines, order.total.currency, order.ship_to.as_ref())
+}
+
+/// The create request that prices a sub-cart.
+pub fn quote_checkout(request: &QuoteRequest) -> CreateCheckout {
+    checkout_request(&request.lines, request.currency, Some(&request.ship_to))
+}
+
+/// A session's totals as a quote. UCP totals carry no currency: they are the session's,
+/// which must be the one asked for.
+pub fn quote_of(session: &Checkout, currency: Currency) -> Result<Quote, PlaceError> {
+    if session
+        .currency
+        .as_deref()
+        .is_some_and(|c| !c.eq_ignore_ascii_case(currency.code()))
+    {
+        return Err(PlaceError::Failed {
+            reason: FailureReason::MerchantUnavailable,
+            detail: format!("the merchant quoted in {:?}", session.currency),
+        });
+    }
+    let amount = |kind: &str| -> i64 {
+        session
+            .totals
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| t.amount)
+            .sum()
+    };
+    // UCP's default session lifetime is six hours.
+    let expires_at = session
+        .expires_at
+        .as_deref()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .unwrap_or_else(|| OffsetDateTime::now_utc() + time::Duration::hours(6));
+    Ok(Quote {
+        items_total: Money::new(
+            amount("subtotal") - amount("items_discount") - amount("discount"),
+            currency,
+        ),
+        shipping: Money::new(amount("fulfillment"), currency),
+        tax: Money::new(amount("tax"), currency),
+        delivery_estimate: None,
+        expires_at,
+    })
+}
+
+fn checkout_request(
+    lines: &[OrderLine],
+    currency: Currency,
+    ship_to: Option<&Address>,
+) -> CreateCheckout {
+    let line_items: Vec<LineItemRequest> = lines
         .iter()
         .map(|line| LineItemRequest {
             item: ItemRef {
@@ -21,7 +77,7 @@ pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
             quantity: line.quantity,
         })
         .collect();
-    let fulfillment = order.ship_to.as_ref().map(|address| {
+    let fulfillment = ship_to.map(|address| {
         let fields = address.fields();
         Fulfillment {
             methods: vec![FulfillmentMethod {
@@ -43,7 +99,7 @@ pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
     });
     CreateCheckout {
         line_items,
-        currency: order.total.currency.code().to_owned(),
+        currency: currency.code().to_owned(),
         payment: PaymentRequest::default(),
         fulfillment,
     }

@@ -110,6 +110,11 @@ pub struct Checkout {
     pub order: Option<OrderConfirmation>,
     #[serde(default)]
     pub totals: Vec<Total>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
