@@ -16,6 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shopagent_commands::StoreConfig;
+use shopagent_connectors::Sandbox;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::sandbox_carrier::SandboxCarrier;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;

@@ -12,6 +12,7 @@ use common::{Backend, Reply, TestApp, spawn_app_with_server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shopagent::auth::Role;
+use shopagent_connectors::Sandbox;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::sandbox_carrier::SandboxCarrier;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;
@@ -206,7 +207,10 @@ async fn an_autopilot_order_is_placed_over_ucp_with_a_virtual_card(backend: Back
     let authorizations = issuer.authorizations();
     assert_eq!(authorizations.len(), 1);
     assert_eq!(authorizations[0]["approved"], true);
-    assert_eq!(authorizations[0]["amount"], 10_000);
+    assert_eq!(
+        authorizations[0]["amount"], 11_300,
+        "items, shipping and tax"
+    );
     let settled = mandate_settles(&app, &mandate).await;
     assert_eq!(
         settled.body["spent_this_period"],

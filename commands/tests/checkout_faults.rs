@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use checkout_support::*;
+use shopagent_commands::SubscriberRunner;
 use shopagent_commands::test_support::TestStore;
-use shopagent_commands::{CommandBus, SubscriberRunner};
 use shopagent_domain::order::{FailureReason, OrderStatus};
 use shopagent_domain::payment::PaymentStatus;
 use shopagent_domain::ports::PlaceError;
@@ -93,22 +93,8 @@ async fn crash_then_resume(
     );
 
     let restarted = test.reopen().await;
-    let fixture = Fixture {
-        registry: Arc::new(CommandBus::new(restarted.clone())),
-        orders: Arc::new(CommandBus::new(restarted.clone())),
-        payments: Arc::new(CommandBus::new(restarted.clone())),
-        mandates: Arc::new(CommandBus::new(restarted.clone())),
-        carts: Arc::new(CommandBus::new(restarted.clone())),
-        ..fixture
-    };
-    drain(
-        &restarted,
-        &SubscriberRunner::new(
-            restarted.clone(),
-            process(&fixture, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    let fixture = fixture.on(&restarted);
+    settle(&restarted, &fixture, &issuer, Some(&merchant)).await;
     Resumed {
         fixture,
         issuer,

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use checkout_support::*;
+use shopagent_commands::SubscriberRunner;
 use shopagent_commands::test_support::TestStore;
-use shopagent_commands::{CommandBus, SubscriberRunner};
 use shopagent_domain::order::{FailureReason, OrderStatus};
 use shopagent_domain::payment::PaymentStatus;
 use shopagent_domain::ports::PlaceError;
@@ -32,14 +32,7 @@ async fn a_placed_order_has_one_card_and_commits_its_spend(test: &TestStore) {
         Arc::new(Issuer::default()),
         Arc::new(Merchant::answering(Ok("A-1001".into()))),
     );
-    drain(
-        &test.store,
-        &SubscriberRunner::new(
-            test.store.clone(),
-            process(&fixture, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, Some(&merchant)).await;
 
     let order = order(&fixture).await;
     assert_eq!(
@@ -70,14 +63,7 @@ async fn a_declined_order_voids_its_card_and_releases_its_budget(test: &TestStor
         Arc::new(Issuer::default()),
         Arc::new(Merchant::answering(declined)),
     );
-    drain(
-        &test.store,
-        &SubscriberRunner::new(
-            test.store.clone(),
-            process(&fixture, issuer.clone(), Some(merchant)),
-        ),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, Some(&merchant)).await;
 
     let order = order(&fixture).await;
     assert_eq!(
@@ -98,14 +84,7 @@ async fn an_unavailable_merchant_is_retried_with_the_same_key(test: &TestStore) 
         Arc::new(Merchant::answering(Ok("A-7".into()))),
     );
     merchant.unavailable_first.store(2, Ordering::SeqCst);
-    drain(
-        &test.store,
-        &SubscriberRunner::new(
-            test.store.clone(),
-            process(&fixture, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, Some(&merchant)).await;
     let key = format!("order/{}", fixture.order);
     assert_eq!(merchant.calls(), vec![key.clone(), key.clone(), key]);
     assert_eq!(order(&fixture).await.status, OrderStatus::Placed);
@@ -143,22 +122,8 @@ async fn a_crash_after_the_merchant_placed_the_order_places_it_once(test: &TestS
 
     // A new instance, with nothing in memory, resumes from the log.
     let restarted = test.reopen().await;
-    let resumed = Fixture {
-        registry: Arc::new(CommandBus::new(restarted.clone())),
-        orders: Arc::new(CommandBus::new(restarted.clone())),
-        payments: Arc::new(CommandBus::new(restarted.clone())),
-        mandates: Arc::new(CommandBus::new(restarted.clone())),
-        carts: Arc::new(CommandBus::new(restarted.clone())),
-        ..fixture
-    };
-    drain(
-        &restarted,
-        &SubscriberRunner::new(
-            restarted.clone(),
-            process(&resumed, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    let resumed = fixture.on(&restarted);
+    settle(&restarted, &resumed, &issuer, Some(&merchant)).await;
     let key = format!("order/{}", resumed.order);
     assert_eq!(
         merchant.calls(),
@@ -184,11 +149,7 @@ async fn a_crash_after_the_merchant_placed_the_order_places_it_once(test: &TestS
 async fn a_merchant_without_a_connector_fails_cleanly(test: &TestStore) {
     let fixture = fixture(&test.store).await;
     let issuer = Arc::new(Issuer::default());
-    drain(
-        &test.store,
-        &SubscriberRunner::new(test.store.clone(), process(&fixture, issuer.clone(), None)),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, None).await;
     let order = order(&fixture).await;
     assert_eq!(
         (order.status, order.failure),
@@ -208,14 +169,7 @@ async fn a_merchant_that_stays_unavailable_is_given_up_and_reported_down(test: &
         Arc::new(Merchant::answering(Ok("never".into()))),
     );
     merchant.unavailable_first.store(100, Ordering::SeqCst);
-    drain(
-        &test.store,
-        &SubscriberRunner::new(
-            test.store.clone(),
-            process(&fixture, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, Some(&merchant)).await;
     assert_eq!(merchant.calls().len(), 4, "bounded: four attempts");
     let order = order(&fixture).await;
     assert_eq!(
@@ -262,14 +216,7 @@ async fn placement_attempts_survive_a_restart(test: &TestStore) {
     drop(first);
 
     // A new instance, nothing in memory, keeps counting from the log: two more.
-    drain(
-        &test.store,
-        &SubscriberRunner::new(
-            test.store.clone(),
-            process(&fixture, issuer.clone(), Some(merchant.clone())),
-        ),
-    )
-    .await;
+    settle(&test.store, &fixture, &issuer, Some(&merchant)).await;
     assert_eq!(
         merchant.calls().len(),
         4,

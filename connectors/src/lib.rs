@@ -11,6 +11,7 @@
 
 pub mod easypost;
 mod sandbox;
+pub use sandbox::Sandbox;
 pub mod sandbox_carrier;
 pub mod sandbox_issuer;
 pub mod sandbox_merchant;

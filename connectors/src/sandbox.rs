@@ -9,25 +9,37 @@ use std::time::Duration;
 use axum::Router;
 use serde_json::Value;
 
-/// Serves `router` at `address` (port 0: any free port); returns its base URL.
-pub(crate) async fn serve(
-    router: Router,
-    address: SocketAddr,
-    name: &'static str,
-) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, name, "sandbox stopped");
-        }
-    });
-    Ok((url, task))
-}
+/// A sandbox server: its routes, served on loopback.
+pub trait Sandbox {
+    /// Names the sandbox in logs.
+    const NAME: &'static str;
 
-/// Any free loopback port.
-pub(crate) fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
+    fn router(&self) -> Router;
+
+    /// Serves on a free loopback port; returns the base URL.
+    fn spawn(
+        &self,
+    ) -> impl Future<Output = std::io::Result<(String, tokio::task::JoinHandle<()>)>> + Send {
+        self.spawn_at(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves at `address`; returns the base URL.
+    fn spawn_at(
+        &self,
+        address: SocketAddr,
+    ) -> impl Future<Output = std::io::Result<(String, tokio::task::JoinHandle<()>)>> + Send {
+        let router = self.router();
+        async move {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let task = tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, router).await {
+                    tracing::error!(%error, sandbox = Self::NAME, "sandbox stopped");
+                }
+            });
+            Ok((url, task))
+        }
+    }
 }
 
 /// Signs a body: the header name and value to send with it.

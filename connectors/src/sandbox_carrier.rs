@@ -5,7 +5,6 @@
 //! out in order and are retried until acknowledged.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -59,25 +58,6 @@ impl SandboxCarrier {
 
     fn depot(&self) -> MutexGuard<'_, Depot> {
         self.depot.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/v2/trackers", post(create))
-            .with_state(self.clone())
-    }
-
-    /// Serves on a free loopback port; returns the base URL.
-    pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        self.spawn_at(crate::sandbox::loopback()).await
-    }
-
-    /// Serves at `address`; returns the base URL.
-    pub async fn spawn_at(
-        &self,
-        address: SocketAddr,
-    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        crate::sandbox::serve(self.router(), address, "sandbox carrier").await
     }
 
     /// Sends tracker events to `url` from now on. Needs a Tokio runtime.
@@ -208,4 +188,14 @@ async fn create(
         })
     });
     (StatusCode::OK, Json(tracker.clone())).into_response()
+}
+
+impl crate::Sandbox for SandboxCarrier {
+    const NAME: &'static str = "carrier";
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route("/v2/trackers", post(create))
+            .with_state(self.clone())
+    }
 }

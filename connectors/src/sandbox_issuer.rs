@@ -10,7 +10,6 @@
 //! declines, as Stripe's default does.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{Path, State};
@@ -56,33 +55,6 @@ impl SandboxIssuer {
         self.ledger().authorizations.clone()
     }
 
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route(
-                "/v1/test_helpers/issuing/authorizations",
-                post(test_authorization),
-            )
-            .route(
-                "/v1/issuing/cards",
-                post(create).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
-            )
-            .route("/v1/issuing/cards/{id}", post(update).get(read))
-            .with_state(self.clone())
-    }
-
-    /// Serves on a free loopback port; returns the base URL.
-    pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        self.spawn_at(crate::sandbox::loopback()).await
-    }
-
-    /// Serves at `address`; returns the base URL.
-    pub async fn spawn_at(
-        &self,
-        address: SocketAddr,
-    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        crate::sandbox::serve(self.router(), address, "sandbox issuer").await
-    }
-
     /// A card as the sandbox holds it.
     pub fn card(&self, id: &str) -> Option<Value> {
         self.ledger().cards.get(id).cloned()
@@ -125,20 +97,10 @@ impl SandboxIssuer {
                 "Invalid API Key provided",
             );
         }
-        let key = headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let key = idempotency_key(headers);
         let mut ledger = self.ledger();
-        if let Some((seen, status, body)) = key.as_ref().and_then(|k| ledger.answers.get(k)) {
-            if *seen != fingerprint {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "idempotency_error",
-                    "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-                );
-            }
-            return (*status, Json(body.clone())).into_response();
+        if let Some(replay) = replay(&ledger, key.as_deref(), &fingerprint) {
+            return replay;
         }
         let (status, body) = answer(&mut ledger);
         if let Some(key) = key {
@@ -148,6 +110,28 @@ impl SandboxIssuer {
         }
         (status, Json(body)).into_response()
     }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The stored answer to a key seen before, or Stripe's error when it came with other
+/// parameters; `None` for a new key.
+fn replay(ledger: &Ledger, key: Option<&str>, fingerprint: &str) -> Option<Response> {
+    let (seen, status, body) = ledger.answers.get(key?)?;
+    Some(if seen == fingerprint {
+        (*status, Json(body.clone())).into_response()
+    } else {
+        error(
+            StatusCode::BAD_REQUEST,
+            "idempotency_error",
+            "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+        )
+    })
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -321,22 +305,9 @@ async fn test_authorization(
         );
     }
     let print = fingerprint("/v1/test_helpers/issuing/authorizations", &form);
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some((seen, status, body)) = key
-        .as_ref()
-        .and_then(|k| issuer.ledger().answers.get(k).cloned())
-    {
-        if seen != print {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "idempotency_error",
-                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-            );
-        }
-        return (status, Json(body)).into_response();
+    let key = idempotency_key(&headers);
+    if let Some(replay) = replay(&issuer.ledger(), key.as_deref(), &print) {
+        return replay;
     }
     let field = |name: &str| form.get(name).cloned();
     let (Some(card_id), Some(amount)) = (
@@ -391,4 +362,22 @@ async fn test_authorization(
             .insert(key, (print, StatusCode::OK, authorization.clone()));
     }
     (StatusCode::OK, Json(authorization)).into_response()
+}
+
+impl crate::Sandbox for SandboxIssuer {
+    const NAME: &'static str = "issuer";
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/v1/test_helpers/issuing/authorizations",
+                post(test_authorization),
+            )
+            .route(
+                "/v1/issuing/cards",
+                post(create).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+            )
+            .route("/v1/issuing/cards/{id}", post(update).get(read))
+            .with_state(self.clone())
+    }
 }

@@ -10,7 +10,6 @@
 //! the spec requires of a business. Its signing key is published in its profile.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -401,29 +400,6 @@ impl SandboxMerchant {
         self.shop().orders.clone()
     }
 
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/.well-known/ucp", axum::routing::get(profile))
-            .route("/checkout-sessions", post(create))
-            .route("/checkout-sessions/{id}", axum::routing::get(read))
-            .route("/checkout-sessions/{id}/complete", post(complete))
-            .route("/checkout-sessions/{id}/cancel", post(cancel))
-            .with_state(self.clone())
-    }
-
-    /// Serves on a free loopback port; returns the base URL.
-    pub async fn spawn(&self) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        self.spawn_at(crate::sandbox::loopback()).await
-    }
-
-    /// Serves at `address`; returns the base URL.
-    pub async fn spawn_at(
-        &self,
-        address: SocketAddr,
-    ) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
-        crate::sandbox::serve(self.router(), address, "sandbox merchant").await
-    }
-
     /// Applies the failure mode, then answers once per idempotency key, and records the
     /// exchange.
     async fn answer(
@@ -720,4 +696,18 @@ fn order_entity(session: &Value, order_id: &str, permalink: &str) -> Value {
         "adjustments": [],
         "totals": session["totals"],
     })
+}
+
+impl crate::Sandbox for SandboxMerchant {
+    const NAME: &'static str = "merchant";
+
+    fn router(&self) -> Router {
+        Router::new()
+            .route("/.well-known/ucp", axum::routing::get(profile))
+            .route("/checkout-sessions", post(create))
+            .route("/checkout-sessions/{id}", axum::routing::get(read))
+            .route("/checkout-sessions/{id}/complete", post(complete))
+            .route("/checkout-sessions/{id}/cancel", post(cancel))
+            .with_state(self.clone())
+    }
 }

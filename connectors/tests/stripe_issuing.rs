@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use shopagent_connectors::Sandbox;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;
 use shopagent_connectors::stripe_issuing::wire::IssuingCard;
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};

@@ -1,15 +1,18 @@
 //! The UCP merchant connector against the sandbox UCP merchant, over real HTTP.
 
+mod common;
+
 use std::time::Duration;
 
+use common::order;
+
+use shopagent_connectors::Sandbox;
 use shopagent_connectors::sandbox_merchant::{FailureMode, SandboxMerchant};
 use shopagent_connectors::ucp::{UcpConfig, UcpMerchant};
-use shopagent_domain::address::{Address, AddressFields};
-use shopagent_domain::ids::{OfferId, OrderId};
-use shopagent_domain::money::{Currency, Money};
-use shopagent_domain::order::{FailureReason, OrderLine};
-use shopagent_domain::payment::{CardDisplay, CardReference};
-use shopagent_domain::ports::{MerchantGateway, PlaceError, PlaceOrder};
+use shopagent_domain::ids::OfferId;
+use shopagent_domain::money::Money;
+use shopagent_domain::order::FailureReason;
+use shopagent_domain::ports::{MerchantGateway, PlaceError};
 
 async fn merchant() -> (SandboxMerchant, UcpMerchant) {
     let sandbox = SandboxMerchant::new();
@@ -21,35 +24,6 @@ async fn merchant() -> (SandboxMerchant, UcpMerchant) {
     })
     .expect("client");
     (sandbox, client)
-}
-
-fn order(key: &str) -> PlaceOrder {
-    let usd = Currency::parse("USD").expect("USD");
-    PlaceOrder {
-        idempotency_key: key.into(),
-        order_id: OrderId::new(),
-        lines: vec![OrderLine {
-            offer_id: OfferId::parse("sku:tent").expect("offer"),
-            title: "Tent".into(),
-            quantity: 2,
-            unit_price: Money::new(10_000, usd),
-        }],
-        total: Money::new(22_100, usd),
-        ship_to: Some(
-            Address::new(AddressFields {
-                name: "Ada".into(),
-                line1: "1 Main St".into(),
-                line2: None,
-                city: "Springfield".into(),
-                region: Some("IL".into()),
-                postal_code: "62701".into(),
-                country: "US".into(),
-            })
-            .expect("address"),
-        ),
-        card: CardReference::parse("ic_sandboxCard").expect("card"),
-        card_display: Some(CardDisplay::parse("Visa", "4242").expect("display")),
-    }
 }
 
 #[tokio::test]

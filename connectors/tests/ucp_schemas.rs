@@ -6,20 +6,19 @@
 //! with `ucp_request` (`omit`, `optional`, `required`, or one of those per operation),
 //! and the platform must send exactly what that form allows.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::order;
 use jsonschema::{Resource, Validator};
 use serde_json::{Value, json};
+use shopagent_connectors::Sandbox;
 use shopagent_connectors::sandbox_merchant::SandboxMerchant;
 use shopagent_connectors::ucp::{UcpConfig, UcpMerchant};
-use shopagent_domain::address::{Address, AddressFields};
-use shopagent_domain::ids::{OfferId, OrderId};
-use shopagent_domain::money::{Currency, Money};
-use shopagent_domain::order::OrderLine;
-use shopagent_domain::payment::{CardDisplay, CardReference};
-use shopagent_domain::ports::{MerchantGateway, PlaceOrder};
+use shopagent_domain::ports::MerchantGateway;
 
 fn spec_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/specs/ucp/2026-01-11/source")
@@ -126,35 +125,6 @@ fn assert_valid(validator: &Validator, instance: &Value, what: &str) {
         errors.is_empty(),
         "{what} violates the UCP schema: {errors:#?}\n{instance:#}"
     );
-}
-
-fn order(key: &str) -> PlaceOrder {
-    let usd = Currency::parse("USD").expect("USD");
-    PlaceOrder {
-        idempotency_key: key.into(),
-        order_id: OrderId::new(),
-        lines: vec![OrderLine {
-            offer_id: OfferId::parse("sku:tent").expect("offer"),
-            title: "Tent".into(),
-            quantity: 2,
-            unit_price: Money::new(10_000, usd),
-        }],
-        total: Money::new(22_100, usd),
-        ship_to: Some(
-            Address::new(AddressFields {
-                name: "Ada".into(),
-                line1: "1 Main St".into(),
-                line2: Some("Apt 4".into()),
-                city: "Springfield".into(),
-                region: Some("IL".into()),
-                postal_code: "62701".into(),
-                country: "US".into(),
-            })
-            .expect("address"),
-        ),
-        card: CardReference::parse("ic_sandboxCard").expect("card"),
-        card_display: Some(CardDisplay::parse("Visa", "4242").expect("display")),
-    }
 }
 
 const CHECKOUT: &str = "https://ucp.dev/schemas/shopping/fulfillment.json#/$defs/checkout";

@@ -80,6 +80,17 @@ pub struct OrderLine {
     pub unit_price: Money,
 }
 
+impl From<&crate::cart::CartLine> for OrderLine {
+    fn from(line: &crate::cart::CartLine) -> Self {
+        Self {
+            offer_id: line.offer_id.clone(),
+            title: line.title.clone(),
+            quantity: line.quantity,
+            unit_price: line.unit_price,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReturnStatus {

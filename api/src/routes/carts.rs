@@ -516,12 +516,7 @@ pub async fn fetch_quote(
         .lines
         .values()
         .filter(|line| line.merchant == merchant)
-        .map(|line| OrderLine {
-            offer_id: line.offer_id.clone(),
-            title: line.title.clone(),
-            quantity: line.quantity,
-            unit_price: line.unit_price,
-        })
+        .map(OrderLine::from)
         .collect();
     if lines.is_empty() {
         return Err(
@@ -721,12 +716,7 @@ pub async fn checkout(
                 .lines
                 .iter()
                 .filter_map(|line_id| cart.lines.get(line_id))
-                .map(|line| OrderLine {
-                    offer_id: line.offer_id.clone(),
-                    title: line.title.clone(),
-                    quantity: line.quantity,
-                    unit_price: line.unit_price,
-                })
+                .map(OrderLine::from)
                 .collect();
             let draft = OrderDraft {
                 cart_id,

@@ -403,3 +403,28 @@ pub async fn health(fixture: &Fixture) -> shopagent_domain::merchant::Health {
         .0
         .health
 }
+
+impl Fixture {
+    /// The same world seen through another store (a restarted process).
+    pub fn on(self, store: &Store) -> Fixture {
+        Fixture {
+            registry: Arc::new(CommandBus::new(store.clone())),
+            orders: Arc::new(CommandBus::new(store.clone())),
+            payments: Arc::new(CommandBus::new(store.clone())),
+            mandates: Arc::new(CommandBus::new(store.clone())),
+            carts: Arc::new(CommandBus::new(store.clone())),
+            ..self
+        }
+    }
+}
+
+/// Runs a fresh instance of the process (nothing in memory) until it settles.
+pub async fn settle(
+    store: &Store,
+    fixture: &Fixture,
+    issuer: &Arc<Issuer>,
+    merchant: Option<&Arc<Merchant>>,
+) {
+    let process = process(fixture, issuer.clone(), merchant.cloned());
+    drain(store, &SubscriberRunner::new(store.clone(), process)).await;
+}
