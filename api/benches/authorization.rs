@@ -60,8 +60,8 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-/// Payments with issued cards, locked to `acme` (acceptor 4445550001).
-async fn payments(store: &shopagent_commands::Store, count: usize) -> Vec<String> {
+/// Registers `acme` with card-acceptor id 4445550001.
+async fn register_merchant(store: &shopagent_commands::Store) {
     let now = OffsetDateTime::now_utc();
     let acme = MerchantId::parse("acme").expect("merchant");
     let registry = CommandBus::<Merchant>::new(store.clone());
@@ -86,6 +86,12 @@ async fn payments(store: &shopagent_commands::Store, count: usize) -> Vec<String
         )
         .await
         .expect("register");
+}
+
+/// Payments with issued cards, locked to `acme`.
+async fn payments(store: &shopagent_commands::Store, count: usize) -> Vec<String> {
+    let now = OffsetDateTime::now_utc();
+    let acme = MerchantId::parse("acme").expect("merchant");
     let payments = CommandBus::<Payment>::new(store.clone());
     let mut streams = Vec::with_capacity(count);
     for n in 0..count {
@@ -244,6 +250,7 @@ async fn main() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(server.run(shutdown.clone()));
     let webhook = format!("http://{address}/v1/webhooks/stripe");
+    register_merchant(&store).await;
 
     println!(
         "| concurrency | requests | webhook answers/s | p50 ms | p95 ms | p99 ms | max ms | raw load+append/s | raw p50 ms | raw p99 ms |"

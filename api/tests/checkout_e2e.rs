@@ -28,6 +28,8 @@ on_both_backends!(
     a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
     a_charge_from_another_acceptor_is_declined_by_the_payment_rules,
     the_merchant_prices_its_part_of_the_cart,
+    each_failure_mode_ends_typed_with_nothing_left_half_done,
+    a_failure_at_one_merchant_leaves_the_other_order_intact,
 );
 
 struct World {
@@ -686,5 +688,169 @@ async fn the_merchant_prices_its_part_of_the_cart(backend: Backend) {
         .await;
     down.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "merchant_unavailable");
     assert!(down.header("retry-after").is_some());
+    app.stop().await;
+}
+
+async fn each_failure_mode_ends_typed_with_nothing_left_half_done(backend: Backend) {
+    for (mode, status, reason) in [
+        (
+            FailureMode::AddressRejected,
+            "failed",
+            Some("address_invalid"),
+        ),
+        (
+            FailureMode::ServerError,
+            "failed",
+            Some("merchant_unavailable"),
+        ),
+        (
+            FailureMode::Slow(Duration::from_millis(300)),
+            "placed",
+            None,
+        ),
+    ] {
+        let World { app, issuer, .. } = world(backend, mode).await;
+        let (mandate, order) = check_out(&app).await;
+        let ended = settled_order(&app, &order).await;
+        assert_eq!(ended.body["status"], status, "{mode:?}: {:?}", ended.body);
+        let settled = mandate_settles(&app, &mandate).await;
+        assert!(
+            settled.body["open_reservations"]
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            "{mode:?}: no budget left held"
+        );
+        if let Some(reason) = reason {
+            assert_eq!(settled.body["spent_this_period"], usd(0), "{mode:?}");
+            let hub = order_in_hub(&app, &order, "failed").await;
+            let failure = hub["timeline"]
+                .as_array()
+                .and_then(|t| t.iter().find(|e| e["event"] == "failed").cloned())
+                .expect("failure in the timeline");
+            assert_eq!(failure["reason"], reason, "{mode:?}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !issuer_cards_canceled(&issuer) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(
+                issuer_cards_canceled(&issuer),
+                "{mode:?}: the card is voided"
+            );
+        } else {
+            assert_eq!(settled.body["spent_this_period"], usd(11_300), "{mode:?}");
+        }
+        app.stop().await;
+    }
+}
+
+/// The order's row in the hub once it shows `status`.
+async fn order_in_hub(app: &TestApp, order: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let hub = app
+            .get(
+                &format!("/v1/orders?status={status}"),
+                &app.shopper("alice"),
+            )
+            .await;
+        let row = hub.body["orders"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["order_id"] == order).cloned());
+        match row {
+            Some(row) => return row,
+            None if Instant::now() > deadline => panic!("{order} never {status} in the hub"),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn a_failure_at_one_merchant_leaves_the_other_order_intact(backend: Backend) {
+    let World { app, .. } = world(backend, FailureMode::None).await;
+    // A second UCP merchant, whose item sells out between quote and checkout.
+    let bolt = SandboxMerchant::new();
+    let (bolt_url, _) = bolt.spawn().await.expect("second merchant");
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let registered = app
+        .post("/v1/merchants", &ops, json!({"merchant_id": "bolt", "name": "Bolt Gear", "protocol": "ucp", "api_endpoint": bolt_url, "paths": ["api"]}))
+        .await;
+    assert_eq!(registered.status, StatusCode::CREATED);
+    let alice = app.shopper("alice");
+    let mandate = app
+        .post(
+            "/v1/mandates",
+            &alice,
+            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": usd(50_000)}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .expect("mandate")
+        .to_owned();
+    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let cart = app
+        .post("/v1/carts", &agent, json!({"currency": "USD"}))
+        .await
+        .body["id"]
+        .as_str()
+        .expect("cart")
+        .to_owned();
+    for (offer, merchant, price) in [("sku:tent", "acme", 10_000), ("sku:stove", "bolt", 4_500)] {
+        let line = json!({"offer_id": offer, "merchant": merchant, "title": offer, "category": "outdoor", "unit_price": usd(price), "quantity": 1});
+        assert_eq!(
+            app.post(&format!("/v1/carts/{cart}/lines"), &agent, line)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let address = json!({"name": "Ada Shopper", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
+    app.post(&format!("/v1/carts/{cart}/address"), &agent, address)
+        .await;
+    for merchant in ["acme", "bolt"] {
+        let quoted = app
+            .post(
+                &format!("/v1/carts/{cart}/quotes/fetch"),
+                &agent,
+                json!({"merchant": merchant}),
+            )
+            .await;
+        assert_eq!(
+            quoted.status,
+            StatusCode::OK,
+            "{merchant}: {:?}",
+            quoted.body
+        );
+    }
+    bolt.set_failure_mode(FailureMode::OutOfStock);
+    let checkout = app
+        .post(&format!("/v1/carts/{cart}/checkout"), &agent, json!({}))
+        .await;
+    let order_of = |merchant: &str| {
+        checkout.body["sub_carts"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["merchant"] == merchant))
+            .and_then(|s| s["order_id"].as_str())
+            .expect("an order per merchant")
+            .to_owned()
+    };
+    let (acme_order, bolt_order) = (order_of("acme"), order_of("bolt"));
+
+    let placed = settled_order(&app, &acme_order).await;
+    assert_eq!(placed.body["status"], "placed", "{:?}", placed.body);
+    let failed = settled_order(&app, &bolt_order).await;
+    assert_eq!(failed.body["status"], "failed", "{:?}", failed.body);
+    // The shopper is told exactly what happened at each merchant.
+    let failure = order_in_hub(&app, &bolt_order, "failed").await["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["event"] == "failed").cloned())
+        .expect("failure in the timeline");
+    assert_eq!(failure["reason"], "inventory_changed");
+    order_in_hub(&app, &acme_order, "placed").await;
+    let settled = mandate_settles(&app, &mandate).await;
+    assert_eq!(
+        settled.body["spent_this_period"],
+        usd(11_300),
+        "acme's spend committed, bolt's reservation released"
+    );
     app.stop().await;
 }

@@ -127,7 +127,7 @@ impl Default for SandboxMerchant {
 /// One checkout call as the sandbox saw it: what the platform sent and what it answered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exchange {
-    /// `create`, `complete` or `cancel`.
+    /// `create`, `update`, `complete` or `cancel`.
     pub operation: &'static str,
     pub request: Value,
     pub status: u16,
@@ -506,70 +506,174 @@ async fn create(
     let fingerprint = format!("create {body}");
     let catalogue = merchant.catalogue();
     merchant
-        .answer(&headers, ("create", body.clone()), fingerprint, |shop, mode| {
-            let requested = body["line_items"].as_array().cloned().unwrap_or_default();
-            let valid = !requested.is_empty()
-                && requested.iter().all(|l| l["item"]["id"].is_string() && l["quantity"].as_u64().is_some_and(|q| q >= 1));
-            if !valid || !body["currency"].is_string() {
-                return (StatusCode::BAD_REQUEST, error_body("invalid_cart_items", "line items need an item id and a quantity of at least 1"));
-            }
-            // The merchant prices its own items; an item it does not sell is unavailable.
-            let mut line_items = Vec::new();
-            let mut unknown = Vec::new();
-            for (n, line) in requested.iter().enumerate() {
-                let item_id = line["item"]["id"].as_str().unwrap_or_default();
-                let quantity = line["quantity"].as_i64().unwrap_or(0);
-                match catalogue.get(item_id) {
-                    Some((title, price)) => line_items.push(json!({
-                        "id": format!("li_{}", n + 1),
-                        "item": {"id": item_id, "title": title, "price": price},
-                        "quantity": quantity,
-                        "totals": [{"type": "subtotal", "amount": price * quantity}, {"type": "total", "amount": price * quantity}],
-                    })),
-                    None => unknown.push(item_id.to_owned()),
+        .answer(
+            &headers,
+            ("create", body.clone()),
+            fingerprint,
+            |shop, mode| {
+                shop.next += 1;
+                let id = format!("chk_{}", shop.next);
+                match priced(&body, &id, &catalogue, mode) {
+                    Ok(session) => {
+                        shop.sessions.insert(id, session.clone());
+                        (StatusCode::CREATED, session)
+                    }
+                    Err(refusal) => refusal,
                 }
-            }
-            shop.next += 1;
-            let id = format!("chk_{}", shop.next);
-            let subtotal: i64 = line_items.iter().map(|l| l["totals"][0]["amount"].as_i64().unwrap_or(0)).sum();
-            let method = &body["fulfillment"]["methods"][0];
-            let has_destination = method["destinations"][0]["postal_code"].is_string();
-            // Flat-rate shipping once there is somewhere to ship to, and 8 % sales tax.
-            let shipping = if has_destination { SHIPPING } else { 0 };
-            let tax = subtotal * TAX_PERCENT / 100;
-            let (status, messages) = match mode {
-                _ if !unknown.is_empty() => ("incomplete", json!([{"type": "error", "code": "item_unavailable", "content": format!("not sold here: {}", unknown.join(", ")), "severity": "requires_buyer_input"}])),
-                FailureMode::OutOfStock => ("incomplete", json!([{"type": "error", "code": "out_of_stock", "content": "an item sold out", "severity": "requires_buyer_input"}])),
-                FailureMode::AddressRejected => ("incomplete", json!([{"type": "error", "code": "invalid_address", "content": "we do not ship there", "severity": "requires_buyer_input"}])),
-                _ if !has_destination => ("incomplete", json!([{"type": "error", "code": "missing", "path": "$.fulfillment", "content": "a shipping destination is required", "severity": "recoverable"}])),
-                _ => ("ready_for_complete", json!([])),
-            };
-            let mut session = json!({
-                "ucp": ucp(),
-                "id": id,
-                "status": status,
-                "messages": messages,
-                "currency": body["currency"],
-                "line_items": line_items,
-                "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "fulfillment", "amount": shipping}, {"type": "tax", "amount": tax}, {"type": "total", "amount": subtotal + shipping + tax}],
-                "expires_at": (OffsetDateTime::now_utc() + time::Duration::hours(6)).format(&Rfc3339).unwrap_or_default(),
-                "links": [{"type": "terms_of_service", "url": "https://sandbox.shopagent.invalid/terms"}],
-                "payment": {"handlers": []},
-            });
-            if has_destination {
-                let ids: Vec<Value> = line_items.iter().map(|l| l["id"].clone()).collect();
-                session["fulfillment"] = json!({"methods": [{
-                    "id": "method_1",
-                    "type": "shipping",
-                    "line_item_ids": ids,
-                    "destinations": method["destinations"],
-                    "selected_destination_id": method["selected_destination_id"],
-                }]});
-            }
-            shop.sessions.insert(id, session.clone());
-            (StatusCode::CREATED, session)
-        })
+            },
+        )
         .await
+}
+
+/// `PUT /checkout-sessions/{id}`: the request replaces the session's buyer, lines and
+/// fulfillment; the merchant prices it again.
+async fn update(
+    State(merchant): State<SandboxMerchant>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let fingerprint = format!("update {id} {body}");
+    let catalogue = merchant.catalogue();
+    merchant
+        .answer(
+            &headers,
+            ("update", body.clone()),
+            fingerprint,
+            |shop, mode| {
+                match shop.sessions.get(&id).map(|s| s["status"].clone()) {
+                    None => {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            error_body("not_found", "no such checkout session"),
+                        );
+                    }
+                    Some(status) if status == "completed" || status == "canceled" => {
+                        return (
+                            StatusCode::CONFLICT,
+                            error_body("invalid_state", "the checkout can no longer change"),
+                        );
+                    }
+                    Some(_) => {}
+                }
+                if body["id"] != id.as_str() {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        error_body("invalid_request", "the body's id is not the session's"),
+                    );
+                }
+                let unknown_method = body["fulfillment"]["methods"]
+                    .as_array()
+                    .is_some_and(|methods| methods.iter().any(|m| m["id"] != "method_1"));
+                if unknown_method {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        error_body("invalid_request", "no such fulfillment method"),
+                    );
+                }
+                match priced(&body, &id, &catalogue, mode) {
+                    Ok(session) => {
+                        shop.sessions.insert(id.clone(), session.clone());
+                        (StatusCode::OK, session)
+                    }
+                    Err(refusal) => refusal,
+                }
+            },
+        )
+        .await
+}
+
+/// The session a create or update request makes: the merchant prices its own items (an
+/// item it does not sell is unavailable), ships at a flat rate once there is a
+/// destination, and adds 8 % sales tax; the failure mode applies.
+fn priced(
+    body: &Value,
+    id: &str,
+    catalogue: &HashMap<String, (String, i64)>,
+    mode: FailureMode,
+) -> Result<Value, (StatusCode, Value)> {
+    let requested = body["line_items"].as_array().cloned().unwrap_or_default();
+    let valid = !requested.is_empty()
+        && requested
+            .iter()
+            .all(|l| l["item"]["id"].is_string() && l["quantity"].as_u64().is_some_and(|q| q >= 1));
+    if !valid || !body["currency"].is_string() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            error_body(
+                "invalid_cart_items",
+                "line items need an item id and a quantity of at least 1",
+            ),
+        ));
+    }
+    let mut line_items = Vec::new();
+    let mut unknown = Vec::new();
+    for (n, line) in requested.iter().enumerate() {
+        let item_id = line["item"]["id"].as_str().unwrap_or_default();
+        let quantity = line["quantity"].as_i64().unwrap_or(0);
+        match catalogue.get(item_id) {
+            Some((title, price)) => line_items.push(json!({
+                "id": format!("li_{}", n + 1),
+                "item": {"id": item_id, "title": title, "price": price},
+                "quantity": quantity,
+                "totals": [{"type": "subtotal", "amount": price * quantity}, {"type": "total", "amount": price * quantity}],
+            })),
+            None => unknown.push(item_id.to_owned()),
+        }
+    }
+    let subtotal: i64 = line_items
+        .iter()
+        .map(|l| l["totals"][0]["amount"].as_i64().unwrap_or(0))
+        .sum();
+    let method = &body["fulfillment"]["methods"][0];
+    let has_destination = method["destinations"][0]["postal_code"].is_string();
+    let shipping = if has_destination { SHIPPING } else { 0 };
+    let tax = subtotal * TAX_PERCENT / 100;
+    let (status, messages) = match mode {
+        _ if !unknown.is_empty() => (
+            "incomplete",
+            json!([{"type": "error", "code": "item_unavailable", "content": format!("not sold here: {}", unknown.join(", ")), "severity": "requires_buyer_input"}]),
+        ),
+        FailureMode::OutOfStock => (
+            "incomplete",
+            json!([{"type": "error", "code": "out_of_stock", "content": "an item sold out", "severity": "requires_buyer_input"}]),
+        ),
+        FailureMode::AddressRejected if has_destination => (
+            "incomplete",
+            json!([{"type": "error", "code": "invalid_address", "content": "we do not ship there", "severity": "requires_buyer_input"}]),
+        ),
+        _ if !has_destination => (
+            "incomplete",
+            json!([{"type": "error", "code": "missing", "path": "$.fulfillment.methods[0].destinations", "content": "a shipping destination is required", "severity": "recoverable"}]),
+        ),
+        _ => ("ready_for_complete", json!([])),
+    };
+    let mut session = json!({
+        "ucp": ucp(),
+        "id": id,
+        "status": status,
+        "messages": messages,
+        "currency": body["currency"],
+        "line_items": line_items,
+        "totals": [{"type": "subtotal", "amount": subtotal}, {"type": "fulfillment", "amount": shipping}, {"type": "tax", "amount": tax}, {"type": "total", "amount": subtotal + shipping + tax}],
+        "expires_at": (OffsetDateTime::now_utc() + time::Duration::hours(6)).format(&Rfc3339).unwrap_or_default(),
+        "links": [{"type": "terms_of_service", "url": "https://sandbox.shopagent.invalid/terms"}],
+        "payment": {"handlers": []},
+    });
+    if body["buyer"].is_object() {
+        session["buyer"] = body["buyer"].clone();
+    }
+    if method.is_object() {
+        let ids: Vec<Value> = line_items.iter().map(|l| l["id"].clone()).collect();
+        let mut shipping_method =
+            json!({"id": "method_1", "type": "shipping", "line_item_ids": ids});
+        if has_destination {
+            shipping_method["destinations"] = method["destinations"].clone();
+            shipping_method["selected_destination_id"] = method["selected_destination_id"].clone();
+        }
+        session["fulfillment"] = json!({"methods": [shipping_method]});
+    }
+    Ok(session)
 }
 
 async fn read(State(merchant): State<SandboxMerchant>, Path(id): Path<String>) -> Response {
@@ -705,7 +809,10 @@ impl crate::Sandbox for SandboxMerchant {
         Router::new()
             .route("/.well-known/ucp", axum::routing::get(profile))
             .route("/checkout-sessions", post(create))
-            .route("/checkout-sessions/{id}", axum::routing::get(read))
+            .route(
+                "/checkout-sessions/{id}",
+                axum::routing::get(read).put(update),
+            )
             .route("/checkout-sessions/{id}/complete", post(complete))
             .route("/checkout-sessions/{id}/cancel", post(cancel))
             .with_state(self.clone())

@@ -148,7 +148,11 @@ async fn the_merchant_prices_the_items_and_a_higher_price_is_not_bought() {
     );
     assert!(sandbox.orders().is_empty(), "nothing bought");
     let operations: Vec<_> = sandbox.exchanges().iter().map(|e| e.operation).collect();
-    assert_eq!(operations, ["create", "cancel"], "the session is canceled");
+    assert_eq!(
+        operations,
+        ["create", "update", "cancel"],
+        "the session is canceled"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +197,7 @@ async fn a_quote_is_the_merchant_s_own_totals_and_leaves_no_session_open() {
     );
     assert!(quote.expires_at > time::OffsetDateTime::now_utc());
     let operations: Vec<_> = sandbox.exchanges().iter().map(|e| e.operation).collect();
-    assert_eq!(operations, ["create", "cancel"]);
+    assert_eq!(operations, ["create", "update", "cancel"]);
     assert!(sandbox.orders().is_empty(), "a quote buys nothing");
     // What UCP does not offer is refused, not faked.
     assert!(!ucp.capabilities().cancel);

@@ -168,16 +168,18 @@ async fn the_connector_and_the_sandbox_send_what_the_ucp_schemas_allow() {
     sandbox.refund(&reference, 10_000).expect("refund");
 
     let create_request = validator(CHECKOUT, Some("create"));
+    let update_request = validator(CHECKOUT, Some("update"));
     let complete_request = validator("https://ucp.dev/schemas/shopping/payment_data.json", None);
     let checkout_response = validator(CHECKOUT, None);
     let exchanges = sandbox.exchanges();
     assert_eq!(
         exchanges.iter().map(|e| e.operation).collect::<Vec<_>>(),
-        ["create", "complete"]
+        ["create", "update", "complete"]
     );
     for exchange in &exchanges {
         let request_schema = match exchange.operation {
             "create" => &create_request,
+            "update" => &update_request,
             _ => &complete_request,
         };
         assert_valid(

@@ -6,7 +6,9 @@ use shopagent_domain::ports::{
 };
 
 use super::UcpConfig;
-use super::mapping::{complete_checkout, create_checkout, failure, quote_checkout, quote_of};
+use super::mapping::{
+    SessionRequest, complete_checkout, create_checkout, failure, quote_of, update_checkout,
+};
 use super::wire::Checkout;
 
 /// A UCP merchant. Cheap to clone.
@@ -29,10 +31,21 @@ impl UcpMerchant {
         idempotency_key: &str,
         body: &impl Serialize,
     ) -> Result<(StatusCode, Checkout), PlaceError> {
+        self.send(reqwest::Method::POST, path, idempotency_key, body)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        idempotency_key: &str,
+        body: &impl Serialize,
+    ) -> Result<(StatusCode, Checkout), PlaceError> {
         let url = format!("{}{path}", self.config.endpoint.trim_end_matches('/'));
         let response = self
             .http
-            .post(url)
+            .request(method, url)
             .header(
                 "UCP-Agent",
                 format!("profile=\"{}\"", self.config.agent_profile),
@@ -57,6 +70,48 @@ impl UcpMerchant {
             })?;
         Ok((status, checkout))
     }
+
+    /// Opens a checkout session ready to complete: create it with the items, then update
+    /// it with the buyer and the destination on the business's shipping method. Keys
+    /// derive from `key`, so a retry lands on the same session.
+    async fn open_session(
+        &self,
+        request: SessionRequest<'_>,
+        key: &str,
+    ) -> Result<(String, Checkout), PlaceError> {
+        let (status, created) = self
+            .post(
+                "/checkout-sessions",
+                &format!("{key}/create"),
+                &create_checkout(request),
+            )
+            .await?;
+        let Some(id) = created.id.clone().filter(|_| status.is_success()) else {
+            return Err(failure(&created));
+        };
+        if created.status == "completed" || created.status == "ready_for_complete" {
+            return Ok((id, created));
+        }
+        let update = match request.ship_to {
+            Some(ship_to) => update_checkout(&created, &id, request.currency, ship_to),
+            None => None,
+        };
+        let Some(update) = update else {
+            return Err(failure(&created));
+        };
+        let (status, updated) = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("/checkout-sessions/{id}"),
+                &format!("{key}/update"),
+                &update,
+            )
+            .await?;
+        match updated.status.as_str() {
+            "ready_for_complete" | "completed" if status.is_success() => Ok((id, updated)),
+            _ => Err(failure(&updated)),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -72,17 +127,9 @@ impl MerchantGateway for UcpMerchant {
 
     /// Opens a checkout session to read the merchant's totals, then cancels it.
     async fn quote(&self, request: &QuoteRequest) -> Result<Quote, PlaceError> {
-        let (status, session) = self
-            .post(
-                "/checkout-sessions",
-                &request.idempotency_key,
-                &quote_checkout(request),
-            )
+        let (id, session) = self
+            .open_session(request.into(), &request.idempotency_key)
             .await?;
-        let id = match (&session.id, session.status.as_str()) {
-            (Some(id), "ready_for_complete") if status.is_success() => id.clone(),
-            _ => return Err(failure(&session)),
-        };
         let quote = quote_of(&session, request.currency);
         let cancel = format!("/checkout-sessions/{id}/cancel");
         let key = format!("{}/cancel", request.idempotency_key);
@@ -93,17 +140,9 @@ impl MerchantGateway for UcpMerchant {
     }
 
     async fn place_order(&self, order: &PlaceOrder) -> Result<String, PlaceError> {
-        let (status, session) = self
-            .post(
-                "/checkout-sessions",
-                &format!("{}/create", order.idempotency_key),
-                &create_checkout(order),
-            )
+        let (id, session) = self
+            .open_session(order.into(), &order.idempotency_key)
             .await?;
-        let id = match (&session.id, session.status.as_str()) {
-            (Some(id), "ready_for_complete" | "completed") if status.is_success() => id.clone(),
-            _ => return Err(failure(&session)),
-        };
         if let (Some(confirmation), "completed") = (&session.order, session.status.as_str()) {
             return Ok(confirmation.id.clone());
         }

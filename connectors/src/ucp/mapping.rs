@@ -9,19 +9,37 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::wire::{
-    Checkout, CompleteCheckout, CreateCheckout, Credential, Destination, Fulfillment,
-    FulfillmentMethod, ItemRef, LineItemRequest, PaymentData, PaymentRequest,
+    Buyer, Checkout, CompleteCheckout, CreateCheckout, Credential, Destination, Fulfillment,
+    FulfillmentMethod, FulfillmentMethodUpdate, FulfillmentUpdate, ItemRef, LineItemRequest,
+    LineItemUpdate, PaymentData, PaymentRequest, UpdateCheckout,
 };
 
-/// The create request: items by id and quantity (the merchant prices them), and the
-/// shipping destination.
-pub fn create_checkout(order: &PlaceOrder) -> CreateCheckout {
-    checkout_request(&order.lines, order.total.currency, order.ship_to.as_ref())
+/// What a checkout session is opened for: the lines, the currency, where to ship.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionRequest<'a> {
+    pub lines: &'a [OrderLine],
+    pub currency: Currency,
+    pub ship_to: Option<&'a Address>,
 }
 
-/// The create request that prices a sub-cart.
-pub fn quote_checkout(request: &QuoteRequest) -> CreateCheckout {
-    checkout_request(&request.lines, request.currency, Some(&request.ship_to))
+impl<'a> From<&'a PlaceOrder> for SessionRequest<'a> {
+    fn from(order: &'a PlaceOrder) -> Self {
+        Self {
+            lines: &order.lines,
+            currency: order.total.currency,
+            ship_to: order.ship_to.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a QuoteRequest> for SessionRequest<'a> {
+    fn from(request: &'a QuoteRequest) -> Self {
+        Self {
+            lines: &request.lines,
+            currency: request.currency,
+            ship_to: Some(&request.ship_to),
+        }
+    }
 }
 
 /// A session's totals as a quote. UCP totals carry no currency: they are the session's,
@@ -63,46 +81,82 @@ pub fn quote_of(session: &Checkout, currency: Currency) -> Result<Quote, PlaceEr
     })
 }
 
-fn checkout_request(
-    lines: &[OrderLine],
-    currency: Currency,
-    ship_to: Option<&Address>,
-) -> CreateCheckout {
-    let line_items: Vec<LineItemRequest> = lines
-        .iter()
-        .map(|line| LineItemRequest {
-            item: ItemRef {
-                id: line.offer_id.to_string(),
-            },
-            quantity: line.quantity,
-        })
-        .collect();
-    let fulfillment = ship_to.map(|address| {
-        let fields = address.fields();
-        Fulfillment {
+/// The create request: items by id and quantity (the merchant prices them), and
+/// shipping as the fulfillment asked for.
+pub fn create_checkout(request: SessionRequest<'_>) -> CreateCheckout {
+    CreateCheckout {
+        line_items: request
+            .lines
+            .iter()
+            .map(|line| LineItemRequest {
+                item: ItemRef {
+                    id: line.offer_id.to_string(),
+                },
+                quantity: line.quantity,
+            })
+            .collect(),
+        currency: request.currency.code().to_owned(),
+        payment: PaymentRequest::default(),
+        fulfillment: request.ship_to.map(|_| Fulfillment {
             methods: vec![FulfillmentMethod {
                 kind: "shipping".into(),
-                destinations: vec![Destination {
-                    id: "dest_1".into(),
-                    street_address: match &fields.line2 {
-                        Some(line2) => format!("{}, {line2}", fields.line1),
-                        None => fields.line1.clone(),
-                    },
-                    address_locality: fields.city.clone(),
-                    address_region: fields.region.clone(),
-                    address_country: fields.country.clone(),
-                    postal_code: fields.postal_code.clone(),
-                }],
-                selected_destination_id: "dest_1".into(),
             }],
-        }
-    });
-    CreateCheckout {
-        line_items,
+        }),
+    }
+}
+
+/// The update that completes the session: the business's lines, the buyer, and the
+/// destination on the business's shipping method. `None` when the business offered no
+/// shipping method.
+pub fn update_checkout(
+    session: &Checkout,
+    id: &str,
+    currency: Currency,
+    ship_to: &Address,
+) -> Option<UpdateCheckout> {
+    let method = session
+        .fulfillment
+        .as_ref()?
+        .methods
+        .iter()
+        .find(|m| m.kind == "shipping")?;
+    let fields = ship_to.fields();
+    let destination = Destination {
+        id: "dest_1".into(),
+        street_address: match &fields.line2 {
+            Some(line2) => format!("{}, {line2}", fields.line1),
+            None => fields.line1.clone(),
+        },
+        address_locality: fields.city.clone(),
+        address_region: fields.region.clone(),
+        address_country: fields.country.clone(),
+        postal_code: fields.postal_code.clone(),
+    };
+    Some(UpdateCheckout {
+        id: id.to_owned(),
+        line_items: session
+            .line_items
+            .iter()
+            .map(|line| LineItemUpdate {
+                id: line.id.clone(),
+                item: line.item.clone(),
+                quantity: line.quantity,
+            })
+            .collect(),
         currency: currency.code().to_owned(),
         payment: PaymentRequest::default(),
-        fulfillment,
-    }
+        buyer: Buyer {
+            full_name: fields.name.clone(),
+        },
+        fulfillment: FulfillmentUpdate {
+            methods: vec![FulfillmentMethodUpdate {
+                id: method.id.clone(),
+                line_item_ids: session.line_items.iter().map(|l| l.id.clone()).collect(),
+                destinations: vec![destination],
+                selected_destination_id: "dest_1".into(),
+            }],
+        },
+    })
 }
 
 pub fn complete_checkout(order: &PlaceOrder) -> CompleteCheckout {

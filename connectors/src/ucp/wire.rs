@@ -27,18 +27,56 @@ pub struct Destination {
     pub postal_code: String,
 }
 
-/// A fulfillment method of a create request: it covers every line.
+/// The fulfillment a create request asks for: shipping, for every line; the business
+/// answers with the method's id.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FulfillmentMethod {
     #[serde(rename = "type")]
     pub kind: String,
-    pub destinations: Vec<Destination>,
-    pub selected_destination_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Fulfillment {
     pub methods: Vec<FulfillmentMethod>,
+}
+
+/// A method of an update request: the business's method, its lines and where to ship.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FulfillmentMethodUpdate {
+    pub id: String,
+    pub line_item_ids: Vec<String>,
+    pub destinations: Vec<Destination>,
+    pub selected_destination_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FulfillmentUpdate {
+    pub methods: Vec<FulfillmentMethodUpdate>,
+}
+
+/// The buyer, as far as shopagent knows them (the shipping name).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Buyer {
+    pub full_name: String,
+}
+
+/// A line of an update request: the business's line id, the item and the quantity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineItemUpdate {
+    pub id: String,
+    pub item: ItemRef,
+    pub quantity: u32,
+}
+
+/// Body of `PUT /checkout-sessions/{id}`: the whole session as the platform wants it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateCheckout {
+    pub id: String,
+    pub line_items: Vec<LineItemUpdate>,
+    pub currency: String,
+    pub payment: PaymentRequest,
+    pub buyer: Buyer,
+    pub fulfillment: FulfillmentUpdate,
 }
 
 /// The payment part of a create request: handlers are the merchant's to list.
@@ -110,11 +148,36 @@ pub struct Checkout {
     pub order: Option<OrderConfirmation>,
     #[serde(default)]
     pub totals: Vec<Total>,
+    #[serde(default)]
+    pub line_items: Vec<SessionLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fulfillment: Option<SessionFulfillment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+}
+
+/// A line as the business answers it (the parts the update needs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionLine {
+    pub id: String,
+    pub item: ItemRef,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionFulfillment {
+    #[serde(default)]
+    pub methods: Vec<SessionMethod>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionMethod {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
