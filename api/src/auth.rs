@@ -57,7 +57,8 @@ pub enum AuthError {
 }
 
 /// Tenants and subjects become parts of stream ids and keys: keep them plain.
-fn valid_name(text: &str, max: usize) -> bool {
+/// Tenant and subject names: 1 to `max` letters, digits or `- _ . @ : |`.
+pub(crate) fn valid_name(text: &str, max: usize) -> bool {
     !text.is_empty()
         && text.len() <= max
         && text.bytes().all(|b| {

@@ -495,6 +495,19 @@ async fn a_merchant_event_must_be_signed_by_the_merchant_and_recent(backend: Bac
         .expect("sent");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
+    // A malformed tenant has no webhook either.
+    let response = app
+        .client
+        .post(app.url("/v1/webhooks/ucp/no%20such%2Ftenant/acme"))
+        .header(
+            "request-signature",
+            merchant.sign_webhook(body.as_bytes(), now),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
     // A merchant that is not registered has no webhook here.
     let (status, _) = {
         let response = app

@@ -91,11 +91,7 @@ impl SandboxIssuer {
         answer: impl FnOnce(&mut Ledger) -> (StatusCode, Value),
     ) -> Response {
         if !self.authorized(headers) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "Invalid API Key provided",
-            );
+            return unauthorized();
         }
         let key = idempotency_key(headers);
         let mut ledger = self.ledger();
@@ -132,6 +128,14 @@ fn replay(ledger: &Ledger, key: Option<&str>, fingerprint: &str) -> Option<Respo
             "Keys for idempotent requests can only be used with the same parameters they were first used with.",
         )
     })
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "invalid_request_error",
+        "Invalid API Key provided",
+    )
 }
 
 fn error(status: StatusCode, kind: &str, message: &str) -> Response {
@@ -234,11 +238,7 @@ async fn read(
     Path(id): Path<String>,
 ) -> Response {
     if !issuer.authorized(&headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
+        return unauthorized();
     }
     match issuer.card(&id) {
         Some(card) => Json(card).into_response(),
@@ -298,11 +298,7 @@ async fn test_authorization(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if !issuer.authorized(&headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Invalid API Key provided",
-        );
+        return unauthorized();
     }
     let print = fingerprint("/v1/test_helpers/issuing/authorizations", &form);
     let key = idempotency_key(&headers);

@@ -268,6 +268,15 @@ async fn stripe(
     Ok(decision(approved))
 }
 
+/// A webhook path names a tenant the way tokens do; anything else has no webhook.
+fn known_tenant(tenant: &str) -> Result<(), Problem> {
+    if crate::auth::valid_name(tenant, 64) {
+        Ok(())
+    } else {
+        Err(Problem::not_found())
+    }
+}
+
 fn signature_refused(detail: impl Into<String>) -> Problem {
     Problem::new(
         StatusCode::UNAUTHORIZED,
@@ -284,6 +293,7 @@ async fn ucp_order_event(
     body: Bytes,
 ) -> Result<Response, Problem> {
     use shopagent_connectors::ucp::webhook::{self, SIGNATURE_HEADER, SignatureError};
+    known_tenant(&tenant)?;
     let merchant = MerchantId::parse(&merchant).map_err(|_| Problem::not_found())?;
     let (registered, _) = app
         .merchants
@@ -401,6 +411,7 @@ async fn tracking_event(
     let Some(secret) = app.tracking_webhook_secret.as_deref() else {
         return Err(Problem::not_found().with_detail("tracking webhooks are not configured"));
     };
+    known_tenant(&tenant)?;
     let signature = headers
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
