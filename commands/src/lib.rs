@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod bus;
 pub mod checkout;
 pub mod database;
+pub mod export;
 pub mod fulfillment;
 pub mod log;
 pub mod store;

@@ -114,6 +114,34 @@ impl Store {
         Ok(head)
     }
 
+    /// Committed events after `after` whose position is at most `last`: what a reader
+    /// that started when the log ended at `last` has still to see.
+    pub async fn count_between(&self, after: LogCursor, last: i64) -> Result<i64, StoreError> {
+        let count: i64 = match self.database() {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM events
+                  WHERE (txid, position) > ($1::bigint::text::xid8, $2) AND position <= $3",
+                )
+                .bind(after.txid)
+                .bind(after.position)
+                .bind(last)
+                .fetch_one(pool)
+                .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT count(*) FROM events WHERE position > $1 AND position <= $2",
+                )
+                .bind(after.position)
+                .bind(last)
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        Ok(count)
+    }
+
     /// How many committed events sort after `after`: a subscriber's lag in events.
     pub async fn count_after(&self, after: LogCursor) -> Result<i64, StoreError> {
         let count: i64 = match self.database() {

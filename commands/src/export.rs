@@ -1,0 +1,353 @@
+//! The auditor's export of the log: NDJSON, one event per line in commit order, each
+//! line chained to the one before by a hash, and a closing trailer with the head hash
+//! and the counts.
+//!
+//! A record's `hash` is SHA-256 over the previous record's hash (hex) and the record's
+//! canonical bytes (the record without `hash`, keys sorted, no whitespace). The first
+//! record chains to a fixed genesis value. Changing, removing, inserting or reordering a
+//! line breaks the chain at that line; cutting the file short loses the trailer. The
+//! chain depends only on the stored events and the filter, so two exports of the same
+//! range carry the same hashes.
+//!
+//! Reading is page by page (`Exporter::next_lines`), so an export of any size runs in
+//! constant memory.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::log::format_timestamp;
+use crate::{LogCursor, Store, StoreError, StoredEvent};
+
+/// What the chain of every export starts from.
+const GENESIS: &str = "shopagent-export-v1";
+const PAGE: u32 = 1_000;
+
+/// Which events an export holds. Empty: all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportFilter {
+    /// Positions from this one on (inclusive).
+    pub from_position: Option<i64>,
+    /// Positions up to this one (inclusive).
+    pub to_position: Option<i64>,
+    /// Recorded at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Recorded before.
+    pub until: Option<OffsetDateTime>,
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+impl ExportFilter {
+    fn matches(&self, event: &StoredEvent) -> bool {
+        let position = event.position();
+        self.from_position.is_none_or(|from| position >= from)
+            && self.to_position.is_none_or(|to| position <= to)
+            && self.since.is_none_or(|since| event.recorded_at >= since)
+            && self.until.is_none_or(|until| event.recorded_at < until)
+            && self
+                .aggregate_type
+                .as_deref()
+                .is_none_or(|t| t == event.aggregate_type)
+            && self
+                .aggregate_id
+                .as_deref()
+                .is_none_or(|id| id == event.aggregate_id)
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| t == event.metadata.tenant)
+    }
+
+    fn describe(&self) -> Value {
+        let time = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+        json!({
+            "from_position": self.from_position,
+            "to_position": self.to_position,
+            "since": time(self.since),
+            "until": time(self.until),
+            "aggregate_type": self.aggregate_type,
+            "aggregate_id": self.aggregate_id,
+            "tenant": self.tenant,
+        })
+    }
+}
+
+/// Personal data replaced by stable pseudonyms: the same value and key always give the
+/// same pseudonym, which cannot be turned back without the key.
+#[derive(Clone)]
+pub struct Redactor {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor").finish_non_exhaustive()
+    }
+}
+
+/// Fields that hold personal data wherever they appear in a payload.
+const PERSONAL_FIELDS: &[&str] = &[
+    "name",
+    "full_name",
+    "first_name",
+    "last_name",
+    "line1",
+    "line2",
+    "street_address",
+    "city",
+    "postal_code",
+    "email",
+    "phone",
+    "phone_number",
+];
+
+impl Redactor {
+    pub fn new(key: &[u8]) -> Self {
+        Self { key: key.to_vec() }
+    }
+
+    fn pseudonym(&self, value: &str) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(&self.key);
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        format!("anon_{}", &hex::encode(hasher.finalize())[..16])
+    }
+
+    fn redact(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, field) in map.iter_mut() {
+                    match field {
+                        Value::String(text) if PERSONAL_FIELDS.contains(&key.as_str()) => {
+                            *text = self.pseudonym(text);
+                        }
+                        other => self.redact(other),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact(v)),
+            _ => {}
+        }
+    }
+}
+
+/// Sorted keys, no whitespace: the bytes a record's hash is taken over.
+fn canonical(value: &Value) -> Vec<u8> {
+    fn sorted(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                let mut out = Map::new();
+                for key in keys {
+                    out.insert(key.clone(), sorted(&map[key]));
+                }
+                Value::Object(out)
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    // Keys are inserted in sorted order, so the bytes are sorted whatever the map type.
+    serde_json::to_vec(&sorted(value)).unwrap_or_default()
+}
+
+fn chain(previous: &str, record: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(previous.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical(record));
+    hex::encode(hasher.finalize())
+}
+
+fn genesis() -> String {
+    hex::encode(Sha256::digest(GENESIS.as_bytes()))
+}
+
+fn record_of(event: &StoredEvent) -> Value {
+    json!({
+        "position": event.position(),
+        "event_id": event.event_id,
+        "recorded_at": format_timestamp(event.recorded_at),
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "sequence": event.sequence,
+        "event_type": event.event_type,
+        "event_version": event.event_version,
+        "payload": event.payload,
+        "metadata": event.metadata,
+    })
+}
+
+/// An export in progress: call [`Exporter::next_lines`] until it returns `None`.
+#[derive(Debug)]
+pub struct Exporter {
+    store: Store,
+    filter: ExportFilter,
+    redactor: Option<Redactor>,
+    cursor: LogCursor,
+    head: String,
+    count: u64,
+    first_position: Option<i64>,
+    last_position: Option<i64>,
+    /// Everything up to here is read; later commits are not part of this export.
+    end: i64,
+    done: bool,
+}
+
+impl Exporter {
+    /// Starts an export of what is in the log now.
+    pub async fn start(
+        store: Store,
+        filter: ExportFilter,
+        redactor: Option<Redactor>,
+    ) -> Result<Self, StoreError> {
+        let end = store.head_position().await?;
+        Ok(Self {
+            store,
+            filter,
+            redactor,
+            cursor: LogCursor::default(),
+            head: genesis(),
+            count: 0,
+            first_position: None,
+            last_position: None,
+            end,
+            done: false,
+        })
+    }
+
+    /// Events the export may still read (an estimate for progress bars).
+    pub fn end_position(&self) -> i64 {
+        self.end
+    }
+
+    /// The next page of NDJSON lines (each without its newline), the trailer last;
+    /// `None` once the trailer was returned.
+    pub async fn next_lines(&mut self) -> Result<Option<Vec<String>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let events = self.store.read_log(self.cursor, PAGE).await?;
+        let mut lines = Vec::with_capacity(events.len());
+        // Nothing readable yet is not the end while events committed before the export
+        // began still wait for older transactions to finish (PostgreSQL visibility).
+        let finished =
+            events.is_empty() && self.store.count_between(self.cursor, self.end).await? == 0;
+        if events.is_empty() && !finished {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for event in &events {
+            self.cursor = event.cursor;
+            if event.position() > self.end {
+                // Committed after the export started: not part of it.
+                continue;
+            }
+            if !self.filter.matches(event) {
+                continue;
+            }
+            let mut record = record_of(event);
+            if let Some(redactor) = &self.redactor {
+                redactor.redact(&mut record["payload"]);
+            }
+            record["prev_hash"] = Value::String(self.head.clone());
+            self.head = chain(&self.head, &record);
+            record["hash"] = Value::String(self.head.clone());
+            self.count += 1;
+            self.first_position.get_or_insert(event.position());
+            self.last_position = Some(event.position());
+            lines.push(record.to_string());
+        }
+        if finished {
+            self.done = true;
+            lines.push(
+                json!({"trailer": {
+                    "head_hash": self.head,
+                    "count": self.count,
+                    "first_position": self.first_position,
+                    "last_position": self.last_position,
+                    "filter": self.filter.describe(),
+                    "redacted": self.redactor.is_some(),
+                }})
+                .to_string(),
+            );
+        }
+        Ok(Some(lines))
+    }
+}
+
+/// What a verified export holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub head_hash: String,
+}
+
+/// Where and why an export does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {why}")]
+pub struct Broken {
+    /// 1-based line number.
+    pub line: u64,
+    pub why: String,
+}
+
+/// Checks the chain of an export, line by line (constant memory).
+pub fn verify<I, E>(lines: I) -> Result<Verified, Broken>
+where
+    I: IntoIterator<Item = Result<String, E>>,
+    E: std::fmt::Display,
+{
+    let mut head = genesis();
+    let mut records = 0u64;
+    let mut line_number = 0u64;
+    for line in lines {
+        line_number += 1;
+        let broken = |why: String| Broken {
+            line: line_number,
+            why,
+        };
+        let line = line.map_err(|e| broken(format!("unreadable: {e}")))?;
+        let mut value: Value =
+            serde_json::from_str(&line).map_err(|e| broken(format!("not a JSON record: {e}")))?;
+        if let Some(trailer) = value.get("trailer") {
+            if trailer["head_hash"] != head.as_str() {
+                return Err(broken("the trailer's head hash is not the chain's".into()));
+            }
+            if trailer["count"] != records {
+                return Err(broken(format!(
+                    "the trailer counts {} records, the file holds {records}",
+                    trailer["count"]
+                )));
+            }
+            return Ok(Verified {
+                records,
+                head_hash: head,
+            });
+        }
+        let claimed = value
+            .as_object_mut()
+            .and_then(|map| map.remove("hash"))
+            .and_then(|h| h.as_str().map(str::to_owned))
+            .ok_or_else(|| broken("the record has no hash".into()))?;
+        if value["prev_hash"] != head.as_str() {
+            return Err(broken(
+                "the record does not follow the one before (removed, inserted or reordered)".into(),
+            ));
+        }
+        let computed = chain(&head, &value);
+        if computed != claimed {
+            return Err(broken("the record was changed".into()));
+        }
+        head = computed;
+        records += 1;
+    }
+    Err(Broken {
+        line: line_number + 1,
+        why: "the trailer is missing (the export was cut short)".into(),
+    })
+}
