@@ -304,9 +304,10 @@ where
 {
     let mut head = genesis();
     let mut records = 0u64;
-    let mut line_number = 0u64;
-    for line in lines {
-        line_number += 1;
+    let mut lines_read = 0u64;
+    for (index, line) in lines.into_iter().enumerate() {
+        let line_number = index as u64 + 1;
+        lines_read = line_number;
         let broken = |why: String| Broken {
             line: line_number,
             why,
@@ -347,7 +348,7 @@ where
         records += 1;
     }
     Err(Broken {
-        line: line_number + 1,
+        line: lines_read + 1,
         why: "the trailer is missing (the export was cut short)".into(),
     })
 }
