@@ -303,18 +303,18 @@ where
     E: std::fmt::Display,
 {
     let mut head = genesis();
-    let mut records = 0u64;
     let mut lines_read = 0u64;
+    // Every line before the trailer is a record: the index is the count so far.
     for (index, line) in lines.into_iter().enumerate() {
-        let line_number = index as u64 + 1;
-        lines_read = line_number;
+        let records = index as u64;
+        lines_read = records + 1;
         let broken = |why: String| Broken {
-            line: line_number,
+            line: records + 1,
             why,
         };
         let line = line.map_err(|e| broken(format!("unreadable: {e}")))?;
-        let mut value: Value =
-            serde_json::from_str(&line).map_err(|e| broken(format!("not a JSON record: {e}")))?;
+        let mut value: Value = serde_json::from_str(&line)
+            .map_err(|e| broken(format!("not a JSON record: {e}")))?;
         if let Some(trailer) = value.get("trailer") {
             if trailer["head_hash"] != head.as_str() {
                 return Err(broken("the trailer's head hash is not the chain's".into()));
@@ -337,7 +337,8 @@ where
             .ok_or_else(|| broken("the record has no hash".into()))?;
         if value["prev_hash"] != head.as_str() {
             return Err(broken(
-                "the record does not follow the one before (removed, inserted or reordered)".into(),
+                "the record does not follow the one before (removed, inserted or reordered)"
+                    .into(),
             ));
         }
         let computed = chain(&head, &value);
@@ -345,7 +346,6 @@ where
             return Err(broken("the record was changed".into()));
         }
         head = computed;
-        records += 1;
     }
     Err(Broken {
         line: lines_read + 1,
