@@ -133,6 +133,13 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the OpenAPI description.
     Openapi,
+    /// Write the event log as hash-chained NDJSON (auditors), with a progress bar.
+    Export(ExportArgs),
+    /// Check an export's hash chain and trailer; exit 1 at the first broken record.
+    VerifyExport {
+        /// The export file.
+        file: PathBuf,
+    },
     /// Run the whole purchase story through the public API against sandboxes: exits 0
     /// only if every step did what it should.
     Demo(DemoArgs),
@@ -141,6 +148,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Where to write the export.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only this tenant's events.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub query: crate::routes::events::ExportQuery,
 }
 
 #[derive(Debug, Clone, Args)]

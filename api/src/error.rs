@@ -104,3 +104,17 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
         }
     }
 }
+
+/// Reading the store outside a command: down is 503 with `Retry-After`, anything else a
+/// logged 500.
+impl From<shopagent_commands::StoreError> for Problem {
+    fn from(error: shopagent_commands::StoreError) -> Self {
+        match error {
+            shopagent_commands::StoreError::Unavailable(_) => Problem::store_unavailable(),
+            other => {
+                tracing::error!(error = %other, "store read failed");
+                Problem::internal()
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ use shopagent::auth::{Authenticator, Claims, Principal};
 use shopagent::cli::{Cli, Command, ProjectionsCommand};
 use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry;
+use shopagent_commands::export::Redactor;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
@@ -90,8 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            let secret = Authenticator::load_secret(cli.jwt_secret.as_deref(), &cli.store.data_dir)
+                .context("cannot read or create the token secret in the data directory")?;
             let server = Server::build(&config, authenticator()?, cli.listen)
                 .await?
+                .with_pseudonym_key(shopagent::server::pseudonym_key(&secret))
                 .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
                 .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
                 .with_card_issuer(issuer)
@@ -99,6 +103,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
             server.run(shutdown).await
+        }
+        Command::Export(args) => {
+            let store = open_store(&config).await?;
+            let secret = Authenticator::load_secret(cli.jwt_secret.as_deref(), &cli.store.data_dir)
+                .context("cannot read or create the token secret in the data directory")?;
+            let redactor = args
+                .query
+                .redact
+                .then(|| Redactor::new(&shopagent::server::pseudonym_key(&secret)));
+            let written = export_to_file(
+                &store,
+                args.query.filter(args.tenant.clone()),
+                redactor,
+                &args.out,
+            )
+            .await;
+            store.database().close().await;
+            let (records, head) = written?;
+            println!(
+                "{records} events written to {}; head hash {head}",
+                args.out.display()
+            );
+            Ok(())
+        }
+        Command::VerifyExport { file } => {
+            let opened = std::fs::File::open(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(opened));
+            match shopagent_commands::export::verify(lines) {
+                Ok(verified) => {
+                    println!(
+                        "{}: {} records, chain intact, head hash {}",
+                        file.display(),
+                        verified.records,
+                        verified.head_hash
+                    );
+                    Ok(())
+                }
+                Err(broken) => anyhow::bail!("{}: {broken}", file.display()),
+            }
         }
         Command::Demo(args) => {
             let options = shopagent::demo::DemoOptions {
@@ -156,4 +200,44 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     let _ = interrupt.await;
     tracing::info!("shutdown requested; finishing in-flight work");
     shutdown.cancel();
+}
+
+/// Writes an export to `out` with a progress bar on standard error; returns the record
+/// count and the head hash.
+async fn export_to_file(
+    store: &shopagent_commands::Store,
+    filter: shopagent_commands::export::ExportFilter,
+    redactor: Option<Redactor>,
+    out: &std::path::Path,
+) -> anyhow::Result<(u64, String)> {
+    use std::io::Write;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut file = std::io::BufWriter::new(file);
+    let mut exporter =
+        shopagent_commands::export::Exporter::start(store.clone(), filter, redactor).await?;
+    let progress = indicatif::ProgressBar::new(exporter.end_position().max(0) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut last = String::new();
+    while let Some(page) = exporter.next_lines().await? {
+        for line in page {
+            writeln!(file, "{line}")?;
+            progress.inc(1);
+            last = line;
+        }
+    }
+    file.flush()?;
+    progress.finish_and_clear();
+    let trailer: serde_json::Value = serde_json::from_str(&last)?;
+    let records = trailer["trailer"]["count"].as_u64().unwrap_or(0);
+    let head = trailer["trailer"]["head_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((records, head))
 }

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, mandates, merchants, orders, runs};
+use crate::routes::{carts, events, mandates, merchants, orders, runs};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -11,7 +11,7 @@ use crate::routes::{carts, mandates, merchants, orders, runs};
     paths(
         mandates::create, mandates::read, mandates::revoke, mandates::approve, mandates::deny,
         carts::create, carts::read, carts::add_line, carts::change_quantity, carts::remove_line,
-        carts::set_address, carts::record_quote, carts::fetch_quote, carts::checkout,
+        carts::set_address, carts::record_quote, carts::fetch_quote, carts::checkout, events::export,
         runs::start, runs::read, runs::ledger, runs::events, runs::record_action, runs::record_decision,
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,

@@ -20,6 +20,16 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::directory::RegistryDirectory;
 
+/// The key of export pseudonyms, derived from the token secret: stable as long as it
+/// is, and the same for the API and `shopagent export`.
+pub fn pseudonym_key(token_secret: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"shopagent export pseudonyms\0");
+    hasher.update(token_secret);
+    hasher.finalize().to_vec()
+}
+
 /// Our platform profile URI, sent to UCP merchants in `UCP-Agent`.
 const AGENT_PROFILE: &str = "https://shopagent.invalid/.well-known/ucp";
 
@@ -42,6 +52,8 @@ pub struct App {
     pub ucp_keys: Arc<crate::directory::UcpSigningKeys>,
     /// Each merchant's connector, from the capability registry.
     pub directory: Arc<dyn MerchantDirectory>,
+    /// Keys the pseudonyms of redacted exports (stable while it is).
+    pub pseudonym_key: Arc<[u8]>,
 }
 
 impl std::fmt::Debug for App {
@@ -74,6 +86,7 @@ impl App {
             auth,
             stripe_webhook_secret: None,
             tracking_webhook_secret: None,
+            pseudonym_key: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -134,6 +147,12 @@ impl Server {
     /// and are placed with their merchant's connector from the registry.
     pub fn with_card_issuer(mut self, issuer: Option<Arc<dyn CardIssuer>>) -> Self {
         self.card_issuer = issuer;
+        self
+    }
+
+    /// Keys the pseudonyms of redacted exports; the same key gives the same pseudonyms.
+    pub fn with_pseudonym_key(mut self, key: Vec<u8>) -> Self {
+        self.app.pseudonym_key = key.into();
         self
     }
 

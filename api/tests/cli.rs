@@ -308,3 +308,58 @@ fn the_demo_drives_a_running_server_with_url() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn export_writes_a_chain_that_verify_export_checks() {
+    use shopagent_commands::{CommandBus, StoreConfig};
+    use shopagent_domain::cart::{Cart, CartCommand};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = shopagent::server::open_store(&StoreConfig::new(None, dir.path()))
+        .await
+        .expect("store");
+    let bus = CommandBus::<Cart>::new(store.clone());
+    for tenant in ["acme", "acme", "globex"] {
+        let id = shopagent_domain::ids::CartId::new();
+        let create = CartCommand::Create {
+            cart_id: id,
+            shopper: "alice".into(),
+            mandate_id: None,
+            currency: shopagent_domain::money::Currency::parse("USD").expect("USD"),
+            at: time::OffsetDateTime::now_utc(),
+        };
+        bus.execute(
+            &format!("{tenant}/{id}"),
+            create,
+            shopagent_domain::EventMetadata::new(tenant, "test"),
+        )
+        .await
+        .expect("cart");
+    }
+    store.database().close().await;
+
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let file = dir.path().join("acme.ndjson");
+    let out = file.to_str().expect("utf-8 path");
+    let exported = run(
+        &["export", "--out", out, "--tenant", "acme"],
+        &[("SHOPAGENT_DATA_DIR", data_dir)],
+    );
+    assert_eq!(
+        exported.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(String::from_utf8_lossy(&exported.stdout).starts_with("2 events written"));
+    let verified = run(&["verify-export", out], &[]);
+    assert_eq!(verified.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("2 records, chain intact"));
+
+    // One changed character in the second record: refused, at that line.
+    let text = std::fs::read_to_string(&file).expect("read");
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[1] = lines[1].replace("alice", "mallory");
+    std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+    let tampered = run(&["verify-export", out], &[]);
+    assert_one_line_failure(&tampered, "line 2: the record was changed");
+}

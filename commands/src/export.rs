@@ -313,8 +313,8 @@ where
             why,
         };
         let line = line.map_err(|e| broken(format!("unreadable: {e}")))?;
-        let mut value: Value = serde_json::from_str(&line)
-            .map_err(|e| broken(format!("not a JSON record: {e}")))?;
+        let mut value: Value =
+            serde_json::from_str(&line).map_err(|e| broken(format!("not a JSON record: {e}")))?;
         if let Some(trailer) = value.get("trailer") {
             if trailer["head_hash"] != head.as_str() {
                 return Err(broken("the trailer's head hash is not the chain's".into()));
@@ -337,8 +337,7 @@ where
             .ok_or_else(|| broken("the record has no hash".into()))?;
         if value["prev_hash"] != head.as_str() {
             return Err(broken(
-                "the record does not follow the one before (removed, inserted or reordered)"
-                    .into(),
+                "the record does not follow the one before (removed, inserted or reordered)".into(),
             ));
         }
         let computed = chain(&head, &value);
