@@ -101,7 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_card_issuer(issuer)
                 .with_tracking(tracking);
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(cancel_on_signal(shutdown.clone())?);
             server.run(shutdown).await
         }
         Command::Export(args) => {
@@ -176,30 +176,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Fires `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
+/// Cancels `shutdown` on SIGTERM or SIGINT. The handlers are installed before this
+/// returns, so a signal that arrives as soon as the server listens is not lost to the
+/// default action (which would end the process without a clean stop).
+fn cancel_on_signal(
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    let _ = interrupt.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
+    let (mut terminate, mut interrupt) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        )
+    };
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = interrupt => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown requested; finishing in-flight work");
-    shutdown.cancel();
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        shutdown.cancel();
+    })
 }
 
 /// Writes an export to `out` with a progress bar on standard error; returns the record

@@ -478,52 +478,32 @@ async fn a_merchant_event_must_be_signed_by_the_merchant_and_recent(backend: Bac
         "a duplicate has no effect"
     );
 
-    // An order shopagent does not know (yet): try again later.
-    let mut unknown = event.clone();
-    unknown["id"] = json!("ord_999");
-    let unknown = unknown.to_string();
-    let response = app
-        .client
-        .post(&url)
-        .header(
-            "request-signature",
-            merchant.sign_webhook(unknown.as_bytes(), now),
-        )
-        .body(unknown)
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.headers().contains_key("retry-after"));
-    // A malformed tenant has no webhook either.
-    let response = app
-        .client
-        .post(app.url("/v1/webhooks/ucp/no%20such%2Ftenant/acme"))
-        .header(
-            "request-signature",
-            merchant.sign_webhook(body.as_bytes(), now),
-        )
-        .body(body.clone())
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    // A merchant that is not registered has no webhook here.
-    let (status, _) = {
-        let response = app
+    // Signed by the merchant, sent to `path`.
+    let signed_to = |path: &str, body: String| {
+        let request = app
             .client
-            .post(app.url("/v1/webhooks/ucp/acme/nobody"))
+            .post(app.url(path))
             .header(
                 "request-signature",
                 merchant.sign_webhook(body.as_bytes(), now),
             )
-            .body(body.clone())
-            .send()
-            .await
-            .expect("sent");
-        (response.status(), ())
+            .body(body);
+        async move { request.send().await.expect("sent") }
     };
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An order shopagent does not know (yet): try again later.
+    let mut unknown = event.clone();
+    unknown["id"] = json!("ord_999");
+    let response = signed_to("/v1/webhooks/ucp/acme/acme", unknown.to_string()).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    // A malformed tenant has no webhook, nor has a merchant that is not registered.
+    for path in [
+        "/v1/webhooks/ucp/no%20such%2Ftenant/acme",
+        "/v1/webhooks/ucp/acme/nobody",
+    ] {
+        let response = signed_to(path, body.clone()).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
     app.stop().await;
 }
 
