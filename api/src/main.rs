@@ -179,9 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Cancels `shutdown` on SIGTERM or SIGINT. The handlers are installed before this
 /// returns, so a signal that arrives as soon as the server listens is not lost to the
 /// default action (which would end the process without a clean stop).
-fn cancel_on_signal(
-    shutdown: CancellationToken,
-) -> anyhow::Result<impl Future<Output = ()>> {
+fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     let (mut terminate, mut interrupt) = {
         use tokio::signal::unix::{SignalKind, signal};
