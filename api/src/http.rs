@@ -26,6 +26,7 @@ pub fn router(app: App) -> Router {
         .merge(routes::orders::routes())
         .merge(routes::merchants::routes())
         .merge(routes::events::routes())
+        .merge(routes::ops::routes())
         // Authentication runs first (outermost), then idempotency, which needs the tenant.
         .layer(middleware::from_fn_with_state(
             app.clone(),

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, events, mandates, merchants, orders, runs};
+use crate::routes::{carts, events, mandates, merchants, ops, orders, runs};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -16,6 +16,7 @@ use crate::routes::{carts, events, mandates, merchants, orders, runs};
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
+        ops::list,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),

@@ -95,6 +95,13 @@ pub struct ProjectionStatus {
     pub lag_events: i64,
     pub events_applied: i64,
     pub updated_at: String,
+    /// `running`, or `failing` while a batch cannot be applied (retried with backoff;
+    /// nothing is skipped).
+    pub state: &'static str,
+    /// Why the last batch failed, while it keeps failing.
+    pub error: Option<String>,
+    /// The event it failed on, when one event was the cause.
+    pub failed_position: Option<i64>,
 }
 
 /// Feeds one projection from the log.
@@ -148,18 +155,25 @@ impl ProjectionRunner {
         tracing::info!(projection = name, "projection runner started");
         while !shutdown.is_cancelled() {
             let pause = match self.step().await {
-                Ok(0) => {
-                    failures = 0;
+                Ok(applied) => {
+                    if failures > 0 {
+                        failures = 0;
+                        if let Err(unrecorded) = self.record_failure(None).await {
+                            tracing::warn!(projection = name, %unrecorded, "projection recovery not recorded");
+                        }
+                    }
+                    if applied > 0 {
+                        continue;
+                    }
                     self.idle_poll
-                }
-                Ok(_) => {
-                    failures = 0;
-                    continue;
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let backoff = backoff(failures);
                     tracing::warn!(projection = name, %error, retry_in_ms = backoff.as_millis() as u64, "projection batch failed");
+                    if let Err(unrecorded) = self.record_failure(Some(&error)).await {
+                        tracing::warn!(projection = name, %unrecorded, "projection failure not recorded");
+                    }
                     backoff
                 }
             };
@@ -174,6 +188,45 @@ impl ProjectionRunner {
             }
         }
         tracing::info!(projection = name, "projection runner stopped");
+    }
+
+    /// Records why the projection cannot go on (and at which event), or clears it.
+    pub async fn record_failure(
+        &self,
+        error: Option<&ProjectionError>,
+    ) -> Result<(), ProjectionError> {
+        const SQL: &str =
+            "INSERT INTO projection_checkpoints (name, updated_at, last_error, failed_position)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                              failed_position = excluded.failed_position";
+        let reason = error.map(ToString::to_string);
+        let position = match error {
+            Some(ProjectionError::Event { position, .. }) => Some(*position),
+            _ => None,
+        };
+        let now = format_timestamp(OffsetDateTime::now_utc());
+        match self.store.database() {
+            Database::Postgres(pool) => {
+                sqlx::query(SQL)
+                    .bind(self.name())
+                    .bind(&now)
+                    .bind(&reason)
+                    .bind(position)
+                    .execute(pool)
+                    .await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(SQL)
+                    .bind(self.name())
+                    .bind(&now)
+                    .bind(&reason)
+                    .bind(position)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Applies batches until no committed event is left. Returns how many were applied.
@@ -302,12 +355,16 @@ async fn save_checkpoint(
 
 /// The status of projection `name`, whether or not a runner is active.
 pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, ProjectionError> {
-    const SQL: &str = "SELECT txid, position, events_applied, updated_at FROM projection_checkpoints WHERE name = $1";
-    let row: Option<(i64, i64, i64, String)> = match store.database() {
+    const SQL: &str =
+        "SELECT txid, position, events_applied, updated_at, last_error, failed_position
+                         FROM projection_checkpoints WHERE name = $1";
+    type Row = (i64, i64, i64, String, Option<String>, Option<i64>);
+    let row: Option<Row> = match store.database() {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
         Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
     };
-    let (txid, position, events_applied, updated_at) = row.unwrap_or((0, 0, 0, String::new()));
+    let (txid, position, events_applied, updated_at, error, failed_position) =
+        row.unwrap_or((0, 0, 0, String::new(), None, None));
     let cursor = LogCursor { txid, position };
     Ok(ProjectionStatus {
         name: name.to_owned(),
@@ -316,5 +373,12 @@ pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, Proje
         lag_events: store.count_after(cursor).await?,
         events_applied,
         updated_at,
+        state: if error.is_some() {
+            "failing"
+        } else {
+            "running"
+        },
+        error,
+        failed_position,
     })
 }

@@ -350,3 +350,80 @@ async fn postgres_running_catalog_follows_the_log_and_stops_cleanly() {
     running_catalog_follows_the_log_and_stops_cleanly(&test.store).await;
     test.cleanup().await;
 }
+
+/// A projection that cannot apply an event shows it in its status — which event and
+/// why — while it retries, skips nothing, and clears it once the event goes through.
+async fn a_failing_projection_shows_the_event_and_why(test: &TestStore) {
+    let store = &test.store;
+    create_totals_table(store).await;
+    seed(store).await;
+    settle(store).await;
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        Arc::new(Totals::with_fault(Fault::Error(150))),
+    )
+    .with_batch_size(100);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(stop.clone()));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failing = loop {
+        let now = status(store, "test_totals").await.expect("status");
+        if now.state == "failing" || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(failing.state, "failing", "{failing:?}");
+    assert_eq!(
+        failing.events_applied, 100,
+        "the failed batch applied nothing"
+    );
+    assert!(failing.failed_position.is_some());
+    assert!(
+        failing
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("injected failure")),
+        "{failing:?}"
+    );
+
+    // The fault was transient: the retry goes through, and the status says so.
+    let recovered = loop {
+        let now = status(store, "test_totals").await.expect("status");
+        if (now.state == "running" && now.lag_events == 0) || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        (
+            recovered.state,
+            recovered.error.as_deref(),
+            recovered.lag_events
+        ),
+        ("running", None, 0),
+        "{recovered:?}"
+    );
+    assert_eq!(
+        totals(store).await,
+        expected_totals(),
+        "nothing skipped, nothing twice"
+    );
+    stop.cancel();
+    task.await.expect("runner task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_projection_shows_the_event_and_why() {
+    let test = TestStore::sqlite().await;
+    a_failing_projection_shows_the_event_and_why(&test).await;
+    test.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failing_projection_shows_the_event_and_why() {
+    let test = TestStore::postgres().await;
+    a_failing_projection_shows_the_event_and_why(&test).await;
+    test.cleanup().await;
+}

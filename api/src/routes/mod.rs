@@ -8,6 +8,7 @@ pub mod carts;
 pub mod events;
 pub mod mandates;
 pub mod merchants;
+pub mod ops;
 pub mod orders;
 pub mod runs;
 pub mod webhooks;

@@ -1,0 +1,71 @@
+//! `GET /v1/ops/projections` over HTTP: ops see every reader of the log, its checkpoint,
+//! lag and state; nobody else does.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, spawn_app};
+use reqwest::StatusCode;
+use serde_json::json;
+use shopagent::auth::Role;
+
+on_both_backends!(ops_see_where_every_reader_of_the_log_stands);
+
+async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    app.post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    let ops = app.token("acme", "ops-1", Role::Ops, None);
+
+    // The projections catch up with the one event.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = app.get("/v1/ops/projections", &ops).await;
+        let caught_up = listed.body["projections"].as_array().is_some_and(|all| {
+            all.iter()
+                .filter(|p| p["kind"] == "projection")
+                .all(|p| p["lag_events"] == 0 && p["events_applied"] == 1)
+        });
+        if caught_up || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(listed.status, StatusCode::OK);
+    let all = listed.body["projections"].as_array().expect("list");
+    let names: Vec<&str> = all.iter().filter_map(|p| p["name"].as_str()).collect();
+    for name in [
+        "aggregate_catalog",
+        "orders_hub",
+        "checkout_process",
+        "tracking_process",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    let catalog = all
+        .iter()
+        .find(|p| p["name"] == "aggregate_catalog")
+        .expect("catalog");
+    assert_eq!(
+        (&catalog["state"], &catalog["lag_events"], &catalog["error"]),
+        (&json!("running"), &json!(0), &json!(null)),
+        "{catalog:?}"
+    );
+    // No process manager runs without its outside service: its lag shows it.
+    let checkout = all
+        .iter()
+        .find(|p| p["name"] == "checkout_process")
+        .expect("checkout");
+    assert_eq!(checkout["kind"], "process");
+    assert_eq!(checkout["lag_events"], 1);
+
+    for role in [Role::Shopper, Role::Finance, Role::Auditor] {
+        let token = app.token("acme", "someone", role, None);
+        app.get("/v1/ops/projections", &token)
+            .await
+            .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    }
+    app.stop().await;
+}
