@@ -60,6 +60,11 @@ async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
         .expect("checkout");
     assert_eq!(checkout["kind"], "process");
     assert_eq!(checkout["lag_events"], 1);
+    assert!(
+        checkout["lag_seconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "how long the waiting event has waited: {checkout:?}"
+    );
+    assert_eq!(catalog["lag_seconds"], 0.0, "nothing waits for the catalog");
 
     for role in [Role::Shopper, Role::Finance, Role::Auditor] {
         let token = app.token("acme", "someone", role, None);

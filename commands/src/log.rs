@@ -114,6 +114,34 @@ impl Store {
         Ok(head)
     }
 
+    /// When the next event after `after` (in commit order) was recorded: how long the
+    /// oldest event a reader has not handled has been waiting. `None` when none waits.
+    pub async fn next_recorded_at(
+        &self,
+        after: LogCursor,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        match self.database() {
+            Database::Postgres(pool) => Ok(sqlx::query_scalar(
+                "SELECT recorded_at FROM events
+                  WHERE (txid, position) > ($1::bigint::text::xid8, $2)
+                  ORDER BY txid, position LIMIT 1",
+            )
+            .bind(after.txid)
+            .bind(after.position)
+            .fetch_optional(pool)
+            .await?),
+            Database::Sqlite(pool) => {
+                let text: Option<String> = sqlx::query_scalar(
+                    "SELECT recorded_at FROM events WHERE position > $1 ORDER BY position LIMIT 1",
+                )
+                .bind(after.position)
+                .fetch_optional(pool)
+                .await?;
+                text.as_deref().map(parse_timestamp).transpose()
+            }
+        }
+    }
+
     /// Committed events after `after` whose position is at most `last`: what a reader
     /// that started when the log ended at `last` has still to see.
     pub async fn count_between(&self, after: LogCursor, last: i64) -> Result<i64, StoreError> {

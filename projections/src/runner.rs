@@ -84,7 +84,7 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// Where a projection stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ProjectionStatus {
     pub name: String,
     /// Global position of the last event applied (0 before the first).
@@ -93,6 +93,8 @@ pub struct ProjectionStatus {
     pub head_position: i64,
     /// Committed events not yet applied.
     pub lag_events: i64,
+    /// How long the oldest of them has been waiting, in seconds (0 when none waits).
+    pub lag_seconds: f64,
     pub events_applied: i64,
     pub updated_at: String,
     /// `running`, or `failing` while a batch cannot be applied (retried with backoff;
@@ -371,6 +373,9 @@ pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, Proje
         checkpoint_position: position,
         head_position: store.head_position().await?,
         lag_events: store.count_after(cursor).await?,
+        lag_seconds: store.next_recorded_at(cursor).await?.map_or(0.0, |at| {
+            (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0)
+        }),
         events_applied,
         updated_at,
         state: if error.is_some() {

@@ -28,6 +28,8 @@ pub struct ProjectionView {
     pub head_position: i64,
     /// Committed events not yet handled.
     pub lag_events: i64,
+    /// How long the oldest of them has been waiting, in seconds.
+    pub lag_seconds: f64,
     pub events_applied: i64,
     pub updated_at: String,
     /// Why it is failing, while it is.
@@ -85,6 +87,7 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
             checkpoint_position: status.checkpoint_position,
             head_position: status.head_position,
             lag_events: status.lag_events,
+            lag_seconds: status.lag_seconds,
             events_applied: status.events_applied,
             updated_at: status.updated_at,
             error: status.error,
