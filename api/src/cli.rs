@@ -191,6 +191,10 @@ pub struct TokenArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ProjectionsCommand {
-    /// Checkpoint, head and lag of every projection, as JSON lines.
+    /// Checkpoint, head, lag and state of every projection, as JSON lines.
     Status,
+    /// Stop applying events to a projection, on every instance, until resumed.
+    Pause { name: String },
+    /// Resume a paused projection from where it stopped.
+    Resume { name: String },
 }

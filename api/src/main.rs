@@ -163,6 +163,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections {
+            command: ProjectionsCommand::Pause { name },
+        } => pause_projection(&config, &name, true).await,
+        Command::Projections {
+            command: ProjectionsCommand::Resume { name },
+        } => pause_projection(&config, &name, false).await,
+        Command::Projections {
             command: ProjectionsCommand::Status,
         } => {
             let store = open_store(&config).await?;
@@ -239,4 +245,21 @@ async fn export_to_file(
         .unwrap_or_default()
         .to_owned();
     Ok((records, head))
+}
+
+/// Pauses or resumes a projection of this build; prints its status.
+async fn pause_projection(
+    config: &shopagent_commands::StoreConfig,
+    name: &str,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let Some(projection) = projections().into_iter().find(|p| p.name() == name) else {
+        anyhow::bail!("no projection is named {name}");
+    };
+    let store = open_store(config).await?;
+    shopagent_projections::set_paused(&store, projection.name(), paused).await?;
+    let status = shopagent_projections::status(&store, projection.name()).await?;
+    println!("{}", serde_json::to_string(&status)?);
+    store.database().close().await;
+    Ok(())
 }

@@ -16,7 +16,7 @@ use crate::routes::{carts, events, mandates, merchants, ops, orders, runs};
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
-        ops::list,
+        ops::list, ops::pause, ops::resume,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),

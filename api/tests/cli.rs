@@ -363,3 +363,27 @@ async fn export_writes_a_chain_that_verify_export_checks() {
     let tampered = run(&["verify-export", out], &[]);
     assert_one_line_failure(&tampered, "line 2: the record was changed");
 }
+
+#[test]
+fn projections_pause_and_resume_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let env = [("SHOPAGENT_DATA_DIR", data_dir)];
+    let state = |output: &Output| {
+        let status: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("one JSON status");
+        status["state"].as_str().unwrap_or_default().to_owned()
+    };
+    let paused = run(&["projections", "pause", "orders_hub"], &env);
+    assert_eq!(state(&paused), "paused");
+    let listed = run(&["projections", "status"], &env);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .any(|l| l.contains(r#""name":"orders_hub""#) && l.contains(r#""state":"paused""#))
+    );
+    let resumed = run(&["projections", "resume", "orders_hub"], &env);
+    assert_eq!(state(&resumed), "running");
+    let unknown = run(&["projections", "pause", "no_such"], &env);
+    assert_one_line_failure(&unknown, "no projection is named no_such");
+}

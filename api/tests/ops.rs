@@ -10,7 +10,10 @@ use reqwest::StatusCode;
 use serde_json::json;
 use shopagent::auth::Role;
 
-on_both_backends!(ops_see_where_every_reader_of_the_log_stands);
+on_both_backends!(
+    ops_see_where_every_reader_of_the_log_stands,
+    a_paused_projection_holds_until_resumed,
+);
 
 async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -72,5 +75,82 @@ async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
             .await
             .assert_problem(StatusCode::FORBIDDEN, "forbidden");
     }
+    app.stop().await;
+}
+
+/// The catalog's row in the list, once `done` holds for it.
+async fn catalog_until(
+    app: &common::TestApp,
+    token: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = app.get("/v1/ops/projections", token).await;
+        let catalog = listed.body["projections"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|p| p["name"] == "aggregate_catalog")
+                    .cloned()
+            })
+            .expect("catalog");
+        if done(&catalog) || Instant::now() > deadline {
+            return catalog;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_paused_projection_holds_until_resumed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ops = app.token("acme", "ops-1", Role::Ops, None);
+    let alice = app.shopper("alice");
+    app.post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    catalog_until(&app, &ops, |c| c["lag_events"] == 0).await;
+
+    let paused = app
+        .post(
+            "/v1/ops/projections/aggregate_catalog/pause",
+            &ops,
+            json!({}),
+        )
+        .await;
+    assert_eq!(paused.status, StatusCode::OK, "{:?}", paused.body);
+    assert_eq!(paused.body["state"], "paused");
+    // Events keep coming; the paused projection does not move.
+    for _ in 0..3 {
+        app.post("/v1/carts", &alice, json!({"currency": "USD"}))
+            .await;
+    }
+    let held = catalog_until(&app, &ops, |c| c["lag_events"] == 3).await;
+    assert_eq!(
+        (&held["state"], &held["events_applied"]),
+        (&json!("paused"), &json!(1))
+    );
+
+    let resumed = app
+        .post(
+            "/v1/ops/projections/aggregate_catalog/resume",
+            &ops,
+            json!({}),
+        )
+        .await;
+    assert_eq!(resumed.body["state"], "running");
+    let caught_up = catalog_until(&app, &ops, |c| c["lag_events"] == 0).await;
+    assert_eq!(caught_up["events_applied"], 4, "from where it stopped");
+
+    app.post("/v1/ops/projections/no_such/pause", &ops, json!({}))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let auditor = app.token("acme", "audit", Role::Auditor, None);
+    app.post(
+        "/v1/ops/projections/aggregate_catalog/pause",
+        &auditor,
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
     app.stop().await;
 }

@@ -13,5 +13,6 @@ pub mod runner;
 pub use catalog::AggregateCatalog;
 pub use orders_hub::{OrdersHub, OutsideReference, find_order};
 pub use runner::{
-    Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, status,
+    Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, set_paused,
+    status,
 };

@@ -97,8 +97,8 @@ pub struct ProjectionStatus {
     pub lag_seconds: f64,
     pub events_applied: i64,
     pub updated_at: String,
-    /// `running`, or `failing` while a batch cannot be applied (retried with backoff;
-    /// nothing is skipped).
+    /// `running`; `paused` by ops; or `failing` while a batch cannot be applied
+    /// (retried with backoff; nothing is skipped).
     pub state: &'static str,
     /// Why the last batch failed, while it keeps failing.
     pub error: Option<String>,
@@ -156,7 +156,17 @@ impl ProjectionRunner {
         let mut failures: u32 = 0;
         tracing::info!(projection = name, "projection runner started");
         while !shutdown.is_cancelled() {
-            let pause = match self.step().await {
+            let pause = match self.paused().await {
+                Ok(true) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(self.idle_poll) => continue,
+                    }
+                }
+                Ok(false) => self.step().await,
+                Err(error) => Err(error),
+            };
+            let pause = match pause {
                 Ok(applied) => {
                     if failures > 0 {
                         failures = 0;
@@ -190,6 +200,26 @@ impl ProjectionRunner {
             }
         }
         tracing::info!(projection = name, "projection runner stopped");
+    }
+
+    /// Whether ops paused this projection.
+    async fn paused(&self) -> Result<bool, ProjectionError> {
+        const SQL: &str = "SELECT paused FROM projection_checkpoints WHERE name = $1";
+        let paused: Option<i32> = match self.store.database() {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(self.name())
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(self.name())
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        Ok(paused.unwrap_or(0) != 0)
     }
 
     /// Records why the projection cannot go on (and at which event), or clears it.
@@ -356,17 +386,46 @@ async fn save_checkpoint(
 }
 
 /// The status of projection `name`, whether or not a runner is active.
+/// Pauses (`true`) or resumes (`false`) the projection `name` on every instance: its
+/// runners stop applying at their next batch and pick up where they stopped.
+pub async fn set_paused(store: &Store, name: &str, paused: bool) -> Result<(), ProjectionError> {
+    const SQL: &str =
+        "INSERT INTO projection_checkpoints (name, updated_at, paused) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused";
+    let now = format_timestamp(OffsetDateTime::now_utc());
+    let flag = i32::from(paused);
+    match store.database() {
+        Database::Postgres(pool) => {
+            sqlx::query(SQL)
+                .bind(name)
+                .bind(&now)
+                .bind(flag)
+                .execute(pool)
+                .await?;
+        }
+        Database::Sqlite(pool) => {
+            sqlx::query(SQL)
+                .bind(name)
+                .bind(&now)
+                .bind(flag)
+                .execute(pool)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, ProjectionError> {
     const SQL: &str =
-        "SELECT txid, position, events_applied, updated_at, last_error, failed_position
+        "SELECT txid, position, events_applied, updated_at, last_error, failed_position, paused
                          FROM projection_checkpoints WHERE name = $1";
-    type Row = (i64, i64, i64, String, Option<String>, Option<i64>);
+    type Row = (i64, i64, i64, String, Option<String>, Option<i64>, i32);
     let row: Option<Row> = match store.database() {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
         Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
     };
-    let (txid, position, events_applied, updated_at, error, failed_position) =
-        row.unwrap_or((0, 0, 0, String::new(), None, None));
+    let (txid, position, events_applied, updated_at, error, failed_position, paused) =
+        row.unwrap_or((0, 0, 0, String::new(), None, None, 0));
     let cursor = LogCursor { txid, position };
     Ok(ProjectionStatus {
         name: name.to_owned(),
@@ -378,10 +437,10 @@ pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, Proje
         }),
         events_applied,
         updated_at,
-        state: if error.is_some() {
-            "failing"
-        } else {
-            "running"
+        state: match (paused != 0, error.is_some()) {
+            (true, _) => "paused",
+            (false, true) => "failing",
+            (false, false) => "running",
         },
         error,
         failed_position,
