@@ -75,16 +75,13 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request",
             ),
-            CommandError::Conflict { .. } => {
-                let mut problem = Problem::new(
-                    StatusCode::CONFLICT,
-                    "concurrent_update",
-                    "The resource is being changed concurrently",
-                )
-                .with_detail("retry the request");
-                problem.retry_after = Some(1);
-                problem
-            }
+            CommandError::Conflict { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "concurrent_update",
+                "The resource is being changed concurrently",
+            )
+            .with_detail("retry the request")
+            .with_retry_after(1),
             CommandError::VersionMismatch { expected, actual } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",

@@ -123,13 +123,13 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
         }
         Ok(Begin::Replay(response)) => return response,
         Ok(Begin::InFlight) => {
-            let mut problem = Problem::new(
+            return Problem::new(
                 StatusCode::CONFLICT,
                 "request_in_progress",
                 "A request with this Idempotency-Key is still running",
-            );
-            problem.retry_after = Some(1);
-            return problem.into_response();
+            )
+            .with_retry_after(1)
+            .into_response();
         }
         Ok(Begin::Mismatch) => {
             return Problem::new(

@@ -38,6 +38,12 @@ impl Problem {
         self
     }
 
+    /// Tells the client to try again after `seconds` (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "No such resource")
     }
@@ -51,13 +57,12 @@ impl Problem {
     }
 
     pub fn store_unavailable() -> Self {
-        let mut problem = Self::new(
+        Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             "The event store is not available",
-        );
-        problem.retry_after = Some(1);
-        problem
+        )
+        .with_retry_after(1)
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {

@@ -156,17 +156,7 @@ impl ProjectionRunner {
         let mut failures: u32 = 0;
         tracing::info!(projection = name, "projection runner started");
         while !shutdown.is_cancelled() {
-            let pause = match self.paused().await {
-                Ok(true) => {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(self.idle_poll) => continue,
-                    }
-                }
-                Ok(false) => self.step().await,
-                Err(error) => Err(error),
-            };
-            let pause = match pause {
+            let pause = match self.step().await {
                 Ok(applied) => {
                     if failures > 0 {
                         failures = 0;
@@ -200,26 +190,6 @@ impl ProjectionRunner {
             }
         }
         tracing::info!(projection = name, "projection runner stopped");
-    }
-
-    /// Whether ops paused this projection.
-    async fn paused(&self) -> Result<bool, ProjectionError> {
-        const SQL: &str = "SELECT paused FROM projection_checkpoints WHERE name = $1";
-        let paused: Option<i32> = match self.store.database() {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(self.name())
-                    .fetch_optional(pool)
-                    .await?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(self.name())
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
-        Ok(paused.unwrap_or(0) != 0)
     }
 
     /// Records why the projection cannot go on (and at which event), or clears it.
@@ -294,8 +264,13 @@ impl ProjectionRunner {
             }
             let mut tx = ReadModelTx::begin(self.store.database()).await?;
             // Another instance may have applied this batch meanwhile: the row lock taken
-            // here serialises runners, and a moved checkpoint means read again.
-            if lock_checkpoint(&mut tx, name).await? == checkpoint {
+            // here serialises runners, and a moved checkpoint means read again. A paused
+            // projection applies nothing (the transaction rolls back on drop).
+            let (locked, paused) = lock_checkpoint(&mut tx, name).await?;
+            if paused {
+                return Ok(0);
+            }
+            if locked == checkpoint {
                 break (tx, events);
             }
         };
@@ -316,12 +291,18 @@ impl ProjectionRunner {
     }
 }
 
-async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, ProjectionError> {
+/// Locks the projection's checkpoint row for the batch; returns the checkpoint and
+/// whether ops paused the projection.
+async fn lock_checkpoint(
+    tx: &mut ReadModelTx,
+    name: &str,
+) -> Result<(LogCursor, bool), ProjectionError> {
     const INSERT: &str = "INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, $2)
          ON CONFLICT (name) DO NOTHING";
-    const SELECT: &str = "SELECT txid, position FROM projection_checkpoints WHERE name = $1";
+    const SELECT: &str =
+        "SELECT txid, position, paused FROM projection_checkpoints WHERE name = $1";
     let now = format_timestamp(OffsetDateTime::now_utc());
-    let (txid, position): (i64, i64) = match tx {
+    let (txid, position, paused): (i64, i64, i32) = match tx {
         ReadModelTx::Postgres(tx) => {
             sqlx::query(INSERT)
                 .bind(name)
@@ -346,7 +327,7 @@ async fn lock_checkpoint(tx: &mut ReadModelTx, name: &str) -> Result<LogCursor, 
                 .await?
         }
     };
-    Ok(LogCursor { txid, position })
+    Ok((LogCursor { txid, position }, paused != 0))
 }
 
 /// Moves the checkpoint to `cursor`, adding `applied` to the count of applied events;

@@ -546,16 +546,13 @@ pub async fn fetch_quote(
         ship_to,
     };
     let quote = gateway.quote(&request).await.map_err(|error| match error {
-        PlaceError::Unavailable(why) => {
-            let mut problem = Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "merchant_unavailable",
-                "The merchant cannot be reached right now",
-            )
-            .with_detail(why);
-            problem.retry_after = Some(5);
-            problem
-        }
+        PlaceError::Unavailable(why) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "merchant_unavailable",
+            "The merchant cannot be reached right now",
+        )
+        .with_detail(why)
+        .with_retry_after(5),
         PlaceError::Failed { detail, .. } => Problem::unprocessable("quote_refused", detail),
     })?;
     let command = CartCommand::RecordQuote {

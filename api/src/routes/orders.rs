@@ -450,13 +450,7 @@ pub async fn list(
             q.bind(limit + 1).fetch_all(pool).await
         }
     }
-    .map_err(|error| match shopagent_commands::StoreError::from(error) {
-        shopagent_commands::StoreError::Unavailable(_) => Problem::store_unavailable(),
-        other => {
-            tracing::error!(error = %other, "orders hub read failed");
-            Problem::internal()
-        }
-    })?;
+    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
     let more = rows.len() as i64 > limit;
     let orders: Vec<OrderSummary> = rows
         .into_iter()

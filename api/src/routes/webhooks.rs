@@ -312,13 +312,12 @@ async fn ucp_order_event(
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let unreachable = |error: shopagent_connectors::ucp::DiscoveryError| {
         tracing::warn!(%error, merchant = %merchant, "merchant profile unreadable");
-        let mut problem = Problem::new(
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "merchant_profile_unavailable",
             "The merchant's signing keys cannot be read right now",
-        );
-        problem.retry_after = Some(5);
-        problem
+        )
+        .with_retry_after(5)
     };
     let keys = app
         .ucp_keys
@@ -384,18 +383,14 @@ async fn order_named_by(
 ) -> Result<(String, Currency), Problem> {
     let found = shopagent_projections::find_order(app.store.database(), tenant, by)
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "orders hub lookup failed");
-            Problem::store_unavailable()
-        })?;
+        .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
     let Some((order_id, currency)) = found else {
-        let mut problem = Problem::new(
+        return Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "order_not_yet_known",
             "shopagent does not know this order yet; deliver it again",
-        );
-        problem.retry_after = Some(1);
-        return Err(problem);
+        )
+        .with_retry_after(1));
     };
     let currency = Currency::parse(&currency).map_err(|_| Problem::internal())?;
     Ok((order_id, currency))
