@@ -43,6 +43,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub stripe_webhook_secret: Option<String>,
+    /// Days a placed order may wait for its card capture before reconciliation calls it
+    /// an exception.
+    #[arg(long, env = "SHOPAGENT_CAPTURE_DAYS", global = true, default_value_t = crate::server::DEFAULT_CAPTURE_DAYS)]
+    pub capture_days: u16,
     /// Card issuer API (Stripe Issuing shapes), e.g. `https://api.stripe.com`. Set: the
     /// checkout process manager runs and places `api` orders.
     #[arg(long, env = "SHOPAGENT_CARD_ISSUER_URL", global = true)]
@@ -143,6 +147,9 @@ pub enum Command {
     /// Run the whole purchase story through the public API against sandboxes: exits 0
     /// only if every step did what it should.
     Demo(DemoArgs),
+    /// Write one day's reconciliation report (finance): totals per tenant and currency,
+    /// or with `--orders` every order of the day with its status and reason.
+    Reconcile(ReconcileArgs),
     /// Inspect projections.
     Projections {
         #[command(subcommand)]
@@ -160,6 +167,30 @@ pub struct ExportArgs {
     pub tenant: Option<String>,
     #[command(flatten)]
     pub query: crate::routes::events::ExportQuery,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// The day, `YYYY-MM-DD` (UTC).
+    #[arg(long)]
+    pub date: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ReportFormat,
+    /// Only this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// List every order of the day instead of the totals (CSV); JSON holds both.
+    #[arg(long)]
+    pub orders: bool,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -635,6 +635,29 @@ impl Story {
             format!("{}; $113.00 spent this month", summary.join(", ")),
         );
 
+        let finance = self.token("finance-demo", Role::Finance, None)?;
+        let today = time::OffsetDateTime::now_utc().date();
+        let day = self
+            .wait_for(
+                &format!("/v1/reconciliation/daily?date={today}"),
+                &finance,
+                "the card capture and refund to reach finance",
+                |d| d["totals"][0]["refunded_minor"] == 10_000,
+            )
+            .await?;
+        let totals = &day["totals"][0];
+        ensure!(
+            totals["captured_minor"] == 11_300 && totals["exceptions"] == 0,
+            "the day does not reconcile: {day}"
+        );
+        self.done(
+            "finance reconciles the day: captured at shipment, refunded to the card",
+            format!(
+                "{} captured, {} refunded, net {}, no exception",
+                totals["captured_minor"], totals["refunded_minor"], totals["net_minor"]
+            ),
+        );
+
         self.post(
             &format!("/v1/runs/{run_id}/complete"),
             &agent,

@@ -27,6 +27,7 @@ pub fn router(app: App) -> Router {
         .merge(routes::merchants::routes())
         .merge(routes::events::routes())
         .merge(routes::ops::routes())
+        .merge(routes::reconciliation::routes())
         // Authentication runs first (outermost), then idempotency, which needs the tenant.
         .layer(middleware::from_fn_with_state(
             app.clone(),

@@ -10,6 +10,7 @@ pub mod http;
 pub mod idempotency;
 pub mod openapi;
 pub mod problem;
+pub mod report;
 pub mod routes;
 pub mod server;
 pub mod telemetry;

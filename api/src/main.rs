@@ -96,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = Server::build(&config, authenticator()?, cli.listen)
                 .await?
                 .with_pseudonym_key(shopagent::server::pseudonym_key(&secret))
+                .with_capture_days(cli.capture_days)
                 .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
                 .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
                 .with_card_issuer(issuer)
@@ -154,6 +155,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             } else {
                 anyhow::bail!("the demo failed")
+            }
+        }
+        Command::Reconcile(args) => {
+            let date = shopagent::routes::reconciliation::parse_day(&args.date)
+                .context("--date must be YYYY-MM-DD")?;
+            let store = open_store(&config).await?;
+            let report = shopagent::report::day_report(
+                &store,
+                args.tenant.as_deref(),
+                date,
+                cli.capture_days,
+            )
+            .await;
+            store.database().close().await;
+            let report = report?;
+            match &args.out {
+                Some(path) => {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    shopagent::report::write_report(&report, args.format, args.orders, file)
+                }
+                None => shopagent::report::write_report(
+                    &report,
+                    args.format,
+                    args.orders,
+                    std::io::stdout().lock(),
+                ),
             }
         }
         Command::Migrate => {

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, events, mandates, merchants, ops, orders, runs};
+use crate::routes::{carts, events, mandates, merchants, ops, orders, reconciliation, runs};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -16,11 +16,11 @@ use crate::routes::{carts, events, mandates, merchants, ops, orders, runs};
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
-        ops::list, ops::pause, ops::resume,
+        ops::list, ops::pause, ops::resume, reconciliation::daily, reconciliation::exceptions,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),
-    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments"), (name = "merchants")),
+    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments"), (name = "merchants"), (name = "finance"), (name = "ops")),
 )]
 pub struct ApiDoc;
 

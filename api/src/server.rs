@@ -13,7 +13,9 @@ use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
 use shopagent_domain::ports::{CardIssuer, MerchantDirectory, TrackingProvider};
 use shopagent_domain::run::AgentRun;
-use shopagent_projections::{AggregateCatalog, OrdersHub, Projection, ProjectionRunner};
+use shopagent_projections::{
+    AggregateCatalog, OrdersHub, Projection, ProjectionRunner, Reconciliation,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,9 @@ pub struct App {
     pub directory: Arc<dyn MerchantDirectory>,
     /// Keys the pseudonyms of redacted exports (stable while it is).
     pub pseudonym_key: Arc<[u8]>,
+    /// Days a placed order may wait for its card capture before reconciliation calls
+    /// it an exception.
+    pub capture_days: u16,
 }
 
 impl std::fmt::Debug for App {
@@ -87,6 +92,7 @@ impl App {
             stripe_webhook_secret: None,
             tracking_webhook_secret: None,
             pseudonym_key: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
+            capture_days: DEFAULT_CAPTURE_DAYS,
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -95,9 +101,16 @@ impl App {
     }
 }
 
+/// Days a placed order may wait for its capture: merchants capture when they ship.
+pub const DEFAULT_CAPTURE_DAYS: u16 = 7;
+
 /// Every projection this build maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(AggregateCatalog), Arc::new(OrdersHub)]
+    vec![
+        Arc::new(AggregateCatalog),
+        Arc::new(OrdersHub),
+        Arc::new(Reconciliation),
+    ]
 }
 
 /// Opens the configured store and applies pending migrations.
@@ -147,6 +160,12 @@ impl Server {
     /// and are placed with their merchant's connector from the registry.
     pub fn with_card_issuer(mut self, issuer: Option<Arc<dyn CardIssuer>>) -> Self {
         self.card_issuer = issuer;
+        self
+    }
+
+    /// Days a placed order may wait for its capture before it is an exception.
+    pub fn with_capture_days(mut self, days: u16) -> Self {
+        self.app.capture_days = days;
         self
     }
 

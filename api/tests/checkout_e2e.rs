@@ -363,6 +363,33 @@ async fn merchant_order_events_carry_the_order_through_delivery_return_and_refun
     );
     assert_eq!(refunded.body["returns"].as_array().map(Vec::len), Some(1));
 
+    // The merchant captured the card when it shipped and refunded it with the order:
+    // finance sees the order matched, the day's money in, and no exception.
+    let finance = app.token("acme", "finance-1", Role::Finance, None);
+    let today = time::OffsetDateTime::now_utc().date();
+    let daily_url = format!("/v1/reconciliation/daily?date={today}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let daily = loop {
+        let daily = app.get(&daily_url, &finance).await;
+        let settled = daily.body["totals"][0]["refunded_minor"] == 11_300;
+        if settled || Instant::now() > deadline {
+            break daily;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        daily.body["totals"],
+        json!([{"currency": "USD", "orders": 1, "captured_minor": 11_300, "refunded_minor": 11_300,
+                "merchant_refunded_minor": 11_300, "net_minor": 0, "exceptions": 0}]),
+        "{:?}",
+        daily.body
+    );
+    let exceptions = app.get("/v1/reconciliation/exceptions", &finance).await;
+    assert_eq!(exceptions.status, StatusCode::OK);
+    assert_eq!(exceptions.body["exceptions"], json!([]));
+    let refused = app.get(&daily_url, &alice).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
     // Every delivery was acknowledged; redelivering the last one changes nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     while merchant.webhooks_acknowledged() < 6 && Instant::now() < deadline {

@@ -127,7 +127,7 @@ async fn migrate_applies_to_postgres() {
         .iter()
         .map(|l| l["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["aggregate_catalog", "orders_hub"]);
+    assert_eq!(names, ["aggregate_catalog", "orders_hub", "reconciliation"]);
     assert!(lines.iter().all(|l| l["lag_events"] == 0));
     drop_pg_database(&name).await;
 }
@@ -210,6 +210,7 @@ fn the_demo_tells_the_whole_story_and_exits_0() {
         "shopagent approves the authorization",
         "the carrier's signed tracking events follow the parcel",
         "the merchant refunds it",
+        "finance reconciles the day",
         "Every step did what it should.",
     ] {
         assert!(stdout.contains(step), "{step:?} missing from:\n{stdout}");
@@ -386,4 +387,164 @@ fn projections_pause_and_resume_from_the_command_line() {
     assert_eq!(state(&resumed), "running");
     let unknown = run(&["projections", "pause", "no_such"], &env);
     assert_one_line_failure(&unknown, "no projection is named no_such");
+}
+
+#[tokio::test]
+async fn reconcile_writes_the_days_report_as_json_and_csv() {
+    use shopagent_commands::{CommandBus, StoreConfig};
+    use shopagent_domain::ids::{AuthorizationId, CartId, MerchantId, OrderId, PaymentId};
+    use shopagent_domain::money::{Currency, Money};
+    use shopagent_domain::order::{CheckoutPath, Order, OrderCommand, OrderDraft};
+    use shopagent_domain::payment::{CardReference, Payment, PaymentCommand};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = shopagent::server::open_store(&StoreConfig::new(None, dir.path()))
+        .await
+        .expect("store");
+    let now = time::OffsetDateTime::now_utc();
+    let usd = |minor| Money::new(minor, Currency::parse("USD").expect("USD"));
+    let merchant = MerchantId::parse("acme-outdoor").expect("merchant");
+    let meta = || shopagent_domain::EventMetadata::new("acme", "test");
+    // One order placed and paid in full, one placed and captured short.
+    for captured in [11_300, 9_000] {
+        let order_id = OrderId::new();
+        let orders = CommandBus::<Order>::new(store.clone());
+        let order_stream = format!("acme/{order_id}");
+        let draft = OrderDraft {
+            cart_id: CartId::new(),
+            shopper: "alice".into(),
+            mandate_id: None,
+            reservation_id: None,
+            merchant: merchant.clone(),
+            lines: vec![shopagent_domain::order::OrderLine {
+                offer_id: shopagent_domain::ids::OfferId::parse("sku:tent").expect("offer"),
+                title: "Trail Tent 2P".into(),
+                quantity: 1,
+                unit_price: usd(11_300),
+            }],
+            total: usd(11_300),
+            path: CheckoutPath::Api,
+            path_reason: "test".into(),
+        };
+        for command in [
+            OrderCommand::Create {
+                order_id,
+                draft,
+                at: now,
+            },
+            OrderCommand::Submit { at: now },
+            OrderCommand::MarkPlaced {
+                merchant_reference: format!("ord-{captured}"),
+                at: now,
+            },
+        ] {
+            orders
+                .execute(&order_stream, command, meta())
+                .await
+                .expect("order");
+        }
+        let payments = CommandBus::<Payment>::new(store.clone());
+        let payment_id = PaymentId::new();
+        let authorization_id = AuthorizationId::new();
+        for command in [
+            PaymentCommand::RequestCard {
+                payment_id,
+                order_id,
+                shopper: "alice".into(),
+                mandate_id: None,
+                merchant: merchant.clone(),
+                cap: usd(11_300),
+                at: now,
+            },
+            PaymentCommand::RecordCardIssued {
+                card: CardReference::parse(&format!(
+                    "ic_card{}",
+                    if captured == 9_000 { "b" } else { "a" }
+                ))
+                .expect("card"),
+                display: None,
+                expires_at: now + time::Duration::days(1),
+                at: now,
+            },
+            PaymentCommand::DecideAuthorization {
+                authorization_id,
+                amount: usd(11_300),
+                merchant: merchant.clone(),
+                mandate_revoked: false,
+                at: now,
+            },
+            PaymentCommand::Capture {
+                authorization_id,
+                amount: usd(captured),
+                at: now,
+            },
+        ] {
+            payments
+                .execute(&format!("acme/{payment_id}"), command, meta())
+                .await
+                .expect("payment");
+        }
+    }
+    store.database().close().await;
+
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let today = now.date().to_string();
+    let json_report = run(
+        &["reconcile", "--date", &today, "--format", "json"],
+        &[("SHOPAGENT_DATA_DIR", data_dir)],
+    );
+    assert_eq!(
+        json_report.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&json_report.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&json_report.stdout).expect("a JSON report");
+    assert_eq!(report["date"], today.as_str());
+    assert_eq!(report["totals"][0]["orders"], 2);
+    assert_eq!(report["totals"][0]["captured_minor"], 11_300 + 9_000);
+    assert_eq!(report["totals"][0]["exceptions"], 1);
+    let statuses: Vec<(&str, Option<&str>)> = report["orders"]
+        .as_array()
+        .expect("orders")
+        .iter()
+        .map(|o| (o["status"].as_str().unwrap_or("?"), o["reason"].as_str()))
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    assert!(statuses.contains(&("matched", None)), "{statuses:?}");
+    assert!(
+        statuses.contains(&("exception", Some("capture_mismatch"))),
+        "{statuses:?}"
+    );
+
+    let csv_report = run(
+        &["reconcile", "--date", &today, "--format", "csv"],
+        &[("SHOPAGENT_DATA_DIR", data_dir)],
+    );
+    assert_eq!(csv_report.status.code(), Some(0));
+    let csv = String::from_utf8_lossy(&csv_report.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "tenant,currency,orders,captured_minor,refunded_minor,merchant_refunded_minor,net_minor,exceptions",
+            "acme,USD,2,20300,0,0,20300,1",
+        ]
+    );
+    let orders_csv = run(
+        &["reconcile", "--date", &today, "--format", "csv", "--orders"],
+        &[("SHOPAGENT_DATA_DIR", data_dir)],
+    );
+    let orders_csv = String::from_utf8_lossy(&orders_csv.stdout);
+    assert_eq!(orders_csv.lines().count(), 3, "{orders_csv}");
+    assert!(
+        orders_csv.contains(",exception,capture_mismatch,"),
+        "{orders_csv}"
+    );
+
+    let bad_date = run(
+        &["reconcile", "--date", "25/11/2026"],
+        &[("SHOPAGENT_DATA_DIR", data_dir)],
+    );
+    assert_one_line_failure(&bad_date, "--date must be YYYY-MM-DD");
 }

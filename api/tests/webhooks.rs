@@ -1,5 +1,5 @@
-//! The card issuer's real-time authorization webhook over HTTP: signatures, replays,
-//! and the Payment rules deciding.
+//! The card issuer's webhooks over HTTP: the real-time authorization (signatures,
+//! replays, the Payment rules deciding) and the transactions that capture and refund.
 
 mod common;
 
@@ -26,6 +26,7 @@ on_both_backends!(
     a_bad_signature_stores_nothing,
     the_rules_decline_with_the_reason_recorded,
     webhooks_are_off_without_a_secret,
+    captures_and_refunds_are_recorded_once_per_transaction,
 );
 
 fn sign(body: &str, secret: &str, at: i64) -> String {
@@ -217,5 +218,80 @@ async fn webhooks_are_off_without_a_secret(backend: Backend) {
     let body = authorization_event("evt_1", "iauth_1", "acme/x", 1, "1");
     let (status, _) = deliver(&app, &body, &sign(&body, SECRET, now())).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+/// An `issuing_transaction.created` event shaped after Stripe's.
+fn transaction_event(transaction_id: &str, kind: &str, amount: i64, card: &str) -> String {
+    json!({
+        "id": format!("evt_{transaction_id}"),
+        "object": "event",
+        "type": "issuing_transaction.created",
+        "data": {"object": {
+            "id": transaction_id,
+            "object": "issuing.transaction",
+            "type": kind,
+            "amount": amount,
+            "currency": "usd",
+            "authorization": "iauth_1",
+            "card": card,
+            "merchant_data": {"name": "Acme Outdoor", "network_id": "1234567890"}
+        }}
+    })
+    .to_string()
+}
+
+/// Delivers until the answer is not 503 (reconciliation learning of the card), as the
+/// issuer retries.
+async fn deliver_until_known(app: &TestApp, body: &str) -> (StatusCode, Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let answer = deliver(app, body, &sign(body, SECRET, now())).await;
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn captures_and_refunds_are_recorded_once_per_transaction(backend: Backend) {
+    let app = spawn_app_configured(backend, None, Some(SECRET)).await;
+    let payment = issued_payment(&app).await;
+    let body = authorization_event("evt_1", "iauth_1", &payment, 1_200, "1234567890");
+    let (_, answer) = deliver(&app, &body, &sign(&body, SECRET, now())).await;
+    assert_eq!(answer, json!({"approved": true}));
+
+    // A card nobody issued: not ours yet, so the issuer must retry.
+    let stranger = transaction_event("ipi_stranger", "capture", -1_200, "ic_unknownCard");
+    let response = app
+        .client
+        .post(app.url("/v1/webhooks/stripe"))
+        .header("content-type", "application/json")
+        .header("stripe-signature", sign(&stranger, SECRET, now()))
+        .body(stranger)
+        .send()
+        .await
+        .expect("deliver");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().get("retry-after").is_some());
+
+    let capture = transaction_event("ipi_capture", "capture", -1_200, CARD);
+    let refund = transaction_event("ipi_refund", "refund", 200, CARD);
+    for body in [&capture, &capture, &refund, &refund] {
+        let (status, answer) = deliver_until_known(&app, body).await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::OK, json!({"received": true}))
+        );
+    }
+    let (recorded, _) = CommandBus::<Payment>::new(app.store.clone())
+        .load(&payment)
+        .await
+        .expect("payment");
+    assert_eq!(
+        (recorded.captured_minor, recorded.refunded_minor),
+        (1_200, 200)
+    );
+    assert_eq!((recorded.captures.len(), recorded.refunds.len()), (1, 1));
     app.stop().await;
 }

@@ -8,6 +8,13 @@
 //! real-time `issuing_authorization.request` webhook, signed with `Stripe-Signature`,
 //! and the platform's answer approves or declines. A platform that does not answer
 //! declines, as Stripe's default does.
+//!
+//! The merchant then captures the authorization
+//! (`POST /v1/test_helpers/issuing/authorizations/{id}/capture`) and may refund the
+//! capture (`POST /v1/test_helpers/issuing/transactions/{id}/refund`). Each makes an
+//! `issuing.transaction` (a capture's amount is negative, as money leaving the
+//! balance; a refund's positive), which the sandbox sends the platform as an
+//! `issuing_transaction.created` event, in order, retried until acknowledged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +31,9 @@ use time::OffsetDateTime;
 struct Ledger {
     cards: HashMap<String, Value>,
     authorizations: Vec<Value>,
+    transactions: Vec<Value>,
+    /// Where transaction events go, once the platform is known.
+    events: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
     /// Where authorization requests go, and the secret they are signed with.
     webhook: Option<(String, String)>,
     /// Idempotency key → (request fingerprint, answer).
@@ -45,9 +55,33 @@ impl SandboxIssuer {
         }
     }
 
-    /// Sends authorization requests to `url`, signed with `secret` (`whsec_…`).
+    /// Sends authorization requests and transaction events to `url`, signed with
+    /// `secret` (`whsec_…`). Needs a Tokio runtime.
     pub fn deliver_authorizations_to(&self, url: impl Into<String>, secret: impl Into<String>) {
-        self.ledger().webhook = Some((url.into(), secret.into()));
+        let (url, secret) = (url.into(), secret.into());
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let signing_secret = secret.clone();
+        let sign: crate::sandbox::Signer = Box::new(move |body| {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            Some((
+                "stripe-signature",
+                stripe_signature(&signing_secret, &String::from_utf8_lossy(body), now),
+            ))
+        });
+        tokio::spawn(crate::sandbox::deliver_in_order(
+            url.clone(),
+            sign,
+            receiver,
+            Arc::default(),
+        ));
+        let mut ledger = self.ledger();
+        ledger.webhook = Some((url, secret));
+        ledger.events = Some(sender);
+    }
+
+    /// Every capture and refund so far, oldest first.
+    pub fn transactions(&self) -> Vec<Value> {
+        self.ledger().transactions.clone()
     }
 
     /// Every authorization decided so far, oldest first.
@@ -152,8 +186,12 @@ fn fingerprint(path: &str, form: &HashMap<String, String>) -> String {
     format!("{path}?{fields:?}")
 }
 
-/// `ic_` and 24 letters: like Stripe's ids, and never a run of digits.
 fn card_id() -> String {
+    stripe_id("ic")
+}
+
+/// `{prefix}_` and 24 letters: like Stripe's ids, and never a run of digits.
+fn stripe_id(prefix: &str) -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let bytes = [
         uuid::Uuid::new_v4().into_bytes(),
@@ -165,7 +203,94 @@ fn card_id() -> String {
         .take(24)
         .map(|b| LETTERS[usize::from(*b) % LETTERS.len()] as char)
         .collect();
-    format!("ic_{id}")
+    format!("{prefix}_{id}")
+}
+
+/// Records a transaction and sends it to the platform as `issuing_transaction.created`.
+fn record_transaction(ledger: &mut Ledger, transaction: &Value) {
+    ledger.transactions.push(transaction.clone());
+    if let Some(events) = &ledger.events {
+        let _ = events.send(json!({
+            "id": stripe_id("evt"),
+            "object": "event",
+            "type": "issuing_transaction.created",
+            "created": OffsetDateTime::now_utc().unix_timestamp(),
+            "livemode": false,
+            "data": {"object": transaction},
+        }));
+    }
+}
+
+fn transaction(kind: &str, amount: i64, authorization: &Value, card: &str) -> Value {
+    json!({
+        "id": stripe_id("ipi"),
+        "object": "issuing.transaction",
+        "type": kind,
+        "amount": amount,
+        "currency": authorization["currency"],
+        "authorization": authorization["id"],
+        "card": card,
+        "created": OffsetDateTime::now_utc().unix_timestamp(),
+        "livemode": false,
+        "merchant_data": authorization["merchant_data"],
+    })
+}
+
+/// Captures an approved authorization, in full or `capture_amount`; answers the
+/// authorization, now closed.
+async fn test_capture(
+    State(issuer): State<SandboxIssuer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let print = fingerprint(&format!("capture {id}"), &form);
+    issuer.once(&headers, print, |ledger| {
+        let Some(index) = ledger.authorizations.iter().position(|a| a["id"] == id.as_str()) else {
+            return (StatusCode::NOT_FOUND, json!({"error": {"type": "invalid_request_error", "message": format!("No such issuing authorization: '{id}'")}}));
+        };
+        let authorization = ledger.authorizations[index].clone();
+        if authorization["approved"] != true || authorization["status"] != "pending" {
+            return (StatusCode::BAD_REQUEST, json!({"error": {"type": "invalid_request_error", "message": "This authorization cannot be captured."}}));
+        }
+        let amount = form
+            .get("capture_amount")
+            .and_then(|a| a.parse::<i64>().ok())
+            .unwrap_or_else(|| authorization["amount"].as_i64().unwrap_or(0));
+        let card = authorization["card"]["id"].as_str().unwrap_or_default().to_owned();
+        let capture = transaction("capture", -amount, &authorization, &card);
+        ledger.authorizations[index]["status"] = json!("closed");
+        ledger.authorizations[index]["transactions"] = json!([capture]);
+        record_transaction(ledger, &capture);
+        (StatusCode::OK, ledger.authorizations[index].clone())
+    })
+}
+
+/// Refunds `refund_amount` (default: all) of a capture; answers the refund transaction.
+async fn test_refund(
+    State(issuer): State<SandboxIssuer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let print = fingerprint(&format!("refund {id}"), &form);
+    issuer.once(&headers, print, |ledger| {
+        let Some(capture) = ledger.transactions.iter().find(|t| t["id"] == id.as_str() && t["type"] == "capture").cloned() else {
+            return (StatusCode::NOT_FOUND, json!({"error": {"type": "invalid_request_error", "message": format!("No such issuing transaction: '{id}'")}}));
+        };
+        let amount = form
+            .get("refund_amount")
+            .and_then(|a| a.parse::<i64>().ok())
+            .unwrap_or_else(|| -capture["amount"].as_i64().unwrap_or(0));
+        let authorization = json!({
+            "id": capture["authorization"], "currency": capture["currency"],
+            "merchant_data": capture["merchant_data"],
+        });
+        let card = capture["card"].as_str().unwrap_or_default().to_owned();
+        let refund = transaction("refund", amount, &authorization, &card);
+        record_transaction(ledger, &refund);
+        (StatusCode::OK, refund)
+    })
 }
 
 async fn create(
@@ -368,6 +493,14 @@ impl crate::Sandbox for SandboxIssuer {
             .route(
                 "/v1/test_helpers/issuing/authorizations",
                 post(test_authorization),
+            )
+            .route(
+                "/v1/test_helpers/issuing/authorizations/{id}/capture",
+                post(test_capture),
+            )
+            .route(
+                "/v1/test_helpers/issuing/transactions/{id}/refund",
+                post(test_refund),
             )
             .route(
                 "/v1/issuing/cards",

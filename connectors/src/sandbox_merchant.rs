@@ -84,6 +84,8 @@ struct Shop {
     exchanges: Vec<Exchange>,
     /// Where order events go, once the platform is known.
     webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// The card authorization that paid each order, by order id.
+    authorizations: HashMap<String, String>,
 }
 
 /// Flat shipping rate, minor units.
@@ -106,6 +108,85 @@ struct CardNetwork {
     issuer_url: String,
     issuer_key: String,
     network_id: String,
+    /// Captures and refunds, made one at a time in order.
+    settlements: tokio::sync::mpsc::UnboundedSender<Settlement>,
+}
+
+/// Money the merchant moves on a card after the sale: it captures when it ships and
+/// refunds the capture when it refunds the order.
+#[derive(Debug)]
+enum Settlement {
+    Capture {
+        order: String,
+        authorization: String,
+    },
+    Refund {
+        order: String,
+        amount: i64,
+        key: String,
+    },
+}
+
+impl CardNetwork {
+    /// Calls the issuer until it answers 2xx; returns the answer.
+    async fn call(&self, path: &str, key: &str, form: &[(&str, String)]) -> Option<Value> {
+        let http = reqwest::Client::new();
+        for attempt in 1..=50u32 {
+            let sent = http
+                .post(format!("{}{path}", self.issuer_url))
+                .bearer_auth(&self.issuer_key)
+                .header("Idempotency-Key", key)
+                .form(form)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    return response.json().await.ok();
+                }
+                Ok(response) if response.status().is_client_error() => {
+                    tracing::warn!(path, status = %response.status(), "issuer refused a settlement");
+                    return None;
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(20)))).await
+                }
+            }
+        }
+        None
+    }
+
+    /// Makes settlements in order; remembers each order's capture to refund it.
+    async fn settle(self, mut settlements: tokio::sync::mpsc::UnboundedReceiver<Settlement>) {
+        let mut captures: HashMap<String, String> = HashMap::new();
+        while let Some(settlement) = settlements.recv().await {
+            match settlement {
+                Settlement::Capture {
+                    order,
+                    authorization,
+                } => {
+                    let path =
+                        format!("/v1/test_helpers/issuing/authorizations/{authorization}/capture");
+                    let answer = self.call(&path, &format!("capture/{order}"), &[]).await;
+                    if let Some(capture) = answer
+                        .as_ref()
+                        .and_then(|a| a["transactions"][0]["id"].as_str())
+                    {
+                        captures.insert(order, capture.to_owned());
+                    }
+                }
+                Settlement::Refund { order, amount, key } => {
+                    let Some(capture) = captures.get(&order) else {
+                        tracing::warn!(%order, "sandbox merchant refunds an order it never captured");
+                        continue;
+                    };
+                    let path = format!("/v1/test_helpers/issuing/transactions/{capture}/refund");
+                    self.call(&path, &key, &[("refund_amount", amount.to_string())])
+                        .await;
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,17 +238,29 @@ impl SandboxMerchant {
 
     /// Charges the cards it is paid with through this issuer's authorization test helper
     /// (Stripe Issuing shapes), as a card network would, presenting `network_id` as its
-    /// card-acceptor id. Without it, any card token is accepted.
+    /// card-acceptor id. Without it, any card token is accepted. It captures the
+    /// authorization when it ships and refunds the capture when it refunds. Needs a
+    /// Tokio runtime.
     pub fn charge_cards_with(&self, issuer_url: &str, issuer_key: &str, network_id: &str) {
-        *self.network.lock().unwrap_or_else(PoisonError::into_inner) = Some(CardNetwork {
+        let (settlements, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let network = CardNetwork {
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
             issuer_key: issuer_key.to_owned(),
             network_id: network_id.to_owned(),
-        });
+            settlements,
+        };
+        tokio::spawn(network.clone().settle(receiver));
+        *self.network.lock().unwrap_or_else(PoisonError::into_inner) = Some(network);
+    }
+
+    fn settle(&self, settlement: Settlement) {
+        if let Some(network) = &*self.network.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = network.settlements.send(settlement);
+        }
     }
 
     /// Asks the issuer to authorize the session's total on the card a complete request
-    /// pays with: `Some(approved)`, or `None` when there is nothing to charge (no card
+    /// pays with: `Some((approved, authorization id))`, or `None` when there is nothing to charge (no card
     /// network, a replayed request, a session not ready). An unreachable issuer is an
     /// error, for the platform to retry.
     async fn charge(
@@ -175,7 +268,7 @@ impl SandboxMerchant {
         headers: &HeaderMap,
         session_id: &str,
         body: &Value,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<Option<(bool, String)>, String> {
         let network = self
             .network
             .lock()
@@ -232,7 +325,10 @@ impl SandboxMerchant {
             return Err(format!("issuer answered {}", response.status()));
         }
         let authorization: Value = response.json().await.map_err(|e| e.to_string())?;
-        Ok(Some(authorization["approved"] == true))
+        Ok(Some((
+            authorization["approved"] == true,
+            authorization["id"].as_str().unwrap_or_default().to_owned(),
+        )))
     }
 
     /// Sells `item_id` as `title` at `price` (minor units) from now on.
@@ -313,7 +409,9 @@ impl SandboxMerchant {
     }
 
     /// The whole order leaves the warehouse with this carrier and tracking number.
+    /// A card-paid order's authorization is captured now.
     pub fn ship(&self, id: &str, carrier: &str, tracking_number: &str) -> Result<(), UnknownOrder> {
+        let authorization = self.shop().authorizations.get(id).cloned();
         self.change(id, |order, log_id| {
             let lines = fulfil_all(order);
             push(&mut order["fulfillment"]["events"], json!({
@@ -322,7 +420,14 @@ impl SandboxMerchant {
                 "tracking_url": format!("https://sandbox.shopagent.invalid/track/{tracking_number}"),
                 "description": format!("Shipped with {carrier}")
             }));
-        })
+        })?;
+        if let Some(authorization) = authorization {
+            self.settle(Settlement::Capture {
+                order: id.to_owned(),
+                authorization,
+            });
+        }
+        Ok(())
     }
 
     /// The carrier delivered the order.
@@ -368,14 +473,24 @@ impl SandboxMerchant {
         })
     }
 
-    /// The merchant refunds `amount` (minor units).
+    /// The merchant refunds `amount` (minor units), to the card when a card paid.
     pub fn refund(&self, id: &str, amount: i64) -> Result<(), UnknownOrder> {
+        let mut key = String::new();
         self.change(id, |order, log_id| {
+            key = format!("adj_{log_id}");
             push(&mut order["adjustments"], json!({
-                "id": format!("adj_{log_id}"), "type": "refund", "occurred_at": now(),
+                "id": key, "type": "refund", "occurred_at": now(),
                 "status": "completed", "amount": amount, "description": "Refund to the original payment"
             }));
-        })
+        })?;
+        if self.shop().authorizations.contains_key(id) {
+            self.settle(Settlement::Refund {
+                order: id.to_owned(),
+                amount,
+                key,
+            });
+        }
+        Ok(())
     }
 
     pub fn set_failure_mode(&self, mode: FailureMode) {
@@ -719,7 +834,7 @@ async fn complete(
             if !body["payment_data"]["credential"]["token"].is_string() {
                 return (StatusCode::BAD_REQUEST, error_body("payment_required", "payment_data.credential.token is required"));
             }
-            if mode == FailureMode::PaymentDeclined || charged == Some(false) {
+            if mode == FailureMode::PaymentDeclined || charged.as_ref().is_some_and(|(approved, _)| !approved) {
                 let mut declined = session.clone();
                 declined["status"] = json!("requires_escalation");
                 declined["messages"] = json!([{"type": "error", "code": "payment_declined", "content": "the card was declined", "severity": "requires_buyer_input"}]);
@@ -727,6 +842,9 @@ async fn complete(
             }
             let order_id = format!("ord_{}", shop.orders.len() + 1);
             shop.orders.push(order_id.clone());
+            if let Some((_, authorization)) = &charged {
+                shop.authorizations.insert(order_id.clone(), authorization.clone());
+            }
             let permalink = format!("https://sandbox.shopagent.invalid/orders/{order_id}");
             let mut completed = session;
             completed["status"] = json!("completed");

@@ -16,6 +16,7 @@ pub mod money;
 pub mod order;
 pub mod payment;
 pub mod ports;
+pub mod reconciliation;
 pub mod run;
 pub(crate) mod serde_time;
 pub mod testing;

@@ -8,10 +8,12 @@
 
 pub mod catalog;
 pub mod orders_hub;
+pub mod reconciliation;
 pub mod runner;
 
 pub use catalog::AggregateCatalog;
 pub use orders_hub::{OrdersHub, OutsideReference, find_order};
+pub use reconciliation::Reconciliation;
 pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, set_paused,
     status,

@@ -10,6 +10,7 @@ pub mod mandates;
 pub mod merchants;
 pub mod ops;
 pub mod orders;
+pub mod reconciliation;
 pub mod runs;
 pub mod webhooks;
 

@@ -6,7 +6,10 @@
 //! expired. The signature (`Stripe-Signature: t=…,v1=…`, HMAC-SHA256 over `t.body`)
 //! is checked over the raw body with a 5-minute tolerance; a failure answers 401 and
 //! stores nothing. A redelivered event gets the first answer again, with no second
-//! decision.
+//! decision. The same endpoint takes `issuing_transaction.created`: a capture or a
+//! refund on a card, recorded on its payment once per transaction id however often it
+//! is delivered. The card names the payment through the reconciliation read model; a
+//! card it does not know yet answers 503 with `Retry-After`.
 //!
 //! `POST /v1/webhooks/ucp/{tenant}/{merchant}` takes a UCP merchant's order events (the
 //! platform URL given to the merchant at onboarding names the tenant and the merchant).
@@ -35,7 +38,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use shopagent_domain::ids::{AuthorizationId, MerchantId};
+use shopagent_domain::ids::{AuthorizationId, MerchantId, RefundId};
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::payment::PaymentCommand;
 use shopagent_domain::{EventMetadata, IdempotencyKey};
@@ -185,9 +188,100 @@ async fn stripe(
     })?;
     let event: StripeEvent = serde_json::from_slice(&body)
         .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
-    if event.kind != "issuing_authorization.request" {
-        return Ok((StatusCode::OK, axum::Json(json!({ "received": true }))).into_response());
+    match event.kind.as_str() {
+        "issuing_authorization.request" => decide_authorization(&app, event, &body).await,
+        "issuing_transaction.created" => record_transaction(&app, event).await,
+        _ => Ok(received()),
     }
+}
+
+fn received() -> Response {
+    (StatusCode::OK, axum::Json(json!({ "received": true }))).into_response()
+}
+
+/// A card issuer's transaction: money that moved on a card.
+#[derive(Debug, Deserialize)]
+struct Transaction {
+    id: String,
+    /// `capture` or `refund`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Negative for a capture (money leaving the balance), positive for a refund.
+    amount: i64,
+    currency: String,
+    authorization: Option<String>,
+    card: String,
+}
+
+/// Records a capture or refund on the payment of the card it moved money on, once
+/// however often it is delivered. 503 until the payment's card is known to
+/// reconciliation (the issuer retries).
+async fn record_transaction(app: &App, event: StripeEvent) -> Result<Response, Problem> {
+    let transaction: Transaction = serde_json::from_value(event.data.object)
+        .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
+    let currency = Currency::parse(&transaction.currency.to_uppercase())
+        .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
+    let amount = Money::new(transaction.amount.saturating_abs(), currency);
+    let at = OffsetDateTime::now_utc();
+    let command = match (transaction.kind.as_str(), &transaction.authorization) {
+        ("capture", Some(authorization)) => PaymentCommand::Capture {
+            authorization_id: AuthorizationId(Uuid::new_v5(
+                &AUTHORIZATION_NAMESPACE,
+                authorization.as_bytes(),
+            )),
+            amount,
+            at,
+        },
+        ("refund", _) => PaymentCommand::Refund {
+            refund_id: RefundId(Uuid::new_v5(
+                &AUTHORIZATION_NAMESPACE,
+                transaction.id.as_bytes(),
+            )),
+            amount,
+            at,
+        },
+        // Other kinds (disputes, unlinked refunds) are not this platform's to record.
+        _ => return Ok(received()),
+    };
+    let found = shopagent_projections::reconciliation::find_payment_by_card(
+        app.store.database(),
+        &transaction.card,
+    )
+    .await
+    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    let Some((tenant, payment_id)) = found else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "payment_not_yet_known",
+            "shopagent does not know this card's payment yet; deliver it again",
+        )
+        .with_retry_after(1));
+    };
+    let mut metadata = EventMetadata::new(tenant.clone(), "webhook:stripe");
+    metadata.idempotency_key = IdempotencyKey::parse(&format!("stripe/{}", transaction.id)).ok();
+    // What identifies the transaction, not the delivery: a redelivery (another event
+    // id, another time) is the same request.
+    metadata.request_digest = Some(hex::encode(Sha256::digest(format!(
+        "{}|{}|{}|{}|{:?}|{}",
+        transaction.id,
+        transaction.kind,
+        transaction.amount,
+        transaction.currency,
+        transaction.authorization,
+        transaction.card
+    ))));
+    app.payments
+        .execute(&format!("{tenant}/{payment_id}"), command, metadata)
+        .await?;
+    tracing::info!(transaction = %transaction.id, kind = %transaction.kind, "card transaction recorded");
+    Ok(received())
+}
+
+async fn decide_authorization(
+    app: &App,
+    event: StripeEvent,
+    body: &[u8],
+) -> Result<Response, Problem> {
     let authorization: Authorization = serde_json::from_value(event.data.object)
         .map_err(|e| Problem::bad_request("malformed_event", e.to_string()))?;
 
@@ -239,7 +333,7 @@ async fn stripe(
     ));
     let mut metadata = EventMetadata::new(tenant, "webhook:stripe");
     metadata.idempotency_key = IdempotencyKey::parse(&format!("stripe/{}", event.id)).ok();
-    metadata.request_digest = Some(hex::encode(Sha256::digest(&body)));
+    metadata.request_digest = Some(hex::encode(Sha256::digest(body)));
     let command = PaymentCommand::DecideAuthorization {
         authorization_id,
         amount: Money::new(amount, currency),
