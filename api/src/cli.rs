@@ -228,4 +228,7 @@ pub enum ProjectionsCommand {
     Pause { name: String },
     /// Resume a paused projection from where it stopped.
     Resume { name: String },
+    /// Build a new version of a projection's read model beside the live one, then
+    /// switch readers to it; with a progress bar. Servers keep serving throughout.
+    Rebuild { name: String },
 }

@@ -197,6 +197,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ProjectionsCommand::Resume { name },
         } => pause_projection(&config, &name, false).await,
         Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => rebuild_projection(&config, &name).await,
+        Command::Projections {
             command: ProjectionsCommand::Status,
         } => {
             let store = open_store(&config).await?;
@@ -237,6 +240,48 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<impl Future<O
 
 /// Writes an export to `out` with a progress bar on standard error; returns the record
 /// count and the head hash.
+/// A progress bar with rate and time left, on standard error.
+fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
+    let progress = indicatif::ProgressBar::new(len);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    progress
+}
+
+/// Rebuilds projection `name` beside its live read model, showing progress by log
+/// position.
+async fn rebuild_projection(
+    config: &shopagent_commands::StoreConfig,
+    name: &str,
+) -> anyhow::Result<()> {
+    let projection = projections()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .with_context(|| format!("no projection is named {name}"))?;
+    let store = open_store(config).await?;
+    let progress = progress_bar(store.head_position().await?.max(0) as u64, "positions");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone())?);
+    let rebuilt = shopagent_projections::Rebuild::new(store.clone(), projection)
+        .run(&shutdown, |step| {
+            progress.set_length(step.head.max(0) as u64);
+            progress.set_position(step.position.max(0) as u64);
+        })
+        .await;
+    progress.finish_and_clear();
+    store.database().close().await;
+    let rebuilt = rebuilt?;
+    println!(
+        "{name} rebuilt from {} events up to position {} and switched",
+        rebuilt.applied, rebuilt.position
+    );
+    Ok(())
+}
+
 async fn export_to_file(
     store: &shopagent_commands::Store,
     filter: shopagent_commands::export::ExportFilter,
@@ -249,13 +294,7 @@ async fn export_to_file(
     let mut file = std::io::BufWriter::new(file);
     let mut exporter =
         shopagent_commands::export::Exporter::start(store.clone(), filter, redactor).await?;
-    let progress = indicatif::ProgressBar::new(exporter.end_position().max(0) as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let progress = progress_bar(exporter.end_position().max(0) as u64, "events");
     let mut last = String::new();
     while let Some(page) = exporter.next_lines().await? {
         for line in page {

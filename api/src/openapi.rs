@@ -16,7 +16,7 @@ use crate::routes::{carts, events, mandates, merchants, ops, orders, reconciliat
         runs::request_approval, runs::grant, runs::deny, runs::complete, runs::fail, runs::cancel,
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
-        ops::list, ops::pause, ops::resume, reconciliation::daily, reconciliation::exceptions,
+        ops::list, ops::pause, ops::resume, ops::rebuild, reconciliation::daily, reconciliation::exceptions,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),

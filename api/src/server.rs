@@ -59,6 +59,16 @@ pub struct App {
     /// Days a placed order may wait for its card capture before reconciliation calls
     /// it an exception.
     pub capture_days: u16,
+    /// Work requests start and the server waits for on shutdown (projection rebuilds).
+    pub background: Background,
+}
+
+/// Tasks that outlive the request that started them: cancelled and awaited when the
+/// server stops.
+#[derive(Debug, Clone, Default)]
+pub struct Background {
+    pub stop: CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for App {
@@ -93,6 +103,7 @@ impl App {
             tracking_webhook_secret: None,
             pseudonym_key: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
             capture_days: DEFAULT_CAPTURE_DAYS,
+            background: Background::default(),
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -211,6 +222,7 @@ impl Server {
             tracking,
         } = self;
         let store = app.store.clone();
+        let background = app.background.clone();
         let runners_stop = CancellationToken::new();
         let runners: Vec<_> = projections()
             .into_iter()
@@ -255,6 +267,9 @@ impl Server {
             .await;
 
         runners_stop.cancel();
+        background.stop.cancel();
+        background.tasks.close();
+        background.tasks.wait().await;
         let _ = purger.await;
         for process in [checkout, tracking].into_iter().flatten() {
             let _ = process.await;

@@ -387,6 +387,21 @@ fn projections_pause_and_resume_from_the_command_line() {
     assert_eq!(state(&resumed), "running");
     let unknown = run(&["projections", "pause", "no_such"], &env);
     assert_one_line_failure(&unknown, "no projection is named no_such");
+
+    let rebuilt = run(&["projections", "rebuild", "orders_hub"], &env);
+    assert_eq!(
+        rebuilt.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&rebuilt.stdout).starts_with("orders_hub rebuilt from 0 events"),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stdout)
+    );
+    let unknown = run(&["projections", "rebuild", "no_such"], &env);
+    assert_one_line_failure(&unknown, "no projection is named no_such");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use shopagent::auth::Role;
 on_both_backends!(
     ops_see_where_every_reader_of_the_log_stands,
     a_paused_projection_holds_until_resumed,
+    ops_rebuild_a_projection_while_it_keeps_answering,
 );
 
 async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
@@ -68,6 +69,12 @@ async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
         "how long the waiting event has waited: {checkout:?}"
     );
     assert_eq!(catalog["lag_seconds"], 0.0, "nothing waits for the catalog");
+    assert!(
+        catalog["events_per_second"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0),
+        "it has just applied an event: {catalog:?}"
+    );
 
     for role in [Role::Shopper, Role::Finance, Role::Auditor] {
         let token = app.token("acme", "someone", role, None);
@@ -148,6 +155,80 @@ async fn a_paused_projection_holds_until_resumed(backend: Backend) {
     app.post(
         "/v1/ops/projections/aggregate_catalog/pause",
         &auditor,
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    app.stop().await;
+}
+
+async fn ops_rebuild_a_projection_while_it_keeps_answering(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let ops = app.token("acme", "ops-1", Role::Ops, None);
+    let alice = app.shopper("alice");
+    for _ in 0..5 {
+        app.post("/v1/carts", &alice, json!({"currency": "USD"}))
+            .await;
+    }
+    catalog_until(&app, &ops, |c| c["lag_events"] == 0).await;
+
+    let started = app
+        .post(
+            "/v1/ops/projections/aggregate_catalog/rebuild",
+            &ops,
+            json!({}),
+        )
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+    assert_eq!(started.header("location"), Some("/v1/ops/projections"));
+    // Writes go on during the rebuild.
+    app.post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    let done = catalog_until(&app, &ops, |c| {
+        c["state"] == "running" && c["rebuild"].is_null() && c["lag_events"] == 0
+    })
+    .await;
+    assert_eq!(
+        (
+            &done["state"],
+            &done["rebuild"],
+            &done["lag_events"],
+            &done["events_applied"]
+        ),
+        (&json!("running"), &json!(null), &json!(0), &json!(6)),
+        "{done:?}"
+    );
+    let rows: i64 = match app.store.database() {
+        shopagent_commands::Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM aggregate_catalog")
+                .fetch_one(pool)
+                .await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM aggregate_catalog")
+                .fetch_one(pool)
+                .await
+        }
+    }
+    .expect("count");
+    assert_eq!(rows, 6);
+
+    // A rebuild already claimed elsewhere: refused, not doubled.
+    let elsewhere = shopagent_projections::Rebuild::new(
+        app.store.clone(),
+        std::sync::Arc::new(shopagent_projections::OrdersHub),
+    );
+    elsewhere.claim().await.expect("claim");
+    app.post("/v1/ops/projections/orders_hub/rebuild", &ops, json!({}))
+        .await
+        .assert_problem(StatusCode::CONFLICT, "rebuild_in_progress");
+    app.post("/v1/ops/projections/no_such/rebuild", &ops, json!({}))
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    let finance = app.token("acme", "finance", Role::Finance, None);
+    app.post(
+        "/v1/ops/projections/aggregate_catalog/rebuild",
+        &finance,
         json!({}),
     )
     .await

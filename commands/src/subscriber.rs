@@ -12,7 +12,7 @@
 //! The embedded SQLite store serves a single process.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::log::format_timestamp;
 use crate::{Database, LogCursor, Store, StoreError, StoredEvent};
@@ -53,6 +53,7 @@ pub struct SubscriberRunner {
     batch_size: u32,
     idle_poll: Duration,
     last_error: Arc<std::sync::Mutex<LastError>>,
+    throughput: Arc<std::sync::Mutex<Throughput>>,
 }
 
 impl std::fmt::Debug for SubscriberRunner {
@@ -82,6 +83,7 @@ impl SubscriberRunner {
             batch_size: 100,
             idle_poll: Duration::from_millis(250),
             last_error: Arc::default(),
+            throughput: Arc::default(),
         }
     }
 
@@ -110,6 +112,7 @@ impl SubscriberRunner {
         let events = self.store.read_log(cursor, self.batch_size).await?;
         let mut handled = 0;
         for event in &events {
+            let started = Instant::now();
             if let Err(error) = self.subscriber.handle(event).await {
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
                 *self
@@ -122,7 +125,12 @@ impl SubscriberRunner {
                 });
             }
             cursor = event.cursor;
-            save(self.store.database(), name, cursor).await?;
+            let rate = self
+                .throughput
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record(started, 1);
+            save(self.store.database(), name, cursor, rate).await?;
             handled += 1;
         }
         Ok(Progress {
@@ -135,38 +143,85 @@ impl SubscriberRunner {
     /// Failures are retried with backoff; they never end the loop.
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.name();
-        let _lease = match Lease::acquire(self.store.database(), name, &shutdown).await {
-            Some(lease) => lease,
-            None => return,
-        };
-        tracing::info!(subscriber = name, "subscriber started");
-        let mut appended = self.store.subscribe_appends();
-        let mut failures: u32 = 0;
-        while !shutdown.is_cancelled() {
-            let pause = match self.step().await {
+        let lease = format!("subscriber.{name}");
+        drive(&self.store, &lease, self.idle_poll, &shutdown, || async {
+            match self.step().await {
                 Ok(Progress {
                     handled,
                     failed: false,
-                }) if handled > 0 => {
+                }) if handled > 0 => Step::Busy,
+                Ok(Progress { failed: false, .. }) => Step::Idle,
+                Ok(Progress { failed: true, .. }) => Step::Failed,
+                Err(error) => {
+                    tracing::warn!(subscriber = name, %error, "subscriber step failed");
+                    Step::Failed
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// What one step of a reader of the log came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// It did work: step again at once.
+    Busy,
+    /// Nothing to do: wait for an append (or the idle poll).
+    Idle,
+    /// It failed: retry after a backoff that grows with each failure in a row.
+    Failed,
+}
+
+/// How often a lease holder checks that its session still holds the lock.
+const LEASE_CHECK: Duration = Duration::from_secs(2);
+
+/// Runs `step` until `shutdown` fires, while holding the lease `lease`: one instance at
+/// a time runs it. A holder that finds its session gone (the lock released) stops and
+/// queues for the lease again.
+pub async fn drive<F, Fut>(
+    store: &Store,
+    lease: &str,
+    idle_poll: Duration,
+    shutdown: &CancellationToken,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Step>,
+{
+    while let Some(mut held) = Lease::acquire(store.database(), lease, shutdown).await {
+        tracing::info!(lease, "started");
+        let mut appended = store.subscribe_appends();
+        let mut failures: u32 = 0;
+        let mut checked = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                tracing::info!(lease, "stopped");
+                return;
+            }
+            if checked.elapsed() >= LEASE_CHECK {
+                checked = tokio::time::Instant::now();
+                if !held.is_held().await {
+                    tracing::warn!(lease, "lease lost; standing by");
+                    break;
+                }
+            }
+            let pause = match step().await {
+                Step::Busy => {
                     failures = 0;
                     continue;
                 }
-                Ok(Progress { failed: false, .. }) => {
+                Step::Idle => {
                     failures = 0;
-                    self.idle_poll
+                    idle_poll
                 }
-                Ok(Progress { failed: true, .. }) => {
+                Step::Failed => {
                     failures = failures.saturating_add(1);
-                    backoff(failures)
-                }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(subscriber = name, %error, "subscriber step failed");
                     backoff(failures)
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => {}
                 changed = appended.changed(), if failures == 0 => {
                     if changed.is_err() {
                         tokio::time::sleep(pause).await;
@@ -175,7 +230,34 @@ impl SubscriberRunner {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        tracing::info!(subscriber = name, "subscriber stopped");
+    }
+}
+
+/// Events per second over the batches of the last few seconds.
+#[derive(Debug, Default)]
+pub struct Throughput {
+    /// (started, finished, events) of each recent batch.
+    batches: std::collections::VecDeque<(Instant, Instant, usize)>,
+}
+
+impl Throughput {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Counts a batch of `events` that started at `started` and just finished; returns
+    /// the rate over the window.
+    pub fn record(&mut self, started: Instant, events: usize) -> f64 {
+        let now = Instant::now();
+        self.batches.push_back((started, now, events));
+        while self
+            .batches
+            .front()
+            .is_some_and(|(_, finished, _)| now.duration_since(*finished) > Self::WINDOW)
+        {
+            self.batches.pop_front();
+        }
+        let first = self.batches.front().map_or(started, |(start, _, _)| *start);
+        let total: usize = self.batches.iter().map(|(_, _, n)| n).sum();
+        total as f64 / now.duration_since(first).as_secs_f64().max(1e-3)
     }
 }
 
@@ -198,11 +280,17 @@ pub async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, sqlx::Er
     }))
 }
 
-async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), SubscriberError> {
-    const SQL: &str = "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at)
-         VALUES ($1, $2, $3, 1, $4)
+async fn save(
+    db: &Database,
+    name: &str,
+    cursor: LogCursor,
+    rate: f64,
+) -> Result<(), SubscriberError> {
+    const SQL: &str = "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at, events_per_second)
+         VALUES ($1, $2, $3, 1, $4, $5)
          ON CONFLICT (name) DO UPDATE SET txid = excluded.txid, position = excluded.position,
-             events_applied = projection_checkpoints.events_applied + 1, updated_at = excluded.updated_at";
+             events_applied = projection_checkpoints.events_applied + 1, updated_at = excluded.updated_at,
+             events_per_second = excluded.events_per_second";
     let now = format_timestamp(OffsetDateTime::now_utc());
     match db {
         Database::Postgres(pool) => sqlx::query(SQL)
@@ -210,6 +298,7 @@ async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), Subscr
             .bind(cursor.txid)
             .bind(cursor.position)
             .bind(&now)
+            .bind(rate)
             .execute(pool)
             .await
             .map(drop)?,
@@ -218,6 +307,7 @@ async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), Subscr
             .bind(cursor.txid)
             .bind(cursor.position)
             .bind(&now)
+            .bind(rate)
             .execute(pool)
             .await
             .map(drop)?,
@@ -225,18 +315,21 @@ async fn save(db: &Database, name: &str, cursor: LogCursor) -> Result<(), Subscr
     Ok(())
 }
 
-/// Exclusive right to run a subscriber: a PostgreSQL session advisory lock held on a
-/// connection detached from the pool, so that dropping the lease closes the session and
-/// releases the lock (a pooled session would keep it). Nothing on SQLite (one process).
-struct Lease {
-    _connection: Option<PgConnection>,
+/// Exclusive right to run a reader of the log (a subscriber, a projection's runner): a
+/// PostgreSQL session advisory lock held on a connection detached from the pool, so
+/// that dropping the lease closes the session and releases the lock (a pooled session
+/// would keep it). If the instance dies, its session ends and another instance's
+/// [`Lease::acquire`] gets the lock within a second. Nothing on SQLite (one process).
+#[derive(Debug)]
+pub struct Lease {
+    connection: Option<PgConnection>,
 }
 
 impl Lease {
-    /// Waits until the lease is free or `shutdown` fires (then `None`).
-    async fn acquire(db: &Database, name: &str, shutdown: &CancellationToken) -> Option<Self> {
+    /// Waits until the lease `name` is free or `shutdown` fires (then `None`).
+    pub async fn acquire(db: &Database, name: &str, shutdown: &CancellationToken) -> Option<Self> {
         let Database::Postgres(pool) = db else {
-            return Some(Self { _connection: None });
+            return Some(Self { connection: None });
         };
         let mut waiting_logged = false;
         loop {
@@ -244,33 +337,46 @@ impl Lease {
                 let mut connection = pool.acquire().await?;
                 let locked: bool =
                     sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                        .bind(format!("shopagent.subscriber.{name}"))
+                        .bind(format!("shopagent.{name}"))
                         .fetch_one(&mut *connection)
                         .await?;
                 Ok::<_, sqlx::Error>(locked.then(|| PoolConnection::detach(connection)))
             };
             match attempt.await {
                 Ok(Some(connection)) => {
+                    tracing::info!(lease = name, "lease taken");
                     return Some(Self {
-                        _connection: Some(connection),
+                        connection: Some(connection),
                     });
                 }
                 Ok(None) if !waiting_logged => {
                     tracing::info!(
-                        subscriber = name,
-                        "another instance runs this subscriber; standing by"
+                        lease = name,
+                        "another instance holds this lease; standing by"
                     );
                     waiting_logged = true;
                 }
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(subscriber = name, %error, "cannot take the subscriber lease")
+                    tracing::warn!(lease = name, %error, "cannot take the lease")
                 }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Whether the session holding the lock is still alive. A session the server ended
+    /// (or a broken connection) has released the lock: another instance may hold it.
+    pub async fn is_held(&mut self) -> bool {
+        match &mut self.connection {
+            Some(connection) => sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_ok(),
+            None => true,
         }
     }
 }

@@ -22,9 +22,13 @@ impl Projection for AggregateCatalog {
         Self::NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["aggregate_catalog"]
+    }
+
     async fn apply(
         &self,
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         let at = format_timestamp(event.recorded_at);
@@ -52,7 +56,7 @@ impl Projection for AggregateCatalog {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError> {
+    async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
             sqlx::query("DELETE FROM aggregate_catalog").execute(conn).await?;
         });

@@ -8,11 +8,13 @@
 
 pub mod catalog;
 pub mod orders_hub;
+pub mod rebuild;
 pub mod reconciliation;
 pub mod runner;
 
 pub use catalog::AggregateCatalog;
 pub use orders_hub::{OrdersHub, OutsideReference, find_order};
+pub use rebuild::{Rebuild, RebuildError, RebuildProgress};
 pub use reconciliation::Reconciliation;
 pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, set_paused,

@@ -115,9 +115,13 @@ impl Projection for OrdersHub {
         Self::NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["orders_hub"]
+    }
+
     async fn apply(
         &self,
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         if event.aggregate_type != "order" {
@@ -208,7 +212,7 @@ impl Projection for OrdersHub {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError> {
+    async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
             sqlx::query("DELETE FROM orders_hub").execute(conn).await?;
         });

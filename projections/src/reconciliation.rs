@@ -90,7 +90,7 @@ fn unreadable(event: &StoredEvent, error: &serde_json::Error) -> ProjectionError
 /// Starts the row of an order (from the order's first event, or from its payment's if
 /// that came first): `columns` are set on insert and on conflict alike.
 async fn begin_row(
-    tx: &mut ReadModelTx,
+    tx: &mut ReadModelTx<'_>,
     event: &StoredEvent,
     order_id: &str,
     columns: &[(&str, Option<String>)],
@@ -136,7 +136,7 @@ async fn begin_row(
 /// row matches (an event for an order this model never saw begin). `entry` records the
 /// movement in the ledger, with the amount and currency bound as `$4` and `$5`.
 async fn change(
-    tx: &mut ReadModelTx,
+    tx: &mut ReadModelTx<'_>,
     event: &StoredEvent,
     row: Row<'_>,
     (set, binds): (String, Vec<Bind>),
@@ -186,7 +186,7 @@ async fn change(
 
 impl Reconciliation {
     async fn apply_order(
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
         order: OrderEvent,
     ) -> Result<Option<String>, ProjectionError> {
@@ -222,7 +222,7 @@ impl Reconciliation {
     }
 
     async fn apply_payment(
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
         payment: PaymentEvent,
     ) -> Result<Option<String>, ProjectionError> {
@@ -266,7 +266,7 @@ impl Reconciliation {
 
     /// Judges the row again after a change and stores its standing exception.
     async fn reassess(
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         tenant: &str,
         order_id: &str,
     ) -> Result<(), ProjectionError> {
@@ -302,9 +302,13 @@ impl Projection for Reconciliation {
         Self::NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["reconciliation_orders", "reconciliation_entries"]
+    }
+
     async fn apply(
         &self,
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         let order_id = match event.aggregate_type.as_str() {
@@ -341,7 +345,7 @@ impl Projection for Reconciliation {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError> {
+    async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
             sqlx::query("DELETE FROM reconciliation_orders").execute(&mut *conn).await?;
             sqlx::query("DELETE FROM reconciliation_entries").execute(&mut *conn).await?;

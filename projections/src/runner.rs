@@ -1,10 +1,10 @@
 //! Checkpointed subscribers of the global log.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shopagent_commands::log::format_timestamp;
-use shopagent_commands::subscriber::{backoff, checkpoint};
+use shopagent_commands::subscriber::{Step, Throughput, checkpoint, drive};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -27,9 +27,9 @@ pub enum ProjectionError {
 /// Read models use SQL that both backends accept; [`on_read_model!`] runs one query
 /// text on whichever connection the transaction holds.
 #[derive(Debug)]
-pub enum ReadModelTx {
-    Postgres(Transaction<'static, Postgres>),
-    Sqlite(Transaction<'static, Sqlite>),
+pub enum ReadModelTx<'c> {
+    Postgres(Transaction<'c, Postgres>),
+    Sqlite(Transaction<'c, Sqlite>),
 }
 
 /// Runs `$body` with `$conn` bound to the transaction's connection, whatever its backend.
@@ -50,8 +50,8 @@ macro_rules! on_read_model {
     };
 }
 
-impl ReadModelTx {
-    async fn begin(db: &Database) -> Result<Self, sqlx::Error> {
+impl ReadModelTx<'static> {
+    pub(crate) async fn begin(db: &Database) -> Result<Self, sqlx::Error> {
         Ok(match db {
             Database::Postgres(pool) => Self::Postgres(pool.begin().await?),
             // IMMEDIATE takes the write lock up front: SQLite cannot upgrade a read
@@ -59,8 +59,10 @@ impl ReadModelTx {
             Database::Sqlite(pool) => Self::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
         })
     }
+}
 
-    async fn commit(self) -> Result<(), sqlx::Error> {
+impl ReadModelTx<'_> {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
             Self::Postgres(tx) => tx.commit().await,
             Self::Sqlite(tx) => tx.commit().await,
@@ -74,13 +76,21 @@ pub trait Projection: Send + Sync + 'static {
     /// Stable name: the key of its checkpoint. Renaming it rebuilds the read model.
     fn name(&self) -> &'static str;
 
+    /// The tables of its read model, and only those: a rebuild builds new versions of
+    /// them beside the live ones and swaps them in. `apply` and `reset` must name them
+    /// unqualified (the rebuild points the names at the new versions).
+    fn tables(&self) -> &'static [&'static str];
+
     /// Applies one event inside the batch's transaction. Events the projection does
     /// not care about are ignored. Must not call the outside world.
-    async fn apply(&self, tx: &mut ReadModelTx, event: &StoredEvent)
-    -> Result<(), ProjectionError>;
+    async fn apply(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+        event: &StoredEvent,
+    ) -> Result<(), ProjectionError>;
 
     /// Deletes every row of the read model, before a rebuild from the start of the log.
-    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError>;
+    async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError>;
 }
 
 /// Where a projection stands.
@@ -97,13 +107,36 @@ pub struct ProjectionStatus {
     pub lag_seconds: f64,
     pub events_applied: i64,
     pub updated_at: String,
-    /// `running`; `paused` by ops; or `failing` while a batch cannot be applied
-    /// (retried with backoff; nothing is skipped).
+    /// Events applied per second over its last few seconds of work; 0 when it has
+    /// applied nothing for that long.
+    pub events_per_second: f64,
+    /// `running`; `paused` by ops; `failing` while a batch cannot be applied (retried
+    /// with backoff; nothing is skipped); or `rebuilding` while a new version of the read
+    /// model is built beside the live one.
     pub state: &'static str,
     /// Why the last batch failed, while it keeps failing.
     pub error: Option<String>,
     /// The event it failed on, when one event was the cause.
     pub failed_position: Option<i64>,
+    /// The rebuild under way, if any.
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// How far a rebuild has come.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RebuildStatus {
+    /// Position the new version has reached.
+    pub position: i64,
+    pub events_per_second: f64,
+}
+
+/// A rate or heartbeat older than this is history: the work behind it stopped.
+pub(crate) const STALE: Duration = Duration::from_secs(10);
+
+/// Whether `at` (a stored timestamp) is within `STALE` of now.
+pub(crate) fn recent(at: &str) -> bool {
+    shopagent_commands::log::parse_timestamp(at)
+        .is_ok_and(|at| (OffsetDateTime::now_utc() - at).unsigned_abs() <= STALE)
 }
 
 /// Feeds one projection from the log.
@@ -113,6 +146,7 @@ pub struct ProjectionRunner {
     projection: Arc<dyn Projection>,
     batch_size: u32,
     idle_poll: Duration,
+    throughput: Arc<std::sync::Mutex<Throughput>>,
 }
 
 impl std::fmt::Debug for ProjectionRunner {
@@ -135,6 +169,7 @@ impl ProjectionRunner {
             // Appends by this process wake the runner at once; the poll catches appends
             // made by other processes on the same database.
             idle_poll: Duration::from_millis(250),
+            throughput: Arc::default(),
         }
     }
 
@@ -147,49 +182,35 @@ impl ProjectionRunner {
         self.projection.name()
     }
 
-    /// Applies batches until the log is exhausted or `shutdown` fires. A batch in flight
-    /// when `shutdown` fires is finished and checkpointed first. Errors are logged and
-    /// retried with backoff; they never end the loop.
+    /// Applies batches until `shutdown` fires, on one instance at a time (the
+    /// projection's lease). A batch in flight when `shutdown` fires is finished and
+    /// checkpointed first. Errors are recorded for ops and retried with backoff; they
+    /// never end the loop.
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.name();
-        let mut appended = self.store.subscribe_appends();
-        let mut failures: u32 = 0;
-        tracing::info!(projection = name, "projection runner started");
-        while !shutdown.is_cancelled() {
-            let pause = match self.step().await {
+        let lease = format!("projection.{name}");
+        let failing = std::sync::atomic::AtomicBool::new(false);
+        drive(&self.store, &lease, self.idle_poll, &shutdown, || async {
+            match self.step().await {
                 Ok(applied) => {
-                    if failures > 0 {
-                        failures = 0;
-                        if let Err(unrecorded) = self.record_failure(None).await {
-                            tracing::warn!(projection = name, %unrecorded, "projection recovery not recorded");
-                        }
+                    if failing.swap(false, std::sync::atomic::Ordering::Relaxed)
+                        && let Err(unrecorded) = self.record_failure(None).await
+                    {
+                        tracing::warn!(projection = name, %unrecorded, "projection recovery not recorded");
                     }
-                    if applied > 0 {
-                        continue;
-                    }
-                    self.idle_poll
+                    if applied > 0 { Step::Busy } else { Step::Idle }
                 }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let backoff = backoff(failures);
-                    tracing::warn!(projection = name, %error, retry_in_ms = backoff.as_millis() as u64, "projection batch failed");
+                    failing.store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(projection = name, %error, "projection batch failed");
                     if let Err(unrecorded) = self.record_failure(Some(&error)).await {
                         tracing::warn!(projection = name, %unrecorded, "projection failure not recorded");
                     }
-                    backoff
+                    Step::Failed
                 }
-            };
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                changed = appended.changed(), if failures == 0 => {
-                    if changed.is_err() {
-                        tokio::time::sleep(pause).await;
-                    }
-                }
-                () = tokio::time::sleep(pause) => {}
             }
-        }
-        tracing::info!(projection = name, "projection runner stopped");
+        })
+        .await;
     }
 
     /// Records why the projection cannot go on (and at which event), or clears it.
@@ -248,7 +269,7 @@ impl ProjectionRunner {
     pub async fn reset(&self) -> Result<(), ProjectionError> {
         let mut tx = ReadModelTx::begin(self.store.database()).await?;
         self.projection.reset(&mut tx).await?;
-        save_checkpoint(&mut tx, self.name(), LogCursor::START, None).await?;
+        save_checkpoint(&mut tx, self.name(), LogCursor::START, None, 0.0).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -256,6 +277,7 @@ impl ProjectionRunner {
     /// Applies at most one batch. Returns how many events it applied.
     pub async fn step(&self) -> Result<usize, ProjectionError> {
         let name = self.name();
+        let started = Instant::now();
         let (tx, events) = loop {
             let checkpoint = checkpoint(self.store.database(), name).await?;
             let events = self.store.read_log(checkpoint, self.batch_size).await?;
@@ -279,7 +301,12 @@ impl ProjectionRunner {
         for event in &events {
             self.projection.apply(&mut tx, event).await?;
         }
-        save_checkpoint(&mut tx, name, last, Some(events.len() as i64)).await?;
+        let rate = self
+            .throughput
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(started, events.len());
+        save_checkpoint(&mut tx, name, last, Some(events.len() as i64), rate).await?;
         tx.commit().await?;
         tracing::debug!(
             projection = name,
@@ -293,8 +320,8 @@ impl ProjectionRunner {
 
 /// Locks the projection's checkpoint row for the batch; returns the checkpoint and
 /// whether ops paused the projection.
-async fn lock_checkpoint(
-    tx: &mut ReadModelTx,
+pub(crate) async fn lock_checkpoint(
+    tx: &mut ReadModelTx<'_>,
     name: &str,
 ) -> Result<(LogCursor, bool), ProjectionError> {
     const INSERT: &str = "INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, $2)
@@ -331,12 +358,13 @@ async fn lock_checkpoint(
 }
 
 /// Moves the checkpoint to `cursor`, adding `applied` to the count of applied events;
-/// `None` rewinds the count too (a reset).
+/// `None` rewinds the count too (a reset). `rate` is the recent events per second.
 async fn save_checkpoint(
-    tx: &mut ReadModelTx,
+    tx: &mut ReadModelTx<'_>,
     name: &str,
     cursor: LogCursor,
     applied: Option<i64>,
+    rate: f64,
 ) -> Result<(), ProjectionError> {
     let now = format_timestamp(OffsetDateTime::now_utc());
     let counter = if applied.is_some() {
@@ -345,13 +373,15 @@ async fn save_checkpoint(
         "0"
     };
     let sql = format!(
-        "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at,
+                                             events_per_second)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (name) DO UPDATE SET
             txid = excluded.txid,
             position = excluded.position,
             events_applied = {counter},
-            updated_at = excluded.updated_at"
+            updated_at = excluded.updated_at,
+            events_per_second = excluded.events_per_second"
     );
     on_read_model!(tx, conn => {
         sqlx::query(&sql)
@@ -360,6 +390,7 @@ async fn save_checkpoint(
             .bind(cursor.position)
             .bind(applied.unwrap_or(0))
             .bind(&now)
+            .bind(rate)
             .execute(conn)
             .await?;
     });
@@ -398,32 +429,64 @@ pub async fn set_paused(store: &Store, name: &str, paused: bool) -> Result<(), P
 
 pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, ProjectionError> {
     const SQL: &str =
-        "SELECT txid, position, events_applied, updated_at, last_error, failed_position, paused
-                         FROM projection_checkpoints WHERE name = $1";
-    type Row = (i64, i64, i64, String, Option<String>, Option<i64>, i32);
-    let row: Option<Row> = match store.database() {
+        "SELECT txid, position, events_applied, updated_at, last_error, failed_position,
+                paused, events_per_second, rebuild_position, rebuild_events_per_second,
+                rebuild_heartbeat
+           FROM projection_checkpoints WHERE name = $1";
+    let row: Option<StatusRow> = match store.database() {
         Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
         Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
     };
-    let (txid, position, events_applied, updated_at, error, failed_position, paused) =
-        row.unwrap_or((0, 0, 0, String::new(), None, None, 0));
-    let cursor = LogCursor { txid, position };
+    let row = row.unwrap_or_default();
+    let cursor = LogCursor {
+        txid: row.txid,
+        position: row.position,
+    };
+    let rebuild = match (row.rebuild_position, &row.rebuild_heartbeat) {
+        (Some(position), Some(heartbeat)) if recent(heartbeat) => Some(RebuildStatus {
+            position,
+            events_per_second: row.rebuild_events_per_second.unwrap_or(0.0),
+        }),
+        _ => None,
+    };
     Ok(ProjectionStatus {
         name: name.to_owned(),
-        checkpoint_position: position,
+        checkpoint_position: row.position,
         head_position: store.head_position().await?,
         lag_events: store.count_after(cursor).await?,
         lag_seconds: store.next_recorded_at(cursor).await?.map_or(0.0, |at| {
             (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0)
         }),
-        events_applied,
-        updated_at,
-        state: match (paused != 0, error.is_some()) {
-            (true, _) => "paused",
-            (false, true) => "failing",
-            (false, false) => "running",
+        events_applied: row.events_applied,
+        events_per_second: if recent(&row.updated_at) {
+            row.events_per_second
+        } else {
+            0.0
         },
-        error,
-        failed_position,
+        state: match (row.paused != 0, row.last_error.is_some(), rebuild.is_some()) {
+            (true, _, _) => "paused",
+            (false, true, _) => "failing",
+            (false, false, true) => "rebuilding",
+            (false, false, false) => "running",
+        },
+        updated_at: row.updated_at,
+        error: row.last_error,
+        failed_position: row.failed_position,
+        rebuild,
     })
+}
+
+#[derive(Debug, Default, sqlx::FromRow)]
+struct StatusRow {
+    txid: i64,
+    position: i64,
+    events_applied: i64,
+    updated_at: String,
+    last_error: Option<String>,
+    failed_position: Option<i64>,
+    paused: i32,
+    events_per_second: f64,
+    rebuild_position: Option<i64>,
+    rebuild_events_per_second: Option<f64>,
+    rebuild_heartbeat: Option<String>,
 }

@@ -52,9 +52,13 @@ impl Projection for Totals {
         "test_totals"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["test_totals"]
+    }
+
     async fn apply(
         &self,
-        tx: &mut ReadModelTx,
+        tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
         let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
@@ -95,7 +99,7 @@ impl Projection for Totals {
         Ok(())
     }
 
-    async fn reset(&self, tx: &mut ReadModelTx) -> Result<(), ProjectionError> {
+    async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
             sqlx::query("DELETE FROM test_totals").execute(conn).await?;
         });

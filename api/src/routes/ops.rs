@@ -16,6 +16,7 @@ pub fn routes() -> Router<App> {
         .route("/v1/ops/projections", get(list))
         .route("/v1/ops/projections/{name}/pause", post(pause))
         .route("/v1/ops/projections/{name}/resume", post(resume))
+        .route("/v1/ops/projections/{name}/rebuild", post(rebuild))
 }
 
 /// One reader of the log: a projection or a process manager.
@@ -24,8 +25,9 @@ pub struct ProjectionView {
     pub name: String,
     /// `projection` (a read model) or `process` (side effects).
     pub kind: &'static str,
-    /// `running`; `paused` by ops; or `failing` while a batch cannot be applied
-    /// (retried; nothing is skipped).
+    /// `running`; `paused` by ops; `failing` while a batch cannot be applied
+    /// (retried; nothing is skipped); or `rebuilding` while a new version of its read
+    /// model is built beside the live one.
     pub state: &'static str,
     pub checkpoint_position: i64,
     pub head_position: i64,
@@ -34,11 +36,23 @@ pub struct ProjectionView {
     /// How long the oldest of them has been waiting, in seconds.
     pub lag_seconds: f64,
     pub events_applied: i64,
+    /// Events handled per second over its last few seconds of work.
+    pub events_per_second: f64,
     pub updated_at: String,
     /// Why it is failing, while it is.
     pub error: Option<String>,
     /// The event it fails on, when one event is the cause.
     pub failed_position: Option<i64>,
+    /// The rebuild under way, if any.
+    pub rebuild: Option<RebuildView>,
+}
+
+/// How far a rebuild has come.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildView {
+    /// Position the new version has reached (the head is `head_position`).
+    pub position: i64,
+    pub events_per_second: f64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,9 +107,14 @@ async fn view(app: &App, name: &str, kind: &'static str) -> Result<ProjectionVie
         lag_events: status.lag_events,
         lag_seconds: status.lag_seconds,
         events_applied: status.events_applied,
+        events_per_second: status.events_per_second,
         updated_at: status.updated_at,
         error: status.error,
         failed_position: status.failed_position,
+        rebuild: status.rebuild.map(|r| RebuildView {
+            position: r.position,
+            events_per_second: r.events_per_second,
+        }),
     })
 }
 
@@ -109,6 +128,22 @@ fn status_problem(error: shopagent_projections::ProjectionError) -> Problem {
     }
 }
 
+/// The projection of this build named `name`, for ops and admins.
+fn projection_for_ops(
+    principal: &Principal,
+    name: &str,
+) -> Result<std::sync::Arc<dyn shopagent_projections::Projection>, Problem> {
+    if !matches!(principal.role, Role::Ops | Role::Admin) {
+        return Err(Problem::forbidden(
+            "managing projections is for ops and admins",
+        ));
+    }
+    projections()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .ok_or_else(|| Problem::not_found().with_detail("no projection has this name"))
+}
+
 /// Pauses or resumes a projection of this build on every instance.
 async fn set_paused(
     app: &App,
@@ -116,15 +151,7 @@ async fn set_paused(
     name: &str,
     paused: bool,
 ) -> Result<Response, Problem> {
-    if !matches!(principal.role, Role::Ops | Role::Admin) {
-        return Err(Problem::forbidden(
-            "pausing projections is for ops and admins",
-        ));
-    }
-    let projection = projections()
-        .into_iter()
-        .find(|p| p.name() == name)
-        .ok_or_else(|| Problem::not_found().with_detail("no projection has this name"))?;
+    let projection = projection_for_ops(principal, name)?;
     shopagent_projections::set_paused(&app.store, projection.name(), paused)
         .await
         .map_err(status_problem)?;
@@ -158,4 +185,57 @@ pub async fn resume(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
     set_paused(&app, &principal, &name, false).await
+}
+
+/// Builds a new version of the projection's read model beside the live one, from the
+/// start of the log, then switches readers to it and drops the old one. Answers at
+/// once; the rebuild runs on this instance and shows in the projection's status.
+/// Queries keep answering from the live version throughout.
+#[utoipa::path(operation_id = "ops_rebuild_projection", post, path = "/v1/ops/projections/{name}/rebuild", tag = "ops",
+    params(("name" = String, Path), ("Idempotency-Key" = String, Header)),
+    responses((status = 202, description = "The rebuild started; follow it in the projection's status", body = ProjectionView),
+        (status = 409, description = "A rebuild of this projection is already running", body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn rebuild(
+    State(app): State<App>,
+    principal: Principal,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, Problem> {
+    let projection = projection_for_ops(&principal, &name)?;
+    let name = projection.name();
+    let rebuild = shopagent_projections::Rebuild::new(app.store.clone(), projection);
+    match rebuild.claim().await {
+        Ok(()) => {}
+        Err(shopagent_projections::RebuildError::AlreadyRunning(_)) => {
+            return Err(Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "rebuild_in_progress",
+                "A rebuild of this projection is already running",
+            ));
+        }
+        Err(shopagent_projections::RebuildError::Projection(error)) => {
+            return Err(status_problem(error));
+        }
+        Err(other) => {
+            tracing::error!(error = %other, "rebuild not started");
+            return Err(Problem::internal());
+        }
+    }
+    let stop = app.background.stop.clone();
+    app.background.tasks.spawn(async move {
+        // The outcome is logged by the rebuild and visible in the status.
+        let _ = rebuild.run_claimed(&stop, |_| {}).await;
+    });
+    tracing::info!(projection = name, by = %principal.subject, "projection rebuild started");
+    let mut response = (
+        axum::http::StatusCode::ACCEPTED,
+        axum::Json(view(&app, name, "projection").await?),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        axum::http::header::LOCATION,
+        axum::http::HeaderValue::from_static("/v1/ops/projections"),
+    );
+    Ok(response)
 }

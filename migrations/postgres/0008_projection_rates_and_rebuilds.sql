@@ -1,0 +1,6 @@
+-- Throughput of each reader of the log, and the progress of a projection's rebuild
+-- beside its live read model (NULL when none runs).
+ALTER TABLE projection_checkpoints ADD COLUMN events_per_second double precision NOT NULL DEFAULT 0;
+ALTER TABLE projection_checkpoints ADD COLUMN rebuild_position bigint;
+ALTER TABLE projection_checkpoints ADD COLUMN rebuild_events_per_second double precision;
+ALTER TABLE projection_checkpoints ADD COLUMN rebuild_heartbeat text;
