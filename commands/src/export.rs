@@ -12,12 +12,12 @@
 //! Reading is page by page (`Exporter::next_lines`), so an export of any size runs in
 //! constant memory.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::log::format_timestamp;
+use crate::log::{LogPages, format_timestamp};
 use crate::{LogCursor, Store, StoreError, StoredEvent};
 
 /// What the chain of every export starts from.
@@ -136,39 +136,76 @@ impl Redactor {
 }
 
 /// Sorted keys, no whitespace: the bytes a record's hash is taken over.
+/// The canonical bytes of `value`: keys sorted at every level, no whitespace. Written
+/// directly (no sorted copy), whatever order the map keeps its keys in.
 fn canonical(value: &Value) -> Vec<u8> {
-    fn sorted(value: &Value) -> Value {
+    fn write(value: &Value, out: &mut Vec<u8>) {
         match value {
             Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                let mut out = Map::new();
-                for key in keys {
-                    out.insert(key.clone(), sorted(&map[key]));
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (index, (key, item)) in entries.into_iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    // Writing into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, key);
+                    out.push(b':');
+                    write(item, out);
                 }
-                Value::Object(out)
+                out.push(b'}');
             }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (index, item) in items.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => write_scalar(scalar, out),
         }
     }
-    // Keys are inserted in sorted order, so the bytes are sorted whatever the map type.
-    serde_json::to_vec(&sorted(value)).unwrap_or_default()
+    fn write_scalar(value: &Value, out: &mut Vec<u8>) {
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+    let mut out = Vec::with_capacity(512);
+    write(value, &mut out);
+    out
 }
 
-fn chain(previous: &str, record: &Value) -> String {
+fn digest(previous: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(previous.as_bytes());
     hasher.update(b"\n");
-    hasher.update(canonical(record));
+    hasher.update(canonical);
     hex::encode(hasher.finalize())
+}
+
+fn chain(previous: &str, record: &Value) -> String {
+    digest(previous, &canonical(record))
+}
+
+/// The record's line: its canonical bytes, with the hash chained from `previous` as a
+/// last member. Returns the line and the hash.
+fn chained_line(previous: &str, record: &Value) -> (String, String) {
+    let mut bytes = canonical(record);
+    let hash = digest(previous, &bytes);
+    bytes.pop();
+    bytes.extend_from_slice(b",\"hash\":\"");
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    (String::from_utf8(bytes).unwrap_or_default(), hash)
 }
 
 fn genesis() -> String {
     hex::encode(Sha256::digest(GENESIS.as_bytes()))
 }
 
-fn record_of(event: &StoredEvent) -> Value {
+fn record_of(event: StoredEvent) -> Value {
     json!({
         "position": event.position(),
         "event_id": event.event_id,
@@ -189,6 +226,7 @@ pub struct Exporter {
     store: Store,
     filter: ExportFilter,
     redactor: Option<Redactor>,
+    pages: LogPages,
     cursor: LogCursor,
     head: String,
     count: u64,
@@ -208,6 +246,7 @@ impl Exporter {
     ) -> Result<Self, StoreError> {
         let end = store.head_position().await?;
         Ok(Self {
+            pages: LogPages::new(store.clone(), LogCursor::default(), PAGE),
             store,
             filter,
             redactor,
@@ -232,7 +271,7 @@ impl Exporter {
         if self.done {
             return Ok(None);
         }
-        let events = self.store.read_log(self.cursor, PAGE).await?;
+        let events = self.pages.next_page().await?;
         let mut lines = Vec::with_capacity(events.len());
         // Nothing readable yet is not the end while events committed before the export
         // began still wait for older transactions to finish (PostgreSQL visibility).
@@ -241,26 +280,27 @@ impl Exporter {
         if events.is_empty() && !finished {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        for event in &events {
+        for event in events {
             self.cursor = event.cursor;
             if event.position() > self.end {
                 // Committed after the export started: not part of it.
                 continue;
             }
-            if !self.filter.matches(event) {
+            if !self.filter.matches(&event) {
                 continue;
             }
+            let position = event.position();
             let mut record = record_of(event);
             if let Some(redactor) = &self.redactor {
                 redactor.redact(&mut record["payload"]);
             }
             record["prev_hash"] = Value::String(self.head.clone());
-            self.head = chain(&self.head, &record);
-            record["hash"] = Value::String(self.head.clone());
+            let (line, hash) = chained_line(&self.head, &record);
+            self.head = hash;
             self.count += 1;
-            self.first_position.get_or_insert(event.position());
-            self.last_position = Some(event.position());
-            lines.push(record.to_string());
+            self.first_position.get_or_insert(position);
+            self.last_position = Some(position);
+            lines.push(line);
         }
         if finished {
             self.done = true;

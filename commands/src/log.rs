@@ -246,3 +246,51 @@ pub fn parse_timestamp(text: &str) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::parse(text, &Rfc3339)
         .map_err(|error| StoreError::Corrupt(format!("timestamp {text:?}: {error}")))
 }
+
+/// Reads the log page by page from a cursor, fetching the next page while the caller
+/// works on the current one, so that the database and the caller's CPU work overlap.
+#[derive(Debug)]
+pub struct LogPages {
+    store: Store,
+    limit: u32,
+    cursor: LogCursor,
+    next: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>>,
+}
+
+impl LogPages {
+    pub fn new(store: Store, after: LogCursor, limit: u32) -> Self {
+        Self {
+            store,
+            limit,
+            cursor: after,
+            next: None,
+        }
+    }
+
+    /// The next page after the last one returned (empty at the visible end of the log;
+    /// asking again reads again from there).
+    pub async fn next_page(&mut self) -> Result<Vec<StoredEvent>, StoreError> {
+        let page = match self.next.take() {
+            Some(reading) => reading
+                .await
+                .map_err(|error| StoreError::Corrupt(format!("log reader stopped: {error}")))??,
+            None => self.store.read_log(self.cursor, self.limit).await?,
+        };
+        if let Some(last) = page.last() {
+            self.cursor = last.cursor;
+            let (store, cursor, limit) = (self.store.clone(), self.cursor, self.limit);
+            self.next = Some(tokio::spawn(
+                async move { store.read_log(cursor, limit).await },
+            ));
+        }
+        Ok(page)
+    }
+}
+
+impl Drop for LogPages {
+    fn drop(&mut self) {
+        if let Some(reading) = self.next.take() {
+            reading.abort();
+        }
+    }
+}

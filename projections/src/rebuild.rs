@@ -27,9 +27,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use shopagent_commands::log::LogPages;
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::subscriber::Throughput;
-use shopagent_commands::{Database, LogCursor, Store, StoredEvent};
+use shopagent_commands::{Database, LogCursor, Store};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -334,18 +335,19 @@ impl Rebuild {
         let mut cursor = LogCursor::START;
         let mut applied = 0_u64;
         let mut throughput = Throughput::default();
+        let mut pages = LogPages::new(self.store.clone(), cursor, self.batch_size);
         loop {
             if shutdown.is_cancelled() {
                 return Err(RebuildError::Cancelled);
             }
             let started = Instant::now();
-            let events = self.store.read_log(cursor, self.batch_size).await?;
+            let events = pages.next_page().await?;
             let Some(last) = events.last().map(|e| e.cursor) else {
                 return Ok((cursor, applied));
             };
             let rate = throughput.record(started, events.len());
             let mut tx = builder.begin().await?;
-            self.apply_all(&mut tx, &events).await?;
+            self.projection.apply_batch(&mut tx, &events).await?;
             // The claim is renewed with each batch; the checkpoint table is the live
             // one (it has no new version), whatever the search path.
             self.heartbeat_in(&mut tx, last.position, rate).await?;
@@ -359,17 +361,6 @@ impl Rebuild {
                 events_per_second: rate,
             });
         }
-    }
-
-    async fn apply_all(
-        &self,
-        tx: &mut ReadModelTx<'_>,
-        events: &[StoredEvent],
-    ) -> Result<(), ProjectionError> {
-        for event in events {
-            self.projection.apply(tx, event).await?;
-        }
-        Ok(())
     }
 
     /// In one transaction: holds the live checkpoint, applies what was appended since
@@ -390,7 +381,7 @@ impl Rebuild {
             let Some(last) = events.last().map(|e| e.cursor) else {
                 break;
             };
-            self.apply_all(&mut tx, &events).await?;
+            self.projection.apply_batch(&mut tx, &events).await?;
             cursor = last;
             applied += events.len() as u64;
         }

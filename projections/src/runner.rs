@@ -89,6 +89,20 @@ pub trait Projection: Send + Sync + 'static {
         event: &StoredEvent,
     ) -> Result<(), ProjectionError>;
 
+    /// Applies a batch of consecutive events, in order. The default applies them one by
+    /// one; a projection may write a whole batch in fewer statements, with the same
+    /// outcome.
+    async fn apply_batch(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(tx, event).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes every row of the read model, before a rebuild from the start of the log.
     async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError>;
 }
@@ -298,9 +312,7 @@ impl ProjectionRunner {
         };
         let mut tx = tx;
         let last = events[events.len() - 1].cursor;
-        for event in &events {
-            self.projection.apply(&mut tx, event).await?;
-        }
+        self.projection.apply_batch(&mut tx, &events).await?;
         let rate = self
             .throughput
             .lock()
