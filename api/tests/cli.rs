@@ -563,3 +563,126 @@ async fn reconcile_writes_the_days_report_as_json_and_csv() {
     );
     assert_one_line_failure(&bad_date, "--date must be YYYY-MM-DD");
 }
+
+/// Reads JSON log lines until one for which `wanted` holds; returns it.
+fn read_until_entry(
+    logs: &mut impl BufRead,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = logs.read_line(&mut line).expect("read log");
+        assert!(read > 0, "log ended before the expected entry");
+        if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+            && wanted(&entry)
+        {
+            return entry;
+        }
+    }
+}
+
+fn lease_entry(message: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |entry| entry["message"] == message && entry["lease"] == "projection.aggregate_catalog"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_takes_over_the_projections_when_the_first_dies() {
+    let (url, name) = create_pg_database().await;
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("SHOPAGENT_LISTEN", "127.0.0.1:0"),
+        ("SHOPAGENT_JWT_SECRET", "failover-secret"),
+    ];
+    let serve = || {
+        let mut child = shopagent(&["serve"], &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shopagent");
+        let logs = BufReader::new(child.stderr.take().expect("stderr"));
+        (child, logs)
+    };
+    let (mut first, mut first_logs) = serve();
+    read_until_entry(&mut first_logs, lease_entry("lease taken"));
+    let (mut second, mut second_logs) = serve();
+    let address =
+        read_until_entry(&mut second_logs, |e| e["message"] == "shopagent listening")["address"]
+            .as_str()
+            .expect("address")
+            .to_owned();
+    read_until_entry(
+        &mut second_logs,
+        lease_entry("another instance holds this lease; standing by"),
+    );
+
+    // The first server dies without a chance to clean up.
+    first.kill().expect("kill -9");
+    first.wait().expect("reaped");
+    let died = Instant::now();
+    read_until_entry(&mut second_logs, lease_entry("lease taken"));
+    let takeover = died.elapsed();
+    assert!(
+        takeover < Duration::from_secs(10),
+        "took over in {takeover:?}"
+    );
+
+    // The survivor serves, and its catalog follows the log.
+    let token = |role: &str| {
+        let output = run(
+            &[
+                "token",
+                "--tenant",
+                "acme",
+                "--subject",
+                "ops-1",
+                "--role",
+                role,
+            ],
+            &env,
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    let (shopper, ops) = (token("shopper"), token("ops"));
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("http://{address}/v1/carts"))
+        .bearer_auth(&shopper)
+        .header("Idempotency-Key", "failover-cart")
+        .json(&serde_json::json!({"currency": "USD"}))
+        .send()
+        .await
+        .expect("create a cart");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: serde_json::Value = http
+            .get(format!("http://{address}/v1/ops/projections"))
+            .bearer_auth(&ops)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json");
+        let catalog = listed["projections"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|p| p["name"] == "aggregate_catalog")
+                    .cloned()
+            })
+            .expect("catalog");
+        if catalog["events_applied"] == 1 && catalog["lag_events"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the catalog never caught up: {catalog}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    second.kill().expect("stop the second server");
+    second.wait().expect("reaped");
+    drop_pg_database(&name).await;
+}
