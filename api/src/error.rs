@@ -104,6 +104,13 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
 
 /// Reading the store outside a command: down is 503 with `Retry-After`, anything else a
 /// logged 500.
+/// A read-model query failed: as the store failing.
+impl From<sqlx::Error> for Problem {
+    fn from(error: sqlx::Error) -> Self {
+        shopagent_commands::StoreError::from(error).into()
+    }
+}
+
 impl From<shopagent_commands::StoreError> for Problem {
     fn from(error: shopagent_commands::StoreError) -> Self {
         match error {

@@ -449,8 +449,7 @@ pub async fn list(
             }
             q.bind(limit + 1).fetch_all(pool).await
         }
-    }
-    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    }?;
     let more = rows.len() as i64 > limit;
     let orders: Vec<OrderSummary> = rows
         .into_iter()

@@ -127,8 +127,7 @@ pub async fn daily(
         date,
         judgement(&app),
     )
-    .await
-    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    .await?;
     Ok(axum::Json(DailyReport {
         date: date.to_string(),
         capture_days: app.capture_days,
@@ -273,8 +272,7 @@ pub async fn exceptions(
         judgement(&app),
         limit + 1,
     )
-    .await
-    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    .await?;
     let more = lines.len() > limit as usize;
     lines.truncate(limit as usize);
     let next_cursor = if more {

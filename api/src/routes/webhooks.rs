@@ -247,15 +247,12 @@ async fn record_transaction(app: &App, event: StripeEvent) -> Result<Response, P
         app.store.database(),
         &transaction.card,
     )
-    .await
-    .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    .await?;
     let Some((tenant, payment_id)) = found else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(not_yet_known(
             "payment_not_yet_known",
-            "shopagent does not know this card's payment yet; deliver it again",
-        )
-        .with_retry_after(1));
+            "this card's payment",
+        ));
     };
     let mut metadata = EventMetadata::new(tenant.clone(), "webhook:stripe");
     metadata.idempotency_key = IdempotencyKey::parse(&format!("stripe/{}", transaction.id)).ok();
@@ -469,22 +466,27 @@ async fn ucp_order_event(
     .into_response())
 }
 
+/// 503 for a delivery about something a read model has not caught up with yet: the
+/// sender retries.
+fn not_yet_known(code: &'static str, what: &str) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        "Not known yet; deliver it again",
+    )
+    .with_detail(format!("shopagent does not know {what} yet"))
+    .with_retry_after(1)
+}
+
 /// The order an outside reference names, or 503 until the orders hub knows it.
 async fn order_named_by(
     app: &App,
     tenant: &str,
     by: shopagent_projections::OutsideReference<'_>,
 ) -> Result<(String, Currency), Problem> {
-    let found = shopagent_projections::find_order(app.store.database(), tenant, by)
-        .await
-        .map_err(|error| Problem::from(shopagent_commands::StoreError::from(error)))?;
+    let found = shopagent_projections::find_order(app.store.database(), tenant, by).await?;
     let Some((order_id, currency)) = found else {
-        return Err(Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "order_not_yet_known",
-            "shopagent does not know this order yet; deliver it again",
-        )
-        .with_retry_after(1));
+        return Err(not_yet_known("order_not_yet_known", "this order"));
     };
     let currency = Currency::parse(&currency).map_err(|_| Problem::internal())?;
     Ok((order_id, currency))
