@@ -24,55 +24,21 @@ use crate::{LogCursor, Store, StoreError, StoredEvent};
 const GENESIS: &str = "shopagent-export-v1";
 const PAGE: u32 = 1_000;
 
-/// Which events an export holds. Empty: all of them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExportFilter {
-    /// Positions from this one on (inclusive).
-    pub from_position: Option<i64>,
-    /// Positions up to this one (inclusive).
-    pub to_position: Option<i64>,
-    /// Recorded at or after.
-    pub since: Option<OffsetDateTime>,
-    /// Recorded before.
-    pub until: Option<OffsetDateTime>,
-    pub aggregate_type: Option<String>,
-    pub aggregate_id: Option<String>,
-    pub tenant: Option<String>,
-}
+/// Which events an export holds (empty: all of them), selected by the database.
+pub use crate::log::LogFilter as ExportFilter;
 
-impl ExportFilter {
-    fn matches(&self, event: &StoredEvent) -> bool {
-        let position = event.position();
-        self.from_position.is_none_or(|from| position >= from)
-            && self.to_position.is_none_or(|to| position <= to)
-            && self.since.is_none_or(|since| event.recorded_at >= since)
-            && self.until.is_none_or(|until| event.recorded_at < until)
-            && self
-                .aggregate_type
-                .as_deref()
-                .is_none_or(|t| t == event.aggregate_type)
-            && self
-                .aggregate_id
-                .as_deref()
-                .is_none_or(|id| id == event.aggregate_id)
-            && self
-                .tenant
-                .as_deref()
-                .is_none_or(|t| t == event.metadata.tenant)
-    }
-
-    fn describe(&self) -> Value {
-        let time = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
-        json!({
-            "from_position": self.from_position,
-            "to_position": self.to_position,
-            "since": time(self.since),
-            "until": time(self.until),
-            "aggregate_type": self.aggregate_type,
-            "aggregate_id": self.aggregate_id,
-            "tenant": self.tenant,
-        })
-    }
+/// The filter as the trailer records it.
+fn describe(filter: &ExportFilter) -> Value {
+    let time = |t: Option<OffsetDateTime>| t.and_then(|t| t.format(&Rfc3339).ok());
+    json!({
+        "from_position": filter.from_position,
+        "to_position": filter.to_position,
+        "since": time(filter.since),
+        "until": time(filter.until),
+        "aggregate_type": filter.aggregate_type,
+        "aggregate_id": filter.aggregate_id,
+        "tenant": filter.tenant,
+    })
 }
 
 /// Personal data replaced by stable pseudonyms: the same value and key always give the
@@ -246,7 +212,7 @@ impl Exporter {
     ) -> Result<Self, StoreError> {
         let end = store.head_position().await?;
         Ok(Self {
-            pages: LogPages::new(store.clone(), LogCursor::default(), PAGE),
+            pages: LogPages::matching(store.clone(), LogCursor::default(), PAGE, filter.clone()),
             store,
             filter,
             redactor,
@@ -275,8 +241,12 @@ impl Exporter {
         let mut lines = Vec::with_capacity(events.len());
         // Nothing readable yet is not the end while events committed before the export
         // began still wait for older transactions to finish (PostgreSQL visibility).
-        let finished =
-            events.is_empty() && self.store.count_between(self.cursor, self.end).await? == 0;
+        let finished = events.is_empty()
+            && self
+                .store
+                .count_between_matching(self.cursor, self.end, &self.filter)
+                .await?
+                == 0;
         if events.is_empty() && !finished {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
@@ -310,7 +280,7 @@ impl Exporter {
                     "count": self.count,
                     "first_position": self.first_position,
                     "last_position": self.last_position,
-                    "filter": self.filter.describe(),
+                    "filter": describe(&self.filter),
                     "redacted": self.redactor.is_some(),
                 }})
                 .to_string(),

@@ -11,6 +11,8 @@
 //! SQLite has a single writer, so position order is commit order and the cursor's
 //! `txid` is always 0.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use shopagent_domain::EventMetadata;
 use sqlx::Row;
@@ -21,7 +23,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use crate::database::Database;
+use crate::database::{Backend, Database};
 use crate::store::{Store, StoreError, parse_json};
 
 /// A subscriber's place in the log: the last event it has taken.
@@ -65,6 +67,134 @@ impl StoredEvent {
 const LOG_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, sequence, event_type,
      event_version, payload, metadata, recorded_at";
 
+/// Which events a reader of the log wants, for the database to select. Empty: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Positions from this one on (inclusive).
+    pub from_position: Option<i64>,
+    /// Positions up to this one (inclusive).
+    pub to_position: Option<i64>,
+    /// Recorded at or after.
+    pub since: Option<OffsetDateTime>,
+    /// Recorded before.
+    pub until: Option<OffsetDateTime>,
+    pub aggregate_type: Option<String>,
+    pub aggregate_id: Option<String>,
+    pub tenant: Option<String>,
+}
+
+/// A value a filter binds.
+enum FilterValue {
+    Int(i64),
+    Text(String),
+    Time(OffsetDateTime),
+}
+
+impl LogFilter {
+    /// Whether `event` passes: the exact test, which the SQL conditions never narrow.
+    pub fn matches(&self, event: &StoredEvent) -> bool {
+        let position = event.position();
+        self.from_position.is_none_or(|from| position >= from)
+            && self.to_position.is_none_or(|to| position <= to)
+            && self.since.is_none_or(|since| event.recorded_at >= since)
+            && self.until.is_none_or(|until| event.recorded_at < until)
+            && self
+                .aggregate_type
+                .as_deref()
+                .is_none_or(|t| t == event.aggregate_type)
+            && self
+                .aggregate_id
+                .as_deref()
+                .is_none_or(|id| id == event.aggregate_id)
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| t == event.metadata.tenant)
+    }
+
+    /// SQL conditions (each starting with ` AND`) numbering their parameters from
+    /// `first`, and the values to bind. On SQLite, times compare at the millisecond
+    /// (`julianday`), inclusively at both ends: a superset that `matches` then trims.
+    fn sql(&self, backend: Backend, first: usize) -> (String, Vec<FilterValue>) {
+        let postgres = backend == Backend::Postgres;
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        let mut and = |condition: &dyn Fn(usize) -> String, value: FilterValue| {
+            values.push(value);
+            sql.push_str(" AND ");
+            sql.push_str(&condition(first + values.len() - 1));
+        };
+        if let Some(from) = self.from_position {
+            and(&|n| format!("position >= ${n}"), FilterValue::Int(from));
+        }
+        if let Some(to) = self.to_position {
+            and(&|n| format!("position <= ${n}"), FilterValue::Int(to));
+        }
+        if let Some(since) = self.since {
+            if postgres {
+                and(
+                    &|n| format!("recorded_at >= ${n}"),
+                    FilterValue::Time(since),
+                );
+            } else {
+                and(
+                    &|n| format!("julianday(recorded_at) >= julianday(${n})"),
+                    FilterValue::Text(format_timestamp(since)),
+                );
+            }
+        }
+        if let Some(until) = self.until {
+            if postgres {
+                and(&|n| format!("recorded_at < ${n}"), FilterValue::Time(until));
+            } else {
+                and(
+                    &|n| format!("julianday(recorded_at) <= julianday(${n})"),
+                    FilterValue::Text(format_timestamp(until)),
+                );
+            }
+        }
+        if let Some(kind) = &self.aggregate_type {
+            and(
+                &|n| format!("aggregate_type = ${n}"),
+                FilterValue::Text(kind.clone()),
+            );
+        }
+        if let Some(id) = &self.aggregate_id {
+            and(
+                &|n| format!("aggregate_id = ${n}"),
+                FilterValue::Text(id.clone()),
+            );
+        }
+        if let Some(tenant) = &self.tenant {
+            let column = if postgres {
+                "metadata->>'tenant'"
+            } else {
+                "json_extract(metadata, '$.tenant')"
+            };
+            and(
+                &|n| format!("{column} = ${n}"),
+                FilterValue::Text(tenant.clone()),
+            );
+        }
+        (sql, values)
+    }
+}
+
+/// Binds a filter's values to a query, whatever its backend.
+macro_rules! bind_filter {
+    ($query:expr, $values:expr) => {{
+        let mut query = $query;
+        for value in $values {
+            query = match value {
+                FilterValue::Int(int) => query.bind(*int),
+                FilterValue::Text(text) => query.bind(text.as_str()),
+                FilterValue::Time(at) => query.bind(*at),
+            };
+        }
+        query
+    }};
+}
+
 impl Store {
     /// Up to `limit` events after `after`, in commit order. An event is returned only
     /// once every event that can ever sort before it is visible too.
@@ -73,35 +203,50 @@ impl Store {
         after: LogCursor,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        match self.database() {
+        self.read_log_matching(after, limit, &LogFilter::default())
+            .await
+    }
+
+    /// [`Store::read_log`] of the events `filter` selects, selected by the database.
+    pub async fn read_log_matching(
+        &self,
+        after: LogCursor,
+        limit: u32,
+        filter: &LogFilter,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let events: Vec<StoredEvent> = match self.database() {
             Database::Postgres(pool) => {
+                let (conditions, values) = filter.sql(Backend::Postgres, 4);
                 let sql = format!(
                     "SELECT {LOG_COLUMNS}, txid::text::bigint AS txid_number FROM events
                       WHERE (txid, position) > ($1::bigint::text::xid8, $2)
-                        AND txid < pg_snapshot_xmin(pg_current_snapshot())
+                        AND txid < pg_snapshot_xmin(pg_current_snapshot()){conditions}
                       ORDER BY txid, position
                       LIMIT $3"
                 );
-                let rows = sqlx::query(&sql)
+                let query = sqlx::query(&sql)
                     .bind(after.txid)
                     .bind(after.position)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(pg_stored_event).collect()
+                    .bind(i64::from(limit));
+                let rows = bind_filter!(query, &values).fetch_all(pool).await?;
+                rows.iter().map(pg_stored_event).collect::<Result<_, _>>()?
             }
             Database::Sqlite(pool) => {
+                let (conditions, values) = filter.sql(Backend::Sqlite, 3);
                 let sql = format!(
-                    "SELECT {LOG_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+                    "SELECT {LOG_COLUMNS} FROM events WHERE position > $1{conditions}
+                      ORDER BY position LIMIT $2"
                 );
-                let rows = sqlx::query(&sql)
+                let query = sqlx::query(&sql)
                     .bind(after.position)
-                    .bind(i64::from(limit))
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(sqlite_stored_event).collect()
+                    .bind(i64::from(limit));
+                let rows = bind_filter!(query, &values).fetch_all(pool).await?;
+                rows.iter()
+                    .map(sqlite_stored_event)
+                    .collect::<Result<_, _>>()?
             }
-        }
+        };
+        Ok(events)
     }
 
     /// The highest position in the log (0 when empty).
@@ -145,26 +290,37 @@ impl Store {
     /// Committed events after `after` whose position is at most `last`: what a reader
     /// that started when the log ended at `last` has still to see.
     pub async fn count_between(&self, after: LogCursor, last: i64) -> Result<i64, StoreError> {
+        self.count_between_matching(after, last, &LogFilter::default())
+            .await
+    }
+
+    /// [`Store::count_between`] of the events `filter` selects.
+    pub async fn count_between_matching(
+        &self,
+        after: LogCursor,
+        last: i64,
+        filter: &LogFilter,
+    ) -> Result<i64, StoreError> {
         let count: i64 = match self.database() {
             Database::Postgres(pool) => {
-                sqlx::query_scalar(
+                let (conditions, values) = filter.sql(Backend::Postgres, 4);
+                let sql = format!(
                     "SELECT count(*) FROM events
-                  WHERE (txid, position) > ($1::bigint::text::xid8, $2) AND position <= $3",
-                )
-                .bind(after.txid)
-                .bind(after.position)
-                .bind(last)
-                .fetch_one(pool)
-                .await?
+                      WHERE (txid, position) > ($1::bigint::text::xid8, $2) AND position <= $3{conditions}"
+                );
+                let query = sqlx::query_scalar(&sql)
+                    .bind(after.txid)
+                    .bind(after.position)
+                    .bind(last);
+                bind_filter!(query, &values).fetch_one(pool).await?
             }
             Database::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM events WHERE position > $1 AND position <= $2",
-                )
-                .bind(after.position)
-                .bind(last)
-                .fetch_one(pool)
-                .await?
+                let (conditions, values) = filter.sql(Backend::Sqlite, 3);
+                let sql = format!(
+                    "SELECT count(*) FROM events WHERE position > $1 AND position <= $2{conditions}"
+                );
+                let query = sqlx::query_scalar(&sql).bind(after.position).bind(last);
+                bind_filter!(query, &values).fetch_one(pool).await?
             }
         };
         Ok(count)
@@ -253,15 +409,22 @@ pub fn parse_timestamp(text: &str) -> Result<OffsetDateTime, StoreError> {
 pub struct LogPages {
     store: Store,
     limit: u32,
+    filter: Arc<LogFilter>,
     cursor: LogCursor,
     next: Option<tokio::task::JoinHandle<Result<Vec<StoredEvent>, StoreError>>>,
 }
 
 impl LogPages {
     pub fn new(store: Store, after: LogCursor, limit: u32) -> Self {
+        Self::matching(store, after, limit, LogFilter::default())
+    }
+
+    /// Pages of the events `filter` selects.
+    pub fn matching(store: Store, after: LogCursor, limit: u32, filter: LogFilter) -> Self {
         Self {
             store,
             limit,
+            filter: Arc::new(filter),
             cursor: after,
             next: None,
         }
@@ -274,14 +437,19 @@ impl LogPages {
             Some(reading) => reading
                 .await
                 .map_err(|error| StoreError::Corrupt(format!("log reader stopped: {error}")))??,
-            None => self.store.read_log(self.cursor, self.limit).await?,
+            None => {
+                self.store
+                    .read_log_matching(self.cursor, self.limit, &self.filter)
+                    .await?
+            }
         };
         if let Some(last) = page.last() {
             self.cursor = last.cursor;
             let (store, cursor, limit) = (self.store.clone(), self.cursor, self.limit);
-            self.next = Some(tokio::spawn(
-                async move { store.read_log(cursor, limit).await },
-            ));
+            let filter = Arc::clone(&self.filter);
+            self.next = Some(tokio::spawn(async move {
+                store.read_log_matching(cursor, limit, &filter).await
+            }));
         }
         Ok(page)
     }

@@ -177,6 +177,32 @@ async fn filters_choose_the_events_and_the_chain_covers_what_was_chosen(test: &T
     )
     .await;
     assert_eq!(verified(&none), Ok(0), "an empty export still verifies");
+
+    // A time window: from one event's time (inclusive) to a later one's (exclusive),
+    // as the database selects it, agrees with the records' own times.
+    let all = export(&test.store, ExportFilter::default(), None).await;
+    let times: Vec<OffsetDateTime> = all[..all.len() - 1]
+        .iter()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).expect("json");
+            let at = record["recorded_at"].as_str().expect("recorded_at");
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).expect("time")
+        })
+        .collect();
+    let (since, until) = (times[3], times[12]);
+    let expected = times.iter().filter(|t| **t >= since && **t < until).count();
+    let window = export(
+        &test.store,
+        ExportFilter {
+            since: Some(since),
+            until: Some(until),
+            ..ExportFilter::default()
+        },
+        None,
+    )
+    .await;
+    assert_eq!(verified(&window), Ok(expected as u64));
+    assert!(expected >= 9, "{expected}");
 }
 
 async fn redacted_exports_hide_personal_data_behind_stable_pseudonyms(test: &TestStore) {
