@@ -564,21 +564,46 @@ async fn reconcile_writes_the_days_report_as_json_and_csv() {
     assert_one_line_failure(&bad_date, "--date must be YYYY-MM-DD");
 }
 
-/// Reads JSON log lines until one for which `wanted` holds; returns it.
-fn read_until_entry(
-    logs: &mut impl BufRead,
-    wanted: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let read = logs.read_line(&mut line).expect("read log");
-        assert!(read > 0, "log ended before the expected entry");
-        if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-            && wanted(&entry)
-        {
-            return entry;
+/// A server's JSON log entries, read on a thread of their own (which also keeps its
+/// standard error drained).
+struct LogFeed(std::sync::mpsc::Receiver<serde_json::Value>);
+
+impl LogFeed {
+    fn of(stderr: std::process::ChildStderr) -> Self {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(entry) = serde_json::from_str(&line)
+                    && sender.send(entry).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Self(receiver)
+    }
+
+    /// Waits (at most 30 s) for an entry for which `wanted` holds; returns it.
+    fn until(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(entry) if wanted(&entry) => return entry,
+                Ok(_) => {}
+                Err(error) => panic!("no log entry {what}: {error}"),
+            }
         }
+    }
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -600,27 +625,31 @@ async fn a_second_server_takes_over_the_projections_when_the_first_dies() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start shopagent");
-        let logs = BufReader::new(child.stderr.take().expect("stderr"));
-        (child, logs)
+        let logs = LogFeed::of(child.stderr.take().expect("stderr"));
+        (Running(child), logs)
     };
-    let (mut first, mut first_logs) = serve();
-    read_until_entry(&mut first_logs, lease_entry("lease taken"));
-    let (mut second, mut second_logs) = serve();
-    let address =
-        read_until_entry(&mut second_logs, |e| e["message"] == "shopagent listening")["address"]
-            .as_str()
-            .expect("address")
-            .to_owned();
-    read_until_entry(
-        &mut second_logs,
-        lease_entry("another instance holds this lease; standing by"),
-    );
+    let (first, first_logs) = serve();
+    first_logs.until("of the first server's lease", lease_entry("lease taken"));
+    let (second, second_logs) = serve();
+    // Listening and standing by come in either order.
+    let mut address = None;
+    let mut standing_by = false;
+    while address.is_none() || !standing_by {
+        let entry = second_logs.until("of the second server starting", |e| {
+            e["message"] == "shopagent listening"
+                || lease_entry("another instance holds this lease; standing by")(e)
+        });
+        match entry["address"].as_str() {
+            Some(listening) => address = Some(listening.to_owned()),
+            None => standing_by = true,
+        }
+    }
+    let address = address.unwrap_or_default();
 
-    // The first server dies without a chance to clean up.
-    first.kill().expect("kill -9");
-    first.wait().expect("reaped");
+    // The first server dies without a chance to clean up (SIGKILL).
+    drop(first);
     let died = Instant::now();
-    read_until_entry(&mut second_logs, lease_entry("lease taken"));
+    second_logs.until("of the takeover", lease_entry("lease taken"));
     let takeover = died.elapsed();
     assert!(
         takeover < Duration::from_secs(10),
@@ -682,7 +711,6 @@ async fn a_second_server_takes_over_the_projections_when_the_first_dies() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    second.kill().expect("stop the second server");
-    second.wait().expect("reaped");
+    drop(second);
     drop_pg_database(&name).await;
 }
