@@ -336,6 +336,10 @@ impl Rebuild {
         let mut applied = 0_u64;
         let mut throughput = Throughput::default();
         let mut pages = LogPages::new(self.store.clone(), cursor, self.batch_size);
+        // Every event committed before the rebuild began must be in the new version
+        // before the switch. An empty page alone does not say so: on PostgreSQL a
+        // committed event becomes readable only once older transactions end.
+        let target = self.store.head_position().await?;
         loop {
             if shutdown.is_cancelled() {
                 return Err(RebuildError::Cancelled);
@@ -343,7 +347,11 @@ impl Rebuild {
             let started = Instant::now();
             let events = pages.next_page().await?;
             let Some(last) = events.last().map(|e| e.cursor) else {
-                return Ok((cursor, applied));
+                if self.store.count_between(cursor, target).await? == 0 {
+                    return Ok((cursor, applied));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
             };
             let rate = throughput.record(started, events.len());
             let mut tx = builder.begin().await?;
@@ -375,7 +383,7 @@ impl Rebuild {
         let tables = self.projection.tables();
         let swap = builder.swap_statements(tables);
         let mut tx = builder.begin().await?;
-        crate::runner::lock_checkpoint(&mut tx, name).await?;
+        let (live, _) = crate::runner::lock_checkpoint(&mut tx, name).await?;
         loop {
             let events = self.store.read_log(cursor, self.batch_size).await?;
             let Some(last) = events.last().map(|e| e.cursor) else {
@@ -384,6 +392,14 @@ impl Rebuild {
             self.projection.apply_batch(&mut tx, &events).await?;
             cursor = last;
             applied += events.len() as u64;
+        }
+        // The live version never moves back: the new one must hold at least what it does.
+        if (cursor.txid, cursor.position) < (live.txid, live.position) {
+            return Err(ProjectionError::Event {
+                position: live.position,
+                reason: "the rebuilt version is behind the live one; not switched".into(),
+            }
+            .into());
         }
         crate::on_read_model!(&mut tx, conn => {
             for statement in &swap {
