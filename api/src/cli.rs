@@ -43,6 +43,26 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub stripe_webhook_secret: Option<String>,
+    /// Kafka-protocol brokers (`host:port,…`). Set: every event of the log is published
+    /// to a topic per aggregate category. Unset: nothing Kafka-related starts.
+    #[arg(long, env = "KAFKA_BROKERS", global = true)]
+    pub kafka_brokers: Option<String>,
+    /// Prefix of the topic names (`{prefix}orders`, …).
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_PREFIX",
+        global = true,
+        default_value = "shopagent."
+    )]
+    pub kafka_topic_prefix: String,
+    /// Partitions of the topics shopagent creates.
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC_PARTITIONS",
+        global = true,
+        default_value_t = 3
+    )]
+    pub kafka_topic_partitions: i32,
     /// Days a placed order may wait for its card capture before reconciliation calls it
     /// an exception.
     #[arg(long, env = "SHOPAGENT_CAPTURE_DAYS", global = true, default_value_t = crate::server::DEFAULT_CAPTURE_DAYS)]

@@ -100,7 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
                 .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
                 .with_card_issuer(issuer)
-                .with_tracking(tracking);
+                .with_tracking(tracking)
+                .with_event_stream(event_stream(&cli)?);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone())?);
             server.run(shutdown).await
@@ -240,6 +241,20 @@ fn cancel_on_signal(shutdown: CancellationToken) -> anyhow::Result<impl Future<O
 
 /// Writes an export to `out` with a progress bar on standard error; returns the record
 /// count and the head hash.
+/// The Kafka event stream `KAFKA_BROKERS` names, if any.
+fn event_stream(
+    cli: &Cli,
+) -> anyhow::Result<Option<(Arc<shopagent_connectors::kafka::KafkaStream>, String)>> {
+    let Some(brokers) = cli.kafka_brokers.as_deref().filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    let mut config = shopagent_connectors::kafka::KafkaConfig::new(brokers);
+    config.partitions = cli.kafka_topic_partitions.max(1);
+    let stream = shopagent_connectors::kafka::KafkaStream::new(config)
+        .context("cannot configure the Kafka producer")?;
+    Ok(Some((Arc::new(stream), cli.kafka_topic_prefix.clone())))
+}
+
 /// A progress bar with rate and time left, on standard error.
 fn progress_bar(len: u64, unit: &str) -> indicatif::ProgressBar {
     let progress = indicatif::ProgressBar::new(len);

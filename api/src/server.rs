@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker};
+use shopagent_commands::publisher::LogPublisher;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
+use shopagent_connectors::kafka::KafkaStream;
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
@@ -61,6 +63,8 @@ pub struct App {
     pub capture_days: u16,
     /// Work requests start and the server waits for on shutdown (projection rebuilds).
     pub background: Background,
+    /// The log is published to an event stream (Kafka).
+    pub publishing: bool,
 }
 
 /// Tasks that outlive the request that started them: cancelled and awaited when the
@@ -104,6 +108,7 @@ impl App {
             pseudonym_key: uuid::Uuid::new_v4().as_bytes().to_vec().into(),
             capture_days: DEFAULT_CAPTURE_DAYS,
             background: Background::default(),
+            publishing: false,
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -139,6 +144,8 @@ pub struct Server {
     card_issuer: Option<Arc<dyn CardIssuer>>,
     /// The carrier-tracking provider shipped parcels are registered with.
     tracking: Option<Arc<dyn TrackingProvider>>,
+    /// Where the log is published, and the topics' prefix.
+    event_stream: Option<(Arc<KafkaStream>, String)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -164,6 +171,7 @@ impl Server {
             listener,
             card_issuer: None,
             tracking: None,
+            event_stream: None,
         })
     }
 
@@ -171,6 +179,13 @@ impl Server {
     /// and are placed with their merchant's connector from the registry.
     pub fn with_card_issuer(mut self, issuer: Option<Arc<dyn CardIssuer>>) -> Self {
         self.card_issuer = issuer;
+        self
+    }
+
+    /// Publishes the log to this event stream, on topics named with `topic_prefix`.
+    pub fn with_event_stream(mut self, stream: Option<(Arc<KafkaStream>, String)>) -> Self {
+        self.app.publishing = stream.is_some();
+        self.event_stream = stream;
         self
     }
 
@@ -220,6 +235,7 @@ impl Server {
             listener,
             card_issuer,
             tracking,
+            event_stream,
         } = self;
         let store = app.store.clone();
         let background = app.background.clone();
@@ -251,6 +267,14 @@ impl Server {
                 SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),
             )
         });
+        let publisher = event_stream.map(|(stream, prefix)| {
+            tokio::spawn(publish_log(
+                store.clone(),
+                stream,
+                prefix,
+                runners_stop.clone(),
+            ))
+        });
         let tracking = tracking.map(|provider| {
             let process = shopagent_commands::tracking::TrackingProcess { provider };
             tokio::spawn(
@@ -271,7 +295,7 @@ impl Server {
         background.tasks.close();
         background.tasks.wait().await;
         let _ = purger.await;
-        for process in [checkout, tracking].into_iter().flatten() {
+        for process in [checkout, tracking, publisher].into_iter().flatten() {
             let _ = process.await;
         }
         for runner in runners {
@@ -283,6 +307,40 @@ impl Server {
         tracing::info!("shopagent stopped");
         served.context("HTTP server failed")
     }
+}
+
+/// Publishes the log to `stream` until `stop`: creates the topics first (retried until
+/// the broker answers), then runs the publisher.
+async fn publish_log(
+    store: Store,
+    stream: Arc<KafkaStream>,
+    prefix: String,
+    stop: CancellationToken,
+) {
+    let publisher = LogPublisher::new(stream.clone(), prefix);
+    let topics: Vec<String> = [
+        "cart",
+        "order",
+        "payment",
+        "mandate",
+        "agent_run",
+        "merchant",
+    ]
+    .into_iter()
+    .map(|kind| publisher.topic(kind))
+    .collect();
+    let mut failures = 0;
+    while let Err(error) = stream.ensure_topics(&topics).await {
+        failures += 1;
+        tracing::warn!(%error, "cannot create the event stream's topics; retrying");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(shopagent_commands::subscriber::backoff(failures)) => {}
+        }
+    }
+    SubscriberRunner::new(store, Arc::new(publisher))
+        .run(stop)
+        .await;
 }
 
 /// Deletes stored idempotent responses past their retention, hourly.

@@ -15,6 +15,7 @@ pub mod database;
 pub mod export;
 pub mod fulfillment;
 pub mod log;
+pub mod publisher;
 pub mod store;
 pub mod subscriber;
 #[doc(hidden)]

@@ -10,6 +10,7 @@
 //! * [`sandbox_merchant`] — a UCP merchant server with switchable failure modes.
 
 pub mod easypost;
+pub mod kafka;
 mod sandbox;
 pub use sandbox::Sandbox;
 pub mod sandbox_carrier;

@@ -232,3 +232,27 @@ pub trait TrackingProvider: Send + Sync {
     /// Registers the parcel; returns the provider's tracker id.
     async fn track(&self, parcel: &TrackParcel) -> Result<String, CallError>;
 }
+
+/// One event as it leaves for an event stream (Kafka): where it goes, its key (records
+/// of one key stay in order), its bytes and its headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRecord {
+    pub topic: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Why a batch was not (wholly) published. Nothing is known to be lost: the batch is
+/// sent again, and consumers see some records twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("publishing failed: {0}")]
+pub struct PublishError(pub String);
+
+/// An event stream other services consume (a Kafka-protocol broker).
+#[async_trait::async_trait]
+pub trait EventStream: Send + Sync {
+    /// Publishes `records` in order, returning once the broker acknowledged every one
+    /// of them (durably, as the stream's settings define it).
+    async fn publish(&self, records: Vec<OutboundRecord>) -> Result<(), PublishError>;
+}

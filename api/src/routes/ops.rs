@@ -23,7 +23,8 @@ pub fn routes() -> Router<App> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionView {
     pub name: String,
-    /// `projection` (a read model) or `process` (side effects).
+    /// `projection` (a read model), `process` (side effects) or `publisher` (the log
+    /// to Kafka).
     pub kind: &'static str,
     /// `running`; `paused` by ops; `failing` while a batch cannot be applied
     /// (retried; nothing is skipped); or `rebuilding` while a new version of its read
@@ -85,6 +86,10 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
                 "process",
             ),
         ])
+        .chain(app.publishing.then_some((
+            shopagent_commands::publisher::LogPublisher::NAME,
+            "publisher",
+        )))
         .collect::<Vec<_>>();
     let mut views = Vec::with_capacity(readers.len());
     for (name, kind) in readers {
