@@ -309,6 +309,9 @@ impl Server {
     }
 }
 
+/// Events per publisher batch (one checkpoint per batch).
+pub const PUBLISH_BATCH: u32 = 1_000;
+
 /// Publishes the log to `stream` until `stop`: creates the topics first (retried until
 /// the broker answers), then runs the publisher.
 async fn publish_log(
