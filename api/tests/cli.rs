@@ -287,8 +287,12 @@ fn the_demo_drives_a_running_server_with_url() {
         .as_str()
         .expect("address logged")
         .to_owned();
-    // Keep draining the server's logs so it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut logs, &mut std::io::sink()));
+    // Keep draining the server's logs (so it never blocks on a full pipe), and keep them.
+    let captured = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut logs, &mut text);
+        text
+    });
 
     let output = run(
         &[
@@ -308,6 +312,30 @@ fn the_demo_drives_a_running_server_with_url() {
         stdout.contains("Every step did what it should."),
         "{stdout}"
     );
+
+    // The whole story went through the server; its logs hold no personal data, no
+    // token and no secret.
+    let logs = captured.join().expect("log reader");
+    for step in ["card authorization decided", "card transaction recorded"] {
+        assert!(logs.contains(step), "{step:?} not logged: {logs}");
+    }
+    for private in [
+        "Ada Lovelace",
+        "Analytical Row",
+        "Springfield",
+        "62701",
+        "eyJ", // the start of every bearer token (a JWT)
+        demo::ISSUER_KEY,
+        demo::STRIPE_WEBHOOK_SECRET,
+        demo::TRACKING_KEY,
+        demo::TRACKING_WEBHOOK_SECRET,
+        "demo-secret",
+    ] {
+        assert!(
+            !logs.contains(private),
+            "{private:?} appears in the server's logs"
+        );
+    }
 }
 
 #[tokio::test]
