@@ -38,6 +38,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        .route("/metrics", get(prometheus))
         .merge(v1)
         // Webhooks authenticate by signature, outside the bearer-token layers.
         .merge(routes::webhooks::routes())
@@ -45,6 +46,7 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(idempotency::MAX_BODY))
         .layer(middleware::from_fn(log_problems))
+        .layer(middleware::from_fn(count_requests))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
 }
@@ -65,6 +67,53 @@ async fn readyz(State(app): State<App>) -> Response {
             .with_detail("the event store is unreachable or not migrated")
             .into_response()
     }
+}
+
+/// Request count and latency by route template, method and status.
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = [
+        ("route", route),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("shopagent_http_requests_total", &labels).increment(1);
+    metrics::histogram!("shopagent_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Prometheus text format: what the process counted, and each log reader's lag read
+/// from the store now.
+async fn prometheus(State(app): State<App>) -> Response {
+    let readers = routes::ops::readers(&app);
+    for (name, kind) in readers {
+        match shopagent_projections::status(&app.store, name).await {
+            Ok(status) => {
+                let labels = [("reader", name.to_owned()), ("kind", kind.to_owned())];
+                metrics::gauge!("shopagent_reader_lag_events", &labels)
+                    .set(status.lag_events as f64);
+                metrics::gauge!("shopagent_reader_lag_seconds", &labels).set(status.lag_seconds);
+                metrics::gauge!("shopagent_reader_events_per_second", &labels)
+                    .set(status.events_per_second);
+            }
+            Err(error) => tracing::warn!(reader = name, %error, "reader status unavailable"),
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn openapi_json() -> Response {

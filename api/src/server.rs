@@ -65,6 +65,8 @@ pub struct App {
     pub background: Background,
     /// The log is published to an event stream (Kafka).
     pub publishing: bool,
+    /// Renders what the process counted, for `GET /metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// Tasks that outlive the request that started them: cancelled and awaited when the
@@ -109,6 +111,7 @@ impl App {
             capture_days: DEFAULT_CAPTURE_DAYS,
             background: Background::default(),
             publishing: false,
+            metrics: crate::telemetry::metrics(),
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),

@@ -154,6 +154,29 @@ impl<A: Aggregate> CommandBus<A> {
         &self,
         aggregate_id: &str,
         command: A::Command,
+        metadata: EventMetadata,
+        expected_version: Option<i64>,
+    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let result = self
+            .decide_and_append(aggregate_id, command, metadata, expected_version)
+            .await;
+        let outcome = match &result {
+            Ok(outcome) if outcome.replayed => "replayed",
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
+            Err(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => "conflict",
+            Err(CommandError::Unavailable(_)) => "unavailable",
+            Err(CommandError::Internal(_)) => "error",
+        };
+        metrics::counter!("shopagent_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn decide_and_append(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
         mut metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {

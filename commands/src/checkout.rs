@@ -21,7 +21,7 @@ use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::subscriber::{HandlerError, Subscriber};
+use crate::subscriber::{HandlerError, Subscriber, call_outcome, count_call};
 use crate::{CommandBus, CommandError, StoredEvent};
 use shopagent_domain::ports::{
     CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder,
@@ -78,7 +78,11 @@ impl MerchantBreaker {
             .unwrap_or_else(PoisonError::into_inner);
         let failures = merchants.entry(merchant_stream.to_owned()).or_default();
         *failures += 1;
-        *failures == self.open_after
+        let opened = *failures == self.open_after;
+        if opened {
+            Self::show(merchant_stream, true);
+        }
+        opened
     }
 
     /// Records an answer; returns whether the circuit had been open.
@@ -89,7 +93,17 @@ impl MerchantBreaker {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(merchant_stream)
             .unwrap_or(0);
-        failures >= self.open_after
+        let was_open = failures >= self.open_after;
+        if was_open {
+            Self::show(merchant_stream, false);
+        }
+        was_open
+    }
+
+    /// `shopagent_merchant_circuit_open{merchant}`: 1 while a merchant's circuit is open.
+    fn show(merchant_stream: &str, open: bool) {
+        metrics::gauge!("shopagent_merchant_circuit_open", "merchant" => merchant_stream.to_owned())
+            .set(if open { 1.0 } else { 0.0 });
     }
 }
 
@@ -216,6 +230,7 @@ impl CheckoutProcess {
             payment_ref: event.aggregate_id.clone(),
         };
         let created = self.issuer.create_card(&request).await;
+        count_call("card_issuer", "create_card", call_outcome(&created));
         crash_point("issuer-create");
         match created {
             Ok(card) => {
@@ -312,6 +327,12 @@ impl CheckoutProcess {
         };
         let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
         let placed = gateway.place_order(&request).await;
+        let outcome = match &placed {
+            Ok(_) => "ok",
+            Err(PlaceError::Unavailable(_)) => "unavailable",
+            Err(PlaceError::Failed { .. }) => "refused",
+        };
+        count_call("merchant", "place_order", outcome);
         crash_point("merchant-place");
         if let Err(PlaceError::Unavailable(why)) = &placed {
             let attempts = order.placement_attempts + 1;
@@ -446,6 +467,7 @@ impl CheckoutProcess {
                     .issuer
                     .void_card(card, &format!("void/{}", payment_of(order_id)))
                     .await;
+                count_call("card_issuer", "void_card", call_outcome(&voided));
                 crash_point("issuer-void");
                 match voided {
                     Ok(()) | Err(CallError::Refused(_)) => {}

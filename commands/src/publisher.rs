@@ -137,10 +137,14 @@ impl Subscriber for LogPublisher {
 
     async fn handle_batch(&self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         let records = events.iter().map(|event| self.record(event)).collect();
-        self.stream
-            .publish(records)
-            .await
-            .map_err(|error| HandlerError(error.to_string()))?;
+        let published = self.stream.publish(records).await;
+        let outcome = if published.is_ok() {
+            "ok"
+        } else {
+            "unavailable"
+        };
+        crate::subscriber::count_call("kafka", "publish", outcome);
+        published.map_err(|error| HandlerError(error.to_string()))?;
         crash_point()
     }
 }

@@ -269,6 +269,7 @@ impl Store {
         };
         self.appended
             .send_modify(|count| *count = count.wrapping_add(1));
+        metrics::counter!("shopagent_events_appended_total").increment(events.len() as u64);
         Ok(AppendReceipt {
             positions,
             event_ids: batch.event_ids,

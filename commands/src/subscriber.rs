@@ -320,6 +320,27 @@ impl Throughput {
     }
 }
 
+/// Counts one call to an outside service (`shopagent_connector_calls_total`): which
+/// service, which operation, and `ok`, `unavailable` (worth retrying) or `refused`.
+pub fn count_call(connector: &'static str, operation: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "shopagent_connector_calls_total",
+        "connector" => connector,
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// The outcome label of a call's result.
+pub fn call_outcome<T>(result: &Result<T, shopagent_domain::ports::CallError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(shopagent_domain::ports::CallError::Unavailable(_)) => "unavailable",
+        Err(shopagent_domain::ports::CallError::Refused(_)) => "refused",
+    }
+}
+
 /// Pause before retrying after `failures` consecutive failures: 200 ms doubling to 30 s.
 /// Shared by every reader of the log (projections too).
 pub fn backoff(failures: u32) -> Duration {

@@ -48,7 +48,13 @@ impl Subscriber for TrackingProcess {
             carrier,
             tracking_number,
         };
-        match self.provider.track(&parcel).await {
+        let tracked = self.provider.track(&parcel).await;
+        crate::subscriber::count_call(
+            "tracking",
+            "track",
+            crate::subscriber::call_outcome(&tracked),
+        );
+        match tracked {
             Ok(tracker) => {
                 tracing::info!(order = %event.aggregate_id, %tracker, "parcel tracked");
                 Ok(())

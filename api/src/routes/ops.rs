@@ -73,7 +73,17 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
             "projection status is for ops and admins",
         ));
     }
-    let readers = projections()
+    let readers = readers(&app);
+    let mut views = Vec::with_capacity(readers.len());
+    for (name, kind) in readers {
+        views.push(view(&app, name, kind).await?);
+    }
+    Ok(axum::Json(ProjectionList { projections: views }).into_response())
+}
+
+/// Every reader of the log this server has, with its kind.
+pub fn readers(app: &App) -> Vec<(&'static str, &'static str)> {
+    projections()
         .iter()
         .map(|p| (p.name(), "projection"))
         .chain([
@@ -90,12 +100,7 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
             shopagent_commands::publisher::LogPublisher::NAME,
             "publisher",
         )))
-        .collect::<Vec<_>>();
-    let mut views = Vec::with_capacity(readers.len());
-    for (name, kind) in readers {
-        views.push(view(&app, name, kind).await?);
-    }
-    Ok(axum::Json(ProjectionList { projections: views }).into_response())
+        .collect()
 }
 
 /// Where one reader stands.
