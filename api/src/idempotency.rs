@@ -37,6 +37,10 @@ const STORED_HEADERS: [&str; 3] = ["content-type", "etag", "location"];
 pub struct RequestKey {
     pub key: IdempotencyKey,
     pub digest: String,
+    /// The caller's W3C `traceparent`, when it sent a valid one: stored with the events
+    /// the request appends, so what follows from them continues its trace. Not part of
+    /// the digest (a retry may come from another span).
+    pub traceparent: Option<String>,
 }
 
 impl RequestKey {
@@ -46,7 +50,32 @@ impl RequestKey {
             key: IdempotencyKey::parse(&format!("{}/{suffix}", self.key.as_str()))
                 .unwrap_or_else(|_| self.key.clone()),
             digest: format!("{}/{suffix}", self.digest),
+            traceparent: self.traceparent.clone(),
         }
+    }
+}
+
+/// A W3C trace context `traceparent` (version 00): `00-{trace id}-{parent id}-{flags}`,
+/// lowercase hex, ids not all zeros. Anything else is ignored, as the spec asks.
+pub fn valid_traceparent(value: &str) -> Option<String> {
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match parts.as_slice() {
+        [version, trace, parent, flags]
+            if *version == "00"
+                && hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0')
+                && parent.bytes().any(|b| b != b'0') =>
+        {
+            Some(value.trim().to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -142,10 +171,16 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
         Ok(Begin::Fresh) => {}
     }
 
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(valid_traceparent);
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(RequestKey {
         key: key.clone(),
         digest: hash,
+        traceparent,
     });
     let response = next.run(request).await;
 
@@ -346,4 +381,27 @@ pub async fn purge(db: &Database) -> Result<u64, sqlx::Error> {
             .rows_affected(),
     };
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_traceparent;
+
+    #[test]
+    fn a_w3c_traceparent_is_kept_and_anything_else_ignored() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(valid_traceparent(good).as_deref(), Some(good));
+        for bad in [
+            "",
+            "garbage",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(valid_traceparent(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -285,15 +285,19 @@ async fn a_server_with_brokers_publishes_what_its_api_appends() {
     })
     .await;
     let alice = app.shopper("alice");
+    // The caller's trace continues: its traceparent travels with the event.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let created = app
-        .post("/v1/carts", &alice, serde_json::json!({"currency": "USD"}))
-        .await;
-    assert_eq!(
-        created.status,
-        reqwest::StatusCode::CREATED,
-        "{:?}",
-        created.body
-    );
+        .client
+        .post(app.url("/v1/carts"))
+        .bearer_auth(&alice)
+        .header("Idempotency-Key", "traced-cart")
+        .header("traceparent", traceparent)
+        .json(&serde_json::json!({"currency": "USD"}))
+        .send()
+        .await
+        .expect("create a cart");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
     let ops = app.token("acme", "ops-1", shopagent::auth::Role::Ops, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let publisher = loop {

@@ -55,6 +55,7 @@ pub fn metadata(principal: &Principal, key: &RequestKey) -> EventMetadata {
     );
     metadata.idempotency_key = Some(key.key.clone());
     metadata.request_digest = Some(key.digest.clone());
+    metadata.traceparent = key.traceparent.clone();
     metadata
 }
 
