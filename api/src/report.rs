@@ -29,7 +29,7 @@ pub async fn day_report(
     capture_days: u16,
 ) -> anyhow::Result<DayReport> {
     ProjectionRunner::new(store.clone(), std::sync::Arc::new(Reconciliation))
-        .catch_up()
+        .catch_up_to_head()
         .await?;
     let judgement = Judgement {
         today: OffsetDateTime::now_utc().date(),

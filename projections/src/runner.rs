@@ -278,6 +278,25 @@ impl ProjectionRunner {
         }
     }
 
+    /// Applies batches until every event committed before this call is applied (or the
+    /// projection is paused). Unlike [`ProjectionRunner::catch_up`], an empty batch is not
+    /// taken as the end: on PostgreSQL a committed event becomes readable a moment later.
+    pub async fn catch_up_to_head(&self) -> Result<(), ProjectionError> {
+        let head = self.store.head_position().await?;
+        loop {
+            if self.step().await? > 0 {
+                continue;
+            }
+            let checkpoint = checkpoint(self.store.database(), self.name()).await?;
+            if self.store.count_between(checkpoint, head).await? == 0
+                || status(&self.store, self.name()).await?.state == "paused"
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Empties the read model and rewinds the checkpoint to the start of the log, in one
     /// transaction; the next batches rebuild it.
     pub async fn reset(&self) -> Result<(), ProjectionError> {

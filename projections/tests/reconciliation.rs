@@ -259,21 +259,12 @@ fn judged_on(today: Date) -> Judgement {
     }
 }
 
-/// Applies every event appended so far. On PostgreSQL an event becomes readable a
-/// moment after its commit (see the log's visibility rule), hence the loop.
+/// Applies every event appended so far.
 async fn catch_up(store: &Store) {
-    let runner = ProjectionRunner::new(store.clone(), Arc::new(Reconciliation));
-    for _ in 0..500 {
-        runner.catch_up().await.expect("catch up");
-        let status = shopagent_projections::status(store, Reconciliation::NAME)
-            .await
-            .expect("status");
-        if status.lag_events == 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the reconciliation projection did not catch up");
+    ProjectionRunner::new(store.clone(), Arc::new(Reconciliation))
+        .catch_up_to_head()
+        .await
+        .expect("catch up");
 }
 
 async fn line(store: &Store, judgement: Judgement, order_id: OrderId) -> OrderLine {
