@@ -16,7 +16,6 @@
 //! 3. **sustained** — the writers append at full speed for `BENCH_SECONDS` while the
 //!    publisher runs: the lag it ends with, and how long it takes to drain it.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,48 +28,15 @@ use shopagent_connectors::kafka::{KafkaConfig, KafkaStream};
 use shopagent_domain::EventMetadata;
 use tokio_util::sync::CancellationToken;
 
+// The tests' broker harness: tansu on a free port with SQLite storage.
+#[path = "../tests/broker/mod.rs"]
+mod broker;
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(port: u16, dir: &std::path::Path) -> Broker {
-    let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/shopagent/tansu/bin/tansu",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {bin} (run infra/scripts/test once): {e}"));
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Broker(child)
 }
 
 fn events(
@@ -92,6 +58,21 @@ fn events(
             metadata: metadata.clone(),
         })
         .collect()
+}
+
+/// `writers` writers append one event per transaction for `seconds`; returns how many.
+async fn append_for(store: &Store, writers: u64, seconds: u64, tag: &str) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            stop.store(true, Ordering::Relaxed);
+        }
+    });
+    let appended = append_until(store, writers, stop, tag).await;
+    timer.await.expect("timer");
+    appended
 }
 
 /// `writers` writers append one event per transaction until `stop`; returns how many.
@@ -146,16 +127,7 @@ async fn main() {
     let store = Store::new(db);
 
     // 1. The append rate.
-    let stop = Arc::new(AtomicBool::new(false));
-    let timer = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
-    let appended = append_until(&store, writers, stop, "append").await;
-    timer.await.expect("timer");
+    let appended = append_for(&store, writers, seconds, "append").await;
     let append_rate = appended as f64 / seconds as f64;
 
     // 2. A backlog, published from the start.
@@ -168,15 +140,13 @@ async fn main() {
         filled += 100;
         stream_number += 1;
     }
-    let dir = tempfile::tempdir().expect("broker directory");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let _broker = start_broker(port, dir.path());
-    let stream = KafkaStream::new(KafkaConfig::new(format!("127.0.0.1:{port}"))).expect("producer");
+    let Some(broker) = broker::Broker::start() else {
+        eprintln!("no tansu broker: run infra/scripts/test once, or set TANSU_BIN");
+        std::process::exit(1);
+    };
+    let stream = KafkaStream::new(KafkaConfig::new(broker.address())).expect("producer");
     let publisher = LogPublisher::new(Arc::new(stream), "bench.");
-    let kafka = KafkaStream::new(KafkaConfig::new(format!("127.0.0.1:{port}"))).expect("admin");
+    let kafka = KafkaStream::new(KafkaConfig::new(broker.address())).expect("admin");
     kafka
         .ensure_topics(&[publisher.topic("order")])
         .await
@@ -195,16 +165,7 @@ async fn main() {
     let publish_rate = filled as f64 / backlog_seconds;
 
     // 3. Sustained appends with the publisher running.
-    let stop = Arc::new(AtomicBool::new(false));
-    let timer = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
-            stop.store(true, Ordering::Relaxed);
-        }
-    });
-    let sustained = append_until(&store, writers, stop, "sustained").await;
-    timer.await.expect("timer");
+    let sustained = append_for(&store, writers, seconds, "sustained").await;
     let behind = lag(&store).await;
     let draining = Instant::now();
     while lag(&store).await > 0 {
