@@ -352,32 +352,7 @@ async fn postgres_one_instance_runs_a_projection_and_the_other_takes_over() {
     test.cleanup().await;
 }
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = super::TestStore::sqlite().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    let test = super::TestStore::postgres().await;
-                    super::$scenario(&test).await;
-                    test.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+shopagent_commands::on_both_backends!(
     a_rebuild_under_load_switches_to_a_model_equal_to_a_fresh_one,
     one_rebuild_at_a_time,
     a_cancelled_rebuild_leaves_the_live_model_untouched,

@@ -285,7 +285,8 @@ fn exception(reason: ExceptionReason) -> (&'static str, Option<String>) {
     ("exception", Some(reason.as_str().to_owned()))
 }
 
-async fn each_reason_is_reported(store: Store) {
+async fn each_reason_is_reported(test: &TestStore) {
+    let store = test.store.clone();
     let s = &store;
     let mut matched = Purchase::new(s);
     matched.paid(s).await;
@@ -496,7 +497,8 @@ async fn each_reason_is_reported(store: Store) {
     assert!(other_tenant.is_empty());
 }
 
-async fn card_finds_its_payment(store: Store) {
+async fn card_finds_its_payment(test: &TestStore) {
+    let store = test.store.clone();
     let mut purchase = Purchase::new(&store);
     let card = format!("ic_{}", letters());
     purchase.placed().await.authorized(&card).await;
@@ -515,7 +517,8 @@ async fn card_finds_its_payment(store: Store) {
     );
 }
 
-async fn rebuilding_gives_the_same_model(store: Store) {
+async fn rebuilding_gives_the_same_model(test: &TestStore) {
+    let store = test.store.clone();
     let mut purchase = Purchase::new(&store);
     purchase.paid(&store).await.merchant_refunded(3_000).await;
     catch_up(&store).await;
@@ -529,32 +532,7 @@ async fn rebuilding_gives_the_same_model(store: Store) {
     assert_eq!(before, after);
 }
 
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let store = super::TestStore::sqlite().await;
-                    super::$scenario(store.store.clone()).await;
-                    store.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $scenario() {
-                    let store = super::TestStore::postgres().await;
-                    super::$scenario(store.store.clone()).await;
-                    store.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+shopagent_commands::on_both_backends!(
     each_reason_is_reported,
     card_finds_its_payment,
     rebuilding_gives_the_same_model
