@@ -221,3 +221,15 @@ impl Database {
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).trim().to_owned()
 }
+
+/// Runs `$body` with `$pool` bound to the database's pool, whatever its backend. The
+/// body is compiled once per backend, so one query text serves both.
+#[macro_export]
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::Database::Postgres($pool) => $body,
+            $crate::Database::Sqlite($pool) => $body,
+        }
+    };
+}

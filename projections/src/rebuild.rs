@@ -208,13 +208,9 @@ impl Rebuild {
               SET rebuild_position = NULL, rebuild_events_per_second = NULL, rebuild_heartbeat = NULL
             WHERE name = $1";
         let name = self.projection.name();
-        match self.store.database() {
-            Database::Postgres(pool) => {
-                sqlx::query(SQL).bind(name).execute(pool).await.map(drop)?
-            }
-            Database::Sqlite(pool) => sqlx::query(SQL).bind(name).execute(pool).await.map(drop)?,
-        }
-        Ok(())
+        shopagent_commands::on_pool!(self.store.database(), pool => {
+            sqlx::query(SQL).bind(name).execute(pool).await.map(drop)
+        })
     }
 
     /// Opens the builder's connection and creates empty new versions of the tables.

@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 use shopagent_commands::log::format_timestamp;
-use shopagent_commands::{Database, StoredEvent};
+use shopagent_commands::{Database, StoredEvent, on_pool};
 use shopagent_domain::mandate::MandateEvent;
 use shopagent_domain::money::Money;
 use shopagent_domain::order::OrderEvent;
@@ -475,34 +475,19 @@ pub async fn daily(
     let cutoff = judgement.cutoff();
     type Counts = (String, String, i64, i64);
     type Sums = (String, String, i64, i64, i64);
-    let (orders, entries): (Vec<Counts>, Vec<Sums>) = match db {
-        Database::Postgres(pool) => (
-            sqlx::query_as(&orders_sql)
-                .bind(&day)
-                .bind(&cutoff)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await?,
-            sqlx::query_as(&entries_sql)
-                .bind(&day)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await?,
-        ),
-        Database::Sqlite(pool) => (
-            sqlx::query_as(&orders_sql)
-                .bind(&day)
-                .bind(&cutoff)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await?,
-            sqlx::query_as(&entries_sql)
-                .bind(&day)
-                .bind(tenant)
-                .fetch_all(pool)
-                .await?,
-        ),
-    };
+    let (orders, entries): (Vec<Counts>, Vec<Sums>) = on_pool!(db, pool => (
+        sqlx::query_as(&orders_sql)
+            .bind(&day)
+            .bind(&cutoff)
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?,
+        sqlx::query_as(&entries_sql)
+            .bind(&day)
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?,
+    ));
     let mut totals = std::collections::BTreeMap::<(String, String), DailyTotals>::new();
     fn entry(
         totals: &mut std::collections::BTreeMap<(String, String), DailyTotals>,
@@ -628,22 +613,13 @@ pub async fn orders(
         " ORDER BY business_date, order_id LIMIT {}",
         limit.max(1)
     ));
-    let rows: Vec<JudgedRow> = match db {
-        Database::Postgres(pool) => {
-            let mut query = sqlx::query_as(&sql);
-            for value in &binds {
-                query = query.bind(value);
-            }
-            query.fetch_all(pool).await?
+    let rows: Vec<JudgedRow> = on_pool!(db, pool => {
+        let mut query = sqlx::query_as(&sql);
+        for value in &binds {
+            query = query.bind(value);
         }
-        Database::Sqlite(pool) => {
-            let mut query = sqlx::query_as(&sql);
-            for value in &binds {
-                query = query.bind(value);
-            }
-            query.fetch_all(pool).await?
-        }
-    };
+        query.fetch_all(pool).await?
+    });
     Ok(rows.into_iter().map(|row| row.judged(judgement)).collect())
 }
 
@@ -689,18 +665,5 @@ pub async fn find_payment_by_card(
 ) -> Result<Option<(String, String)>, sqlx::Error> {
     const SQL: &str = "SELECT tenant, payment_id FROM reconciliation_orders
                         WHERE card_reference = $1 AND payment_id IS NOT NULL";
-    match db {
-        Database::Postgres(pool) => {
-            sqlx::query_as(SQL)
-                .bind(card_reference)
-                .fetch_optional(pool)
-                .await
-        }
-        Database::Sqlite(pool) => {
-            sqlx::query_as(SQL)
-                .bind(card_reference)
-                .fetch_optional(pool)
-                .await
-        }
-    }
+    on_pool!(db, pool => sqlx::query_as(SQL).bind(card_reference).fetch_optional(pool).await)
 }

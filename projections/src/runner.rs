@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shopagent_commands::log::format_timestamp;
+use shopagent_commands::on_pool;
 use shopagent_commands::subscriber::{Step, Throughput, checkpoint, drive};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
@@ -243,26 +244,16 @@ impl ProjectionRunner {
             _ => None,
         };
         let now = format_timestamp(OffsetDateTime::now_utc());
-        match self.store.database() {
-            Database::Postgres(pool) => {
-                sqlx::query(SQL)
-                    .bind(self.name())
-                    .bind(&now)
-                    .bind(&reason)
-                    .bind(position)
-                    .execute(pool)
-                    .await?;
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query(SQL)
-                    .bind(self.name())
-                    .bind(&now)
-                    .bind(&reason)
-                    .bind(position)
-                    .execute(pool)
-                    .await?;
-            }
-        }
+        on_pool!(self.store.database(), pool => {
+            sqlx::query(SQL)
+                .bind(self.name())
+                .bind(&now)
+                .bind(&reason)
+                .bind(position)
+                .execute(pool)
+                .await
+                .map(drop)
+        })?;
         Ok(())
     }
 
@@ -437,24 +428,15 @@ pub async fn set_paused(store: &Store, name: &str, paused: bool) -> Result<(), P
          ON CONFLICT (name) DO UPDATE SET paused = excluded.paused";
     let now = format_timestamp(OffsetDateTime::now_utc());
     let flag = i32::from(paused);
-    match store.database() {
-        Database::Postgres(pool) => {
-            sqlx::query(SQL)
-                .bind(name)
-                .bind(&now)
-                .bind(flag)
-                .execute(pool)
-                .await?;
-        }
-        Database::Sqlite(pool) => {
-            sqlx::query(SQL)
-                .bind(name)
-                .bind(&now)
-                .bind(flag)
-                .execute(pool)
-                .await?;
-        }
-    }
+    on_pool!(store.database(), pool => {
+        sqlx::query(SQL)
+            .bind(name)
+            .bind(&now)
+            .bind(flag)
+            .execute(pool)
+            .await
+            .map(drop)
+    })?;
     Ok(())
 }
 
@@ -464,10 +446,7 @@ pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, Proje
                 paused, events_per_second, rebuild_position, rebuild_events_per_second,
                 rebuild_heartbeat
            FROM projection_checkpoints WHERE name = $1";
-    let row: Option<StatusRow> = match store.database() {
-        Database::Postgres(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
-        Database::Sqlite(pool) => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await?,
-    };
+    let row: Option<StatusRow> = on_pool!(store.database(), pool => sqlx::query_as(SQL).bind(name).fetch_optional(pool).await)?;
     let row = row.unwrap_or_default();
     let cursor = LogCursor {
         txid: row.txid,
