@@ -8,6 +8,7 @@ use cqrs_es::{AggregateError, EventStore};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shopagent_domain::{Aggregate, DomainEvent, EventMetadata};
+use tracing::Instrument;
 
 use crate::bridge::Stream;
 use crate::store::{AppendError, RecordedOutcome, Store, StoreError};
@@ -157,8 +158,20 @@ impl<A: Aggregate> CommandBus<A> {
         metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        let span = tracing::info_span!(
+            "command",
+            otel.name = %format_args!("{} command", A::TYPE),
+            aggregate_type = A::TYPE,
+            aggregate_id,
+            outcome = tracing::field::Empty,
+            events_appended = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // A caller outside any trace may still name one (a traceparent it was given).
+        crate::trace::continue_trace_unless_traced(&span, metadata.traceparent.as_deref());
         let result = self
             .decide_and_append(aggregate_id, command, metadata, expected_version)
+            .instrument(span.clone())
             .await;
         let outcome = match &result {
             Ok(outcome) if outcome.replayed => "replayed",
@@ -170,6 +183,13 @@ impl<A: Aggregate> CommandBus<A> {
         };
         metrics::counter!("shopagent_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
             .increment(1);
+        span.record("outcome", outcome);
+        match &result {
+            Ok(done) => span.record("events_appended", done.events_appended),
+            // A rejection is the caller's mistake, not a fault of this service.
+            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => &span,
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
         result
     }
 
@@ -189,6 +209,10 @@ impl<A: Aggregate> CommandBus<A> {
             if let Some(outcome) = self.recorded(&metadata).await? {
                 return Ok(outcome);
             }
+        }
+        // The events carry this command's span, which later readers continue.
+        if let Some(traceparent) = crate::trace::current_traceparent() {
+            metadata.traceparent = Some(traceparent);
         }
         let metadata_value = serde_json::to_value(metadata.to_map())
             .map_err(|error| CommandError::Internal(error.to_string()))?;

@@ -19,9 +19,11 @@ use shopagent_domain::order::{CheckoutPath, FailureReason, Order, OrderCommand, 
 use shopagent_domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::subscriber::{HandlerError, Subscriber, call_outcome, count_call};
+use crate::subscriber::{HandlerError, Subscriber, call_out, call_outcome};
+use crate::trace;
 use crate::{CommandBus, CommandError, StoredEvent};
 use shopagent_domain::ports::{
     CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder,
@@ -229,8 +231,13 @@ impl CheckoutProcess {
             merchant: terms.merchant,
             payment_ref: event.aggregate_id.clone(),
         };
-        let created = self.issuer.create_card(&request).await;
-        count_call("card_issuer", "create_card", call_outcome(&created));
+        let created = call_out(
+            "card_issuer",
+            "create_card",
+            self.issuer.create_card(&request),
+            call_outcome,
+        )
+        .await;
         crash_point("issuer-create");
         match created {
             Ok(card) => {
@@ -326,13 +333,17 @@ impl CheckoutProcess {
             card_display,
         };
         let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
-        let placed = gateway.place_order(&request).await;
-        let outcome = match &placed {
-            Ok(_) => "ok",
-            Err(PlaceError::Unavailable(_)) => "unavailable",
-            Err(PlaceError::Failed { .. }) => "refused",
-        };
-        count_call("merchant", "place_order", outcome);
+        let placed = call_out(
+            "merchant",
+            "place_order",
+            gateway.place_order(&request),
+            |placed| match placed {
+                Ok(_) => "ok",
+                Err(PlaceError::Unavailable(_)) => "unavailable",
+                Err(PlaceError::Failed { .. }) => "refused",
+            },
+        )
+        .await;
         crash_point("merchant-place");
         if let Err(PlaceError::Unavailable(why)) = &placed {
             let attempts = order.placement_attempts + 1;
@@ -463,11 +474,14 @@ impl CheckoutProcess {
             )
         {
             if let Some((card, _)) = &payment.card {
-                let voided = self
-                    .issuer
-                    .void_card(card, &format!("void/{}", payment_of(order_id)))
-                    .await;
-                count_call("card_issuer", "void_card", call_outcome(&voided));
+                let voided = call_out(
+                    "card_issuer",
+                    "void_card",
+                    self.issuer
+                        .void_card(card, &format!("void/{}", payment_of(order_id))),
+                    call_outcome,
+                )
+                .await;
                 crash_point("issuer-void");
                 match voided {
                     Ok(()) | Err(CallError::Refused(_)) => {}
@@ -508,35 +522,73 @@ impl Subscriber for CheckoutProcess {
     }
 
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
-        match event.aggregate_type.as_str() {
+        let Some(cause) = Cause::of(event) else {
+            return Ok(());
+        };
+        let step = async {
+            match cause {
+                Cause::OrderCreated(order_id) => self.on_order_created(event, order_id).await,
+                Cause::OrderPlaced => self.on_order_placed(event).await,
+                Cause::OrderEnded(reason) => self.order_ended(event, reason).await,
+                Cause::CardRequested => self.on_card_requested(event).await,
+                Cause::CardIssued => self.on_card_issued(event).await,
+            }
+        };
+        step.instrument(trace::event_span(Self::NAME, cause.name(), event))
+            .await
+    }
+}
+
+/// The events the process acts on; it passes over every other.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    OrderCreated(OrderId),
+    OrderPlaced,
+    OrderEnded(ReleaseReason),
+    CardRequested,
+    CardIssued,
+}
+
+impl Cause {
+    fn of(event: &StoredEvent) -> Option<Self> {
+        let cause = match event.aggregate_type.as_str() {
             "order" => match serde_json::from_value::<OrderEvent>(event.payload.clone()) {
-                Ok(OrderEvent::OrderCreated { order_id, .. }) => {
-                    self.on_order_created(event, order_id).await
-                }
-                Ok(OrderEvent::OrderPlaced { .. }) => self.on_order_placed(event).await,
+                Ok(OrderEvent::OrderCreated { order_id, .. }) => Self::OrderCreated(order_id),
+                Ok(OrderEvent::OrderPlaced { .. }) => Self::OrderPlaced,
                 Ok(OrderEvent::OrderFailed { .. }) => {
-                    self.order_ended(event, ReleaseReason::CheckoutFailed).await
+                    Self::OrderEnded(ReleaseReason::CheckoutFailed)
                 }
                 Ok(OrderEvent::OrderCancelled { .. }) => {
-                    self.order_ended(event, ReleaseReason::CheckoutCancelled)
-                        .await
+                    Self::OrderEnded(ReleaseReason::CheckoutCancelled)
                 }
-                Ok(_) => Ok(()),
+                Ok(_) => return None,
                 Err(error) => {
                     tracing::error!(position = event.position(), %error, "unreadable order event skipped");
-                    Ok(())
+                    return None;
                 }
             },
             "payment" => match serde_json::from_value::<PaymentEvent>(event.payload.clone()) {
-                Ok(PaymentEvent::CardRequested { .. }) => self.on_card_requested(event).await,
-                Ok(PaymentEvent::CardIssued { .. }) => self.on_card_issued(event).await,
-                Ok(_) => Ok(()),
+                Ok(PaymentEvent::CardRequested { .. }) => Self::CardRequested,
+                Ok(PaymentEvent::CardIssued { .. }) => Self::CardIssued,
+                Ok(_) => return None,
                 Err(error) => {
                     tracing::error!(position = event.position(), %error, "unreadable payment event skipped");
-                    Ok(())
+                    return None;
                 }
             },
-            _ => Ok(()),
+            _ => return None,
+        };
+        Some(cause)
+    }
+
+    /// The step's name in traces.
+    fn name(self) -> &'static str {
+        match self {
+            Self::OrderCreated(_) => "request card",
+            Self::OrderPlaced => "commit spend",
+            Self::OrderEnded(_) => "release",
+            Self::CardRequested => "issue card",
+            Self::CardIssued => "place order",
         }
     }
 }

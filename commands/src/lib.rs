@@ -20,6 +20,7 @@ pub mod store;
 pub mod subscriber;
 #[doc(hidden)]
 pub mod test_support;
+pub mod trace;
 pub mod tracking;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};

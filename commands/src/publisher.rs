@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 use shopagent_domain::ports::{EventStream, OutboundRecord};
+use tracing::Instrument;
 
 use crate::StoredEvent;
 use crate::log::format_timestamp;
-use crate::subscriber::{HandlerError, Subscriber};
+use crate::subscriber::{HandlerError, Subscriber, call_out};
 
 /// Publishes the log to an event stream.
 pub struct LogPublisher {
@@ -136,14 +137,19 @@ impl Subscriber for LogPublisher {
     }
 
     async fn handle_batch(&self, events: &[StoredEvent]) -> Result<(), HandlerError> {
+        let span = tracing::info_span!(
+            "publish batch",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.batch.message_count = events.len(),
+        );
+        crate::trace::join_batch(&span, events);
         let records = events.iter().map(|event| self.record(event)).collect();
-        let published = self.stream.publish(records).await;
-        let outcome = if published.is_ok() {
-            "ok"
-        } else {
-            "unavailable"
-        };
-        crate::subscriber::count_call("kafka", "publish", outcome);
+        let published = call_out("kafka", "publish", self.stream.publish(records), |sent| {
+            if sent.is_ok() { "ok" } else { "unavailable" }
+        })
+        .instrument(span)
+        .await;
         published.map_err(|error| HandlerError(error.to_string()))?;
         crash_point()
     }

@@ -19,6 +19,7 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::database::{Backend, Database};
@@ -235,6 +236,23 @@ impl Store {
     /// Appends `events` atomically, with the idempotency record their metadata names and
     /// an optional snapshot. Either all of it commits or nothing does.
     pub async fn append(
+        &self,
+        events: &[SerializedEvent],
+        snapshot: Option<SnapshotUpdate>,
+    ) -> Result<AppendReceipt, AppendError> {
+        let span = tracing::info_span!(
+            "store append",
+            otel.kind = "client",
+            db.system.name = match self.backend() {
+                Backend::Postgres => "postgresql",
+                Backend::Sqlite => "sqlite",
+            },
+            events = events.len(),
+        );
+        self.append_batch(events, snapshot).instrument(span).await
+    }
+
+    async fn append_batch(
         &self,
         events: &[SerializedEvent],
         snapshot: Option<SnapshotUpdate>,

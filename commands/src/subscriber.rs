@@ -20,6 +20,7 @@ use sqlx::PgConnection;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a step could not run: the store failed. The step is retried.
 #[derive(Debug, thiserror::Error)]
@@ -320,9 +321,30 @@ impl Throughput {
     }
 }
 
-/// Counts one call to an outside service (`shopagent_connector_calls_total`): which
-/// service, which operation, and `ok`, `unavailable` (worth retrying) or `refused`.
-pub fn count_call(connector: &'static str, operation: &'static str, outcome: &'static str) {
+/// Makes one call to an outside service, inside a client span `{connector} {operation}`,
+/// and counts it (`shopagent_connector_calls_total`) by which service, which operation
+/// and the outcome `outcome` names: `ok`, `unavailable` (worth retrying) or `refused`.
+pub async fn call_out<T, E>(
+    connector: &'static str,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, E>>,
+    outcome: impl FnOnce(&Result<T, E>) -> &'static str,
+) -> Result<T, E> {
+    let span = tracing::info_span!(
+        "connector call",
+        otel.name = %format_args!("{connector} {operation}"),
+        otel.kind = "client",
+        connector,
+        operation,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let result = call.instrument(span.clone()).await;
+    let outcome = outcome(&result);
+    span.record("outcome", outcome);
+    if outcome != "ok" {
+        span.record("otel.status_code", "ERROR");
+    }
     metrics::counter!(
         "shopagent_connector_calls_total",
         "connector" => connector,
@@ -330,9 +352,12 @@ pub fn count_call(connector: &'static str, operation: &'static str, outcome: &'s
         "outcome" => outcome
     )
     .increment(1);
+    result
 }
 
-/// The outcome label of a call's result.
+/// The outcome label of a call to a port that answers with a [`CallError`].
+///
+/// [`CallError`]: shopagent_domain::ports::CallError
 pub fn call_outcome<T>(result: &Result<T, shopagent_domain::ports::CallError>) -> &'static str {
     match result {
         Ok(_) => "ok",

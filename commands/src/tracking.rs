@@ -8,8 +8,11 @@ use std::sync::Arc;
 use shopagent_domain::order::OrderEvent;
 use shopagent_domain::ports::{CallError, TrackParcel, TrackingProvider};
 
+use tracing::Instrument;
+
 use crate::StoredEvent;
-use crate::subscriber::{HandlerError, Subscriber};
+use crate::subscriber::{HandlerError, Subscriber, call_out, call_outcome};
+use crate::trace;
 
 pub struct TrackingProcess {
     pub provider: Arc<dyn TrackingProvider>,
@@ -48,26 +51,31 @@ impl Subscriber for TrackingProcess {
             carrier,
             tracking_number,
         };
-        let tracked = self.provider.track(&parcel).await;
-        crate::subscriber::count_call(
-            "tracking",
-            "track",
-            crate::subscriber::call_outcome(&tracked),
-        );
-        match tracked {
-            Ok(tracker) => {
-                tracing::info!(order = %event.aggregate_id, %tracker, "parcel tracked");
-                Ok(())
+        let step = async {
+            let tracked = call_out(
+                "tracking",
+                "track",
+                self.provider.track(&parcel),
+                call_outcome,
+            )
+            .await;
+            match tracked {
+                Ok(tracker) => {
+                    tracing::info!(order = %event.aggregate_id, %tracker, "parcel tracked");
+                    Ok(())
+                }
+                Err(CallError::Unavailable(why)) => Err(HandlerError(format!(
+                    "tracking provider unavailable: {why}"
+                ))),
+                // A carrier or number the provider refuses will not change on retry; the
+                // merchant's own updates still reach the order.
+                Err(CallError::Refused(why)) => {
+                    tracing::warn!(order = %event.aggregate_id, %why, "parcel not tracked");
+                    Ok(())
+                }
             }
-            Err(CallError::Unavailable(why)) => Err(HandlerError(format!(
-                "tracking provider unavailable: {why}"
-            ))),
-            // A carrier or number the provider refuses will not change on retry; the
-            // merchant's own updates still reach the order.
-            Err(CallError::Refused(why)) => {
-                tracing::warn!(order = %event.aggregate_id, %why, "parcel not tracked");
-                Ok(())
-            }
-        }
+        };
+        step.instrument(trace::event_span(Self::NAME, "track", event))
+            .await
     }
 }

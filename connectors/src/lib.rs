@@ -11,6 +11,7 @@
 
 pub mod easypost;
 pub mod kafka;
+mod propagation;
 mod sandbox;
 pub use sandbox::Sandbox;
 pub mod sandbox_carrier;

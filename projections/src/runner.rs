@@ -10,6 +10,7 @@ use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Why a batch was not applied. The batch's transaction was rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -320,16 +321,19 @@ impl ProjectionRunner {
                 break (tx, events);
             }
         };
-        let mut tx = tx;
         let last = events[events.len() - 1].cursor;
-        self.projection.apply_batch(&mut tx, &events).await?;
-        let rate = self
-            .throughput
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(started, events.len());
-        save_checkpoint(&mut tx, name, last, Some(events.len() as i64), rate).await?;
-        tx.commit().await?;
+        let span = tracing::info_span!(
+            "projection batch",
+            otel.name = %format_args!("{name} batch"),
+            projection = name,
+            events = events.len(),
+            first_position = events[0].position(),
+            last_position = last.position,
+        );
+        shopagent_commands::trace::join_batch(&span, &events);
+        self.apply_and_save(tx, &events, started)
+            .instrument(span)
+            .await?;
         tracing::debug!(
             projection = name,
             events = events.len(),
@@ -337,6 +341,28 @@ impl ProjectionRunner {
             "projection batch applied"
         );
         Ok(events.len())
+    }
+}
+
+impl ProjectionRunner {
+    /// Applies a batch read after the checkpoint locked in `tx`, moves the checkpoint
+    /// past it and commits.
+    async fn apply_and_save(
+        &self,
+        mut tx: ReadModelTx<'_>,
+        events: &[StoredEvent],
+        started: Instant,
+    ) -> Result<(), ProjectionError> {
+        self.projection.apply_batch(&mut tx, events).await?;
+        let rate = self
+            .throughput
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(started, events.len());
+        let last = events[events.len() - 1].cursor;
+        save_checkpoint(&mut tx, self.name(), last, Some(events.len() as i64), rate).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -1,3 +1,4 @@
+use crate::propagation::WithTraceContext;
 use reqwest::StatusCode;
 use shopagent_domain::ports::{CallError, TrackParcel, TrackingProvider};
 
@@ -37,6 +38,7 @@ impl TrackingProvider for EasyPostTracking {
             .basic_auth(&self.config.api_key, Some(""))
             .header("Idempotency-Key", &parcel.idempotency_key)
             .json(&body)
+            .with_trace_context()
             .send()
             .await
             .map_err(|e| CallError::Unavailable(e.to_string()))?;

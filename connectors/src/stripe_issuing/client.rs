@@ -1,3 +1,4 @@
+use crate::propagation::WithTraceContext;
 use reqwest::StatusCode;
 use shopagent_domain::payment::CardReference;
 use shopagent_domain::ports::{CallError, CardIssuer, CardRequest, IssuedCard};
@@ -37,6 +38,7 @@ impl StripeIssuing {
             .bearer_auth(&self.config.api_key)
             .header("Idempotency-Key", idempotency_key)
             .form(form)
+            .with_trace_context()
             .send()
             .await?;
         let status = response.status();

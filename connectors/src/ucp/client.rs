@@ -1,3 +1,4 @@
+use crate::propagation::WithTraceContext;
 use reqwest::StatusCode;
 use serde::Serialize;
 use shopagent_domain::cart::Quote;
@@ -52,6 +53,7 @@ impl UcpMerchant {
             )
             .header("Idempotency-Key", idempotency_key)
             .json(body)
+            .with_trace_context()
             .send()
             .await
             .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
