@@ -47,8 +47,44 @@ pub fn router(app: App) -> Router {
         .layer(DefaultBodyLimit::max(idempotency::MAX_BODY))
         .layer(middleware::from_fn(log_problems))
         .layer(middleware::from_fn(count_requests))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(record_status),
+        )
         .with_state(app)
+}
+
+/// The server span of a request: `{method} {route}`, continuing the caller's trace when
+/// it sent a W3C `traceparent`.
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str());
+    let span = tracing::info_span!(
+        "http request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    shopagent_commands::trace::continue_trace(&span, traceparent);
+    span
+}
+
+fn record_status(response: &Response, _latency: Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// Alive: the process answers. Says nothing about its dependencies.

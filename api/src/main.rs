@@ -5,7 +5,7 @@ use clap::Parser;
 use shopagent::auth::{Authenticator, Claims, Principal};
 use shopagent::cli::{Cli, Command, ProjectionsCommand};
 use shopagent::server::{Server, open_store, projections};
-use shopagent::telemetry;
+use shopagent::telemetry::{self, TelemetryConfig};
 use shopagent_commands::export::Redactor;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
@@ -19,19 +19,28 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its story on stdout; routine logs would drown it.
     let demo = matches!(cli.command, Some(Command::Demo(_)));
-    telemetry::init(if demo && cli.log == "info" {
+    let log_filter = if demo && cli.log == "info" {
         "warn"
     } else {
         &cli.log
-    });
-    match run(cli).await {
+    };
+    let telemetry = match telemetry::init(&TelemetryConfig::from_env(log_filter)) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return fail(&error),
+    };
+    let outcome = run(cli).await;
+    // The exporter blocks on its last HTTP request; not on a runtime worker.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            // One line an operator can act on; the cause chain is joined with ": ".
-            eprintln!("shopagent: {error:#}");
-            ExitCode::FAILURE
-        }
+        Err(error) => fail(&error),
     }
+}
+
+/// One line an operator can act on; the cause chain is joined with ": ".
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("shopagent: {error:#}");
+    ExitCode::FAILURE
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

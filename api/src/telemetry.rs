@@ -1,19 +1,122 @@
-//! Structured JSON logs on standard error; standard output is left to command output
-//! (`projections status`, and later exports).
+//! Logs, traces and metrics.
+//!
+//! * Logs: JSON lines on standard error (standard output is left to command output),
+//!   each carrying the trace and span id of the span it was written in.
+//! * Traces: OpenTelemetry spans for HTTP requests, commands, appends, projection
+//!   batches, process-manager steps, connector calls and Kafka publishes. They are
+//!   always made — their ids go into the logs and into the metadata of appended events,
+//!   which the readers of the log continue — and exported over OTLP/HTTP (protobuf)
+//!   when an endpoint is configured.
+//! * Metrics: a Prometheus recorder, rendered at `GET /metrics`.
 
-use tracing_subscriber::EnvFilter;
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
-/// Installs the global subscriber. `filter` uses `tracing`'s EnvFilter syntax; an
-/// invalid filter falls back to `info` rather than failing start-up.
-pub fn init(filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
+/// What to log and where spans go.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `tracing`'s EnvFilter syntax; an invalid filter falls back to `info`. Filters the
+    /// logs only: spans are recorded at `info` whatever the log level.
+    pub log_filter: String,
+    /// The OTLP/HTTP traces URL (`…/v1/traces`). None: spans are made but not exported.
+    pub traces_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub service_name: String,
+}
+
+impl TelemetryConfig {
+    /// The standard OpenTelemetry environment: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as
+    /// is, else `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` appended;
+    /// `OTEL_TRACES_EXPORTER=none` turns export off; `OTEL_SERVICE_NAME` (default
+    /// `shopagent`). Headers, timeout, sampler and batching are read by the SDK itself
+    /// (`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, …).
+    pub fn from_env(log_filter: &str) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let traces_endpoint = if var("OTEL_TRACES_EXPORTER").as_deref() == Some("none") {
+            None
+        } else {
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| {
+                var("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|base| format!("{}/v1/traces", base.trim_end_matches('/')))
+            })
+        };
+        Self {
+            log_filter: log_filter.to_owned(),
+            traces_endpoint,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "shopagent".to_owned()),
+        }
+    }
+}
+
+/// The process's tracer provider. Spans still buffered are exported by
+/// [`Telemetry::shutdown`]; call it before the process exits.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Exports every span ended so far.
+    pub fn flush(&self) {
+        if let Err(error) = self.provider.force_flush() {
+            tracing::warn!(%error, "spans could not be exported");
+        }
+    }
+
+    /// Exports what is buffered and stops the exporter.
+    pub fn shutdown(&self) {
+        if let Err(error) = self.provider.shutdown() {
+            tracing::warn!(%error, "tracing did not shut down cleanly");
+        }
+    }
+}
+
+/// Installs the process-wide subscriber: JSON logs filtered by `log_filter`, and an
+/// OpenTelemetry layer recording the spans of shopagent's own crates at `info`.
+///
+/// Fails on a malformed traces endpoint. When a subscriber is already installed (a
+/// host embedding shopagent, a second call) that one stays, and spans are recorded
+/// only if it records them.
+pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &config.traces_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint)
+            .build()
+            .with_context(|| format!("OTLP traces endpoint {endpoint:?}"))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("shopagent");
+
+    let log_filter =
+        EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = json_subscriber::layer()
         .flatten_event(true)
         .with_current_span(true)
-        .with_env_filter(filter)
+        .with_span_list(false)
+        .with_opentelemetry_ids(true)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_filter(log_filter);
+    // shopagent's own spans (every crate's target starts with `shopagent`), whatever
+    // the log level: a quiet log must not mean no traces.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target("shopagent", LevelFilter::INFO));
+    let _ = Registry::default().with(spans).with(logs).try_init();
+    Ok(Telemetry { provider })
 }
 
 /// The process's Prometheus recorder: installed on first use, shared by every server

@@ -317,7 +317,22 @@ fn the_demo_drives_a_running_server_with_url() {
     // token and no secret.
     let logs = captured.join().expect("log reader");
     for step in ["card authorization decided", "card transaction recorded"] {
-        assert!(logs.contains(step), "{step:?} not logged: {logs}");
+        // Written inside a request: the line names its trace and span.
+        let entry = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|entry| entry["message"] == step)
+            .unwrap_or_else(|| panic!("{step:?} not logged: {logs}"));
+        let ids = &entry["openTelemetry"];
+        for (id, length) in [("traceId", 32), ("spanId", 16)] {
+            let id = ids[id].as_str().unwrap_or_default();
+            assert!(
+                id.len() == length
+                    && id.chars().all(|c| c.is_ascii_hexdigit())
+                    && id.chars().any(|c| c != '0'),
+                "{step:?} logged without a {length}-digit id: {entry}"
+            );
+        }
     }
     for private in [
         "Ada Lovelace",
