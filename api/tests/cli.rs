@@ -1,9 +1,12 @@
 //! The `shopagent` binary: configuration errors, migrations, and a clean stop on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::read_until;
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 
 fn shopagent(args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -177,22 +180,6 @@ fn serve_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-}
-
-/// Reads JSON log lines until one whose message is `message`; returns it.
-fn read_until(logs: &mut impl BufRead, message: &str) -> serde_json::Value {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let read = logs.read_line(&mut line).expect("read log");
-        assert!(read > 0, "log ended before {message:?}");
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            panic!("log line is not JSON: {line}");
-        };
-        if entry["message"] == message {
-            return entry;
-        }
-    }
 }
 
 #[test]

@@ -9,6 +9,9 @@ mod broker;
 mod common;
 
 use std::collections::HashMap;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 use shopagent::telemetry::{Telemetry, TelemetryConfig};
@@ -35,6 +39,59 @@ use shopagent_domain::money::Currency;
 use shopagent_projections::AggregateCatalog;
 use shopagent_projections::runner::ProjectionRunner;
 
+/// `shopagent serve` exports to the endpoint its environment names, and a SIGTERM
+/// exports what is still buffered before the process exits.
+#[tokio::test]
+async fn serve_exports_to_the_otlp_endpoint_of_its_environment_before_it_exits() {
+    let collector = telemetry();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_shopagent"))
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("SHOPAGENT_DATA_DIR", dir.path())
+        .env("SHOPAGENT_LISTEN", "127.0.0.1:0")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{}", collector.address),
+        )
+        .env("OTEL_SERVICE_NAME", "shopagent-serve-test")
+        // No periodic export in this test's time: only the one at shutdown.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shopagent");
+    let mut logs = BufReader::new(server.stderr.take().expect("stderr"));
+    let address = common::read_until(&mut logs, "shopagent listening")["address"]
+        .as_str()
+        .expect("address logged")
+        .to_owned();
+    let trace_id = hex::encode(uuid::Uuid::new_v4().as_bytes());
+    let probed = reqwest::Client::new()
+        .get(format!("http://{address}/healthz"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(probed.status(), reqwest::StatusCode::OK);
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("send SIGTERM");
+    assert!(killed.success());
+    assert_eq!(server.wait().expect("exit").code(), Some(0));
+
+    let spans = collector.receiver.spans();
+    let request = spans
+        .iter()
+        .find(|span| span.trace_id == trace_id)
+        .expect("the request's span was exported before the process exited");
+    assert_eq!(request.name, "GET /healthz");
+    assert_eq!(request.service, "shopagent-serve-test");
+    assert_eq!(request.parent_span_id, "00f067aa0ba902b7");
+}
+
 on_both_backends!(
     one_trace_follows_a_checkout_from_the_request_through_the_process_manager,
     the_publisher_sends_an_event_within_the_trace_that_appended_it,
@@ -44,6 +101,8 @@ on_both_backends!(
 /// A span as the receiver got it.
 #[derive(Debug, Clone)]
 struct ReceivedSpan {
+    /// The `service.name` of the resource that sent it.
+    service: String,
     trace_id: String,
     span_id: String,
     parent_span_id: String,
@@ -67,44 +126,65 @@ impl Receiver {
 
 async fn receive(State(receiver): State<Receiver>, body: Bytes) -> Vec<u8> {
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
-    let spans = request
-        .resource_spans
-        .into_iter()
-        .flat_map(|resource| resource.scope_spans)
-        .flat_map(|scope| scope.spans)
-        .map(|span| ReceivedSpan {
-            trace_id: hex::encode(&span.trace_id),
-            span_id: hex::encode(&span.span_id),
-            parent_span_id: hex::encode(&span.parent_span_id),
-            kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
-            name: span.name,
-            attributes: span
-                .attributes
-                .into_iter()
-                .map(|kv| {
-                    let value = match kv.value.and_then(|v| v.value) {
-                        Some(AnyValue::StringValue(s)) => s,
-                        Some(AnyValue::IntValue(i)) => i.to_string(),
-                        Some(AnyValue::BoolValue(b)) => b.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (kv.key, value)
-                })
-                .collect(),
-            links: span
-                .links
-                .into_iter()
-                .map(|link| (hex::encode(link.trace_id), hex::encode(link.span_id)))
-                .collect(),
-        });
+    let spans = request.resource_spans.into_iter().flat_map(|resource| {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|resource| &resource.attributes)
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| string(kv.value.clone()))
+            .unwrap_or_default();
+        resource
+            .scope_spans
+            .into_iter()
+            .flat_map(|scope| scope.spans)
+            .map(move |span| received(service.clone(), span))
+    });
     receiver.spans.lock().expect("spans").extend(spans);
     ExportTraceServiceResponse::default().encode_to_vec()
 }
 
+fn string(value: Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.and_then(|v| v.value) {
+        Some(AnyValue::StringValue(s)) => s,
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn received(service: String, span: Span) -> ReceivedSpan {
+    ReceivedSpan {
+        service,
+        trace_id: hex::encode(&span.trace_id),
+        span_id: hex::encode(&span.span_id),
+        parent_span_id: hex::encode(&span.parent_span_id),
+        kind: SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified),
+        name: span.name,
+        attributes: span
+            .attributes
+            .into_iter()
+            .map(|kv| (kv.key, string(kv.value)))
+            .collect(),
+        links: span
+            .links
+            .into_iter()
+            .map(|link| (hex::encode(link.trace_id), hex::encode(link.span_id)))
+            .collect(),
+    }
+}
+
+/// The receiver, where it listens, and this process's telemetry exporting to it.
+struct Collector {
+    receiver: Receiver,
+    telemetry: Telemetry,
+    address: SocketAddr,
+}
+
 /// The receiver and the process's telemetry, set up once for every test of this binary.
 /// The receiver runs on a thread of its own: each test has its own runtime.
-fn telemetry() -> &'static (Receiver, Telemetry) {
-    static TELEMETRY: OnceLock<(Receiver, Telemetry)> = OnceLock::new();
+fn telemetry() -> &'static Collector {
+    static TELEMETRY: OnceLock<Collector> = OnceLock::new();
     TELEMETRY.get_or_init(|| {
         let receiver = Receiver::default();
         let (address_tx, address_rx) = std::sync::mpsc::channel();
@@ -134,13 +214,21 @@ fn telemetry() -> &'static (Receiver, Telemetry) {
             service_name: "shopagent-test".into(),
         })
         .expect("telemetry");
-        (receiver, telemetry)
+        Collector {
+            receiver,
+            telemetry,
+            address,
+        }
     })
 }
 
 /// Every span received, once `complete` holds of them (or after 30 s).
 async fn received_until(complete: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
-    let (receiver, telemetry) = telemetry();
+    let Collector {
+        receiver,
+        telemetry,
+        ..
+    } = telemetry();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let flushing = telemetry.clone();

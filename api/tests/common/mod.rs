@@ -253,3 +253,19 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Reads JSON log lines until one whose message is `message`; returns it.
+pub fn read_until(logs: &mut impl std::io::BufRead, message: &str) -> Value {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = logs.read_line(&mut line).expect("read log");
+        assert!(read > 0, "log ended before {message:?}");
+        let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+            panic!("log line is not JSON: {line}");
+        };
+        if entry["message"] == message {
+            return entry;
+        }
+    }
+}
