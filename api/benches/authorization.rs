@@ -6,7 +6,9 @@
 //!
 //! Environment: `TEST_DATABASE_URL` (server to use; a throwaway database is created and
 //! dropped; default `postgres://postgres@127.0.0.1:5432/postgres`), `BENCH_REQUESTS`
-//! (per concurrency level, default 2000), `BENCH_CONCURRENCY` (default `1,8`).
+//! (per concurrency level, default 2000), `BENCH_CONCURRENCY` (default `1,8`),
+//! `BENCH_TRACING=1` (record spans as `shopagent serve` does, exporting none, with logs
+//! at `warn`: what tracing costs).
 //!
 //! Measured at each concurrency, over HTTP on loopback against a real server on
 //! PostgreSQL: signature check, payment load, registry and mandate reads, the decision
@@ -235,6 +237,14 @@ async fn main() {
         .split(',')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
+    let _telemetry = (std::env::var("BENCH_TRACING").as_deref() == Ok("1")).then(|| {
+        shopagent::telemetry::init(&shopagent::telemetry::TelemetryConfig {
+            log_filter: "warn".into(),
+            traces_endpoint: None,
+            service_name: "shopagent-bench".into(),
+        })
+        .expect("telemetry")
+    });
     let (url, name) = create_pg_database().await;
     let config = StoreConfig::new(Some(url.clone()), "unused");
     let server = Server::build(
