@@ -13,6 +13,7 @@ pub mod mandate;
 pub mod merchant;
 pub mod metadata;
 pub mod money;
+pub mod offer;
 pub mod order;
 pub mod payment;
 pub mod ports;

@@ -431,3 +431,54 @@ fn merchant_events() {
         },
     ]));
 }
+
+#[test]
+fn offer_events() {
+    use shopagent_domain::offer::{
+        Availability, Citation as OfferCitation, DeliveryEstimate, Gtin, OfferEvent, OfferSource,
+        ProductKey, ProductRecord, ReturnPolicy, TrustSignals,
+    };
+    let offer_id = OfferId::parse("sku:tent").expect("offer id");
+    let record = ProductRecord {
+        title: "Trail 2 two-person tent".into(),
+        brand: Some("Northwind".into()),
+        gtin: Some(Gtin::parse("4006381333931").expect("gtin")),
+        mpn: Some("NW-T2".into()),
+        category: Category::parse("outdoor/camping").expect("category"),
+        merchant_category: Some("Camping > Tents".into()),
+        price: usd(19_900),
+        shipping: Some(usd(0)),
+        availability: Some(Availability::InStock),
+        delivery: DeliveryEstimate::new(2, 4),
+        returns: Some(ReturnPolicy {
+            window_days: 30,
+            free: true,
+        }),
+        trust: TrustSignals::new(4.6, 5.0, 1280),
+    };
+    let citation = OfferCitation {
+        url: "https://acme.example/p/trail-2".into(),
+        digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        retrieved_at: AT,
+    };
+    let product_key = ProductKey::of(&merchant(), &offer_id, &record);
+    insta::assert_json_snapshot!(contract(&[
+        OfferEvent::OfferListed {
+            merchant: merchant(),
+            offer_id,
+            product_key: product_key.clone(),
+            record: Box::new(record.clone()),
+            citation: Some(citation),
+            source: OfferSource::Page,
+            at: AT,
+        },
+        OfferEvent::OfferUpdated {
+            product_key,
+            record: Box::new(record),
+            citation: None,
+            source: OfferSource::Feed,
+            at: AT,
+        },
+        OfferEvent::OfferWithdrawn { at: AT },
+    ]));
+}
