@@ -349,7 +349,13 @@ impl Mandate {
         if terms.blocked_merchants.contains(&merchant) {
             return Err(MandateError::MerchantBlocked(merchant));
         }
-        if let Some(category) = categories.intersection(&terms.blocked_categories).next() {
+        // A blocked category blocks what lies beneath it: `alcohol` blocks `alcohol/wine`.
+        if let Some(category) = categories.iter().find(|category| {
+            terms
+                .blocked_categories
+                .iter()
+                .any(|blocked| crate::offer::taxonomy::is_within(category, blocked))
+        }) {
             return Err(MandateError::CategoryBlocked(category.clone()));
         }
         if !amount.is_positive() {

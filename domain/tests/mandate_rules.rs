@@ -267,6 +267,20 @@ fn blocked_categories_are_refused() {
 }
 
 #[test]
+fn a_blocked_category_blocks_what_lies_beneath_it() {
+    AggregateTest::<Mandate>::given([created()])
+        .when(C::Reserve {
+            reservation_id: rid(1),
+            merchant: merchant("acme"),
+            categories: [category("outdoor/camping"), category("alcohol/wine")].into(),
+            amount: usd(100),
+            approval_required: false,
+            at: NOW,
+        })
+        .then_expect_error(MandateError::CategoryBlocked(category("alcohol/wine")));
+}
+
+#[test]
 fn a_reservation_is_in_the_mandate_currency() {
     AggregateTest::<Mandate>::given([created()])
         .when(C::Reserve {

@@ -9,6 +9,7 @@
 
 pub mod gtin;
 pub mod price;
+pub mod ranking;
 pub mod taxonomy;
 
 use std::fmt;
