@@ -11,6 +11,7 @@
 
 pub mod easypost;
 pub mod kafka;
+pub mod product_page;
 mod propagation;
 mod sandbox;
 pub use sandbox::Sandbox;

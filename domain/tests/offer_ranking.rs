@@ -158,11 +158,7 @@ fn an_offer_arriving_after_the_shoppers_date_loses_its_delivery_score() {
     };
     let mut in_time = offer("bolt", 9_000, Some(0));
     in_time.record.delivery = DeliveryEstimate::new(1, 2);
-    let ranking = ranked(
-        &[slow, in_time],
-        &needs_it_monday,
-        Weights::default(),
-    );
+    let ranking = ranked(&[slow, in_time], &needs_it_monday, Weights::default());
     let acme = ranking
         .ranked
         .iter()

@@ -8,6 +8,7 @@
 //!   feed, a search or a product page, updated when what it says changes, withdrawn.
 
 pub mod gtin;
+pub mod normalize;
 pub mod price;
 pub mod ranking;
 pub mod taxonomy;
