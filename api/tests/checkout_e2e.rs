@@ -213,7 +213,10 @@ async fn merchant_order_events_carry_the_order_through_delivery_return_and_refun
     let deadline = Instant::now() + Duration::from_secs(30);
     let daily = loop {
         let daily = app.get(&daily_url, &finance).await;
-        let settled = daily.body["totals"][0]["refunded_minor"] == 11_300;
+        // Each projection catches up on its own: wait for both refunds to reach this one.
+        let totals = &daily.body["totals"][0];
+        let settled =
+            totals["refunded_minor"] == 11_300 && totals["merchant_refunded_minor"] == 11_300;
         if settled || Instant::now() > deadline {
             break daily;
         }
