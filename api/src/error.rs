@@ -5,6 +5,7 @@ use shopagent_commands::CommandError;
 use shopagent_domain::cart::CartError;
 use shopagent_domain::mandate::MandateError;
 use shopagent_domain::merchant::MerchantError;
+use shopagent_domain::offer::OfferError;
 use shopagent_domain::order::OrderError;
 use shopagent_domain::payment::PaymentError;
 use shopagent_domain::run::RunError;
@@ -57,6 +58,10 @@ rejection!(MerchantError {
 rejection!(PaymentError {
     not_found: PaymentError::NotFound,
     conflict: PaymentError::AlreadyExists
+});
+rejection!(OfferError {
+    not_found: OfferError::NotListed,
+    conflict: OfferError::OtherListing { .. } | OfferError::AlreadyWithdrawn
 });
 
 impl<E: Rejection> From<CommandError<E>> for Problem {

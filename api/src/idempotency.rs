@@ -21,6 +21,16 @@ use crate::server::App;
 
 /// Largest request body accepted on any POST.
 pub const MAX_BODY: usize = 256 * 1024;
+/// The largest body a POST to `path` may carry: a product page for the offer
+/// extractor, [`MAX_BODY`] for everything else.
+fn body_limit(path: &str) -> usize {
+    if path == "/v1/offers/extract" {
+        crate::routes::offers::MAX_PAGE_BODY
+    } else {
+        MAX_BODY
+    }
+}
+
 /// How long a first request may run before a retry may take its key over.
 const LEASE: Duration = Duration::from_secs(30);
 /// How long stored responses are kept.
@@ -127,13 +137,14 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     };
 
     let (parts, body) = request.into_parts();
-    let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
+    let limit = body_limit(parts.uri.path());
+    let Ok(bytes) = to_bytes(body, limit).await else {
         return Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "Request body too large",
         )
-        .with_detail(format!("at most {MAX_BODY} bytes"))
+        .with_detail(format!("at most {limit} bytes"))
         .into_response();
     };
     let mut hasher = Sha256::new();

@@ -3,7 +3,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{carts, events, mandates, merchants, ops, orders, reconciliation, runs};
+use crate::routes::{
+    carts, events, mandates, merchants, offers, ops, orders, reconciliation, runs,
+};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -17,10 +19,11 @@ use crate::routes::{carts, events, mandates, merchants, ops, orders, reconciliat
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
         ops::list, ops::pause, ops::resume, ops::rebuild, reconciliation::daily, reconciliation::exceptions,
+        offers::extract_page,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),
-    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments"), (name = "merchants"), (name = "finance"), (name = "ops")),
+    tags((name = "mandates"), (name = "carts"), (name = "runs"), (name = "orders"), (name = "payments"), (name = "merchants"), (name = "offers"), (name = "finance"), (name = "ops")),
 )]
 pub struct ApiDoc;
 

@@ -11,6 +11,7 @@ use shopagent_connectors::kafka::KafkaStream;
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
+use shopagent_domain::offer::Offer;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
 use shopagent_domain::ports::{CardIssuer, MerchantDirectory, TrackingProvider};
@@ -48,6 +49,7 @@ pub struct App {
     pub orders: Arc<CommandBus<Order>>,
     pub payments: Arc<CommandBus<Payment>>,
     pub merchants: Arc<CommandBus<Merchant>>,
+    pub offers: Arc<CommandBus<Offer>>,
     /// Signing secret of the card issuer's webhooks (`whsec_…`); unset disables them.
     pub stripe_webhook_secret: Option<Arc<str>>,
     /// Signing secret of the tracking provider's webhooks; unset disables them.
@@ -102,6 +104,7 @@ impl App {
             runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             orders: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             payments: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
+            offers: Arc::new(CommandBus::new(store.clone())),
             merchants,
             store,
             auth,

@@ -8,6 +8,7 @@ pub mod carts;
 pub mod events;
 pub mod mandates;
 pub mod merchants;
+pub mod offers;
 pub mod ops;
 pub mod orders;
 pub mod reconciliation;

@@ -1,0 +1,238 @@
+//! `POST /v1/offers/extract`: a product page's offers are read, reported field by field,
+//! and listed as offer events citing the page; bad input changes nothing.
+
+mod common;
+
+use common::{Backend, TestApp};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shopagent::auth::Role;
+
+on_both_backends!(
+    a_product_page_lists_its_offer_with_the_page_as_citation,
+    reading_the_same_page_again_appends_nothing_and_a_new_price_updates,
+    an_offer_without_a_readable_price_is_reported_not_listed,
+    every_offer_on_a_page_is_listed,
+    bad_requests_get_a_problem_and_change_nothing,
+);
+
+fn page(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../connectors/tests/fixtures/product_pages/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture page")
+}
+
+async fn extract(app: &TestApp, token: &str, url: &str, html: &str) -> common::Reply {
+    app.post(
+        "/v1/offers/extract",
+        token,
+        json!({"url": url, "html": html, "merchant": "acme"}),
+    )
+    .await
+}
+
+async fn head(app: &TestApp) -> i64 {
+    app.store.head_position().await.expect("head")
+}
+
+async fn a_product_page_lists_its_offer_with_the_page_as_citation(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let html = page("jsonld_complete.html");
+    let reply = extract(
+        &app,
+        &app.shopper("alice"),
+        "https://acme.example/p/trail-2",
+        &html,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = &reply.body;
+    assert_eq!(body["digest"].as_str().map(str::len), Some(64));
+    let offer = &body["offers"][0];
+    assert_eq!(offer["listed"], true);
+    assert_eq!(offer["version"], 1);
+    assert_eq!(offer["merchant"], "acme");
+    assert_eq!(offer["offer_id"], "sku:acm-t2-grn");
+    assert_eq!(offer["product_key"], "gtin:04006381333931");
+    assert_eq!(offer["found_in"], json!(["json_ld"]));
+    assert_eq!(
+        offer["fields"],
+        json!({
+            "title": "Trail 2 Two-Person Tent", "brand": "Northwind", "gtin": "04006381333931",
+            "mpn": "NW-T2", "category": "outdoor/camping",
+            "merchant_category": "Sporting Goods > Outdoor Recreation > Camping & Hiking > Tents",
+            "price": {"minor": 129_900, "currency": "USD"}, "shipping": {"minor": 0, "currency": "USD"},
+            "availability": "in_stock", "delivery": {"min_days": 2, "max_days": 5},
+            "returns": {"window_days": 30, "free": true}, "trust": {"rating": 4.6, "reviews": 1280}
+        })
+    );
+    assert_eq!(offer["issues"], json!([]));
+
+    // The event carries the page as citation.
+    let events = app
+        .store
+        .read_log(shopagent_commands::LogCursor::START, 100)
+        .await
+        .expect("log");
+    let listed = events
+        .iter()
+        .find(|e| e.event_type == "OfferListed")
+        .expect("an OfferListed event");
+    assert_eq!(listed.aggregate_id, "acme/offer/acme/sku:acm-t2-grn");
+    let citation = &listed.payload["OfferListed"]["citation"];
+    assert_eq!(citation["url"], "https://acme.example/p/trail-2");
+    assert_eq!(citation["digest"], body["digest"]);
+    assert_eq!(listed.payload["OfferListed"]["source"], "page");
+    app.stop().await;
+}
+
+async fn reading_the_same_page_again_appends_nothing_and_a_new_price_updates(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let agent = app.token(
+        "acme",
+        "agent-1",
+        Role::Agent,
+        Some(&uuid::Uuid::new_v4().to_string()),
+    );
+    let html = page("jsonld_complete.html");
+    let url = "https://acme.example/p/trail-2";
+    assert_eq!(
+        extract(&app, &agent, url, &html).await.body["offers"][0]["version"],
+        1
+    );
+    let before = head(&app).await;
+    let again = extract(&app, &agent, url, &html).await;
+    assert_eq!(again.body["offers"][0]["version"], 1);
+    assert_eq!(head(&app).await, before, "nothing appended");
+
+    let cheaper = html.replace("\"1299.00\"", "\"1199.00\"");
+    let updated = extract(&app, &agent, url, &cheaper).await;
+    assert_eq!(updated.body["offers"][0]["version"], 2);
+    assert_eq!(
+        updated.body["offers"][0]["fields"]["price"],
+        json!({"minor": 119_900, "currency": "USD"})
+    );
+    assert_ne!(updated.body["digest"], again.body["digest"]);
+    app.stop().await;
+}
+
+async fn an_offer_without_a_readable_price_is_reported_not_listed(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let before = head(&app).await;
+    let reply = extract(
+        &app,
+        &app.shopper("alice"),
+        "https://runco.example/trail-runner-5",
+        &page("dollar_sign_only.html"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let offer = &reply.body["offers"][0];
+    assert_eq!(offer["listed"], false);
+    assert_eq!(offer["version"], Value::Null);
+    assert_eq!(offer["fields"]["title"], "Trail Runner 5 Shoe");
+    assert_eq!(offer["fields"]["price"], Value::Null);
+    let price_issue = offer["issues"]
+        .as_array()
+        .and_then(|issues| issues.iter().find(|i| i["field"] == "price"))
+        .expect("the price is reported");
+    assert_eq!(price_issue["problem"], "unreadable");
+    assert_eq!(price_issue["value"], "$129.99");
+    assert_eq!(
+        price_issue["why"],
+        "the currency of \"$129.99\" is not stated"
+    );
+    assert_eq!(head(&app).await, before, "nothing appended");
+    app.stop().await;
+}
+
+async fn every_offer_on_a_page_is_listed(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let reply = extract(
+        &app,
+        &app.shopper("alice"),
+        "https://soundhaus.example/search?q=headphones",
+        &page("jsonld_item_list.html"),
+    )
+    .await;
+    let offers = reply.body["offers"].as_array().expect("offers");
+    assert_eq!(offers.len(), 3);
+    assert!(offers.iter().all(|o| o["listed"] == true), "{offers:?}");
+    let ids: Vec<&str> = offers
+        .iter()
+        .filter_map(|o| o["offer_id"].as_str())
+        .collect();
+    // Two offers carry SKUs; the first has none and is named by the page and its place.
+    assert!(
+        ids[0].starts_with("url:") && ids[0].ends_with("/0"),
+        "{ids:?}"
+    );
+    assert_eq!(ids[1..], ["sku:sme-wht", "sku:sme-gld"]);
+    // A page without a product lists nothing.
+    let article = extract(
+        &app,
+        &app.shopper("alice"),
+        "https://blog.example/tips",
+        &page("no_product.html"),
+    )
+    .await;
+    assert_eq!(article.status, StatusCode::OK);
+    assert_eq!(article.body["offers"], json!([]));
+    app.stop().await;
+}
+
+async fn bad_requests_get_a_problem_and_change_nothing(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let html = page("jsonld_complete.html");
+    let before = head(&app).await;
+    for (body, status, code) in [
+        (
+            json!({"url": "ftp://acme.example/p", "html": html}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            json!({"url": "not a url", "html": html}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            json!({"url": "https://acme.example/p", "html": html, "merchant": "Not A Slug"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            json!({"url": "https://acme.example/p"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"url": "https://acme.example/p", "html": html, "extra": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ] {
+        app.post("/v1/offers/extract", &alice, body)
+            .await
+            .assert_problem(status, code);
+    }
+    let finance = app.token("acme", "finance-1", Role::Finance, None);
+    extract(&app, &finance, "https://acme.example/p", &html)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    let huge = "x".repeat(5 * 1024 * 1024);
+    extract(&app, &alice, "https://acme.example/p", &huge)
+        .await
+        .assert_problem(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    assert_eq!(head(&app).await, before, "nothing appended");
+
+    // A page of a megabyte and more is read.
+    let padded = html.replace("<body>", &format!("<body><!--{}-->", "p".repeat(1_500_000)));
+    let read = extract(&app, &alice, "https://acme.example/p/trail-2", &padded).await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    assert_eq!(read.body["offers"][0]["listed"], true);
+    app.stop().await;
+}
