@@ -18,5 +18,6 @@ pub use sandbox::Sandbox;
 pub mod sandbox_carrier;
 pub mod sandbox_issuer;
 pub mod sandbox_merchant;
+pub mod search;
 pub mod stripe_issuing;
 pub mod ucp;

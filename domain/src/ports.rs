@@ -256,3 +256,35 @@ pub trait EventStream: Send + Sync {
     /// of them (durably, as the stream's settings define it).
     async fn publish(&self, records: Vec<OutboundRecord>) -> Result<(), PublishError>;
 }
+
+/// Why the search index could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    /// The query cannot be run (a malformed cursor): the caller's mistake.
+    #[error("invalid search: {0}")]
+    InvalidQuery(String),
+    /// The index cannot be reached or failed: trying again later may work.
+    #[error("search index unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The offers search index: a read model kept by the indexer from offer events.
+#[async_trait::async_trait]
+pub trait OfferIndex: Send + Sync {
+    /// Stores `offers` (replacing older versions of the same ids, never newer ones) and
+    /// removes `withdrawn`; durable once it returns.
+    async fn apply(
+        &self,
+        offers: Vec<crate::offer::search::IndexedOffer>,
+        withdrawn: Vec<String>,
+    ) -> Result<(), IndexError>;
+
+    /// One page of the offers matching `query`.
+    async fn search(
+        &self,
+        query: &crate::offer::search::OfferQuery,
+    ) -> Result<crate::offer::search::SearchPage, IndexError>;
+
+    /// Removes every offer (before a rebuild from the start of the log).
+    async fn clear(&self) -> Result<(), IndexError>;
+}

@@ -11,6 +11,7 @@ pub mod gtin;
 pub mod normalize;
 pub mod price;
 pub mod ranking;
+pub mod search;
 pub mod taxonomy;
 
 use std::fmt;

@@ -1,0 +1,104 @@
+//! What the search index holds of an offer, and what a search asks of it. The index
+//! itself is a port ([`crate::ports::OfferIndex`]) with an embedded and a Meilisearch
+//! backend.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Availability, ProductKey, ProductRecord};
+use crate::ids::{MerchantId, OfferId};
+
+/// One listed offer as the index stores it: flat, every filter and facet a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedOffer {
+    /// The offer's stream: unique, the document id.
+    pub id: String,
+    pub tenant: String,
+    pub merchant: MerchantId,
+    pub offer_id: OfferId,
+    pub product_key: ProductKey,
+    /// The offer's version when indexed: an older version never replaces a newer one.
+    pub version: i64,
+    pub record: ProductRecord,
+    /// Price plus stated shipping, in minor units of the price's currency.
+    pub delivered_minor: i64,
+    /// The page it was read from, when it came from one.
+    pub citation_url: Option<String>,
+}
+
+impl IndexedOffer {
+    pub fn new(
+        id: String,
+        tenant: String,
+        merchant: MerchantId,
+        offer_id: OfferId,
+        version: i64,
+        record: ProductRecord,
+        citation_url: Option<String>,
+    ) -> Self {
+        let delivered_minor = record
+            .price
+            .minor
+            .saturating_add(record.shipping.map_or(0, |s| s.minor));
+        Self {
+            product_key: ProductKey::of(&merchant, &offer_id, &record),
+            id,
+            tenant,
+            merchant,
+            offer_id,
+            version,
+            record,
+            delivered_minor,
+            citation_url,
+        }
+    }
+
+    /// Whether it can be ordered now for shipping without waiting for stock.
+    pub fn available(&self) -> bool {
+        self.record
+            .availability
+            .is_none_or(Availability::can_ship_now)
+    }
+}
+
+/// What to search for. Every filter optional; all given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferQuery {
+    pub tenant: String,
+    /// Words, matched with typo tolerance (one edit in words of 5+ letters, two in 9+).
+    pub text: Option<String>,
+    /// ISO currency of the price bounds; offers in other currencies are left out when
+    /// bounds are given.
+    pub currency: Option<String>,
+    pub min_price_minor: Option<i64>,
+    pub max_price_minor: Option<i64>,
+    pub merchants: Vec<String>,
+    /// Taxonomy nodes; an offer within any of them matches.
+    pub categories: Vec<String>,
+    /// Only offers that ship now.
+    pub available_only: bool,
+    /// Only offers stating delivery within this many business days.
+    pub delivery_within_days: Option<u16>,
+    pub free_returns_only: bool,
+    /// Page size, 1 to 100.
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+/// How many matching offers have each value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facets {
+    pub merchant: Vec<(String, u64)>,
+    pub category: Vec<(String, u64)>,
+    pub availability: Vec<(String, u64)>,
+}
+
+/// One page of matches, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchPage {
+    pub hits: Vec<IndexedOffer>,
+    /// Every match, on all pages.
+    pub total: u64,
+    pub facets: Facets,
+    pub next_cursor: Option<String>,
+}
