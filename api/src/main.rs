@@ -8,9 +8,10 @@ use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry::{self, TelemetryConfig};
 use shopagent_commands::export::Redactor;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
+use shopagent_connectors::search::EmbeddedIndex;
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
-use shopagent_domain::ports::{CardIssuer, TrackingProvider};
+use shopagent_domain::ports::{CardIssuer, OfferIndex, TrackingProvider};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +111,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
                 .with_card_issuer(issuer)
                 .with_tracking(tracking)
-                .with_event_stream(event_stream(&cli)?);
+                .with_event_stream(event_stream(&cli)?)
+                .with_offer_index(offer_index(&cli.store.data_dir));
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone())?);
             server.run(shutdown).await
@@ -353,4 +355,18 @@ async fn pause_projection(
     println!("{}", serde_json::to_string(&status)?);
     store.database().close().await;
     Ok(())
+}
+
+/// The offers index in `<data dir>/search`. Another process holding it (a second
+/// instance on the same data directory) leaves this one an index of its own in memory,
+/// built from the log.
+fn offer_index(data_dir: &std::path::Path) -> Arc<dyn OfferIndex> {
+    let directory = data_dir.join("search");
+    match EmbeddedIndex::open(&directory) {
+        Ok(index) => Arc::new(index),
+        Err(error) => {
+            tracing::warn!(%error, directory = %directory.display(), "search index in use or unreadable; indexing in memory");
+            Arc::new(EmbeddedIndex::in_memory().expect("an index in memory"))
+        }
+    }
 }

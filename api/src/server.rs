@@ -8,16 +8,17 @@ use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker};
 use shopagent_commands::publisher::LogPublisher;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
 use shopagent_connectors::kafka::KafkaStream;
+use shopagent_connectors::search::EmbeddedIndex;
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
 use shopagent_domain::offer::Offer;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
-use shopagent_domain::ports::{CardIssuer, MerchantDirectory, TrackingProvider};
+use shopagent_domain::ports::{CardIssuer, MerchantDirectory, OfferIndex, TrackingProvider};
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{
-    AggregateCatalog, OrdersHub, Projection, ProjectionRunner, Reconciliation,
+    AggregateCatalog, OrdersHub, Projection, ProjectionRunner, Reconciliation, SearchIndexer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +70,8 @@ pub struct App {
     pub publishing: bool,
     /// Renders what the process counted, for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The offers search index, kept from the log by the `search_index` indexer.
+    pub offer_index: Arc<dyn OfferIndex>,
 }
 
 /// Tasks that outlive the request that started them: cancelled and awaited when the
@@ -115,6 +118,9 @@ impl App {
             background: Background::default(),
             publishing: false,
             metrics: crate::telemetry::metrics(),
+            // In memory until the server is given one on disk: rebuilt from the log at
+            // start.
+            offer_index: Arc::new(EmbeddedIndex::in_memory().expect("an index in memory")),
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -196,6 +202,12 @@ impl Server {
     }
 
     /// Days a placed order may wait for its capture before it is an exception.
+    /// The offers search index (default: in memory, rebuilt from the log at start).
+    pub fn with_offer_index(mut self, index: Arc<dyn OfferIndex>) -> Self {
+        self.app.offer_index = index;
+        self
+    }
+
     pub fn with_capture_days(mut self, days: u16) -> Self {
         self.app.capture_days = days;
         self
@@ -254,6 +266,9 @@ impl Server {
             })
             .collect();
 
+        let indexer = tokio::spawn(
+            SearchIndexer::new(store.clone(), app.offer_index.clone()).run(runners_stop.clone()),
+        );
         let purger = tokio::spawn(purge_idempotency_keys(store.clone(), runners_stop.clone()));
         let checkout = card_issuer.map(|issuer| {
             let process = CheckoutProcess {
@@ -301,6 +316,7 @@ impl Server {
         background.tasks.close();
         background.tasks.wait().await;
         let _ = purger.await;
+        let _ = indexer.await;
         for process in [checkout, tracking, publisher].into_iter().flatten() {
             let _ = process.await;
         }

@@ -14,6 +14,9 @@ on_both_backends!(
     an_offer_without_a_readable_price_is_reported_not_listed,
     every_offer_on_a_page_is_listed,
     bad_requests_get_a_problem_and_change_nothing,
+    listed_offers_are_found_ranked_and_explained,
+    the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks,
+    bad_searches_get_a_problem,
 );
 
 fn page(name: &str) -> String {
@@ -234,5 +237,264 @@ async fn bad_requests_get_a_problem_and_change_nothing(backend: Backend) {
     let read = extract(&app, &alice, "https://acme.example/p/trail-2", &padded).await;
     assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
     assert_eq!(read.body["offers"][0]["listed"], true);
+    app.stop().await;
+}
+
+/// A product page with one offer in JSON-LD.
+fn product_page(
+    title: &str,
+    price: &str,
+    shipping: &str,
+    days: u16,
+    return_days: u16,
+    category: &str,
+) -> String {
+    format!(
+        r#"<html><head><script type="application/ld+json">
+        {{"@context":"https://schema.org","@type":"Product","name":"{title}","brand":"Northwind","category":"{category}",
+          "offers":{{"@type":"Offer","price":"{price}","priceCurrency":"USD","availability":"https://schema.org/InStock",
+            "shippingDetails":{{"shippingRate":{{"value":"{shipping}","currency":"USD"}},
+              "deliveryTime":{{"handlingTime":{{"minValue":0,"maxValue":0}},"transitTime":{{"minValue":{days},"maxValue":{days}}}}}}},
+            "hasMerchantReturnPolicy":{{"merchantReturnDays":{return_days},"returnFees":"https://schema.org/FreeReturn"}}}}}}
+        </script></head><body></body></html>"#
+    )
+}
+
+async fn list_offer(app: &TestApp, merchant: &str, html: &str) {
+    let reply = app
+        .post(
+            "/v1/offers/extract",
+            &app.shopper("alice"),
+            json!({"url": format!("https://{merchant}.example/p"), "html": html, "merchant": merchant}),
+        )
+        .await;
+    assert_eq!(reply.body["offers"][0]["listed"], true, "{:?}", reply.body);
+}
+
+/// Searches until the index holds `total` matches (it trails the log by a moment).
+async fn search_until(app: &TestApp, token: &str, query: &str, total: u64) -> common::Reply {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = app.get(&format!("/v1/offers/search?{query}"), token).await;
+        if reply.body["total"] == total || std::time::Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn listed_offers_are_found_ranked_and_explained(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    list_offer(
+        &app,
+        "acme",
+        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
+    )
+    .await;
+    list_offer(
+        &app,
+        "bolt",
+        &product_page("Trail 2 tent", "189.00", "25.00", 8, 14, "Camping > Tents"),
+    )
+    .await;
+    list_offer(
+        &app,
+        "cole",
+        &product_page("Stovetop kettle", "45.00", "5.00", 2, 30, "Kitchen"),
+    )
+    .await;
+    let alice = app.shopper("alice");
+    let reply = search_until(&app, &alice, "q=tnet%20trail", 0).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    // "tnet" is four letters: no typo forgiven. "tents" is five: one is.
+    let reply = search_until(&app, &alice, "q=tents", 2).await;
+    assert_eq!(reply.body["total"], 2, "{:?}", reply.body);
+    let results = reply.body["results"].as_array().expect("results");
+    assert_eq!(
+        results[0]["offer"]["merchant"], "acme",
+        "cheaper delivered, sooner, longer returns"
+    );
+    assert_eq!(
+        results[0]["landed_cost"],
+        json!({"minor": 19_900, "currency": "USD"})
+    );
+    assert!(
+        results[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("cheapest at 199.00 USD delivered"),
+        "{}",
+        results[0]["reason"]
+    );
+    assert_eq!(
+        results[1]["landed_cost"],
+        json!({"minor": 21_400, "currency": "USD"})
+    );
+    assert_eq!(
+        results[0]["offer"]["citation_url"],
+        "https://acme.example/p"
+    );
+    let breakdown = &results[0]["breakdown"];
+    let sum: f64 = ["cost", "delivery", "returns", "trust"]
+        .iter()
+        .map(|k| breakdown[k].as_f64().expect("number"))
+        .sum();
+    assert!((sum - results[0]["score"].as_f64().expect("score")).abs() < 1e-9);
+    assert_eq!(
+        reply.body["facets"]["merchant"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // Filters: a category and what lies beneath; a delivered price range.
+    let kitchen = search_until(&app, &alice, "category=home", 1).await;
+    assert_eq!(kitchen.body["results"][0]["offer"]["merchant"], "cole");
+    let cheap = search_until(&app, &alice, "currency=USD&max_price=20000", 2).await;
+    let merchants: Vec<&str> = cheap.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["offer"]["merchant"].as_str())
+        .collect();
+    assert!(
+        merchants.contains(&"acme") && merchants.contains(&"cole"),
+        "{merchants:?}"
+    );
+
+    // Pages follow the cursor.
+    let first = search_until(&app, &alice, "limit=2", 3).await;
+    let cursor = first.body["next_cursor"].as_str().expect("a next page");
+    let second = app
+        .get(
+            &format!("/v1/offers/search?limit=2&cursor={cursor}"),
+            &alice,
+        )
+        .await;
+    assert_eq!(second.body["results"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second.body["next_cursor"], Value::Null);
+    app.stop().await;
+}
+
+async fn the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    list_offer(
+        &app,
+        "acme",
+        &product_page("Trail 2 tent", "210.00", "0", 1, 30, "Camping > Tents"),
+    )
+    .await;
+    list_offer(
+        &app,
+        "bolt",
+        &product_page("Trail 2 tent", "189.00", "0", 9, 0, "Camping > Tents"),
+    )
+    .await;
+    list_offer(
+        &app,
+        "cellar",
+        &product_page("Rioja 2019", "20.00", "0", 2, 30, "Wine"),
+    )
+    .await;
+    let alice = app.shopper("alice");
+    let mandate = app
+        .post(
+            "/v1/mandates",
+            &alice,
+            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": {"minor": 20_000, "currency": "USD"},
+                   "blocked_categories": ["alcohol"]}),
+        )
+        .await;
+    let mandate = mandate.body["id"].as_str().expect("mandate").to_owned();
+    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let reply = search_until(&app, &agent, "", 3).await;
+    assert_eq!(reply.body["total"], 3, "{:?}", reply.body);
+    let ranked: Vec<&str> = reply.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["offer"]["merchant"].as_str())
+        .collect();
+    assert_eq!(ranked, ["bolt"]);
+    let excluded = reply.body["excluded"].as_array().expect("excluded");
+    let why = |merchant: &str| {
+        excluded
+            .iter()
+            .find(|e| e["offer"]["merchant"] == merchant)
+            .map(|e| (e["codes"].clone(), e["reason"].clone()))
+    };
+    assert_eq!(
+        why("cellar"),
+        Some((
+            json!(["category_blocked"]),
+            json!("the mandate blocks alcohol")
+        ))
+    );
+    assert_eq!(
+        why("acme"),
+        Some((
+            json!(["over_per_order_limit"]),
+            json!("210.00 USD is over the per-order limit of 200.00 USD")
+        ))
+    );
+    assert_eq!(
+        reply.body["hints"][0]["text"],
+        "raising the budget by 10.00 USD unlocks Trail 2 tent at acme, which would rank first"
+    );
+    app.stop().await;
+}
+
+async fn bad_searches_get_a_problem(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    for (query, status, code) in [
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+        (
+            "limit=101",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "currency=XYZ",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "cursor=garbage",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "w_cost=-1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "deliver_by=friday",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "mandate=nope",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        ("limit=ten", StatusCode::BAD_REQUEST, "invalid_query"),
+        ("colour=red", StatusCode::BAD_REQUEST, "invalid_query"),
+    ] {
+        app.get(&format!("/v1/offers/search?{query}"), &alice)
+            .await
+            .assert_problem(status, code);
+    }
+    // Someone else's mandate does not exist for the caller.
+    let bob_mandate = app
+        .post(
+            "/v1/mandates",
+            &app.shopper("bob"),
+            json!({"mode": "assist", "currency": "USD"}),
+        )
+        .await;
+    let bob_mandate = bob_mandate.body["id"].as_str().expect("mandate");
+    app.get(&format!("/v1/offers/search?mandate={bob_mandate}"), &alice)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
 }

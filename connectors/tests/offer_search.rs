@@ -128,10 +128,10 @@ async fn stocked() -> EmbeddedIndex {
         .iter()
         .map(|spec| offer("acme", spec, 1))
         .collect();
-    index.apply(offers, vec![]).await.expect("indexed");
+    index.apply(offers, vec![], None).await.expect("indexed");
     // Another tenant's listing of the same words.
     index
-        .apply(vec![offer("other", &CATALOGUE[0], 1)], vec![])
+        .apply(vec![offer("other", &CATALOGUE[0], 1)], vec![], None)
         .await
         .expect("indexed");
     index
@@ -288,9 +288,9 @@ async fn an_older_version_never_replaces_a_newer_and_withdrawn_offers_go() {
     let index = stocked().await;
     let mut cheaper = offer("acme", &CATALOGUE[0], 3);
     cheaper.record.price = usd(9_900);
-    index.apply(vec![cheaper], vec![]).await.expect("v3");
+    index.apply(vec![cheaper], vec![], None).await.expect("v3");
     index
-        .apply(vec![offer("acme", &CATALOGUE[0], 2)], vec![])
+        .apply(vec![offer("acme", &CATALOGUE[0], 2)], vec![], None)
         .await
         .expect("v2 arrives late");
     let page = index.search(&query(Some("tent"))).await.expect("search");
@@ -302,13 +302,17 @@ async fn an_older_version_never_replaces_a_newer_and_withdrawn_offers_go() {
     assert_eq!((acme.version, acme.record.price.minor), (3, 9_900));
 
     index
-        .apply(vec![], vec![acme.id.clone()])
+        .apply(vec![], vec![acme.id.clone()], None)
         .await
         .expect("withdrawn");
     assert_eq!(ids(&index, &query(Some("tent"))).await, ["bolt/sku:tent"]);
 
     index.clear().await.expect("cleared");
     assert!(ids(&index, &query(None)).await.is_empty());
+    assert_eq!(
+        index.checkpoint().await.expect("checkpoint").as_deref(),
+        Some("")
+    );
 }
 
 #[tokio::test]
@@ -317,11 +321,20 @@ async fn the_index_on_disk_survives_a_reopen() {
     {
         let index = EmbeddedIndex::open(dir.path()).expect("index");
         index
-            .apply(vec![offer("acme", &CATALOGUE[3], 1)], vec![])
+            .apply(
+                vec![offer("acme", &CATALOGUE[3], 1)],
+                vec![],
+                Some("checkpoint-1".into()),
+            )
             .await
             .expect("indexed");
     }
     let reopened = EmbeddedIndex::open(dir.path()).expect("reopened");
+    assert_eq!(
+        reopened.checkpoint().await.expect("checkpoint").as_deref(),
+        Some("checkpoint-1"),
+        "the checkpoint committed with the documents"
+    );
     assert_eq!(
         ids(&reopened, &query(Some("headphones"))).await,
         ["sonic/sku:phones"]

@@ -271,13 +271,18 @@ pub enum IndexError {
 /// The offers search index: a read model kept by the indexer from offer events.
 #[async_trait::async_trait]
 pub trait OfferIndex: Send + Sync {
-    /// Stores `offers` (replacing older versions of the same ids, never newer ones) and
-    /// removes `withdrawn`; durable once it returns.
+    /// Stores `offers` (replacing older versions of the same ids, never newer ones),
+    /// removes `withdrawn`, and records `checkpoint` — how far into the log the index
+    /// now is — all at once; durable once it returns.
     async fn apply(
         &self,
         offers: Vec<crate::offer::search::IndexedOffer>,
         withdrawn: Vec<String>,
+        checkpoint: Option<String>,
     ) -> Result<(), IndexError>;
+
+    /// The checkpoint of the last `apply` that recorded one; `None` for a new index.
+    async fn checkpoint(&self) -> Result<Option<String>, IndexError>;
 
     /// One page of the offers matching `query`.
     async fn search(
@@ -285,6 +290,6 @@ pub trait OfferIndex: Send + Sync {
         query: &crate::offer::search::OfferQuery,
     ) -> Result<crate::offer::search::SearchPage, IndexError>;
 
-    /// Removes every offer (before a rebuild from the start of the log).
+    /// Removes every offer and the checkpoint (before a rebuild from the start of the log).
     async fn clear(&self) -> Result<(), IndexError>;
 }

@@ -292,6 +292,15 @@ where
 }
 
 /// Domain value parsing failures are the caller's fault: 422 with the reason.
+/// Query parameters, or a 400 problem saying what is wrong with them.
+pub fn query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Problem> {
+    query
+        .map(|axum::extract::Query(query)| query)
+        .map_err(|e| Problem::bad_request("invalid_query", e.body_text()))
+}
+
 pub fn invalid(field: &str, error: impl std::fmt::Display) -> Problem {
     Problem::unprocessable("invalid_field", format!("{field}: {error}"))
 }

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shopagent_connectors::product_page::{PageOffer, Syntax, extract};
@@ -32,10 +32,12 @@ use crate::server::App;
 pub const MAX_PAGE_BODY: usize = 4 * 1024 * 1024;
 
 pub fn routes() -> Router<App> {
-    Router::new().route(
-        "/v1/offers/extract",
-        post(extract_page).layer(DefaultBodyLimit::max(MAX_PAGE_BODY)),
-    )
+    Router::new()
+        .route(
+            "/v1/offers/extract",
+            post(extract_page).layer(DefaultBodyLimit::max(MAX_PAGE_BODY)),
+        )
+        .route("/v1/offers/search", get(search))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -324,4 +326,362 @@ pub async fn extract_page(
 /// The stream of `merchant`'s offer `offer_id` in `tenant`.
 pub fn offer_stream(tenant: &str, merchant: &MerchantId, offer_id: &OfferId) -> String {
     stream_id(tenant, format!("offer/{merchant}/{offer_id}"))
+}
+
+/// Words, filters, the page, and how to rank it.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchOffers {
+    /// Words; one typo forgiven in words of 5+ letters, two in 9+.
+    pub q: Option<String>,
+    /// ISO currency the results are compared in (default: the mandate's, else the first
+    /// match's); offers in another are excluded.
+    pub currency: Option<String>,
+    /// Delivered price (price + stated shipping) at least this, in minor units.
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    /// Merchant ids, comma-separated.
+    pub merchant: Option<String>,
+    /// Taxonomy nodes, comma-separated; an offer within any matches.
+    pub category: Option<String>,
+    /// Only offers that ship now.
+    pub available: Option<bool>,
+    /// Only offers stating delivery within this many business days.
+    pub delivery_within_days: Option<u16>,
+    /// The shopper needs it by this day (YYYY-MM-DD): later offers lose their delivery score.
+    pub deliver_by: Option<String>,
+    pub free_returns: Option<bool>,
+    /// The mandate to check the offers against (an agent's token names its own).
+    pub mandate: Option<String>,
+    /// Tax estimate in basis points of the price (default 0).
+    pub tax_bps: Option<u32>,
+    /// Ranking weights (defaults 0.5, 0.2, 0.15, 0.15).
+    pub w_cost: Option<f64>,
+    pub w_delivery: Option<f64>,
+    pub w_returns: Option<f64>,
+    pub w_trust: Option<f64>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// An offer as search shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OfferView {
+    pub merchant: String,
+    pub offer_id: String,
+    pub product_key: String,
+    pub version: i64,
+    pub fields: OfferFieldsView,
+    /// The page it was read from, when it came from one.
+    pub citation_url: Option<String>,
+}
+
+/// Each factor's share of the score.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakdownView {
+    pub cost: f64,
+    pub delivery: f64,
+    pub returns: f64,
+    pub trust: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RankedOfferView {
+    pub offer: OfferView,
+    /// 0 to 100.
+    pub score: f64,
+    pub breakdown: BreakdownView,
+    /// Price, shipping (unstated: the dearest stated on the page) and tax estimate.
+    pub landed_cost: MoneyBody,
+    pub arrives_by: Option<String>,
+    /// One line from the same numbers.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExcludedOfferView {
+    pub offer: OfferView,
+    /// Stable codes: `merchant_not_allowed`, `merchant_blocked`, `category_blocked`,
+    /// `over_per_order_limit`, `over_budget`, `not_available`, `other_currency`.
+    pub codes: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HintView {
+    pub merchant: String,
+    pub offer_id: String,
+    pub raise_by: MoneyBody,
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetView {
+    pub value: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FacetsView {
+    pub merchant: Vec<FacetView>,
+    pub category: Vec<FacetView>,
+    pub availability: Vec<FacetView>,
+}
+
+/// One page of matches, ranked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchView {
+    pub results: Vec<RankedOfferView>,
+    /// Matches the mandate forbids or that cannot be bought, with why.
+    pub excluded: Vec<ExcludedOfferView>,
+    /// What would change the outcome ("raising the budget by … unlocks …").
+    pub hints: Vec<HintView>,
+    /// Every match, on all pages.
+    pub total: u64,
+    pub facets: FacetsView,
+    pub next_cursor: Option<String>,
+}
+
+fn offer_view(offer: &shopagent_domain::offer::search::IndexedOffer) -> OfferView {
+    let record = &offer.record;
+    let fields = OfferFields {
+        title: Some(record.title.clone()),
+        brand: record.brand.clone(),
+        gtin: record.gtin.clone(),
+        mpn: record.mpn.clone(),
+        category: Some(record.category.clone()),
+        merchant_category: record.merchant_category.clone(),
+        price: Some(record.price),
+        shipping: record.shipping,
+        availability: record.availability,
+        delivery: record.delivery,
+        returns: record.returns,
+        trust: record.trust,
+    };
+    OfferView {
+        merchant: offer.merchant.to_string(),
+        offer_id: offer.offer_id.to_string(),
+        product_key: offer.product_key.to_string(),
+        version: offer.version,
+        fields: fields_view(&fields),
+        citation_url: offer.citation_url.clone(),
+    }
+}
+
+fn list(value: Option<&str>) -> Vec<String> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[utoipa::path(operation_id = "offers_search", get, path = "/v1/offers/search", tag = "offers", params(SearchOffers),
+    responses((status = 200, description = "One page of matches, ranked, with what was excluded and why", body = SearchView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn search(
+    State(app): State<App>,
+    principal: Principal,
+    params: Result<axum::extract::Query<SearchOffers>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    use shopagent_domain::ids::MandateId;
+    use shopagent_domain::money::Currency;
+    use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
+    use shopagent_domain::offer::search::OfferQuery;
+    use shopagent_domain::ports::IndexError;
+
+    let params = super::query(params)?;
+    let defaults = Weights::default();
+    let weights = Weights {
+        cost: params.w_cost.unwrap_or(defaults.cost),
+        delivery: params.w_delivery.unwrap_or(defaults.delivery),
+        returns: params.w_returns.unwrap_or(defaults.returns),
+        trust: params.w_trust.unwrap_or(defaults.trust),
+    }
+    .validated()
+    .map_err(|e| invalid("w_*", e))?;
+    let currency = params
+        .currency
+        .as_deref()
+        .map(|c| Currency::parse(&c.to_ascii_uppercase()).map_err(|e| invalid("currency", e)))
+        .transpose()?;
+    let deliver_by = params
+        .deliver_by
+        .as_deref()
+        .map(|d| {
+            time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
+                .map_err(|_| invalid("deliver_by", "a date, YYYY-MM-DD"))
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "1 to 100"));
+    }
+    if params.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
+        return Err(invalid("q", "at most 200 characters"));
+    }
+    // The mandate the offers are checked against: an agent's own, or one the shopper
+    // names (that the caller may see).
+    let mandate_id = match (principal.mandate, params.mandate.as_deref()) {
+        (Some(own), _) => Some(own),
+        (None, Some(named)) => {
+            Some(MandateId::parse(named).map_err(|_| invalid("mandate", "a mandate id (UUID)"))?)
+        }
+        (None, None) => None,
+    };
+    let mandate = match mandate_id {
+        Some(id) => Some(super::mandates::load_visible(&app, &principal, id).await?.0),
+        None => None,
+    };
+    let terms = mandate.as_ref().and_then(|m| m.terms.clone());
+    let now = OffsetDateTime::now_utc();
+    let budget_left = match (&mandate, &terms) {
+        (Some(mandate), Some(terms)) => terms.period_budget.and_then(|budget| {
+            let start = budget.period.start_of(now);
+            let used = mandate.used_in_period(terms.currency, start).ok()?;
+            budget.limit.checked_sub(used).ok()
+        }),
+        _ => None,
+    };
+
+    let query = OfferQuery {
+        tenant: principal.tenant.clone(),
+        text: params.q.clone().filter(|q| !q.trim().is_empty()),
+        currency: (params.min_price.is_some() || params.max_price.is_some())
+            .then(|| currency.or(terms.as_ref().map(|t| t.currency)))
+            .flatten()
+            .map(|c| c.code().to_owned()),
+        min_price_minor: params.min_price,
+        max_price_minor: params.max_price,
+        merchants: list(params.merchant.as_deref()),
+        categories: list(params.category.as_deref()),
+        available_only: params.available.unwrap_or(false),
+        delivery_within_days: params.delivery_within_days,
+        free_returns_only: params.free_returns.unwrap_or(false),
+        limit: limit as usize,
+        cursor: params.cursor.clone(),
+    };
+    let page = app
+        .offer_index
+        .search(&query)
+        .await
+        .map_err(|error| match error {
+            IndexError::InvalidQuery(why) => invalid("cursor", why),
+            IndexError::Unavailable(why) => {
+                tracing::error!(%why, "search index unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "search_unavailable",
+                    "The search index cannot answer right now",
+                )
+                .with_retry_after(5)
+            }
+        })?;
+    let compared_in = currency
+        .or(terms.as_ref().map(|t| t.currency))
+        .or(page.hits.first().map(|hit| hit.record.price.currency));
+    let candidates: Vec<Candidate> = page
+        .hits
+        .iter()
+        .map(|hit| Candidate {
+            merchant: hit.merchant.clone(),
+            offer_id: hit.offer_id.clone(),
+            record: hit.record.clone(),
+        })
+        .collect();
+    let shopper = Shopper {
+        mandate: terms.as_ref(),
+        budget_left,
+        tax_bps: params.tax_bps.unwrap_or(0),
+        deliver_by,
+        today: Some(now.date()),
+    };
+    let ranking = match compared_in {
+        Some(currency) => {
+            rank(&candidates, currency, &shopper, weights).map_err(|e| invalid("w_*", e))?
+        }
+        None => shopagent_domain::offer::ranking::Ranking {
+            ranked: vec![],
+            excluded: vec![],
+            hints: vec![],
+        },
+    };
+    let find = |merchant: &MerchantId, offer_id: &OfferId| {
+        page.hits
+            .iter()
+            .find(|hit| &hit.merchant == merchant && &hit.offer_id == offer_id)
+            .map(offer_view)
+    };
+    let results = ranking
+        .ranked
+        .iter()
+        .filter_map(|ranked| {
+            Some(RankedOfferView {
+                offer: find(&ranked.merchant, &ranked.offer_id)?,
+                score: ranked.score,
+                breakdown: BreakdownView {
+                    cost: ranked.breakdown.cost,
+                    delivery: ranked.breakdown.delivery,
+                    returns: ranked.breakdown.returns,
+                    trust: ranked.breakdown.trust,
+                },
+                landed_cost: ranked.landed_cost.into(),
+                arrives_by: ranked.arrives_by.map(|d| d.to_string()),
+                reason: ranked.reason.clone(),
+            })
+        })
+        .collect();
+    let excluded = ranking
+        .excluded
+        .iter()
+        .filter_map(|excluded| {
+            Some(ExcludedOfferView {
+                offer: find(&excluded.merchant, &excluded.offer_id)?,
+                codes: excluded
+                    .reasons
+                    .iter()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .filter_map(|v| v["code"].as_str().map(str::to_owned))
+                    .collect(),
+                reason: excluded.reason.clone(),
+            })
+        })
+        .collect();
+    let hints = ranking
+        .hints
+        .iter()
+        .map(|hint| HintView {
+            merchant: hint.merchant.to_string(),
+            offer_id: hint.offer_id.to_string(),
+            raise_by: hint.raise_by.into(),
+            text: hint.text.clone(),
+        })
+        .collect();
+    let facet = |values: &[(String, u64)]| {
+        values
+            .iter()
+            .map(|(value, count)| FacetView {
+                value: value.clone(),
+                count: *count,
+            })
+            .collect()
+    };
+    Ok(axum::Json(SearchView {
+        results,
+        excluded,
+        hints,
+        total: page.total,
+        facets: FacetsView {
+            merchant: facet(&page.facets.merchant),
+            category: facet(&page.facets.category),
+            availability: facet(&page.facets.availability),
+        },
+        next_cursor: page.next_cursor,
+    })
+    .into_response())
 }

@@ -376,8 +376,7 @@ pub async fn list(
     principal: Principal,
     query: Result<axum::extract::Query<ListOrders>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
-    let axum::extract::Query(query) =
-        query.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let query = super::query(query)?;
     let limit = i64::from(query.limit.unwrap_or(20));
     if !(1..=100).contains(&limit) {
         return Err(invalid("limit", "between 1 and 100"));

@@ -53,12 +53,6 @@ fn judgement(app: &App) -> Judgement {
     }
 }
 
-fn query<T>(query: Result<axum::extract::Query<T>, QueryRejection>) -> Result<T, Problem> {
-    query
-        .map(|axum::extract::Query(query)| query)
-        .map_err(|e| Problem::bad_request("invalid_query", e.body_text()))
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -119,7 +113,7 @@ pub async fn daily(
     daily: Result<axum::extract::Query<DailyQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     finance_only(&principal)?;
-    let daily = query(daily)?;
+    let daily = super::query(daily)?;
     let date = parse_date("date", &daily.date)?;
     let totals = reconciliation::daily(
         app.store.database(),
@@ -221,7 +215,7 @@ pub async fn exceptions(
     filter: Result<axum::extract::Query<ExceptionsQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     finance_only(&principal)?;
-    let filter = query(filter)?;
+    let filter = super::query(filter)?;
     let limit = filter.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(invalid("limit", "between 1 and 100"));

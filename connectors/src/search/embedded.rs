@@ -199,6 +199,7 @@ impl EmbeddedIndex {
         &self,
         offers: Vec<IndexedOffer>,
         withdrawn: Vec<String>,
+        checkpoint: Option<String>,
         writer: &mut IndexWriter,
     ) -> Result<(), IndexError> {
         let searcher = self.reader.searcher();
@@ -228,7 +229,13 @@ impl EmbeddedIndex {
         for id in &withdrawn {
             writer.delete_term(Term::from_field_text(self.fields.id, id));
         }
-        writer.commit().map_err(unavailable)?;
+        // The checkpoint commits with the documents: the index is never ahead of it, nor
+        // behind.
+        let mut commit = writer.prepare_commit().map_err(unavailable)?;
+        if let Some(checkpoint) = &checkpoint {
+            commit.set_payload(checkpoint);
+        }
+        commit.commit().map_err(unavailable)?;
         self.reader.reload().map_err(unavailable)
     }
 
@@ -436,12 +443,23 @@ impl OfferIndex for EmbeddedIndex {
         &self,
         offers: Vec<IndexedOffer>,
         withdrawn: Vec<String>,
+        checkpoint: Option<String>,
     ) -> Result<(), IndexError> {
         let mut writer = Arc::clone(&self.writer).lock_owned().await;
         let index = self.clone();
-        tokio::task::spawn_blocking(move || index.apply_blocking(offers, withdrawn, &mut writer))
+        tokio::task::spawn_blocking(move || {
+            index.apply_blocking(offers, withdrawn, checkpoint, &mut writer)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn checkpoint(&self) -> Result<Option<String>, IndexError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.load_metas().map(|metas| metas.payload))
             .await
             .map_err(unavailable)?
+            .map_err(unavailable)
     }
 
     async fn search(&self, query: &OfferQuery) -> Result<SearchPage, IndexError> {
@@ -457,7 +475,9 @@ impl OfferIndex for EmbeddedIndex {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             writer.delete_all_documents().map_err(unavailable)?;
-            writer.commit().map_err(unavailable)?;
+            let mut commit = writer.prepare_commit().map_err(unavailable)?;
+            commit.set_payload("");
+            commit.commit().map_err(unavailable)?;
             reader.reload().map_err(unavailable)
         })
         .await
