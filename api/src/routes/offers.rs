@@ -446,21 +446,7 @@ pub struct SearchView {
 }
 
 fn offer_view(offer: &shopagent_domain::offer::search::IndexedOffer) -> OfferView {
-    let record = &offer.record;
-    let fields = OfferFields {
-        title: Some(record.title.clone()),
-        brand: record.brand.clone(),
-        gtin: record.gtin.clone(),
-        mpn: record.mpn.clone(),
-        category: Some(record.category.clone()),
-        merchant_category: record.merchant_category.clone(),
-        price: Some(record.price),
-        shipping: record.shipping,
-        availability: record.availability,
-        delivery: record.delivery,
-        returns: record.returns,
-        trust: record.trust,
-    };
+    let fields = OfferFields::from(&offer.record);
     OfferView {
         merchant: offer.merchant.to_string(),
         offer_id: offer.offer_id.to_string(),

@@ -134,6 +134,25 @@ impl OfferFields {
     }
 }
 
+impl From<&ProductRecord> for OfferFields {
+    fn from(record: &ProductRecord) -> Self {
+        Self {
+            title: Some(record.title.clone()),
+            brand: record.brand.clone(),
+            gtin: record.gtin.clone(),
+            mpn: record.mpn.clone(),
+            category: Some(record.category.clone()),
+            merchant_category: record.merchant_category.clone(),
+            price: Some(record.price),
+            shipping: record.shipping,
+            availability: record.availability,
+            delivery: record.delivery,
+            returns: record.returns,
+            trust: record.trust,
+        }
+    }
+}
+
 /// What could be read, the record when the title and price were, and what could not.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Normalized {

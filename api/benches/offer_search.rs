@@ -1,0 +1,250 @@
+//! Offers at scale on the embedded index: 100,000 offers ingested into the log, indexed
+//! by the `search_index` indexer, then searched over HTTP with ranking — in one run.
+//!
+//!     cargo bench -p shopagent --bench offer_search
+//!
+//! Environment: `TEST_DATABASE_URL` (server; a throwaway database is created and
+//! dropped), `BENCH_OFFERS` (default 100000), `BENCH_SEARCHES` (per query, default 300).
+//!
+//! Measured:
+//! * log — `OfferListed` events appended, eight writers, one offer per append: offers/s;
+//! * index — the indexer from an empty index to the head of the log: offers/s, and the
+//!   index's size on disk;
+//! * search — `GET /v1/offers/search` (index query, facets, ranking of the page, JSON)
+//!   for typical queries, one client: p50/p95/p99 latency.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cqrs_es::persist::SerializedEvent;
+use shopagent::Server;
+use shopagent::auth::{Authenticator, Claims, Role};
+use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
+use shopagent_commands::{Store, StoreConfig};
+use shopagent_connectors::search::EmbeddedIndex;
+use shopagent_domain::DomainEvent;
+use shopagent_domain::EventMetadata;
+use shopagent_domain::ids::{Category, MerchantId, OfferId};
+use shopagent_domain::money::{Currency, Money};
+use shopagent_domain::offer::{
+    Availability, DeliveryEstimate, OfferEvent, OfferSource, ProductKey, ProductRecord,
+    ReturnPolicy, TrustSignals,
+};
+use shopagent_projections::SearchIndexer;
+use tokio_util::sync::CancellationToken;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const ADJECTIVES: [&str; 12] = [
+    "lightweight",
+    "wireless",
+    "waterproof",
+    "compact",
+    "premium",
+    "classic",
+    "ultralight",
+    "insulated",
+    "foldable",
+    "rechargeable",
+    "ergonomic",
+    "stainless",
+];
+const PRODUCTS: [(&str, &str); 12] = [
+    ("tent", "outdoor/camping"),
+    ("sleeping bag", "outdoor/camping"),
+    ("headphones", "electronics/audio"),
+    ("speaker", "electronics/audio"),
+    ("laptop stand", "electronics/computers"),
+    ("kettle", "home/kitchen"),
+    ("chef knife", "home/kitchen"),
+    ("desk chair", "home/furniture"),
+    ("running shoes", "apparel/shoes"),
+    ("rain jacket", "apparel"),
+    ("bicycle light", "outdoor/cycling"),
+    ("yoga mat", "sports"),
+];
+
+/// The `n`th synthetic offer: deterministic, spread over 50 merchants.
+fn offer(n: usize) -> (String, OfferEvent) {
+    let usd = Currency::parse("USD").expect("USD");
+    let (product, category) = PRODUCTS[n % PRODUCTS.len()];
+    let adjective = ADJECTIVES[(n / PRODUCTS.len()) % ADJECTIVES.len()];
+    let merchant = MerchantId::parse(&format!("merchant-{}", n % 50)).expect("merchant");
+    let offer_id = OfferId::parse(&format!("sku:{n}")).expect("offer");
+    let record = ProductRecord {
+        title: format!("{adjective} {product} model {}", n % 997),
+        brand: Some(format!("brand{}", n % 40)),
+        gtin: None,
+        mpn: Some(format!("M{}", n % 5_000)),
+        category: Category::parse(category).expect("category"),
+        merchant_category: None,
+        price: Money::new(1_000 + ((n * 7_919) % 50_000) as i64, usd),
+        shipping: Some(Money::new(((n % 4) * 499) as i64, usd)),
+        availability: Some(if n.is_multiple_of(10) {
+            Availability::OutOfStock
+        } else {
+            Availability::InStock
+        }),
+        delivery: DeliveryEstimate::new(1, 1 + (n % 9) as u16),
+        returns: Some(ReturnPolicy {
+            window_days: [0, 14, 30, 60][n % 4],
+            free: n.is_multiple_of(3),
+        }),
+        trust: TrustSignals::new(3.0 + (n % 20) as f64 / 10.0, 5.0, (n % 3_000) as u32),
+    };
+    let stream = format!("acme/offer/{merchant}/{offer_id}");
+    let event = OfferEvent::OfferListed {
+        product_key: ProductKey::of(&merchant, &offer_id, &record),
+        merchant,
+        offer_id,
+        record: Box::new(record),
+        citation: None,
+        source: OfferSource::Feed,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    (stream, event)
+}
+
+async fn fill(store: &Store, offers: usize) -> f64 {
+    let metadata =
+        serde_json::to_value(EventMetadata::new("acme", "ops:bench").to_map()).expect("metadata");
+    let started = Instant::now();
+    let writers = 8;
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let store = store.clone();
+            let metadata = metadata.clone();
+            tokio::spawn(async move {
+                for n in (writer..offers).step_by(writers) {
+                    let (stream, event) = offer(n);
+                    let serialized = SerializedEvent {
+                        aggregate_id: stream,
+                        sequence: 1,
+                        aggregate_type: "offer".into(),
+                        event_type: event.event_type().into(),
+                        event_version: event.event_version().into(),
+                        payload: serde_json::to_value(&event).expect("payload"),
+                        metadata: metadata.clone(),
+                    };
+                    store.append(&[serialized], None).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    offers as f64 / started.elapsed().as_secs_f64()
+}
+
+fn directory_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let offers: usize = env_or("BENCH_OFFERS", 100_000);
+    let searches: usize = env_or("BENCH_SEARCHES", 300);
+    let (url, name) = create_pg_database().await;
+    let config = StoreConfig::new(Some(url.clone()), "unused");
+    let store = shopagent::server::open_store(&config).await.expect("store");
+
+    let appended = fill(&store, offers).await;
+    println!("log: {offers} offers appended at {appended:.0} offers/s (8 writers)");
+
+    let dir = tempfile::tempdir().expect("index directory");
+    let index = Arc::new(EmbeddedIndex::open(dir.path()).expect("index"));
+    let indexer = SearchIndexer::new(store.clone(), index.clone());
+    let started = Instant::now();
+    indexer.catch_up().await.expect("indexed");
+    let indexed = offers as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "index: {offers} offers indexed at {indexed:.0} offers/s; {:.1} MiB on disk",
+        directory_size(dir.path()) as f64 / 1_048_576.0
+    );
+
+    let auth = Authenticator::new(Some(b"bench-secret"), None);
+    let server = Server::build(
+        &config,
+        auth.clone(),
+        "127.0.0.1:0".parse().expect("address"),
+    )
+    .await
+    .expect("server")
+    .with_offer_index(index.clone());
+    let address = server.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(server.run(shutdown.clone()));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = auth
+        .issue(&Claims {
+            sub: "alice".into(),
+            tenant: "acme".into(),
+            role: Role::Shopper,
+            mandate: None,
+            exp: now + 3_600,
+            iat: now,
+        })
+        .expect("token");
+    let client = reqwest::Client::new();
+    println!();
+    println!("| query | matches | p50 ms | p95 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for query in [
+        "q=tent",
+        "q=wireless%20headphones",
+        "q=headphnes",
+        "q=tent&category=outdoor&currency=USD&max_price=20000&available=true",
+        "q=kettle&free_returns=true&delivery_within_days=3",
+        "category=electronics",
+        "",
+    ] {
+        let url = format!("http://{address}/v1/offers/search?{query}");
+        let mut samples = Vec::with_capacity(searches);
+        let mut total = 0;
+        for _ in 0..searches {
+            let started = Instant::now();
+            let reply: serde_json::Value = client
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("search")
+                .json()
+                .await
+                .expect("json");
+            samples.push(started.elapsed());
+            total = reply["total"].as_u64().unwrap_or(0);
+        }
+        samples.sort();
+        let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "| `{}` | {total} | {} | {} | {} | {} |",
+            if query.is_empty() { "(browse)" } else { query },
+            ms(at(0.5)),
+            ms(at(0.95)),
+            ms(at(0.99)),
+            ms(at(1.0))
+        );
+    }
+    shutdown.cancel();
+    let _ = running.await;
+    drop_pg_database(&name).await;
+}
