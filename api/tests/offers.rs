@@ -6,6 +6,7 @@ mod common;
 use common::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sha2::Digest;
 use shopagent::auth::Role;
 
 on_both_backends!(
@@ -17,6 +18,7 @@ on_both_backends!(
     listed_offers_are_found_ranked_and_explained,
     the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks,
     bad_searches_get_a_problem,
+    chosen_offers_are_compared_as_the_log_has_them,
 );
 
 fn page(name: &str) -> String {
@@ -73,16 +75,21 @@ async fn a_product_page_lists_its_offer_with_the_page_as_citation(backend: Backe
     );
     assert_eq!(offer["issues"], json!([]));
 
-    // The event carries the page as citation.
-    let events = app
-        .store
-        .read_log(shopagent_commands::LogCursor::START, 100)
-        .await
-        .expect("log");
-    let listed = events
-        .iter()
-        .find(|e| e.event_type == "OfferListed")
-        .expect("an OfferListed event");
+    // The event carries the page as citation. (On PostgreSQL a committed event is
+    // readable once no older transaction is in flight: wait for it.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let listed = loop {
+        let events = app
+            .store
+            .read_log(shopagent_commands::LogCursor::START, 100)
+            .await
+            .expect("log");
+        if let Some(listed) = events.into_iter().find(|e| e.event_type == "OfferListed") {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "no OfferListed event");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(listed.aggregate_id, "acme/offer/acme/sku:acm-t2-grn");
     let citation = &listed.payload["OfferListed"]["citation"];
     assert_eq!(citation["url"], "https://acme.example/p/trail-2");
@@ -496,5 +503,70 @@ async fn bad_searches_get_a_problem(backend: Backend) {
     app.get(&format!("/v1/offers/search?mandate={bob_mandate}"), &alice)
         .await
         .assert_problem(StatusCode::NOT_FOUND, "not_found");
+    app.stop().await;
+}
+
+async fn chosen_offers_are_compared_as_the_log_has_them(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    list_offer(
+        &app,
+        "acme",
+        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
+    )
+    .await;
+    list_offer(
+        &app,
+        "bolt",
+        &product_page("Trail 2 tent", "179.00", "0", 2, 30, "Camping > Tents"),
+    )
+    .await;
+    let alice = app.shopper("alice");
+    let offer_id = |merchant: &str| {
+        // The page names no SKU: the id comes from its address.
+        let url = format!("https://{merchant}.example/p");
+        let digest = sha2::Sha256::digest(url.as_bytes());
+        format!("url:{}/0", hex::encode(&digest[..12]))
+    };
+    let compared = app
+        .post(
+            "/v1/offers/compare",
+            &alice,
+            json!({"offers": [{"merchant": "acme", "offer_id": offer_id("acme")}, {"merchant": "bolt", "offer_id": offer_id("bolt")}],
+                   "weights": {"cost": 1.0, "delivery": 0.0, "returns": 0.0, "trust": 0.0}}),
+        )
+        .await;
+    assert_eq!(compared.status, StatusCode::OK, "{:?}", compared.body);
+    let results = compared.body["results"].as_array().expect("results");
+    assert_eq!(results[0]["offer"]["merchant"], "bolt");
+    assert_eq!(results[0]["score"], 100.0, "cost alone, and the cheapest");
+    assert!(
+        results[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .starts_with("cheapest at 179.00 USD delivered")
+    );
+
+    for (body, code) in [
+        (
+            json!({"offers": [{"merchant": "acme", "offer_id": offer_id("acme")}]}),
+            "invalid_field",
+        ),
+        (
+            json!({"offers": [{"merchant": "acme", "offer_id": offer_id("acme")}, {"merchant": "acme", "offer_id": "sku:nothing"}]}),
+            "offer_not_listed",
+        ),
+        (
+            json!({"offers": [{"merchant": "Acme", "offer_id": "x"}, {"merchant": "acme", "offer_id": "y"}]}),
+            "invalid_field",
+        ),
+        (
+            json!({"offers": [{"merchant": "acme", "offer_id": offer_id("acme")}, {"merchant": "bolt", "offer_id": offer_id("bolt")}], "weights": {"cost": -2.0}}),
+            "invalid_field",
+        ),
+    ] {
+        app.post("/v1/offers/compare", &alice, body)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, code);
+    }
     app.stop().await;
 }

@@ -14,9 +14,15 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shopagent_connectors::product_page::{PageOffer, Syntax, extract};
+use shopagent_domain::ids::MandateId;
 use shopagent_domain::ids::{MerchantId, OfferId};
+use shopagent_domain::mandate::MandateTerms;
+use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::normalize::{FieldIssue, OfferFields};
+use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
+use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
 use shopagent_domain::offer::{Availability, Citation, OfferCommand, OfferSource, ProductKey};
+use shopagent_domain::ports::IndexError;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -38,6 +44,7 @@ pub fn routes() -> Router<App> {
             post(extract_page).layer(DefaultBodyLimit::max(MAX_PAGE_BODY)),
         )
         .route("/v1/offers/search", get(search))
+        .route("/v1/offers/compare", post(compare))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -445,7 +452,7 @@ pub struct SearchView {
     pub next_cursor: Option<String>,
 }
 
-fn offer_view(offer: &shopagent_domain::offer::search::IndexedOffer) -> OfferView {
+fn offer_view(offer: &IndexedOffer) -> OfferView {
     let fields = OfferFields::from(&offer.record);
     OfferView {
         merchant: offer.merchant.to_string(),
@@ -467,53 +474,55 @@ fn list(value: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-#[utoipa::path(operation_id = "offers_search", get, path = "/v1/offers/search", tag = "offers", params(SearchOffers),
-    responses((status = 200, description = "One page of matches, ranked, with what was excluded and why", body = SearchView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
-    security(("bearer" = [])))]
-pub async fn search(
-    State(app): State<App>,
-    principal: Principal,
-    params: Result<axum::extract::Query<SearchOffers>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Problem> {
-    use shopagent_domain::ids::MandateId;
-    use shopagent_domain::money::Currency;
-    use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
-    use shopagent_domain::offer::search::OfferQuery;
-    use shopagent_domain::ports::IndexError;
+/// What ranking needs from a request, however it came (query string or body).
+struct RankParams<'a> {
+    weights: [Option<f64>; 4],
+    currency: Option<&'a str>,
+    deliver_by: Option<&'a str>,
+    mandate: Option<&'a str>,
+    tax_bps: Option<u32>,
+}
 
-    let params = super::query(params)?;
+/// Who the offers are ranked for and how, read and checked.
+struct RankFor {
+    weights: Weights,
+    currency: Option<Currency>,
+    deliver_by: Option<time::Date>,
+    tax_bps: u32,
+    terms: Option<MandateTerms>,
+    budget_left: Option<Money>,
+    today: time::Date,
+}
+
+async fn rank_for(
+    app: &App,
+    principal: &Principal,
+    params: RankParams<'_>,
+) -> Result<RankFor, Problem> {
     let defaults = Weights::default();
+    let [cost, delivery, returns, trust] = params.weights;
     let weights = Weights {
-        cost: params.w_cost.unwrap_or(defaults.cost),
-        delivery: params.w_delivery.unwrap_or(defaults.delivery),
-        returns: params.w_returns.unwrap_or(defaults.returns),
-        trust: params.w_trust.unwrap_or(defaults.trust),
+        cost: cost.unwrap_or(defaults.cost),
+        delivery: delivery.unwrap_or(defaults.delivery),
+        returns: returns.unwrap_or(defaults.returns),
+        trust: trust.unwrap_or(defaults.trust),
     }
     .validated()
-    .map_err(|e| invalid("w_*", e))?;
+    .map_err(|e| invalid("weights", e))?;
     let currency = params
         .currency
-        .as_deref()
         .map(|c| Currency::parse(&c.to_ascii_uppercase()).map_err(|e| invalid("currency", e)))
         .transpose()?;
     let deliver_by = params
         .deliver_by
-        .as_deref()
         .map(|d| {
             time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
                 .map_err(|_| invalid("deliver_by", "a date, YYYY-MM-DD"))
         })
         .transpose()?;
-    let limit = params.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "1 to 100"));
-    }
-    if params.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
-        return Err(invalid("q", "at most 200 characters"));
-    }
-    // The mandate the offers are checked against: an agent's own, or one the shopper
-    // names (that the caller may see).
-    let mandate_id = match (principal.mandate, params.mandate.as_deref()) {
+    // The mandate the offers are checked against: an agent's own, or one the caller
+    // names and may see.
+    let mandate_id = match (principal.mandate, params.mandate) {
         (Some(own), _) => Some(own),
         (None, Some(named)) => {
             Some(MandateId::parse(named).map_err(|_| invalid("mandate", "a mandate id (UUID)"))?)
@@ -521,7 +530,7 @@ pub async fn search(
         (None, None) => None,
     };
     let mandate = match mandate_id {
-        Some(id) => Some(super::mandates::load_visible(&app, &principal, id).await?.0),
+        Some(id) => Some(super::mandates::load_visible(app, principal, id).await?.0),
         None => None,
     };
     let terms = mandate.as_ref().and_then(|m| m.terms.clone());
@@ -534,73 +543,52 @@ pub async fn search(
         }),
         _ => None,
     };
+    Ok(RankFor {
+        weights,
+        currency,
+        deliver_by,
+        tax_bps: params.tax_bps.unwrap_or(0),
+        terms,
+        budget_left,
+        today: now.date(),
+    })
+}
 
-    let query = OfferQuery {
-        tenant: principal.tenant.clone(),
-        text: params.q.clone().filter(|q| !q.trim().is_empty()),
-        currency: (params.min_price.is_some() || params.max_price.is_some())
-            .then(|| currency.or(terms.as_ref().map(|t| t.currency)))
-            .flatten()
-            .map(|c| c.code().to_owned()),
-        min_price_minor: params.min_price,
-        max_price_minor: params.max_price,
-        merchants: list(params.merchant.as_deref()),
-        categories: list(params.category.as_deref()),
-        available_only: params.available.unwrap_or(false),
-        delivery_within_days: params.delivery_within_days,
-        free_returns_only: params.free_returns.unwrap_or(false),
-        limit: limit as usize,
-        cursor: params.cursor.clone(),
+/// The ranked, the excluded and the hints, for `offers`: compared in the caller's
+/// currency, else the mandate's, else the first offer's.
+fn ranked_views(offers: &[IndexedOffer], rank_for: &RankFor) -> Result<ComparisonView, Problem> {
+    let compared_in = rank_for
+        .currency
+        .or(rank_for.terms.as_ref().map(|t| t.currency))
+        .or(offers.first().map(|offer| offer.record.price.currency));
+    let Some(currency) = compared_in else {
+        return Ok(ComparisonView {
+            results: vec![],
+            excluded: vec![],
+            hints: vec![],
+        });
     };
-    let page = app
-        .offer_index
-        .search(&query)
-        .await
-        .map_err(|error| match error {
-            IndexError::InvalidQuery(why) => invalid("cursor", why),
-            IndexError::Unavailable(why) => {
-                tracing::error!(%why, "search index unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "search_unavailable",
-                    "The search index cannot answer right now",
-                )
-                .with_retry_after(5)
-            }
-        })?;
-    let compared_in = currency
-        .or(terms.as_ref().map(|t| t.currency))
-        .or(page.hits.first().map(|hit| hit.record.price.currency));
-    let candidates: Vec<Candidate> = page
-        .hits
+    let candidates: Vec<Candidate> = offers
         .iter()
-        .map(|hit| Candidate {
-            merchant: hit.merchant.clone(),
-            offer_id: hit.offer_id.clone(),
-            record: hit.record.clone(),
+        .map(|offer| Candidate {
+            merchant: offer.merchant.clone(),
+            offer_id: offer.offer_id.clone(),
+            record: offer.record.clone(),
         })
         .collect();
     let shopper = Shopper {
-        mandate: terms.as_ref(),
-        budget_left,
-        tax_bps: params.tax_bps.unwrap_or(0),
-        deliver_by,
-        today: Some(now.date()),
+        mandate: rank_for.terms.as_ref(),
+        budget_left: rank_for.budget_left,
+        tax_bps: rank_for.tax_bps,
+        deliver_by: rank_for.deliver_by,
+        today: Some(rank_for.today),
     };
-    let ranking = match compared_in {
-        Some(currency) => {
-            rank(&candidates, currency, &shopper, weights).map_err(|e| invalid("w_*", e))?
-        }
-        None => shopagent_domain::offer::ranking::Ranking {
-            ranked: vec![],
-            excluded: vec![],
-            hints: vec![],
-        },
-    };
+    let ranking = rank(&candidates, currency, &shopper, rank_for.weights)
+        .map_err(|e| invalid("weights", e))?;
     let find = |merchant: &MerchantId, offer_id: &OfferId| {
-        page.hits
+        offers
             .iter()
-            .find(|hit| &hit.merchant == merchant && &hit.offer_id == offer_id)
+            .find(|offer| &offer.merchant == merchant && &offer.offer_id == offer_id)
             .map(offer_view)
     };
     let results = ranking
@@ -648,6 +636,88 @@ pub async fn search(
             text: hint.text.clone(),
         })
         .collect();
+    Ok(ComparisonView {
+        results,
+        excluded,
+        hints,
+    })
+}
+
+#[utoipa::path(operation_id = "offers_search", get, path = "/v1/offers/search", tag = "offers", params(SearchOffers),
+    responses((status = 200, description = "One page of matches, ranked, with what was excluded and why", body = SearchView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn search(
+    State(app): State<App>,
+    principal: Principal,
+    params: Result<axum::extract::Query<SearchOffers>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let params = super::query(params)?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "1 to 100"));
+    }
+    if params.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
+        return Err(invalid("q", "at most 200 characters"));
+    }
+    let rank_for = rank_for(
+        &app,
+        &principal,
+        RankParams {
+            weights: [
+                params.w_cost,
+                params.w_delivery,
+                params.w_returns,
+                params.w_trust,
+            ],
+            currency: params.currency.as_deref(),
+            deliver_by: params.deliver_by.as_deref(),
+            mandate: params.mandate.as_deref(),
+            tax_bps: params.tax_bps,
+        },
+    )
+    .await?;
+    let query = OfferQuery {
+        tenant: principal.tenant.clone(),
+        text: params.q.clone().filter(|q| !q.trim().is_empty()),
+        currency: (params.min_price.is_some() || params.max_price.is_some())
+            .then(|| {
+                rank_for
+                    .currency
+                    .or(rank_for.terms.as_ref().map(|t| t.currency))
+            })
+            .flatten()
+            .map(|c| c.code().to_owned()),
+        min_price_minor: params.min_price,
+        max_price_minor: params.max_price,
+        merchants: list(params.merchant.as_deref()),
+        categories: list(params.category.as_deref()),
+        available_only: params.available.unwrap_or(false),
+        delivery_within_days: params.delivery_within_days,
+        free_returns_only: params.free_returns.unwrap_or(false),
+        limit: limit as usize,
+        cursor: params.cursor.clone(),
+    };
+    let page = app
+        .offer_index
+        .search(&query)
+        .await
+        .map_err(|error| match error {
+            IndexError::InvalidQuery(why) => invalid("cursor", why),
+            IndexError::Unavailable(why) => {
+                tracing::error!(%why, "search index unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "search_unavailable",
+                    "The search index cannot answer right now",
+                )
+                .with_retry_after(5)
+            }
+        })?;
+    let ComparisonView {
+        results,
+        excluded,
+        hints,
+    } = ranked_views(&page.hits, &rank_for)?;
     let facet = |values: &[(String, u64)]| {
         values
             .iter()
@@ -670,4 +740,101 @@ pub async fn search(
         next_cursor: page.next_cursor,
     })
     .into_response())
+}
+
+/// An offer to compare: the merchant and its offer id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfferRef {
+    pub merchant: String,
+    pub offer_id: String,
+}
+
+/// Ranking weights; each defaults as in search.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsBody {
+    pub cost: Option<f64>,
+    pub delivery: Option<f64>,
+    pub returns: Option<f64>,
+    pub trust: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompareOffers {
+    /// 2 to 50 listed offers.
+    pub offers: Vec<OfferRef>,
+    pub currency: Option<String>,
+    pub mandate: Option<String>,
+    pub tax_bps: Option<u32>,
+    /// YYYY-MM-DD.
+    pub deliver_by: Option<String>,
+    #[serde(default)]
+    pub weights: WeightsBody,
+}
+
+/// Offers ranked, best first, with what was excluded and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ComparisonView {
+    pub results: Vec<RankedOfferView>,
+    pub excluded: Vec<ExcludedOfferView>,
+    pub hints: Vec<HintView>,
+}
+
+#[utoipa::path(operation_id = "offers_compare", post, path = "/v1/offers/compare", tag = "offers", request_body = CompareOffers,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 200, description = "The offers ranked for the caller", body = ComparisonView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn compare(
+    State(app): State<App>,
+    principal: Principal,
+    Body(body): Body<CompareOffers>,
+) -> Result<Response, Problem> {
+    if !(2..=50).contains(&body.offers.len()) {
+        return Err(invalid("offers", "2 to 50 offers"));
+    }
+    let rank_for = rank_for(
+        &app,
+        &principal,
+        RankParams {
+            weights: [
+                body.weights.cost,
+                body.weights.delivery,
+                body.weights.returns,
+                body.weights.trust,
+            ],
+            currency: body.currency.as_deref(),
+            deliver_by: body.deliver_by.as_deref(),
+            mandate: body.mandate.as_deref(),
+            tax_bps: body.tax_bps,
+        },
+    )
+    .await?;
+    // Compared as the log has them now, not as the index last saw them.
+    let mut offers = Vec::with_capacity(body.offers.len());
+    for reference in &body.offers {
+        let merchant =
+            MerchantId::parse(&reference.merchant).map_err(|e| invalid("offers.merchant", e))?;
+        let offer_id =
+            OfferId::parse(&reference.offer_id).map_err(|e| invalid("offers.offer_id", e))?;
+        let stream = offer_stream(&principal.tenant, &merchant, &offer_id);
+        let (offer, version) = app.offers.load(&stream).await?;
+        let (Some(record), false) = (offer.record, offer.withdrawn) else {
+            return Err(Problem::unprocessable(
+                "offer_not_listed",
+                format!("{merchant} does not list {offer_id}"),
+            ));
+        };
+        offers.push(IndexedOffer::new(
+            stream,
+            principal.tenant.clone(),
+            merchant,
+            offer_id,
+            version,
+            record,
+            offer.citation.map(|c| c.url),
+        ));
+    }
+    Ok(axum::Json(ranked_views(&offers, &rank_for)?).into_response())
 }
