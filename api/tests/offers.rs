@@ -19,6 +19,7 @@ on_both_backends!(
     the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks,
     bad_searches_get_a_problem,
     chosen_offers_are_compared_as_the_log_has_them,
+    an_index_ahead_of_the_log_is_rebuilt_from_it,
 );
 
 fn page(name: &str) -> String {
@@ -568,5 +569,30 @@ async fn chosen_offers_are_compared_as_the_log_has_them(backend: Backend) {
             .await
             .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, code);
     }
+    app.stop().await;
+}
+
+async fn an_index_ahead_of_the_log_is_rebuilt_from_it(backend: Backend) {
+    use shopagent_connectors::search::EmbeddedIndex;
+    use shopagent_domain::ports::OfferIndex;
+    // An index kept from another log: its checkpoint is far past this log's head.
+    let dir = tempfile::tempdir().expect("index directory");
+    let index = EmbeddedIndex::open(dir.path()).expect("index");
+    index
+        .apply(vec![], vec![], Some("0:999999".into()))
+        .await
+        .expect("checkpoint");
+    let app = common::spawn_app_with_server(backend, None, |server| {
+        server.with_offer_index(std::sync::Arc::new(index))
+    })
+    .await;
+    list_offer(
+        &app,
+        "acme",
+        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
+    )
+    .await;
+    let found = search_until(&app, &app.shopper("alice"), "q=tent", 1).await;
+    assert_eq!(found.body["total"], 1, "{:?}", found.body);
     app.stop().await;
 }

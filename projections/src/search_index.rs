@@ -96,7 +96,18 @@ impl SearchIndexer {
 
     /// Indexes the next batch of offer events; how many it indexed.
     pub async fn step(&self) -> Result<usize, IndexerError> {
-        let after = self.position().await?;
+        let mut after = self.position().await?;
+        if after.position > 0 && after.position > self.store.head_position().await? {
+            // The index is ahead of the log: it was built from another log (a database
+            // reset or replaced under a kept data directory). Start it over.
+            tracing::warn!(
+                indexer = Self::NAME,
+                position = after.position,
+                "search index is ahead of the log; rebuilding it from the start"
+            );
+            self.index.clear().await?;
+            after = LogCursor::START;
+        }
         let filter = LogFilter {
             aggregate_type: Some("offer".into()),
             ..LogFilter::default()

@@ -456,10 +456,15 @@ impl OfferIndex for EmbeddedIndex {
 
     async fn checkpoint(&self) -> Result<Option<String>, IndexError> {
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || index.load_metas().map(|metas| metas.payload))
-            .await
-            .map_err(unavailable)?
-            .map_err(unavailable)
+        tokio::task::spawn_blocking(move || {
+            // `clear` leaves an empty payload: no checkpoint.
+            index
+                .load_metas()
+                .map(|metas| metas.payload.filter(|p| !p.is_empty()))
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     async fn search(&self, query: &OfferQuery) -> Result<SearchPage, IndexError> {
