@@ -237,3 +237,24 @@ fn group(whole: i64, separator: char) -> String {
     }
     out
 }
+
+#[test]
+fn names_served_are_the_names_stored() {
+    use shopagent_domain::offer::normalize::Field;
+    for availability in [
+        Availability::InStock,
+        Availability::LimitedAvailability,
+        Availability::PreOrder,
+        Availability::BackOrder,
+        Availability::OutOfStock,
+        Availability::Discontinued,
+    ] {
+        assert_eq!(
+            serde_json::to_value(availability).expect("json"),
+            availability.as_str()
+        );
+    }
+    for field in Field::ALL {
+        assert_eq!(serde_json::to_value(field).expect("json"), field.as_str());
+    }
+}

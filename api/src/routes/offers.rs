@@ -21,7 +21,7 @@ use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::normalize::{FieldIssue, OfferFields};
 use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
 use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
-use shopagent_domain::offer::{Availability, Citation, OfferCommand, OfferSource, ProductKey};
+use shopagent_domain::offer::{Citation, OfferCommand, OfferSource, ProductKey};
 use shopagent_domain::ports::IndexError;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -141,13 +141,6 @@ pub struct ExtractionView {
     pub notes: Vec<String>,
 }
 
-fn availability_name(availability: Availability) -> String {
-    serde_json::to_value(availability)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 fn fields_view(fields: &OfferFields) -> OfferFieldsView {
     OfferFieldsView {
         title: fields.title.clone(),
@@ -158,7 +151,7 @@ fn fields_view(fields: &OfferFields) -> OfferFieldsView {
         merchant_category: fields.merchant_category.clone(),
         price: fields.price.map(MoneyBody::from),
         shipping: fields.shipping.map(MoneyBody::from),
-        availability: fields.availability.map(availability_name),
+        availability: fields.availability.map(|a| a.as_str().to_owned()),
         delivery: fields.delivery.map(|d| DeliveryView {
             min_days: d.min_days,
             max_days: d.max_days,
@@ -175,10 +168,7 @@ fn fields_view(fields: &OfferFields) -> OfferFieldsView {
 }
 
 fn issue_view(issue: &FieldIssue) -> FieldIssueView {
-    let field = serde_json::to_value(issue.field())
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let field = issue.field().as_str().to_owned();
     match issue {
         FieldIssue::Missing { .. } => FieldIssueView {
             field,

@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use shopagent_domain::offer::Availability;
 use shopagent_domain::offer::search::{Facets, IndexedOffer, OfferQuery, SearchPage};
 use shopagent_domain::ports::{IndexError, OfferIndex};
 use tantivy::aggregation::AggregationCollector;
@@ -138,15 +139,7 @@ impl EmbeddedIndex {
         .flatten()
         .collect::<Vec<_>>()
         .join(" ");
-        let availability = record.availability.map_or_else(
-            || "unknown".to_owned(),
-            |a| {
-                serde_json::to_value(a)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            },
-        );
+        let availability = record.availability.map_or("unknown", Availability::as_str);
         let mut document = doc!(
             f.id => offer.id.as_str(),
             f.tenant => offer.tenant.as_str(),

@@ -58,6 +58,18 @@ impl Availability {
         })
     }
 
+    /// The name it is stored and served under (`in_stock`, `pre_order`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InStock => "in_stock",
+            Self::LimitedAvailability => "limited_availability",
+            Self::PreOrder => "pre_order",
+            Self::BackOrder => "back_order",
+            Self::OutOfStock => "out_of_stock",
+            Self::Discontinued => "discontinued",
+        }
+    }
+
     /// Whether an order placed now can be fulfilled without waiting for stock.
     pub fn can_ship_now(self) -> bool {
         matches!(self, Self::InStock | Self::LimitedAvailability)

@@ -59,6 +59,23 @@ pub enum Field {
 }
 
 impl Field {
+    /// The name reports use (`price`, `delivery`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Title => "title",
+            Self::Brand => "brand",
+            Self::Gtin => "gtin",
+            Self::Mpn => "mpn",
+            Self::Category => "category",
+            Self::Price => "price",
+            Self::Shipping => "shipping",
+            Self::Availability => "availability",
+            Self::Delivery => "delivery",
+            Self::Returns => "returns",
+            Self::Trust => "trust",
+        }
+    }
+
     pub const ALL: [Field; 11] = [
         Field::Title,
         Field::Brand,
