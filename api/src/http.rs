@@ -56,13 +56,19 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
+/// The route a request matched, as its template (`/v1/carts/{id}`): a label that never
+/// carries ids.
+fn route_template(request: &Request) -> &str {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+}
+
 /// The server span of a request: `{method} {route}`, continuing the caller's trace when
 /// it sent a W3C `traceparent`.
 fn request_span(request: &Request) -> tracing::Span {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or("unmatched", |path| path.as_str());
+    let route = route_template(request);
     let span = tracing::info_span!(
         "http request",
         otel.name = %format_args!("{} {route}", request.method()),
@@ -108,10 +114,7 @@ async fn readyz(State(app): State<App>) -> Response {
 
 /// Request count and latency by route template, method and status.
 async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let route = route_template(&request).to_owned();
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let response = next.run(request).await;

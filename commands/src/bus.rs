@@ -185,11 +185,15 @@ impl<A: Aggregate> CommandBus<A> {
             .increment(1);
         span.record("outcome", outcome);
         match &result {
-            Ok(done) => span.record("events_appended", done.events_appended),
+            Ok(done) => {
+                span.record("events_appended", done.events_appended);
+            }
             // A rejection is the caller's mistake, not a fault of this service.
-            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => &span,
-            Err(_) => span.record("otel.status_code", "ERROR"),
-        };
+            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => {}
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         result
     }
 
