@@ -724,14 +724,7 @@ async fn a_second_server_takes_over_the_projections_when_the_first_dies() {
             .json()
             .await
             .expect("json");
-        let catalog = listed["projections"]
-            .as_array()
-            .and_then(|all| {
-                all.iter()
-                    .find(|p| p["name"] == "aggregate_catalog")
-                    .cloned()
-            })
-            .expect("catalog");
+        let catalog = common::projection(&listed, "aggregate_catalog");
         if catalog["events_applied"] == 1 && catalog["lag_events"] == 0 {
             break;
         }

@@ -248,6 +248,18 @@ async fn bad_requests_get_a_problem_and_change_nothing(backend: Backend) {
     app.stop().await;
 }
 
+/// A page offering the Trail 2 tent (category "Camping > Tents").
+fn tent(price: &str, shipping: &str, days: u16, return_days: u16) -> String {
+    product_page(
+        "Trail 2 tent",
+        price,
+        shipping,
+        days,
+        return_days,
+        "Camping > Tents",
+    )
+}
+
 /// A product page with one offer in JSON-LD.
 fn product_page(
     title: &str,
@@ -268,15 +280,18 @@ fn product_page(
     )
 }
 
-async fn list_offer(app: &TestApp, merchant: &str, html: &str) {
-    let reply = app
-        .post(
-            "/v1/offers/extract",
-            &app.shopper("alice"),
-            json!({"url": format!("https://{merchant}.example/p"), "html": html, "merchant": merchant}),
-        )
-        .await;
-    assert_eq!(reply.body["offers"][0]["listed"], true, "{:?}", reply.body);
+/// Lists each (merchant, page) as read from `https://{merchant}.example/p`.
+async fn list_offers(app: &TestApp, pages: &[(&str, String)]) {
+    for (merchant, html) in pages {
+        let reply = app
+            .post(
+                "/v1/offers/extract",
+                &app.shopper("alice"),
+                json!({"url": format!("https://{merchant}.example/p"), "html": html, "merchant": merchant}),
+            )
+            .await;
+        assert_eq!(reply.body["offers"][0]["listed"], true, "{:?}", reply.body);
+    }
 }
 
 /// Searches until the index holds `total` matches (it trails the log by a moment).
@@ -293,22 +308,16 @@ async fn search_until(app: &TestApp, token: &str, query: &str, total: u64) -> co
 
 async fn listed_offers_are_found_ranked_and_explained(backend: Backend) {
     let app = common::spawn_app(backend).await;
-    list_offer(
+    list_offers(
         &app,
-        "acme",
-        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
-    )
-    .await;
-    list_offer(
-        &app,
-        "bolt",
-        &product_page("Trail 2 tent", "189.00", "25.00", 8, 14, "Camping > Tents"),
-    )
-    .await;
-    list_offer(
-        &app,
-        "cole",
-        &product_page("Stovetop kettle", "45.00", "5.00", 2, 30, "Kitchen"),
+        &[
+            ("acme", tent("199.00", "0", 2, 30)),
+            ("bolt", tent("189.00", "25.00", 8, 14)),
+            (
+                "cole",
+                product_page("Stovetop kettle", "45.00", "5.00", 2, 30, "Kitchen"),
+            ),
+        ],
     )
     .await;
     let alice = app.shopper("alice");
@@ -384,22 +393,16 @@ async fn listed_offers_are_found_ranked_and_explained(backend: Backend) {
 
 async fn the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks(backend: Backend) {
     let app = common::spawn_app(backend).await;
-    list_offer(
+    list_offers(
         &app,
-        "acme",
-        &product_page("Trail 2 tent", "210.00", "0", 1, 30, "Camping > Tents"),
-    )
-    .await;
-    list_offer(
-        &app,
-        "bolt",
-        &product_page("Trail 2 tent", "189.00", "0", 9, 0, "Camping > Tents"),
-    )
-    .await;
-    list_offer(
-        &app,
-        "cellar",
-        &product_page("Rioja 2019", "20.00", "0", 2, 30, "Wine"),
+        &[
+            ("acme", tent("210.00", "0", 1, 30)),
+            ("bolt", tent("189.00", "0", 9, 0)),
+            (
+                "cellar",
+                product_page("Rioja 2019", "20.00", "0", 2, 30, "Wine"),
+            ),
+        ],
     )
     .await;
     let alice = app.shopper("alice");
@@ -509,16 +512,12 @@ async fn bad_searches_get_a_problem(backend: Backend) {
 
 async fn chosen_offers_are_compared_as_the_log_has_them(backend: Backend) {
     let app = common::spawn_app(backend).await;
-    list_offer(
+    list_offers(
         &app,
-        "acme",
-        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
-    )
-    .await;
-    list_offer(
-        &app,
-        "bolt",
-        &product_page("Trail 2 tent", "179.00", "0", 2, 30, "Camping > Tents"),
+        &[
+            ("acme", tent("199.00", "0", 2, 30)),
+            ("bolt", tent("179.00", "0", 2, 30)),
+        ],
     )
     .await;
     let alice = app.shopper("alice");
@@ -586,12 +585,7 @@ async fn an_index_ahead_of_the_log_is_rebuilt_from_it(backend: Backend) {
         server.with_offer_index(std::sync::Arc::new(index))
     })
     .await;
-    list_offer(
-        &app,
-        "acme",
-        &product_page("Trail 2 tent", "199.00", "0", 2, 30, "Camping > Tents"),
-    )
-    .await;
+    list_offers(&app, &[("acme", tent("199.00", "0", 2, 30))]).await;
     let found = search_until(&app, &app.shopper("alice"), "q=tent", 1).await;
     assert_eq!(found.body["total"], 1, "{:?}", found.body);
     app.stop().await;

@@ -48,20 +48,14 @@ async fn ops_see_where_every_reader_of_the_log_stands(backend: Backend) {
     ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
-    let catalog = all
-        .iter()
-        .find(|p| p["name"] == "aggregate_catalog")
-        .expect("catalog");
+    let catalog = common::projection(&listed.body, "aggregate_catalog");
     assert_eq!(
         (&catalog["state"], &catalog["lag_events"], &catalog["error"]),
         (&json!("running"), &json!(0), &json!(null)),
         "{catalog:?}"
     );
     // No process manager runs without its outside service: its lag shows it.
-    let checkout = all
-        .iter()
-        .find(|p| p["name"] == "checkout_process")
-        .expect("checkout");
+    let checkout = common::projection(&listed.body, "checkout_process");
     assert_eq!(checkout["kind"], "process");
     assert_eq!(checkout["lag_events"], 1);
     assert!(
@@ -94,14 +88,7 @@ async fn catalog_until(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let listed = app.get("/v1/ops/projections", token).await;
-        let catalog = listed.body["projections"]
-            .as_array()
-            .and_then(|all| {
-                all.iter()
-                    .find(|p| p["name"] == "aggregate_catalog")
-                    .cloned()
-            })
-            .expect("catalog");
+        let catalog = common::projection(&listed.body, "aggregate_catalog");
         if done(&catalog) || Instant::now() > deadline {
             return catalog;
         }

@@ -269,3 +269,12 @@ pub fn read_until(logs: &mut impl std::io::BufRead, message: &str) -> Value {
         }
     }
 }
+
+/// The reader `name` in a `GET /v1/ops/projections` answer.
+#[track_caller]
+pub fn projection(listed: &Value, name: &str) -> Value {
+    listed["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{name} is not listed: {listed}"))
+}
