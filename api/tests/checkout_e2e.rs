@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::checkout::{World, check_out, mandate_settles, settled_order, usd, world};
+use common::checkout::{World, agent_cart, check_out, mandate_settles, settled_order, usd, world};
 use common::{Backend, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -639,26 +639,7 @@ async fn a_failure_at_one_merchant_leaves_the_other_order_intact(backend: Backen
         .post("/v1/merchants", &ops, json!({"merchant_id": "bolt", "name": "Bolt Gear", "protocol": "ucp", "api_endpoint": bolt_url, "paths": ["api"]}))
         .await;
     assert_eq!(registered.status, StatusCode::CREATED);
-    let alice = app.shopper("alice");
-    let mandate = app
-        .post(
-            "/v1/mandates",
-            &alice,
-            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": usd(50_000)}),
-        )
-        .await
-        .body["id"]
-        .as_str()
-        .expect("mandate")
-        .to_owned();
-    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
-    let cart = app
-        .post("/v1/carts", &agent, json!({"currency": "USD"}))
-        .await
-        .body["id"]
-        .as_str()
-        .expect("cart")
-        .to_owned();
+    let (mandate, agent, cart) = agent_cart(&app).await;
     for (offer, merchant, price) in [("sku:tent", "acme", 10_000), ("sku:stove", "bolt", 4_500)] {
         let line = json!({"offer_id": offer, "merchant": merchant, "title": offer, "category": "outdoor", "unit_price": usd(price), "quantity": 1});
         assert_eq!(

@@ -86,13 +86,13 @@ pub async fn check_out(app: &TestApp) -> (String, String) {
     check_out_in_trace(app, None).await
 }
 
-/// [`check_out`], with the checkout request sent under the W3C `traceparent` given.
-pub async fn check_out_in_trace(app: &TestApp, traceparent: Option<&str>) -> (String, String) {
-    let alice = app.shopper("alice");
+/// Alice's autopilot mandate (500.00 USD per order), her agent's token under it, and an
+/// empty cart the agent made: (mandate id, agent token, cart id).
+pub async fn agent_cart(app: &TestApp) -> (String, String, String) {
     let mandate = app
         .post(
             "/v1/mandates",
-            &alice,
+            &app.shopper("alice"),
             json!({"mode": "autopilot", "currency": "USD", "per_order_limit": usd(50_000)}),
         )
         .await;
@@ -105,6 +105,12 @@ pub async fn check_out_in_trace(app: &TestApp, traceparent: Option<&str>) -> (St
         .as_str()
         .expect("cart")
         .to_owned();
+    (mandate, agent, cart)
+}
+
+/// [`check_out`], with the checkout request sent under the W3C `traceparent` given.
+pub async fn check_out_in_trace(app: &TestApp, traceparent: Option<&str>) -> (String, String) {
+    let (mandate, agent, cart) = agent_cart(app).await;
     let line = json!({"offer_id": "sku:tent", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(10_000), "quantity": 1});
     assert_eq!(
         app.post(&format!("/v1/carts/{cart}/lines"), &agent, line)
