@@ -22,9 +22,10 @@ use crate::server::App;
 /// Largest request body accepted on any POST.
 pub const MAX_BODY: usize = 256 * 1024;
 /// The largest body a POST to `path` may carry: a product page for the offer
-/// extractor, [`MAX_BODY`] for everything else.
+/// extractor, [`MAX_BODY`] for everything else. Decided here because this layer reads
+/// the body before the route (and its own limit) is reached.
 fn body_limit(path: &str) -> usize {
-    if path == "/v1/offers/extract" {
+    if path == crate::routes::offers::EXTRACT_PATH {
         crate::routes::offers::MAX_PAGE_BODY
     } else {
         MAX_BODY

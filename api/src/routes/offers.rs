@@ -37,10 +37,13 @@ use crate::server::App;
 /// kilobytes, some past a megabyte.
 pub const MAX_PAGE_BODY: usize = 4 * 1024 * 1024;
 
+/// The route that takes whole pages, and so [`MAX_PAGE_BODY`].
+pub const EXTRACT_PATH: &str = "/v1/offers/extract";
+
 pub fn routes() -> Router<App> {
     Router::new()
         .route(
-            "/v1/offers/extract",
+            EXTRACT_PATH,
             post(extract_page).layer(DefaultBodyLimit::max(MAX_PAGE_BODY)),
         )
         .route("/v1/offers/search", get(search))
