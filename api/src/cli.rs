@@ -108,6 +108,27 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub tracking_webhook_secret: Option<String>,
+    /// Meilisearch server for the offers search index, e.g. `http://127.0.0.1:7700`.
+    /// Unset: the embedded index in the data directory.
+    #[arg(long, env = "MEILISEARCH_URL", global = true)]
+    pub meilisearch_url: Option<String>,
+    /// API key for Meilisearch (one that may manage the index's settings and
+    /// documents).
+    #[arg(
+        long,
+        env = "MEILISEARCH_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub meilisearch_key: Option<String>,
+    /// The Meilisearch index the offers are kept in.
+    #[arg(
+        long,
+        env = "SHOPAGENT_MEILISEARCH_INDEX",
+        default_value = shopagent_connectors::search::meilisearch::DEFAULT_INDEX,
+        global = true
+    )]
+    pub meilisearch_index: String,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "SHOPAGENT_LOG", default_value = "info", global = true)]
     pub log: String,

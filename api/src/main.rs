@@ -8,7 +8,7 @@ use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry::{self, TelemetryConfig};
 use shopagent_commands::export::Redactor;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
-use shopagent_connectors::search::EmbeddedIndex;
+use shopagent_connectors::search::{EmbeddedIndex, MeilisearchIndex};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
 use shopagent_domain::ports::{CardIssuer, OfferIndex, TrackingProvider};
@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_card_issuer(issuer)
                 .with_tracking(tracking)
                 .with_event_stream(event_stream(&cli)?)
-                .with_offer_index(offer_index(&cli.store.data_dir));
+                .with_offer_index(offer_index(&cli).await?);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone())?);
             server.run(shutdown).await
@@ -357,16 +357,26 @@ async fn pause_projection(
     Ok(())
 }
 
-/// The offers index in `<data dir>/search`. Another process holding it (a second
-/// instance on the same data directory) leaves this one an index of its own in memory,
-/// built from the log.
-fn offer_index(data_dir: &std::path::Path) -> Arc<dyn OfferIndex> {
-    let directory = data_dir.join("search");
-    match EmbeddedIndex::open(&directory) {
+/// The offers index: on the Meilisearch server when one is configured (its settings
+/// applied now), else in `<data dir>/search`. Another process holding that directory (a
+/// second instance on the same data directory) leaves this one an index of its own in
+/// memory, built from the log.
+async fn offer_index(cli: &Cli) -> anyhow::Result<Arc<dyn OfferIndex>> {
+    if let Some(url) = &cli.meilisearch_url {
+        let index =
+            MeilisearchIndex::new(url, cli.meilisearch_key.as_deref(), &cli.meilisearch_index)?;
+        index
+            .configure()
+            .await
+            .context("cannot apply the offers index settings on Meilisearch")?;
+        return Ok(Arc::new(index));
+    }
+    let directory = cli.store.data_dir.join("search");
+    Ok(match EmbeddedIndex::open(&directory) {
         Ok(index) => Arc::new(index),
         Err(error) => {
             tracing::warn!(%error, directory = %directory.display(), "search index in use or unreadable; indexing in memory");
-            Arc::new(EmbeddedIndex::in_memory().expect("an index in memory"))
+            Arc::new(EmbeddedIndex::in_memory()?)
         }
-    }
+    })
 }

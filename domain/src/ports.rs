@@ -292,4 +292,10 @@ pub trait OfferIndex: Send + Sync {
 
     /// Removes every offer and the checkpoint (before a rebuild from the start of the log).
     async fn clear(&self) -> Result<(), IndexError>;
+
+    /// Whether every instance of the service uses this same index (a search server), so
+    /// that one indexer at a time must keep it; an embedded index is its process's own.
+    fn shared(&self) -> bool {
+        false
+    }
 }

@@ -4,7 +4,8 @@
 //! with the documents it covers (`OfferIndex::apply`): the index is never ahead of its
 //! checkpoint nor behind it, across crashes. An embedded index belongs to its process —
 //! each instance keeps its own, and an index in memory starts from the beginning of the
-//! log — so the indexer holds no lease across instances. Listing and updating store
+//! log — so its indexer's lease is the process's alone; an index on a search server is
+//! kept by one instance at a time. Listing and updating store
 //! the offer at its version (an older version never replaces a newer); withdrawing
 //! removes it.
 
@@ -160,8 +161,13 @@ impl SearchIndexer {
 
     /// Indexes until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
-        // Each process keeps its own embedded index: the lease is this process's alone.
-        let lease = format!("{}.{}", Self::NAME, uuid::Uuid::new_v4());
+        // An index on a server is kept by one instance at a time; each process keeps its
+        // own embedded index, under a lease of its own.
+        let lease = if self.index.shared() {
+            Self::NAME.to_owned()
+        } else {
+            format!("{}.{}", Self::NAME, uuid::Uuid::new_v4())
+        };
         drive(
             &self.store,
             &lease,

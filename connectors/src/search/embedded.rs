@@ -6,8 +6,7 @@
 //! five letters or more, two in nine or more); filters on tenant, currency, price,
 //! merchant, category (the node or beneath it), availability, delivery days and free
 //! returns; facets by merchant, category and availability from the fast fields.
-//! Without words, matches come cheapest delivered first. The cursor is the offset of
-//! the next page.
+//! Without words, matches come cheapest delivered first.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -354,13 +353,7 @@ impl EmbeddedIndex {
     }
 
     fn search_blocking(&self, query: &OfferQuery) -> Result<SearchPage, IndexError> {
-        let offset = match &query.cursor {
-            Some(cursor) => cursor
-                .strip_prefix("o")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| IndexError::InvalidQuery("not a cursor of this index".into()))?,
-            None => 0,
-        };
+        let offset = super::offset_of(query.cursor.as_deref())?;
         let limit = query.limit.clamp(1, 100);
         let searcher = self.reader.searcher();
         let tantivy_query = self.query(query)?;
@@ -418,7 +411,7 @@ impl EmbeddedIndex {
         };
         let next = offset + hits.len();
         Ok(SearchPage {
-            next_cursor: (next < total).then(|| format!("o{next}")),
+            next_cursor: super::next_cursor(next, total as u64),
             total: total as u64,
             facets: Facets {
                 merchant: buckets("merchant"),

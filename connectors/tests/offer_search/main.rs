@@ -1,8 +1,14 @@
-//! The offer index's behaviour, as a suite any backend of `OfferIndex` must pass: full
+//! The offer index's behaviour, as a suite every backend of `OfferIndex` passes: full
 //! text with typo tolerance, every filter, facets, cursor pages, tenants kept apart,
-//! versions never going back, withdrawn offers gone.
+//! versions never going back, withdrawn offers gone, the checkpoint kept across a
+//! reopen. Each case runs on the embedded index (on disk) and on the Meilisearch
+//! adapter against a replay of recorded Meilisearch exchanges (`replay`).
 
-use shopagent_connectors::search::EmbeddedIndex;
+mod replay;
+
+use std::sync::Arc;
+
+use shopagent_connectors::search::{EmbeddedIndex, MeilisearchIndex};
 use shopagent_domain::ids::{Category, MerchantId, OfferId};
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
@@ -122,8 +128,51 @@ const CATALOGUE: [Spec; 6] = [
     },
 ];
 
-async fn stocked() -> EmbeddedIndex {
-    let index = EmbeddedIndex::in_memory().expect("index");
+/// One backend under test, opened as often as a case asks.
+struct Backend {
+    kind: Kind,
+}
+
+enum Kind {
+    Embedded(tempfile::TempDir),
+    Meilisearch(replay::Replay),
+}
+
+impl Backend {
+    fn embedded() -> Self {
+        Self {
+            kind: Kind::Embedded(tempfile::tempdir().expect("dir")),
+        }
+    }
+
+    async fn meilisearch(test: &str) -> Self {
+        Self {
+            kind: Kind::Meilisearch(replay::Replay::start(test).await),
+        }
+    }
+
+    /// The index, as a server starting would open it.
+    async fn open(&self) -> Arc<dyn OfferIndex> {
+        match &self.kind {
+            Kind::Embedded(dir) => Arc::new(EmbeddedIndex::open(dir.path()).expect("index")),
+            Kind::Meilisearch(replay) => {
+                let index =
+                    MeilisearchIndex::new(&replay.url, Some("test-key"), "offers").expect("client");
+                index.configure().await.expect("settings applied");
+                Arc::new(index)
+            }
+        }
+    }
+
+    async fn finish(self) {
+        if let Kind::Meilisearch(replay) = self.kind {
+            replay.finish().await;
+        }
+    }
+}
+
+async fn stocked(backend: &Backend) -> Arc<dyn OfferIndex> {
+    let index = backend.open().await;
     let offers = CATALOGUE
         .iter()
         .map(|spec| offer("acme", spec, 1))
@@ -146,7 +195,7 @@ fn query(text: Option<&str>) -> OfferQuery {
     }
 }
 
-async fn ids(index: &EmbeddedIndex, query: &OfferQuery) -> Vec<String> {
+async fn ids(index: &Arc<dyn OfferIndex>, query: &OfferQuery) -> Vec<String> {
     index
         .search(query)
         .await
@@ -157,9 +206,8 @@ async fn ids(index: &EmbeddedIndex, query: &OfferQuery) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn words_find_offers_and_a_typo_is_forgiven() {
-    let index = stocked().await;
+async fn words_find_offers_and_a_typo_is_forgiven(backend: &Backend) {
+    let index = stocked(backend).await;
     let mut tents = ids(&index, &query(Some("tent"))).await;
     tents.sort();
     assert_eq!(tents, ["acme/sku:tent", "bolt/sku:tent"]);
@@ -183,9 +231,8 @@ async fn words_find_offers_and_a_typo_is_forgiven() {
     );
 }
 
-#[tokio::test]
-async fn without_words_the_cheapest_delivered_comes_first() {
-    let index = stocked().await;
+async fn without_words_the_cheapest_delivered_comes_first(backend: &Backend) {
+    let index = stocked(backend).await;
     let all = ids(&index, &query(None)).await;
     assert_eq!(
         all,
@@ -200,9 +247,8 @@ async fn without_words_the_cheapest_delivered_comes_first() {
     );
 }
 
-#[tokio::test]
-async fn each_filter_narrows_the_matches() {
-    let index = stocked().await;
+async fn each_filter_narrows_the_matches(backend: &Backend) {
+    let index = stocked(backend).await;
     let filtered = |change: fn(&mut OfferQuery)| {
         let mut q = query(None);
         change(&mut q);
@@ -242,9 +288,8 @@ async fn each_filter_narrows_the_matches() {
     assert!(ids(&index, &euros).await.is_empty());
 }
 
-#[tokio::test]
-async fn facets_count_the_matches() {
-    let index = stocked().await;
+async fn facets_count_the_matches(backend: &Backend) {
+    let index = stocked(backend).await;
     let page = index.search(&query(None)).await.expect("search");
     assert_eq!(page.total, 6);
     let count =
@@ -256,9 +301,8 @@ async fn facets_count_the_matches() {
     assert_eq!(count(&page.facets.availability, "pre_order"), Some(1));
 }
 
-#[tokio::test]
-async fn pages_follow_the_cursor_without_repeats_or_gaps() {
-    let index = stocked().await;
+async fn pages_follow_the_cursor_without_repeats_or_gaps(backend: &Backend) {
+    let index = stocked(backend).await;
     let mut q = query(None);
     q.limit = 4;
     let first = index.search(&q).await.expect("first page");
@@ -283,9 +327,8 @@ async fn pages_follow_the_cursor_without_repeats_or_gaps() {
     ));
 }
 
-#[tokio::test]
-async fn an_older_version_never_replaces_a_newer_and_withdrawn_offers_go() {
-    let index = stocked().await;
+async fn an_older_version_never_replaces_a_newer_and_withdrawn_offers_go(backend: &Backend) {
+    let index = stocked(backend).await;
     let mut cheaper = offer("acme", &CATALOGUE[0], 3);
     cheaper.record.price = usd(9_900);
     index.apply(vec![cheaper], vec![], None).await.expect("v3");
@@ -312,11 +355,9 @@ async fn an_older_version_never_replaces_a_newer_and_withdrawn_offers_go() {
     assert_eq!(index.checkpoint().await.expect("checkpoint"), None);
 }
 
-#[tokio::test]
-async fn the_index_on_disk_survives_a_reopen() {
-    let dir = tempfile::tempdir().expect("dir");
+async fn the_index_and_its_checkpoint_survive_a_reopen(backend: &Backend) {
     {
-        let index = EmbeddedIndex::open(dir.path()).expect("index");
+        let index = backend.open().await;
         index
             .apply(
                 vec![offer("acme", &CATALOGUE[3], 1)],
@@ -326,7 +367,7 @@ async fn the_index_on_disk_survives_a_reopen() {
             .await
             .expect("indexed");
     }
-    let reopened = EmbeddedIndex::open(dir.path()).expect("reopened");
+    let reopened = backend.open().await;
     assert_eq!(
         reopened.checkpoint().await.expect("checkpoint").as_deref(),
         Some("checkpoint-1"),
@@ -337,3 +378,40 @@ async fn the_index_on_disk_survives_a_reopen() {
         ["sonic/sku:phones"]
     );
 }
+
+/// Each case, on each backend.
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::Backend::embedded();
+                    super::$case(&backend).await;
+                    backend.finish().await;
+                }
+            )*
+        }
+
+        mod meilisearch {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let backend = super::Backend::meilisearch(stringify!($case)).await;
+                    super::$case(&backend).await;
+                    backend.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    words_find_offers_and_a_typo_is_forgiven,
+    without_words_the_cheapest_delivered_comes_first,
+    each_filter_narrows_the_matches,
+    facets_count_the_matches,
+    pages_follow_the_cursor_without_repeats_or_gaps,
+    an_older_version_never_replaces_a_newer_and_withdrawn_offers_go,
+    the_index_and_its_checkpoint_survive_a_reopen,
+);
