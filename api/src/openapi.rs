@@ -19,7 +19,7 @@ use crate::routes::{
         orders::list, orders::read, orders::cancel, orders::request_return, orders::read_payment,
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
         ops::list, ops::pause, ops::resume, ops::rebuild, reconciliation::daily, reconciliation::exceptions,
-        offers::extract_page, offers::search, offers::compare,
+        offers::extract_page, offers::search, offers::compare, offers::run_search, offers::run_compare,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),

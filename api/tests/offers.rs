@@ -20,6 +20,7 @@ on_both_backends!(
     bad_searches_get_a_problem,
     chosen_offers_are_compared_as_the_log_has_them,
     an_index_ahead_of_the_log_is_rebuilt_from_it,
+    a_run_records_its_searches_and_comparisons_with_every_score,
 );
 
 fn page(name: &str) -> String {
@@ -521,12 +522,6 @@ async fn chosen_offers_are_compared_as_the_log_has_them(backend: Backend) {
     )
     .await;
     let alice = app.shopper("alice");
-    let offer_id = |merchant: &str| {
-        // The page names no SKU: the id comes from its address.
-        let url = format!("https://{merchant}.example/p");
-        let digest = sha2::Sha256::digest(url.as_bytes());
-        format!("url:{}/0", hex::encode(&digest[..12]))
-    };
     let compared = app
         .post(
             "/v1/offers/compare",
@@ -568,6 +563,135 @@ async fn chosen_offers_are_compared_as_the_log_has_them(backend: Backend) {
             .await
             .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, code);
     }
+    app.stop().await;
+}
+
+/// The id `extract` gives the offer of a page that names no SKU: from its address.
+fn offer_id(merchant: &str) -> String {
+    let url = format!("https://{merchant}.example/p");
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    format!("url:{}/0", hex::encode(&digest[..12]))
+}
+
+async fn a_run_records_its_searches_and_comparisons_with_every_score(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    list_offers(
+        &app,
+        &[
+            ("acme", tent("210.00", "0", 1, 30)),
+            ("bolt", tent("189.00", "0", 9, 0)),
+        ],
+    )
+    .await;
+    let alice = app.shopper("alice");
+    let mandate = app
+        .post(
+            "/v1/mandates",
+            &alice,
+            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": {"minor": 20_000, "currency": "USD"}}),
+        )
+        .await;
+    let mandate = mandate.body["id"].as_str().expect("mandate").to_owned();
+    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let run = app
+        .post("/v1/runs", &agent, json!({"prompt": "a tent for two"}))
+        .await;
+    let run = format!("/v1/runs/{}", run.body["id"].as_str().expect("run"));
+    search_until(&app, &agent, "q=tent", 2).await;
+
+    let key = uuid::Uuid::new_v4().to_string();
+    let searches = format!("{run}/searches");
+    let search_body = json!({"q": "tent", "limit": 10});
+    let search = || {
+        app.send(
+            reqwest::Method::POST,
+            &searches,
+            Some(&agent),
+            Some(&key),
+            Some(&search_body),
+            None,
+        )
+    };
+    let searched = search().await;
+    assert_eq!(searched.status, StatusCode::OK, "{:?}", searched.body);
+    let result = &searched.body["search"]["results"][0];
+    assert_eq!(result["offer"]["merchant"], "bolt");
+    let action_id = searched.body["action_id"].as_str().expect("action id");
+    // A retry records nothing more.
+    assert_eq!(search().await.body["action_id"], action_id);
+
+    let compared = app
+        .post(
+            &format!("{run}/comparisons"),
+            &agent,
+            json!({"offers": [{"merchant": "acme", "offer_id": offer_id("acme")}, {"merchant": "bolt", "offer_id": offer_id("bolt")}]}),
+        )
+        .await;
+    assert_eq!(compared.status, StatusCode::OK, "{:?}", compared.body);
+    let compared_id = compared.body["action_id"].as_str().expect("action id");
+
+    // Refused: nothing recorded.
+    app.post(&format!("{run}/searches"), &agent, json!({"limit": 0}))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    app.post(
+        &format!("{run}/searches"),
+        &agent,
+        json!({"q": "tent", "sort": "price"}),
+    )
+    .await
+    .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    app.post(
+        &format!("{run}/searches"),
+        &app.shopper("bob"),
+        json!({"q": "tent"}),
+    )
+    .await
+    .assert_problem(StatusCode::NOT_FOUND, "not_found");
+
+    let ledger = app.get(&format!("{run}/ledger"), &alice).await;
+    let actions: Vec<&Value> = ledger
+        .body
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["entry_type"] == "RunActionRecorded")
+        .map(|e| &e["entry"]["ActionRecorded"])
+        .collect();
+    assert_eq!(actions.len(), 2, "{:?}", ledger.body);
+    let searched_entry = actions[0];
+    assert_eq!(searched_entry["action_id"], action_id);
+    let action = &searched_entry["action"];
+    assert_eq!(action["kind"], "search");
+    assert_eq!(action["citations"], json!(["https://bolt.example/p"]));
+    let evidence = &action["evidence"];
+    assert_eq!(evidence["query"], json!({"q": "tent", "limit": 10}));
+    // The ledger keeps what the agent was shown: the same scores and reasons.
+    assert_eq!(evidence["ranked"][0]["merchant"], "bolt");
+    assert_eq!(evidence["ranked"][0]["score"], result["score"]);
+    assert_eq!(evidence["ranked"][0]["reason"], result["reason"]);
+    assert_eq!(evidence["ranked"][0]["landed_cost"], result["landed_cost"]);
+    assert_eq!(evidence["excluded"][0]["merchant"], "acme");
+    assert_eq!(
+        evidence["excluded"][0]["reason"],
+        "210.00 USD is over the per-order limit of 200.00 USD"
+    );
+    let ranked_entry = actions[1];
+    assert_eq!(ranked_entry["action_id"], compared_id);
+    assert_eq!(ranked_entry["action"]["kind"], "rank");
+    assert_eq!(
+        ranked_entry["action"]["evidence"]["query"]["offers"][1]["merchant"],
+        "bolt"
+    );
+    assert_eq!(
+        ranked_entry["action"]["evidence"]["query"].get("weights"),
+        Some(&json!({})),
+        "the options left out are not recorded"
+    );
+    assert_eq!(
+        ranked_entry["action"]["evidence"]["ranked"][0]["score"],
+        compared.body["comparison"]["results"][0]["score"]
+    );
     app.stop().await;
 }
 

@@ -1,7 +1,8 @@
 //! AgentRun: the agent's append-only action ledger.
 //!
 //! Started with the prompt, mode and mandate; records each action with digests of its
-//! inputs and outputs, citations, latency and cost; every guardrail decision with its
+//! inputs and outputs, citations, latency and cost (and, for the searches and rankings
+//! the platform runs for the agent, the query and every offer returned with its score); every guardrail decision with its
 //! rationale; approvals; the outcome. There is no command that edits or removes an
 //! entry: the ledger only grows, and nothing is recorded after the run has ended.
 
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{ActionId, ApprovalId, MandateId, RunId};
+use crate::ids::{ActionId, ApprovalId, MandateId, MerchantId, OfferId, RunId};
 use crate::mandate::Mode;
 use crate::money::Money;
 use crate::{Aggregate, DomainEvent};
@@ -99,7 +100,7 @@ pub enum ActionKind {
     Checkout,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
     pub kind: ActionKind,
     pub input_digest: Digest,
@@ -107,6 +108,48 @@ pub struct Action {
     pub citations: Vec<Citation>,
     pub latency_ms: u64,
     pub cost: Option<Money>,
+    /// For a search or rank action the platform ran: what was asked and what came back,
+    /// scored. Absent from actions the agent reports itself, and from events written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Box<OfferEvidence>>,
+}
+
+/// Most offers one action's evidence keeps (a search page holds up to 100).
+pub const MAX_EVIDENCE_OFFERS: usize = 100;
+
+/// What a search or rank action was asked and what it returned, so an auditor can see
+/// why the agent chose what it chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferEvidence {
+    /// The request as the agent made it (the API's search or comparison body).
+    pub query: serde_json::Value,
+    /// The ranked offers, best first.
+    pub ranked: Vec<RankedEvidence>,
+    /// Offers left out, with why.
+    pub excluded: Vec<ExcludedEvidence>,
+}
+
+/// One ranked offer, as the agent was shown it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankedEvidence {
+    pub merchant: MerchantId,
+    pub offer_id: OfferId,
+    /// The offer's version ranked.
+    pub version: i64,
+    /// 0 to 100.
+    pub score: f64,
+    pub landed_cost: Money,
+    pub reason: String,
+}
+
+/// One offer left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExcludedEvidence {
+    pub merchant: MerchantId,
+    pub offer_id: OfferId,
+    pub version: i64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +238,7 @@ pub enum RunCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RunEvent {
     RunStarted {
         run_id: RunId,
@@ -280,7 +323,12 @@ impl DomainEvent for RunEvent {
     }
 
     fn event_version(&self) -> &'static str {
-        "1"
+        match self {
+            // 2 added the action's `evidence`. A version 1 event is read as a version 2
+            // one without evidence: the field's default is its upcast.
+            Self::ActionRecorded { .. } => "2",
+            _ => "1",
+        }
     }
 }
 
@@ -413,6 +461,18 @@ impl Aggregate for AgentRun {
                 }
                 if action.cost.is_some_and(Money::is_negative) {
                     return Err(RunError::Invalid("cost must not be negative".into()));
+                }
+                if let Some(evidence) = &action.evidence {
+                    if !matches!(action.kind, ActionKind::Search | ActionKind::Rank) {
+                        return Err(RunError::Invalid(
+                            "only a search or rank action keeps offer evidence".into(),
+                        ));
+                    }
+                    if evidence.ranked.len() + evidence.excluded.len() > MAX_EVIDENCE_OFFERS {
+                        return Err(RunError::Invalid(format!(
+                            "at most {MAX_EVIDENCE_OFFERS} offers of evidence"
+                        )));
+                    }
                 }
                 E::ActionRecorded {
                     action_id,

@@ -15,7 +15,10 @@ use shopagent_domain::mandate::{
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::order::{CheckoutPath, FailureReason, OrderDraft, OrderEvent, OrderLine};
 use shopagent_domain::payment::{CardDisplay, CardReference, DeclineReason, PaymentEvent};
-use shopagent_domain::run::{Action, ActionKind, Citation, Digest, GuardrailOutcome, RunEvent};
+use shopagent_domain::run::{
+    Action, ActionKind, Citation, Digest, ExcludedEvidence, GuardrailOutcome, OfferEvidence,
+    RankedEvidence, RunEvent,
+};
 use time::macros::{date, datetime};
 use uuid::Uuid;
 
@@ -295,6 +298,30 @@ fn run_events() {
         citations: vec![Citation::parse("https://acme.example/tents").expect("url")],
         latency_ms: 420,
         cost: Some(usd(3)),
+        evidence: None,
+    };
+    let ranked = Action {
+        kind: ActionKind::Rank,
+        citations: vec![],
+        cost: None,
+        evidence: Some(Box::new(OfferEvidence {
+            query: serde_json::json!({"offers": [{"merchant": "acme", "offer_id": "sku:tent"}]}),
+            ranked: vec![RankedEvidence {
+                merchant: MerchantId::parse("acme").expect("merchant"),
+                offer_id: OfferId::parse("sku:tent").expect("offer"),
+                version: 2,
+                score: 87.5,
+                landed_cost: usd(14_900),
+                reason: "cheapest delivered; free 30-day returns".into(),
+            }],
+            excluded: vec![ExcludedEvidence {
+                merchant: MerchantId::parse("bolt").expect("merchant"),
+                offer_id: OfferId::parse("sku:tent").expect("offer"),
+                version: 1,
+                reason: "the mandate blocks this merchant".into(),
+            }],
+        })),
+        ..action.clone()
     };
     insta::assert_json_snapshot!(contract(&[
         RunEvent::RunStarted {
@@ -308,6 +335,11 @@ fn run_events() {
         RunEvent::ActionRecorded {
             action_id: ActionId(id(3)),
             action,
+            at: AT
+        },
+        RunEvent::ActionRecorded {
+            action_id: ActionId(id(9)),
+            action: ranked,
             at: AT
         },
         RunEvent::GuardrailDecisionRecorded {
@@ -481,4 +513,26 @@ fn offer_events() {
         },
         OfferEvent::OfferWithdrawn { at: AT },
     ]));
+}
+
+#[test]
+fn a_version_1_action_is_read_as_one_without_evidence() {
+    let stored = serde_json::json!({"ActionRecorded": {
+        "action": {
+            "citations": ["https://acme.example/tents"],
+            "cost": null,
+            "input_digest": "a".repeat(64),
+            "kind": "search",
+            "latency_ms": 420,
+            "output_digest": "b".repeat(64)
+        },
+        "action_id": "00000000-0000-0000-0000-000000000003",
+        "at": "2026-11-25T10:00:00Z"
+    }});
+    let RunEvent::ActionRecorded { action, .. } =
+        serde_json::from_value::<RunEvent>(stored).expect("a version 1 event reads")
+    else {
+        panic!("not an action");
+    };
+    assert_eq!((action.kind, action.evidence), (ActionKind::Search, None));
 }

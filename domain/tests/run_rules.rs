@@ -1,11 +1,11 @@
 //! AgentRun rules, one test each.
 
-use shopagent_domain::ids::{ActionId, ApprovalId, RunId};
+use shopagent_domain::ids::{ActionId, ApprovalId, MerchantId, OfferId, RunId};
 use shopagent_domain::mandate::Mode;
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::run::{
-    Action, ActionKind, AgentRun, Citation, Digest, GuardrailOutcome, RunCommand as C, RunError,
-    RunEvent as E,
+    Action, ActionKind, AgentRun, Citation, Digest, ExcludedEvidence, GuardrailOutcome,
+    MAX_EVIDENCE_OFFERS, OfferEvidence, RankedEvidence, RunCommand as C, RunError, RunEvent as E,
 };
 use shopagent_domain::testing::AggregateTest;
 use time::OffsetDateTime;
@@ -37,6 +37,30 @@ fn action(kind: ActionKind) -> Action {
         citations: vec![Citation::parse("https://acme.example/p/tent-2p").expect("url")],
         latency_ms: 420,
         cost: Some(Money::new(3, Currency::parse("USD").expect("USD"))),
+        evidence: None,
+    }
+}
+
+fn evidence(ranked: usize) -> OfferEvidence {
+    let usd = Currency::parse("USD").expect("USD");
+    OfferEvidence {
+        query: serde_json::json!({"q": "tent"}),
+        ranked: (0..ranked)
+            .map(|n| RankedEvidence {
+                merchant: MerchantId::parse("acme").expect("merchant"),
+                offer_id: OfferId::parse(&format!("sku:{n}")).expect("offer"),
+                version: 1,
+                score: 80.0,
+                landed_cost: Money::new(14_900, usd),
+                reason: "cheapest delivered".into(),
+            })
+            .collect(),
+        excluded: vec![ExcludedEvidence {
+            merchant: MerchantId::parse("bolt").expect("merchant"),
+            offer_id: OfferId::parse("sku:tent").expect("offer"),
+            version: 2,
+            reason: "the mandate blocks this merchant".into(),
+        }],
     }
 }
 
@@ -100,6 +124,53 @@ fn an_assist_run_never_checks_out() {
             at: NOW,
         })
         .then_expect_error(RunError::AssistModeNeverBuys);
+}
+
+#[test]
+fn a_search_or_rank_action_keeps_the_query_and_every_offer_with_its_score() {
+    let mut ranked = action(ActionKind::Rank);
+    ranked.evidence = Some(Box::new(evidence(3)));
+    AggregateTest::<AgentRun>::given(vec![started(Mode::Autopilot)])
+        .when(C::RecordAction {
+            action_id: aid(1),
+            action: ranked.clone(),
+            at: NOW,
+        })
+        .then_expect_events(vec![E::ActionRecorded {
+            action_id: aid(1),
+            action: ranked,
+            at: NOW,
+        }]);
+}
+
+#[test]
+fn only_search_and_rank_actions_keep_offer_evidence() {
+    let mut checkout = action(ActionKind::AddToCart);
+    checkout.evidence = Some(Box::new(evidence(1)));
+    AggregateTest::<AgentRun>::given(vec![started(Mode::Autopilot)])
+        .when(C::RecordAction {
+            action_id: aid(1),
+            action: checkout,
+            at: NOW,
+        })
+        .then_expect_error(RunError::Invalid(
+            "only a search or rank action keeps offer evidence".into(),
+        ));
+}
+
+#[test]
+fn offer_evidence_is_bounded() {
+    let mut search = action(ActionKind::Search);
+    search.evidence = Some(Box::new(evidence(MAX_EVIDENCE_OFFERS)));
+    AggregateTest::<AgentRun>::given(vec![started(Mode::Autopilot)])
+        .when(C::RecordAction {
+            action_id: aid(1),
+            action: search,
+            at: NOW,
+        })
+        .then_expect_error(RunError::Invalid(format!(
+            "at most {MAX_EVIDENCE_OFFERS} offers of evidence"
+        )));
 }
 
 #[test]

@@ -14,8 +14,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shopagent_connectors::product_page::{PageOffer, Syntax, extract};
-use shopagent_domain::ids::MandateId;
-use shopagent_domain::ids::{MerchantId, OfferId};
+use shopagent_domain::ids::{ActionId, MandateId, MerchantId, OfferId, RunId};
 use shopagent_domain::mandate::MandateTerms;
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::normalize::{FieldIssue, OfferFields};
@@ -23,11 +22,15 @@ use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
 use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
 use shopagent_domain::offer::{Citation, OfferCommand, OfferSource, ProductKey};
 use shopagent_domain::ports::IndexError;
+use shopagent_domain::run::{
+    Action, ActionKind, Citation as RunCitation, Digest as RunDigest, ExcludedEvidence,
+    MAX_CITATIONS, OfferEvidence, RankedEvidence, RunCommand,
+};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::mandates::MoneyBody;
-use super::{Body, invalid, metadata, stream_id};
+use super::{Body, IdPath, Owned, invalid, metadata, stream_id};
 use crate::auth::{Principal, Role};
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
@@ -48,6 +51,8 @@ pub fn routes() -> Router<App> {
         )
         .route("/v1/offers/search", get(search))
         .route("/v1/offers/compare", post(compare))
+        .route("/v1/runs/{id}/searches", post(run_search))
+        .route("/v1/runs/{id}/comparisons", post(run_compare))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -329,7 +334,7 @@ pub fn offer_stream(tenant: &str, merchant: &MerchantId, offer_id: &OfferId) -> 
 }
 
 /// Words, filters, the page, and how to rank it.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Serialize, Deserialize, utoipa::IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchOffers {
@@ -547,19 +552,34 @@ async fn rank_for(
     })
 }
 
+/// A ranking's offers and scores as a run's ledger keeps them.
+struct Scores {
+    ranked: Vec<RankedEvidence>,
+    excluded: Vec<ExcludedEvidence>,
+}
+
 /// The ranked, the excluded and the hints, for `offers`: compared in the caller's
 /// currency, else the mandate's, else the first offer's.
-fn ranked_views(offers: &[IndexedOffer], rank_for: &RankFor) -> Result<ComparisonView, Problem> {
+fn ranked_views(
+    offers: &[IndexedOffer],
+    rank_for: &RankFor,
+) -> Result<(ComparisonView, Scores), Problem> {
     let compared_in = rank_for
         .currency
         .or(rank_for.terms.as_ref().map(|t| t.currency))
         .or(offers.first().map(|offer| offer.record.price.currency));
     let Some(currency) = compared_in else {
-        return Ok(ComparisonView {
-            results: vec![],
-            excluded: vec![],
-            hints: vec![],
-        });
+        return Ok((
+            ComparisonView {
+                results: vec![],
+                excluded: vec![],
+                hints: vec![],
+            },
+            Scores {
+                ranked: vec![],
+                excluded: vec![],
+            },
+        ));
     };
     let candidates: Vec<Candidate> = offers
         .iter()
@@ -578,11 +598,15 @@ fn ranked_views(offers: &[IndexedOffer], rank_for: &RankFor) -> Result<Compariso
     };
     let ranking = rank(&candidates, currency, &shopper, rank_for.weights)
         .map_err(|e| invalid("weights", e))?;
-    let find = |merchant: &MerchantId, offer_id: &OfferId| {
+    let indexed = |merchant: &MerchantId, offer_id: &OfferId| {
         offers
             .iter()
             .find(|offer| &offer.merchant == merchant && &offer.offer_id == offer_id)
-            .map(offer_view)
+    };
+    let find =
+        |merchant: &MerchantId, offer_id: &OfferId| indexed(merchant, offer_id).map(offer_view);
+    let version = |merchant: &MerchantId, offer_id: &OfferId| {
+        indexed(merchant, offer_id).map_or(0, |offer| offer.version)
     };
     let results = ranking
         .ranked
@@ -629,11 +653,38 @@ fn ranked_views(offers: &[IndexedOffer], rank_for: &RankFor) -> Result<Compariso
             text: hint.text.clone(),
         })
         .collect();
-    Ok(ComparisonView {
-        results,
-        excluded,
-        hints,
-    })
+    let scores = Scores {
+        ranked: ranking
+            .ranked
+            .iter()
+            .map(|ranked| RankedEvidence {
+                version: version(&ranked.merchant, &ranked.offer_id),
+                merchant: ranked.merchant.clone(),
+                offer_id: ranked.offer_id.clone(),
+                score: ranked.score,
+                landed_cost: ranked.landed_cost,
+                reason: ranked.reason.clone(),
+            })
+            .collect(),
+        excluded: ranking
+            .excluded
+            .iter()
+            .map(|excluded| ExcludedEvidence {
+                version: version(&excluded.merchant, &excluded.offer_id),
+                merchant: excluded.merchant.clone(),
+                offer_id: excluded.offer_id.clone(),
+                reason: excluded.reason.clone(),
+            })
+            .collect(),
+    };
+    Ok((
+        ComparisonView {
+            results,
+            excluded,
+            hints,
+        },
+        scores,
+    ))
 }
 
 #[utoipa::path(operation_id = "offers_search", get, path = "/v1/offers/search", tag = "offers", params(SearchOffers),
@@ -645,6 +696,18 @@ pub async fn search(
     params: Result<axum::extract::Query<SearchOffers>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let params = super::query(params)?;
+    let (view, _) = search_ranked(&app, &principal, &params, None).await?;
+    Ok(axum::Json(view).into_response())
+}
+
+/// One page of matches for `params`, ranked for the caller (under `run_mandate`, the
+/// mandate of the run searching, unless the request names one).
+async fn search_ranked(
+    app: &App,
+    principal: &Principal,
+    params: &SearchOffers,
+    run_mandate: Option<MandateId>,
+) -> Result<(SearchView, Scores), Problem> {
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(invalid("limit", "1 to 100"));
@@ -652,9 +715,10 @@ pub async fn search(
     if params.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
         return Err(invalid("q", "at most 200 characters"));
     }
+    let run_mandate = run_mandate.map(|m| m.to_string());
     let rank_for = rank_for(
-        &app,
-        &principal,
+        app,
+        principal,
         RankParams {
             weights: [
                 params.w_cost,
@@ -664,7 +728,7 @@ pub async fn search(
             ],
             currency: params.currency.as_deref(),
             deliver_by: params.deliver_by.as_deref(),
-            mandate: params.mandate.as_deref(),
+            mandate: params.mandate.as_deref().or(run_mandate.as_deref()),
             tax_bps: params.tax_bps,
         },
     )
@@ -706,11 +770,7 @@ pub async fn search(
                 .with_retry_after(5)
             }
         })?;
-    let ComparisonView {
-        results,
-        excluded,
-        hints,
-    } = ranked_views(&page.hits, &rank_for)?;
+    let (ranked, scores) = ranked_views(&page.hits, &rank_for)?;
     let facet = |values: &[(String, u64)]| {
         values
             .iter()
@@ -720,10 +780,10 @@ pub async fn search(
             })
             .collect()
     };
-    Ok(axum::Json(SearchView {
-        results,
-        excluded,
-        hints,
+    let view = SearchView {
+        results: ranked.results,
+        excluded: ranked.excluded,
+        hints: ranked.hints,
         total: page.total,
         facets: FacetsView {
             merchant: facet(&page.facets.merchant),
@@ -731,12 +791,12 @@ pub async fn search(
             availability: facet(&page.facets.availability),
         },
         next_cursor: page.next_cursor,
-    })
-    .into_response())
+    };
+    Ok((view, scores))
 }
 
 /// An offer to compare: the merchant and its offer id.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferRef {
     pub merchant: String,
@@ -744,7 +804,7 @@ pub struct OfferRef {
 }
 
 /// Ranking weights; each defaults as in search.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsBody {
     pub cost: Option<f64>,
@@ -753,7 +813,7 @@ pub struct WeightsBody {
     pub trust: Option<f64>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompareOffers {
     /// 2 to 50 listed offers.
@@ -784,12 +844,25 @@ pub async fn compare(
     principal: Principal,
     Body(body): Body<CompareOffers>,
 ) -> Result<Response, Problem> {
+    let (comparison, _) = compare_ranked(&app, &principal, &body, None).await?;
+    Ok(axum::Json(comparison).into_response())
+}
+
+/// The chosen offers, as the log has them now, ranked for the caller (under
+/// `run_mandate` unless the request names a mandate).
+async fn compare_ranked(
+    app: &App,
+    principal: &Principal,
+    body: &CompareOffers,
+    run_mandate: Option<MandateId>,
+) -> Result<(ComparisonView, Scores), Problem> {
     if !(2..=50).contains(&body.offers.len()) {
         return Err(invalid("offers", "2 to 50 offers"));
     }
+    let run_mandate = run_mandate.map(|m| m.to_string());
     let rank_for = rank_for(
-        &app,
-        &principal,
+        app,
+        principal,
         RankParams {
             weights: [
                 body.weights.cost,
@@ -799,7 +872,7 @@ pub async fn compare(
             ],
             currency: body.currency.as_deref(),
             deliver_by: body.deliver_by.as_deref(),
-            mandate: body.mandate.as_deref(),
+            mandate: body.mandate.as_deref().or(run_mandate.as_deref()),
             tax_bps: body.tax_bps,
         },
     )
@@ -829,5 +902,188 @@ pub async fn compare(
             offer.citation.map(|c| c.url),
         ));
     }
-    Ok(axum::Json(ranked_views(&offers, &rank_for)?).into_response())
+    ranked_views(&offers, &rank_for)
+}
+
+/// A search a run made, and the ledger entry that records it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunSearchView {
+    /// The action recorded in the run's ledger.
+    pub action_id: String,
+    pub search: SearchView,
+}
+
+/// A comparison a run made, and the ledger entry that records it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunComparisonView {
+    pub action_id: String,
+    pub comparison: ComparisonView,
+}
+
+/// The run `id`, which the caller may record actions in (the shopper, the agent under
+/// its mandate, an admin).
+async fn run_to_record(
+    app: &App,
+    principal: &Principal,
+    id: RunId,
+) -> Result<shopagent_domain::run::AgentRun, Problem> {
+    let (run, _) = super::load_visible(&app.runs, principal, id).await?;
+    super::authorize_write(principal, run.owner().ok_or_else(Problem::not_found)?)?;
+    Ok(run)
+}
+
+/// A fault of ours, logged; the caller gets a plain 500.
+fn internal(error: impl std::fmt::Display) -> Problem {
+    tracing::error!(%error, "recording a ranking failed");
+    Problem::internal()
+}
+
+fn sha256(value: &impl Serialize) -> Result<RunDigest, Problem> {
+    let bytes = serde_json::to_vec(value).map_err(internal)?;
+    RunDigest::parse(&hex::encode(Sha256::digest(bytes))).map_err(internal)
+}
+
+/// What the caller asked, not every option it left out.
+fn without_nulls(value: &mut serde_json::Value) {
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|_, field| !field.is_null());
+        fields.values_mut().for_each(without_nulls);
+    }
+}
+
+/// The pages the ranked offers were read from, each once.
+fn citations(results: &[RankedOfferView]) -> Vec<RunCitation> {
+    let mut citations: Vec<RunCitation> = Vec::new();
+    for url in results
+        .iter()
+        .filter_map(|r| r.offer.citation_url.as_deref())
+    {
+        if let Ok(citation) = RunCitation::parse(url)
+            && !citations.contains(&citation)
+            && citations.len() < MAX_CITATIONS
+        {
+            citations.push(citation);
+        }
+    }
+    citations
+}
+
+/// A run's search or comparison, to record in its ledger.
+struct RankingAction<'a, R, O> {
+    run: RunId,
+    kind: ActionKind,
+    /// The request as the caller made it.
+    request: &'a R,
+    scores: Scores,
+    citations: Vec<RunCitation>,
+    /// The answer as the caller gets it.
+    output: &'a O,
+    started: std::time::Instant,
+}
+
+/// Records the request and every offer returned with its score, so an auditor can see
+/// why the agent chose what it chose. The action's id comes from the idempotency key:
+/// a retried request records nothing more.
+async fn record_ranking<R: Serialize, O: Serialize>(
+    app: &App,
+    principal: &Principal,
+    key: &RequestKey,
+    headers: &axum::http::HeaderMap,
+    recorded: RankingAction<'_, R, O>,
+) -> Result<ActionId, Problem> {
+    let mut query = serde_json::to_value(recorded.request).map_err(internal)?;
+    without_nulls(&mut query);
+    let action = Action {
+        kind: recorded.kind,
+        input_digest: sha256(&query)?,
+        output_digest: sha256(recorded.output)?,
+        citations: recorded.citations,
+        latency_ms: u64::try_from(recorded.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        cost: None,
+        evidence: Some(Box::new(OfferEvidence {
+            query,
+            ranked: recorded.scores.ranked,
+            excluded: recorded.scores.excluded,
+        })),
+    };
+    let action_id = ActionId(super::new_id(principal, key));
+    super::change(
+        &app.runs,
+        principal,
+        key,
+        headers,
+        recorded.run,
+        super::Changer::OwnerOrAgent,
+        RunCommand::RecordAction {
+            action_id,
+            action,
+            at: OffsetDateTime::now_utc(),
+        },
+    )
+    .await?;
+    Ok(action_id)
+}
+
+#[utoipa::path(operation_id = "runs_search_offers", post, path = "/v1/runs/{id}/searches", tag = "runs", request_body = SearchOffers,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
+    responses((status = 200, description = "One page of matches, ranked under the run's mandate, and the search action recorded in its ledger with the query and every offer's score", body = RunSearchView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn run_search(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: axum::http::HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<SearchOffers>,
+) -> Result<Response, Problem> {
+    let started = std::time::Instant::now();
+    let run = run_to_record(&app, &principal, RunId(id)).await?;
+    let (search, scores) = search_ranked(&app, &principal, &body, run.mandate_id).await?;
+    let action = RankingAction {
+        run: RunId(id),
+        kind: ActionKind::Search,
+        request: &body,
+        scores,
+        citations: citations(&search.results),
+        output: &search,
+        started,
+    };
+    let action_id = record_ranking(&app, &principal, &key, &headers, action).await?;
+    Ok(axum::Json(RunSearchView {
+        action_id: action_id.0.to_string(),
+        search,
+    })
+    .into_response())
+}
+
+#[utoipa::path(operation_id = "runs_compare_offers", post, path = "/v1/runs/{id}/comparisons", tag = "runs", request_body = CompareOffers,
+    params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header)),
+    responses((status = 200, description = "The offers ranked under the run's mandate, and the rank action recorded in its ledger with every offer's score", body = RunComparisonView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub async fn run_compare(
+    State(app): State<App>,
+    principal: Principal,
+    key: RequestKey,
+    headers: axum::http::HeaderMap,
+    IdPath(id): IdPath,
+    Body(body): Body<CompareOffers>,
+) -> Result<Response, Problem> {
+    let started = std::time::Instant::now();
+    let run = run_to_record(&app, &principal, RunId(id)).await?;
+    let (comparison, scores) = compare_ranked(&app, &principal, &body, run.mandate_id).await?;
+    let action = RankingAction {
+        run: RunId(id),
+        kind: ActionKind::Rank,
+        request: &body,
+        scores,
+        citations: citations(&comparison.results),
+        output: &comparison,
+        started,
+    };
+    let action_id = record_ranking(&app, &principal, &key, &headers, action).await?;
+    Ok(axum::Json(RunComparisonView {
+        action_id: action_id.0.to_string(),
+        comparison,
+    })
+    .into_response())
 }

@@ -390,6 +390,7 @@ pub async fn record_action(
             .collect::<Result<_, _>>()?,
         latency_ms: body.latency_ms,
         cost: body.cost.map(|c| c.parse("cost")).transpose()?,
+        evidence: None,
     };
     let action_id = ActionId(new_id(&principal, &key));
     let command = RunCommand::RecordAction {
