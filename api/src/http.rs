@@ -26,6 +26,7 @@ pub fn router(app: App) -> Router {
         .merge(routes::orders::routes())
         .merge(routes::merchants::routes())
         .merge(routes::offers::routes())
+        .merge(routes::catalogue::routes())
         .merge(routes::events::routes())
         .merge(routes::ops::routes())
         .merge(routes::reconciliation::routes())

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    carts, events, mandates, merchants, offers, ops, orders, reconciliation, runs,
+    carts, catalogue, events, mandates, merchants, offers, ops, orders, reconciliation, runs,
 };
 
 #[derive(Debug, OpenApi)]
@@ -20,6 +20,7 @@ use crate::routes::{
         merchants::register, merchants::read, merchants::update_profile, merchants::report_health, merchants::set_headless,
         ops::list, ops::pause, ops::resume, ops::rebuild, reconciliation::daily, reconciliation::exceptions,
         offers::extract_page, offers::search, offers::compare, offers::run_search, offers::run_compare,
+        catalogue::sync, catalogue::search,
     ),
     components(schemas(crate::problem::Problem)),
     modifiers(&BearerAuth),

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest;
 use shopagent::auth::Role;
+use shopagent_connectors::sandbox_merchant::FailureMode;
 
 on_both_backends!(
     a_product_page_lists_its_offer_with_the_page_as_citation,
@@ -21,6 +22,7 @@ on_both_backends!(
     chosen_offers_are_compared_as_the_log_has_them,
     an_index_ahead_of_the_log_is_rebuilt_from_it,
     a_run_records_its_searches_and_comparisons_with_every_score,
+    a_merchant_catalogue_feeds_and_searches_offers_into_the_log,
 );
 
 fn page(name: &str) -> String {
@@ -713,4 +715,125 @@ async fn an_index_ahead_of_the_log_is_rebuilt_from_it(backend: Backend) {
     let found = search_until(&app, &app.shopper("alice"), "q=tent", 1).await;
     assert_eq!(found.body["total"], 1, "{:?}", found.body);
     app.stop().await;
+}
+
+async fn a_merchant_catalogue_feeds_and_searches_offers_into_the_log(backend: Backend) {
+    let world = common::checkout::world(backend, FailureMode::None).await;
+    let app = &world.app;
+    world.merchant.stock("sku:bad id", "Misfiled Item", 100);
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let synced = app
+        .post(
+            "/v1/merchants/acme/catalogue/sync",
+            &ops,
+            json!({"page_size": 2}),
+        )
+        .await;
+    assert_eq!(synced.status, StatusCode::OK, "{:?}", synced.body);
+    assert_eq!(
+        (
+            &synced.body["pages"],
+            &synced.body["items"],
+            &synced.body["listed"],
+            &synced.body["changed"]
+        ),
+        (&json!(3), &json!(6), &json!(5), &json!(5)),
+        "{:?}",
+        synced.body
+    );
+    let not_listed = &synced.body["not_listed"][0];
+    assert_eq!(not_listed["offer_id"], "sku:bad id");
+    assert!(
+        not_listed["issues"]
+            .as_array()
+            .expect("issues")
+            .iter()
+            .any(|i| i["field"] == "offer_id"),
+        "{not_listed:?}"
+    );
+
+    // Read again: the same offers, nothing changed.
+    let again = app
+        .post("/v1/merchants/acme/catalogue/sync", &ops, json!({}))
+        .await;
+    assert_eq!(
+        (&again.body["listed"], &again.body["changed"]),
+        (&json!(5), &json!(0))
+    );
+
+    // The merchant's search lists what it answers, with the item as citation.
+    world.merchant.stock("sku:tarp", "Ultralight Tarp", 3_900);
+    let alice = app.shopper("alice");
+    let found = app
+        .post(
+            "/v1/merchants/acme/catalogue/search",
+            &alice,
+            json!({"q": "tarp"}),
+        )
+        .await;
+    assert_eq!(found.status, StatusCode::OK, "{:?}", found.body);
+    let tarp = &found.body["offers"][0];
+    assert_eq!(
+        (&tarp["offer_id"], &tarp["listed"], &tarp["fields"]["price"]),
+        (
+            &json!("sku:tarp"),
+            &json!(true),
+            &json!({"minor": 3_900, "currency": "USD"})
+        ),
+        "{tarp:?}"
+    );
+    let missing: Vec<&str> = tarp["issues"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter(|i| i["problem"] == "missing")
+        .filter_map(|i| i["field"].as_str())
+        .collect();
+    assert!(
+        missing.contains(&"shipping") && missing.contains(&"returns"),
+        "the catalog does not say: {missing:?}"
+    );
+    // Listed offers are searched and ranked like any other.
+    let searched = search_until(app, &alice, "q=tarp", 1).await;
+    assert_eq!(
+        searched.body["results"][0]["offer"]["citation_url"]
+            .as_str()
+            .map(|u| u.ends_with("/products/sku:tarp")),
+        Some(true),
+        "{:?}",
+        searched.body
+    );
+
+    for (path, body, status, code) in [
+        (
+            "/v1/merchants/acme/catalogue/search",
+            json!({"q": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "/v1/merchants/acme/catalogue/sync",
+            json!({"page_size": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "/v1/merchants/nobody/catalogue/sync",
+            json!({}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        app.post(path, &ops, body)
+            .await
+            .assert_problem(status, code);
+    }
+    app.post(
+        "/v1/merchants/acme/catalogue/sync",
+        &app.token("acme", "audit", Role::Auditor, None),
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
+    world.app.stop().await;
 }

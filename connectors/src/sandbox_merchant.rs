@@ -1,5 +1,5 @@
-//! A sandbox UCP merchant: the checkout-session endpoints of the UCP REST binding over an
-//! in-memory store, honouring `Idempotency-Key` as the spec requires (same key and body →
+//! A sandbox UCP merchant: the checkout-session and catalog-search endpoints of the UCP
+//! REST binding over an in-memory store, honouring `Idempotency-Key` as the spec requires (same key and body →
 //! the stored answer; same key, other body → 409), with failure modes that can be
 //! switched on: out of stock, address rejected, payment declined, slow, 5xx.
 //!
@@ -597,12 +597,93 @@ async fn profile(State(merchant): State<SandboxMerchant>, headers: HeaderMap) ->
                 {"name": "dev.ucp.shopping.fulfillment", "version": crate::ucp::VERSION, "extends": "dev.ucp.shopping.checkout",
                  "spec": "https://ucp.dev/specification/fulfillment", "schema": "https://ucp.dev/schemas/shopping/fulfillment.json"},
                 {"name": "dev.ucp.shopping.order", "version": crate::ucp::VERSION,
-                 "spec": "https://ucp.dev/specification/order", "schema": "https://ucp.dev/schemas/shopping/order.json"}
+                 "spec": "https://ucp.dev/specification/order", "schema": "https://ucp.dev/schemas/shopping/order.json"},
+                {"name": "dev.ucp.shopping.catalog.search", "version": crate::ucp::VERSION,
+                 "spec": "https://ucp.dev/specification/catalog/search", "schema": "https://ucp.dev/schemas/shopping/catalog_search.json"}
             ]
         },
         "payment": {"handlers": []},
         "signing_keys": [merchant.signing_key()]
     }))
+}
+
+/// What the sandbox's catalogue says of every item: all camping gear, in stock, from
+/// one brand.
+const CATALOGUE_CATEGORY: &str = "Camping";
+const CATALOGUE_BRAND: &str = "Sandbox Outfitters";
+
+/// `POST /catalog/search` (UCP catalog, REST binding): the items whose title holds every
+/// word of `query` (every item without one), by id, a cursor page at a time.
+async fn catalog_search(
+    State(merchant): State<SandboxMerchant>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let words: Vec<String> = body["query"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_lowercase)
+        .collect();
+    let limit = body["pagination"]["limit"]
+        .as_u64()
+        .unwrap_or(10)
+        .clamp(1, 50) as usize;
+    let Some(offset) = body["pagination"]["cursor"]
+        .as_str()
+        .map_or(Some(0), |c| c.parse::<usize>().ok())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"messages": [{"type": "error", "code": "invalid_cursor", "content": "not a cursor of this catalog"}]})),
+        )
+            .into_response();
+    };
+    let mut matching: Vec<(String, (String, i64))> = merchant
+        .catalogue()
+        .into_iter()
+        .filter(|(_, (title, _))| {
+            let title = title.to_lowercase();
+            words.iter().all(|w| title.contains(w.as_str()))
+        })
+        .collect();
+    matching.sort();
+    let total = matching.len();
+    let products: Vec<Value> = matching
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(id, (title, price))| {
+            let url = format!("http://{host}/products/{id}");
+            json!({
+                "id": format!("prod_{id}"), "title": title, "brand": CATALOGUE_BRAND,
+                "description": {"plain": title}, "url": url,
+                "categories": [{"value": CATALOGUE_CATEGORY}],
+                "price_range": {"min": {"amount": price, "currency": "USD"}, "max": {"amount": price, "currency": "USD"}},
+                "variants": [{
+                    "id": id, "sku": id, "title": title, "description": {"plain": title}, "url": url,
+                    "price": {"amount": price, "currency": "USD"},
+                    "availability": {"available": true, "status": "in_stock"}
+                }]
+            })
+        })
+        .collect();
+    let next = offset + products.len();
+    let mut pagination = json!({"has_next_page": next < total, "total_count": total});
+    if next < total {
+        pagination["cursor"] = json!(next.to_string());
+    }
+    Json(json!({
+        "ucp": {"version": crate::ucp::VERSION, "capabilities": {"dev.ucp.shopping.catalog.search": [{"version": crate::ucp::VERSION}]}},
+        "products": products,
+        "pagination": pagination,
+    }))
+    .into_response()
 }
 
 fn error_body(code: &str, content: &str) -> Value {
@@ -933,6 +1014,7 @@ impl crate::Sandbox for SandboxMerchant {
             )
             .route("/checkout-sessions/{id}/complete", post(complete))
             .route("/checkout-sessions/{id}/cancel", post(cancel))
+            .route("/catalog/search", post(catalog_search))
             .with_state(self.clone())
     }
 }

@@ -12,7 +12,7 @@ use shopagent_connectors::ucp::{UcpConfig, UcpMerchant};
 use shopagent_domain::ids::OfferId;
 use shopagent_domain::money::Money;
 use shopagent_domain::order::FailureReason;
-use shopagent_domain::ports::{MerchantGateway, PlaceError};
+use shopagent_domain::ports::{CatalogueQuery, MerchantGateway, PlaceError};
 
 async fn merchant() -> (SandboxMerchant, UcpMerchant) {
     let sandbox = SandboxMerchant::new();
@@ -202,4 +202,66 @@ async fn a_quote_is_the_merchant_s_own_totals_and_leaves_no_session_open() {
     // What UCP does not offer is refused, not faked.
     assert!(!ucp.capabilities().cancel);
     assert!(ucp.cancel_order("ord_1", "cancel/1").await.is_err());
+}
+
+#[tokio::test]
+async fn the_catalog_is_read_page_by_page_and_searched_by_words() {
+    let (sandbox, ucp) = merchant().await;
+    sandbox.stock("sku:tarp", "Ultralight Tarp", 3_900);
+    let mut query = CatalogueQuery {
+        text: None,
+        cursor: None,
+        limit: 4,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = ucp.catalogue(&query).await.expect("a page");
+        assert!(page.items.len() <= 4);
+        seen.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = seen
+        .iter()
+        .filter_map(|item| item.offer_id.as_ref().map(OfferId::as_str))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "sku:bag",
+            "sku:lamp",
+            "sku:mug",
+            "sku:stove",
+            "sku:tarp",
+            "sku:tent"
+        ],
+        "every item once, with the id checkout names"
+    );
+    let tarp = seen
+        .iter()
+        .find(|item| item.merchant_ref == "sku:tarp")
+        .expect("the stocked item");
+    assert_eq!(
+        (tarp.raw.price.as_deref(), tarp.raw.currency.as_deref()),
+        (Some("39.00"), Some("USD"))
+    );
+    assert_eq!(tarp.raw.availability.as_deref(), Some("in_stock"));
+    assert_eq!(tarp.digest.len(), 64);
+
+    let found = ucp
+        .catalogue(&CatalogueQuery {
+            text: Some("sleeping bag".into()),
+            cursor: None,
+            limit: 10,
+        })
+        .await
+        .expect("search");
+    assert_eq!(found.items.len(), 1);
+    assert_eq!(
+        found.items[0].raw.title.as_deref(),
+        Some("Down Sleeping Bag")
+    );
+    assert_eq!(found.next_cursor, None);
 }

@@ -22,6 +22,35 @@ pub enum CallError {
     Refused(String),
 }
 
+/// What to ask of a merchant's catalogue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogueQuery {
+    /// Words to search for; none: the whole catalogue.
+    pub text: Option<String>,
+    /// Where the previous page ended (the merchant's own cursor).
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// One offer of a merchant's catalogue, as the merchant describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogueItem {
+    /// The merchant's id for what is bought: what an order names.
+    pub offer_id: Option<crate::ids::OfferId>,
+    /// The id as the merchant gave it, for reports when it is not a valid offer id.
+    pub merchant_ref: String,
+    pub raw: crate::offer::normalize::RawOffer,
+    /// SHA-256 (hex) of the item as the merchant sent it: what a citation keeps.
+    pub digest: String,
+}
+
+/// One page of a merchant's catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CataloguePage {
+    pub items: Vec<CatalogueItem>,
+    pub next_cursor: Option<String>,
+}
+
 /// A single-use virtual card for one order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardRequest {
@@ -120,6 +149,12 @@ pub trait MerchantGateway: Send + Sync {
             reason: FailureReason::MerchantUnavailable,
             detail: not_offered("quotes").to_string(),
         })
+    }
+
+    /// One page of the merchant's catalogue: what matches `query.text` (its search), or
+    /// without text every product it sells (its feed), page by page.
+    async fn catalogue(&self, _query: &CatalogueQuery) -> Result<CataloguePage, CallError> {
+        Err(not_offered("catalogue"))
     }
 
     /// Places the order; returns the merchant's order reference.

@@ -5,6 +5,7 @@
 //! with unknown fields refused, and who may see and change what.
 
 pub mod carts;
+pub mod catalogue;
 pub mod events;
 pub mod mandates;
 pub mod merchants;

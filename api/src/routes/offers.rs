@@ -17,7 +17,7 @@ use shopagent_connectors::product_page::{PageOffer, Syntax, extract};
 use shopagent_domain::ids::{ActionId, MandateId, MerchantId, OfferId, RunId};
 use shopagent_domain::mandate::MandateTerms;
 use shopagent_domain::money::{Currency, Money};
-use shopagent_domain::offer::normalize::{FieldIssue, OfferFields};
+use shopagent_domain::offer::normalize::{FieldIssue, Normalized, OfferFields};
 use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
 use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
 use shopagent_domain::offer::{Citation, OfferCommand, OfferSource, ProductKey};
@@ -237,7 +237,7 @@ fn offer_id_of(offer: &PageOffer, url: &url::Url, index: usize) -> OfferId {
     })
 }
 
-fn may_ingest(principal: &Principal) -> Result<(), Problem> {
+pub(super) fn may_ingest(principal: &Principal) -> Result<(), Problem> {
     match principal.role {
         Role::Shopper | Role::Agent | Role::Ops | Role::Admin => Ok(()),
         Role::Finance | Role::Auditor => Err(Problem::forbidden(
@@ -280,40 +280,26 @@ pub async fn extract_page(
     let retrieved_at = OffsetDateTime::now_utc();
     let mut offers = Vec::with_capacity(extraction.offers.len());
     for (index, offer) in extraction.offers.iter().enumerate() {
-        let offer_id = offer_id_of(offer, &url, index);
-        let mut view = ExtractedOfferView {
-            merchant: merchant.to_string(),
-            offer_id: offer_id.to_string(),
-            listed: false,
-            version: None,
-            product_key: None,
-            found_in: offer.syntaxes.iter().copied().map(syntax_name).collect(),
-            fields: fields_view(&offer.normalized.fields),
-            issues: offer.normalized.issues.iter().map(issue_view).collect(),
+        let citation = Citation {
+            url: extraction.url.clone(),
+            digest: extraction.digest.clone(),
+            retrieved_at,
         };
-        if let Some(record) = &offer.normalized.record {
-            let stream = offer_stream(&principal.tenant, &merchant, &offer_id);
-            let command = OfferCommand::Ingest {
-                merchant: merchant.clone(),
-                offer_id: offer_id.clone(),
-                record: Box::new(record.clone()),
-                citation: Some(Citation {
-                    url: extraction.url.clone(),
-                    digest: extraction.digest.clone(),
-                    retrieved_at,
-                }),
-                source: OfferSource::Page,
-                at: retrieved_at,
-            };
-            let offer_key = key.derived(&format!("offer/{index}"));
-            let outcome = app
-                .offers
-                .execute(&stream, command, metadata(&principal, &offer_key))
-                .await?;
-            view.listed = true;
-            view.version = Some(outcome.version);
-            view.product_key = Some(ProductKey::of(&merchant, &offer_id, record).to_string());
-        }
+        let read = Read {
+            merchant: &merchant,
+            offer_id: offer_id_of(offer, &url, index),
+            normalized: &offer.normalized,
+            found_in: offer.syntaxes.iter().copied().map(syntax_name).collect(),
+            citation: Some(citation),
+            source: OfferSource::Page,
+        };
+        let (view, _) = ingest(
+            &app,
+            &principal,
+            &key.derived(&format!("offer/{index}")),
+            read,
+        )
+        .await?;
         offers.push(view);
     }
     Ok((
@@ -326,6 +312,86 @@ pub async fn extract_page(
         }),
     )
         .into_response())
+}
+
+/// An offer as a source described it, normalized.
+pub(super) struct Read<'a> {
+    pub merchant: &'a MerchantId,
+    pub offer_id: OfferId,
+    pub normalized: &'a Normalized,
+    pub found_in: Vec<String>,
+    pub citation: Option<Citation>,
+    pub source: OfferSource,
+}
+
+/// The report of an offer that cannot be listed because its id at the merchant is not
+/// a valid offer id.
+pub(super) fn report_only(
+    merchant: &MerchantId,
+    merchant_ref: &str,
+    normalized: &Normalized,
+) -> ExtractedOfferView {
+    let mut issues: Vec<FieldIssueView> = normalized.issues.iter().map(issue_view).collect();
+    issues.push(FieldIssueView {
+        field: "offer_id".into(),
+        problem: "unreadable".into(),
+        value: Some(merchant_ref.to_owned()),
+        why: Some("not a valid offer id".into()),
+    });
+    ExtractedOfferView {
+        merchant: merchant.to_string(),
+        offer_id: merchant_ref.to_owned(),
+        listed: false,
+        version: None,
+        product_key: None,
+        found_in: vec![],
+        fields: fields_view(&normalized.fields),
+        issues,
+    }
+}
+
+/// Lists or updates the offer `read` describes, when it has a title and a price;
+/// reports it field by field either way, with whether the log changed.
+pub(super) async fn ingest(
+    app: &App,
+    principal: &Principal,
+    key: &RequestKey,
+    read: Read<'_>,
+) -> Result<(ExtractedOfferView, bool), Problem> {
+    let mut view = ExtractedOfferView {
+        merchant: read.merchant.to_string(),
+        offer_id: read.offer_id.to_string(),
+        listed: false,
+        version: None,
+        product_key: None,
+        found_in: read.found_in,
+        fields: fields_view(&read.normalized.fields),
+        issues: read.normalized.issues.iter().map(issue_view).collect(),
+    };
+    let Some(record) = &read.normalized.record else {
+        return Ok((view, false));
+    };
+    let stream = offer_stream(&principal.tenant, read.merchant, &read.offer_id);
+    let at = read
+        .citation
+        .as_ref()
+        .map_or_else(OffsetDateTime::now_utc, |c| c.retrieved_at);
+    let command = OfferCommand::Ingest {
+        merchant: read.merchant.clone(),
+        offer_id: read.offer_id.clone(),
+        record: Box::new(record.clone()),
+        citation: read.citation,
+        source: read.source,
+        at,
+    };
+    let outcome = app
+        .offers
+        .execute(&stream, command, metadata(principal, key))
+        .await?;
+    view.listed = true;
+    view.version = Some(outcome.version);
+    view.product_key = Some(ProductKey::of(read.merchant, &read.offer_id, record).to_string());
+    Ok((view, outcome.events_appended > 0))
 }
 
 /// The stream of `merchant`'s offer `offer_id` in `tenant`.

@@ -3,14 +3,15 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use shopagent_domain::cart::Quote;
 use shopagent_domain::ports::{
-    GatewayCapabilities, MerchantGateway, PlaceError, PlaceOrder, QuoteRequest,
+    CallError, CataloguePage, CatalogueQuery, GatewayCapabilities, MerchantGateway, PlaceError,
+    PlaceOrder, QuoteRequest,
 };
 
-use super::UcpConfig;
 use super::mapping::{
     SessionRequest, complete_checkout, create_checkout, failure, quote_of, update_checkout,
 };
 use super::wire::Checkout;
+use super::{UcpConfig, catalog};
 
 /// A UCP merchant. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -116,6 +117,47 @@ impl UcpMerchant {
     }
 }
 
+impl UcpMerchant {
+    /// One page of the merchant's catalog (`POST /catalog/search`).
+    async fn catalog_search(&self, query: &CatalogueQuery) -> Result<CataloguePage, CallError> {
+        let url = format!(
+            "{}/catalog/search",
+            self.config.endpoint.trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .post(url)
+            .header(
+                "UCP-Agent",
+                format!("profile=\"{}\"", self.config.agent_profile),
+            )
+            .json(&catalog::SearchRequest::of(query))
+            .with_trace_context()
+            .send()
+            .await
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return Err(CallError::Unavailable(format!(
+                "merchant answered {status}"
+            )));
+        }
+        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            return Err(CallError::Refused(
+                "this merchant offers no catalog search".into(),
+            ));
+        }
+        if !status.is_success() {
+            return Err(CallError::Refused(format!("merchant answered {status}")));
+        }
+        let answer = response
+            .json::<catalog::SearchResponse>()
+            .await
+            .map_err(|e| CallError::Refused(format!("unreadable catalog answer: {e}")))?;
+        Ok(catalog::page(answer))
+    }
+}
+
 #[async_trait::async_trait]
 impl MerchantGateway for UcpMerchant {
     /// UCP 2026-01-11 prices carts (a checkout session) and reports order changes by
@@ -128,6 +170,10 @@ impl MerchantGateway for UcpMerchant {
     }
 
     /// Opens a checkout session to read the merchant's totals, then cancels it.
+    async fn catalogue(&self, query: &CatalogueQuery) -> Result<CataloguePage, CallError> {
+        self.catalog_search(query).await
+    }
+
     async fn quote(&self, request: &QuoteRequest) -> Result<Quote, PlaceError> {
         let (id, session) = self
             .open_session(request.into(), &request.idempotency_key)
@@ -228,6 +274,14 @@ impl MerchantGateway for DiscoveringUcpMerchant {
             quote: true,
             ..GatewayCapabilities::default()
         }
+    }
+
+    async fn catalogue(&self, query: &CatalogueQuery) -> Result<CataloguePage, CallError> {
+        let merchant = self.merchant().await.map_err(|error| match error {
+            PlaceError::Unavailable(why) => CallError::Unavailable(why),
+            other => CallError::Refused(other.to_string()),
+        })?;
+        merchant.catalogue(query).await
     }
 
     async fn quote(&self, request: &QuoteRequest) -> Result<Quote, PlaceError> {

@@ -2,8 +2,10 @@
 //! binding: a checkout session is created with the order's lines and shipping
 //! destination, then completed with the virtual card as payment credential. Every call
 //! carries `UCP-Agent` and an `Idempotency-Key` derived from the order's key, so a retry
-//! never places a second order.
+//! never places a second order. The catalog capability ([`catalog`]) feeds and
+//! searches the merchant's offers.
 
+pub mod catalog;
 mod client;
 pub mod discovery;
 mod mapping;
