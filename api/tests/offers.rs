@@ -23,6 +23,7 @@ on_both_backends!(
     an_index_ahead_of_the_log_is_rebuilt_from_it,
     a_run_records_its_searches_and_comparisons_with_every_score,
     a_merchant_catalogue_feeds_and_searches_offers_into_the_log,
+    the_first_page_is_the_best_of_all_matches_not_of_the_index_s_first,
 );
 
 fn page(name: &str) -> String {
@@ -836,4 +837,62 @@ async fn a_merchant_catalogue_feeds_and_searches_offers_into_the_log(backend: Ba
     .await
     .assert_problem(StatusCode::FORBIDDEN, "forbidden");
     world.app.stop().await;
+}
+
+async fn the_first_page_is_the_best_of_all_matches_not_of_the_index_s_first(backend: Backend) {
+    let app = common::spawn_app(backend).await;
+    // The word weighs least in the long title: the index puts that offer last, though
+    // it is the cheapest delivered, the soonest and the only one with free returns.
+    list_offers(
+        &app,
+        &[
+            (
+                "acme",
+                product_page("Tent", "300.00", "20.00", 9, 0, "Camping > Tents"),
+            ),
+            (
+                "bolt",
+                product_page("Tent", "320.00", "20.00", 9, 0, "Camping > Tents"),
+            ),
+            (
+                "cole",
+                product_page(
+                    "Northwind Trail two person backpacking tent with rainfly and footprint",
+                    "150.00",
+                    "0",
+                    2,
+                    30,
+                    "Camping > Tents",
+                ),
+            ),
+        ],
+    )
+    .await;
+    let alice = app.shopper("alice");
+    let first = search_until(&app, &alice, "q=tent&limit=1", 3).await;
+    assert_eq!(
+        first.body["results"][0]["offer"]["merchant"], "cole",
+        "{:?}",
+        first.body
+    );
+    let mut seen = vec!["cole".to_owned()];
+    let mut cursor = first.body["next_cursor"].as_str().map(str::to_owned);
+    while let Some(next) = cursor {
+        let page = app
+            .get(
+                &format!("/v1/offers/search?q=tent&limit=1&cursor={next}"),
+                &alice,
+            )
+            .await;
+        seen.extend(
+            page.body["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .filter_map(|r| r["offer"]["merchant"].as_str().map(str::to_owned)),
+        );
+        cursor = page.body["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, ["cole", "acme", "bolt"], "each once, best first");
+    app.stop().await;
 }

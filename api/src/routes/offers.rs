@@ -781,6 +781,13 @@ async fn search_ranked(
     if params.q.as_deref().is_some_and(|q| q.chars().count() > 200) {
         return Err(invalid("q", "at most 200 characters"));
     }
+    let offset = match params.cursor.as_deref() {
+        None => 0,
+        Some(cursor) => cursor
+            .strip_prefix('o')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| invalid("cursor", "not a cursor of this search"))?,
+    };
     let run_mandate = run_mandate.map(|m| m.to_string());
     let rank_for = rank_for(
         app,
@@ -817,8 +824,13 @@ async fn search_ranked(
         available_only: params.available.unwrap_or(false),
         delivery_within_days: params.delivery_within_days,
         free_returns_only: params.free_returns.unwrap_or(false),
-        limit: limit as usize,
-        cursor: params.cursor.clone(),
+        // The first pages are cut from the ranked window; later ones are the index's.
+        limit: if offset < RANK_WINDOW {
+            RANK_WINDOW
+        } else {
+            limit as usize
+        },
+        cursor: (offset >= RANK_WINDOW).then(|| format!("o{offset}")),
     };
     let page = app
         .offer_index
@@ -837,6 +849,12 @@ async fn search_ranked(
             }
         })?;
     let (ranked, scores) = ranked_views(&page.hits, &rank_for)?;
+    let (ranked, scores) = if offset < RANK_WINDOW {
+        window(ranked, scores, offset, limit as usize)
+    } else {
+        (ranked, scores)
+    };
+    let next = offset + limit as usize;
     let facet = |values: &[(String, u64)]| {
         values
             .iter()
@@ -856,9 +874,49 @@ async fn search_ranked(
             category: facet(&page.facets.category),
             availability: facet(&page.facets.availability),
         },
-        next_cursor: page.next_cursor,
+        next_cursor: ((next as u64) < page.total).then(|| format!("o{next}")),
     };
     Ok((view, scores))
+}
+
+/// How many of the best matches (by the index's order: relevance, or delivered price
+/// without words) are ranked together, so that the first pages show the best of them
+/// whatever page the index had them on. Pages beyond are ranked on their own.
+pub const RANK_WINDOW: usize = 100;
+
+/// `items[start..end]`, as far as there are items.
+fn slice<T>(items: Vec<T>, start: usize, end: usize) -> Vec<T> {
+    let end = end.min(items.len());
+    let start = start.min(end);
+    items.into_iter().skip(start).take(end - start).collect()
+}
+
+/// The page `[offset, offset + limit)` of a ranking: the ranked offers best first, then
+/// the excluded ones.
+fn window(
+    ranked: ComparisonView,
+    scores: Scores,
+    offset: usize,
+    limit: usize,
+) -> (ComparisonView, Scores) {
+    let ranked_count = ranked.results.len();
+    let end = offset.saturating_add(limit);
+    let (start_ranked, end_ranked) = (offset.min(ranked_count), end.min(ranked_count));
+    let (start_excluded, end_excluded) = (
+        offset.saturating_sub(ranked_count),
+        end.saturating_sub(ranked_count),
+    );
+    (
+        ComparisonView {
+            results: slice(ranked.results, start_ranked, end_ranked),
+            excluded: slice(ranked.excluded, start_excluded, end_excluded),
+            hints: ranked.hints,
+        },
+        Scores {
+            ranked: slice(scores.ranked, start_ranked, end_ranked),
+            excluded: slice(scores.excluded, start_excluded, end_excluded),
+        },
+    )
 }
 
 /// An offer to compare: the merchant and its offer id.
