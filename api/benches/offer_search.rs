@@ -22,7 +22,7 @@ use shopagent::Server;
 use shopagent::auth::{Authenticator, Claims, Role};
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 use shopagent_commands::{Store, StoreConfig};
-use shopagent_connectors::search::EmbeddedIndex;
+use shopagent_connectors::search::EmbeddedGenerations;
 use shopagent_domain::DomainEvent;
 use shopagent_domain::EventMetadata;
 use shopagent_domain::ids::{Category, MerchantId, OfferId};
@@ -171,7 +171,8 @@ async fn main() {
     println!("log: {offers} offers appended at {appended:.0} offers/s (8 writers)");
 
     let dir = tempfile::tempdir().expect("index directory");
-    let index = Arc::new(EmbeddedIndex::open(dir.path()).expect("index"));
+    let (index, generations) = EmbeddedGenerations::open(dir.path()).expect("index");
+    let index = Arc::new(index);
     let indexer = SearchIndexer::new(store.clone(), index.clone());
     let started = Instant::now();
     indexer.catch_up().await.expect("indexed");
@@ -189,7 +190,7 @@ async fn main() {
     )
     .await
     .expect("server")
-    .with_offer_index(index.clone());
+    .with_offer_index(index.clone(), Arc::new(generations));
     let address = server.local_addr().expect("address");
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(server.run(shutdown.clone()));

@@ -133,19 +133,27 @@ async fn count_requests(request: Request, next: Next) -> Response {
 /// Prometheus text format: what the process counted, and each log reader's lag read
 /// from the store now.
 async fn prometheus(State(app): State<App>) -> Response {
-    let readers = routes::ops::readers(&app);
-    for (name, kind) in readers {
+    let gauges = |reader: &str, kind: &str, lag_events: i64, lag_seconds: f64, rate: f64| {
+        let labels = [("reader", reader.to_owned()), ("kind", kind.to_owned())];
+        metrics::gauge!("shopagent_reader_lag_events", &labels).set(lag_events as f64);
+        metrics::gauge!("shopagent_reader_lag_seconds", &labels).set(lag_seconds);
+        metrics::gauge!("shopagent_reader_events_per_second", &labels).set(rate);
+    };
+    for (name, kind) in routes::ops::readers(&app) {
         match shopagent_projections::status(&app.store, name).await {
-            Ok(status) => {
-                let labels = [("reader", name.to_owned()), ("kind", kind.to_owned())];
-                metrics::gauge!("shopagent_reader_lag_events", &labels)
-                    .set(status.lag_events as f64);
-                metrics::gauge!("shopagent_reader_lag_seconds", &labels).set(status.lag_seconds);
-                metrics::gauge!("shopagent_reader_events_per_second", &labels)
-                    .set(status.events_per_second);
-            }
+            Ok(s) => gauges(name, kind, s.lag_events, s.lag_seconds, s.events_per_second),
             Err(error) => tracing::warn!(reader = name, %error, "reader status unavailable"),
         }
+    }
+    match app.search_indexer.status().await {
+        Ok(s) => gauges(
+            shopagent_projections::SearchIndexer::NAME,
+            "index",
+            s.lag_events,
+            s.lag_seconds,
+            s.events_per_second,
+        ),
+        Err(error) => tracing::warn!(%error, "search index status unavailable"),
     }
     (
         [(

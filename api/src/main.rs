@@ -8,10 +8,12 @@ use shopagent::server::{Server, open_store, projections};
 use shopagent::telemetry::{self, TelemetryConfig};
 use shopagent_commands::export::Redactor;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
-use shopagent_connectors::search::{EmbeddedIndex, MeilisearchIndex};
+use shopagent_connectors::search::{
+    EmbeddedGenerations, EmbeddedIndex, MeilisearchGenerations, MeilisearchIndex,
+};
 use shopagent_connectors::stripe_issuing::{StripeIssuing, StripeIssuingConfig};
 use shopagent_domain::ids::MandateId;
-use shopagent_domain::ports::{CardIssuer, OfferIndex, TrackingProvider};
+use shopagent_domain::ports::{CardIssuer, IndexGenerations, OfferIndex, TrackingProvider};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let secret = Authenticator::load_secret(cli.jwt_secret.as_deref(), &cli.store.data_dir)
                 .context("cannot read or create the token secret in the data directory")?;
+            let (index, generations) = offer_index(&cli).await?;
             let server = Server::build(&config, authenticator()?, cli.listen)
                 .await?
                 .with_pseudonym_key(shopagent::server::pseudonym_key(&secret))
@@ -112,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_card_issuer(issuer)
                 .with_tracking(tracking)
                 .with_event_stream(event_stream(&cli)?)
-                .with_offer_index(offer_index(&cli).await?);
+                .with_offer_index(index, generations);
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone())?);
             server.run(shutdown).await
@@ -357,26 +360,32 @@ async fn pause_projection(
     Ok(())
 }
 
-/// The offers index: on the Meilisearch server when one is configured (its settings
-/// applied now), else in `<data dir>/search`. Another process holding that directory (a
-/// second instance on the same data directory) leaves this one an index of its own in
-/// memory, built from the log.
-async fn offer_index(cli: &Cli) -> anyhow::Result<Arc<dyn OfferIndex>> {
+/// The offers index and where its rebuilds go: on the Meilisearch server when one is
+/// configured (its settings applied now), else the live generation under
+/// `<data dir>/search`. Another process holding that (a second instance on the same
+/// data directory) leaves this one an index of its own in memory, built from the log.
+async fn offer_index(
+    cli: &Cli,
+) -> anyhow::Result<(Arc<dyn OfferIndex>, Arc<dyn IndexGenerations>)> {
     if let Some(url) = &cli.meilisearch_url {
-        let index =
-            MeilisearchIndex::new(url, cli.meilisearch_key.as_deref(), &cli.meilisearch_index)?;
+        let key = cli.meilisearch_key.as_deref();
+        let index = MeilisearchIndex::new(url, key, &cli.meilisearch_index)?;
         index
             .configure()
             .await
             .context("cannot apply the offers index settings on Meilisearch")?;
-        return Ok(Arc::new(index));
+        let generations = MeilisearchGenerations::new(url, key, &cli.meilisearch_index)?;
+        return Ok((Arc::new(index), Arc::new(generations)));
     }
     let directory = cli.store.data_dir.join("search");
-    Ok(match EmbeddedIndex::open(&directory) {
-        Ok(index) => Arc::new(index),
+    Ok(match EmbeddedGenerations::open(&directory) {
+        Ok((index, generations)) => (Arc::new(index), Arc::new(generations)),
         Err(error) => {
             tracing::warn!(%error, directory = %directory.display(), "search index in use or unreadable; indexing in memory");
-            Arc::new(EmbeddedIndex::in_memory()?)
+            (
+                Arc::new(EmbeddedIndex::in_memory()?),
+                Arc::new(EmbeddedGenerations::in_memory()),
+            )
         }
     })
 }

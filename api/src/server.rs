@@ -8,14 +8,16 @@ use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker};
 use shopagent_commands::publisher::LogPublisher;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
 use shopagent_connectors::kafka::KafkaStream;
-use shopagent_connectors::search::EmbeddedIndex;
+use shopagent_connectors::search::{EmbeddedGenerations, EmbeddedIndex};
 use shopagent_domain::cart::Cart;
 use shopagent_domain::mandate::Mandate;
 use shopagent_domain::merchant::Merchant;
 use shopagent_domain::offer::Offer;
 use shopagent_domain::order::Order;
 use shopagent_domain::payment::Payment;
-use shopagent_domain::ports::{CardIssuer, MerchantDirectory, OfferIndex, TrackingProvider};
+use shopagent_domain::ports::{
+    CardIssuer, IndexGenerations, MerchantDirectory, OfferIndex, TrackingProvider,
+};
 use shopagent_domain::run::AgentRun;
 use shopagent_projections::{
     AggregateCatalog, OrdersHub, Projection, ProjectionRunner, Reconciliation, SearchIndexer,
@@ -72,6 +74,8 @@ pub struct App {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The offers search index, kept from the log by the `search_index` indexer.
     pub offer_index: Arc<dyn OfferIndex>,
+    /// The indexer that keeps it, and rebuilds it beside the live generation.
+    pub search_indexer: SearchIndexer,
 }
 
 /// Tasks that outlive the request that started them: cancelled and awaited when the
@@ -96,6 +100,11 @@ impl App {
         // conflicts it meets are retried this many times.
         let attempts = 20;
         let merchants = Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts));
+        let search_indexer = SearchIndexer::new(
+            store.clone(),
+            Arc::new(EmbeddedIndex::in_memory().expect("an index in memory")),
+        )
+        .with_generations(Arc::new(EmbeddedGenerations::in_memory()));
         Self {
             directory: Arc::new(RegistryDirectory {
                 merchants: Arc::clone(&merchants),
@@ -120,7 +129,8 @@ impl App {
             metrics: crate::telemetry::metrics(),
             // In memory until the server is given one on disk: rebuilt from the log at
             // start.
-            offer_index: Arc::new(EmbeddedIndex::in_memory().expect("an index in memory")),
+            offer_index: search_indexer.index(),
+            search_indexer,
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -202,9 +212,16 @@ impl Server {
     }
 
     /// Days a placed order may wait for its capture before it is an exception.
-    /// The offers search index (default: in memory, rebuilt from the log at start).
-    pub fn with_offer_index(mut self, index: Arc<dyn OfferIndex>) -> Self {
-        self.app.offer_index = index;
+    /// The offers search index (default: in memory, rebuilt from the log at start), and
+    /// where a rebuild makes its next generation.
+    pub fn with_offer_index(
+        mut self,
+        index: Arc<dyn OfferIndex>,
+        generations: Arc<dyn IndexGenerations>,
+    ) -> Self {
+        self.app.search_indexer =
+            SearchIndexer::new(self.app.store.clone(), index).with_generations(generations);
+        self.app.offer_index = self.app.search_indexer.index();
         self
     }
 
@@ -266,9 +283,7 @@ impl Server {
             })
             .collect();
 
-        let indexer = tokio::spawn(
-            SearchIndexer::new(store.clone(), app.offer_index.clone()).run(runners_stop.clone()),
-        );
+        let indexer = tokio::spawn(app.search_indexer.clone().run(runners_stop.clone()));
         let purger = tokio::spawn(purge_idempotency_keys(store.clone(), runners_stop.clone()));
         let checkout = card_issuer.map(|issuer| {
             let process = CheckoutProcess {

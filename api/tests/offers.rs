@@ -24,6 +24,7 @@ on_both_backends!(
     a_run_records_its_searches_and_comparisons_with_every_score,
     a_merchant_catalogue_feeds_and_searches_offers_into_the_log,
     the_first_page_is_the_best_of_all_matches_not_of_the_index_s_first,
+    the_index_is_rebuilt_beside_the_live_one_and_reported_to_ops,
 );
 
 fn page(name: &str) -> String {
@@ -699,17 +700,17 @@ async fn a_run_records_its_searches_and_comparisons_with_every_score(backend: Ba
 }
 
 async fn an_index_ahead_of_the_log_is_rebuilt_from_it(backend: Backend) {
-    use shopagent_connectors::search::EmbeddedIndex;
+    use shopagent_connectors::search::EmbeddedGenerations;
     use shopagent_domain::ports::OfferIndex;
     // An index kept from another log: its checkpoint is far past this log's head.
     let dir = tempfile::tempdir().expect("index directory");
-    let index = EmbeddedIndex::open(dir.path()).expect("index");
+    let (index, generations) = EmbeddedGenerations::open(dir.path()).expect("index");
     index
         .apply(vec![], vec![], Some("0:999999".into()))
         .await
         .expect("checkpoint");
     let app = common::spawn_app_with_server(backend, None, |server| {
-        server.with_offer_index(std::sync::Arc::new(index))
+        server.with_offer_index(std::sync::Arc::new(index), std::sync::Arc::new(generations))
     })
     .await;
     list_offers(&app, &[("acme", tent("199.00", "0", 2, 30))]).await;
@@ -894,5 +895,98 @@ async fn the_first_page_is_the_best_of_all_matches_not_of_the_index_s_first(back
         cursor = page.body["next_cursor"].as_str().map(str::to_owned);
     }
     assert_eq!(seen, ["cole", "acme", "bolt"], "each once, best first");
+    app.stop().await;
+}
+
+/// The search index's line in the ops listing.
+async fn index_status(app: &TestApp, ops: &str) -> Value {
+    let listing = app.get("/v1/ops/projections", ops).await;
+    listing.body["projections"]
+        .as_array()
+        .expect("projections")
+        .iter()
+        .find(|p| p["name"] == "search_index")
+        .cloned()
+        .expect("the search index is listed")
+}
+
+async fn the_index_is_rebuilt_beside_the_live_one_and_reported_to_ops(backend: Backend) {
+    use shopagent_connectors::search::EmbeddedGenerations;
+    let dir = tempfile::tempdir().expect("index directory");
+    let (index, generations) = EmbeddedGenerations::open(dir.path()).expect("index");
+    let app = common::spawn_app_with_server(backend, None, |server| {
+        server.with_offer_index(std::sync::Arc::new(index), std::sync::Arc::new(generations))
+    })
+    .await;
+    list_offers(
+        &app,
+        &[
+            ("acme", tent("199.00", "0", 2, 30)),
+            ("bolt", tent("189.00", "25.00", 8, 14)),
+        ],
+    )
+    .await;
+    let alice = app.shopper("alice");
+    search_until(&app, &alice, "q=tent", 2).await;
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let status = index_status(&app, &ops).await;
+    assert_eq!(
+        (&status["kind"], &status["state"], &status["lag_events"]),
+        (&json!("index"), &json!("running"), &json!(0)),
+        "{status:?}"
+    );
+    assert_eq!(status["checkpoint_position"], status["head_position"]);
+    let current = || std::fs::read_to_string(dir.path().join("CURRENT")).expect("CURRENT");
+    assert_eq!(current().trim(), "g1");
+
+    let started = app
+        .post("/v1/ops/projections/search_index/rebuild", &ops, json!({}))
+        .await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+    // Searches answer from the live generation throughout.
+    let during = app.get("/v1/offers/search?q=tent", &alice).await;
+    assert_eq!(during.body["total"], 2, "{:?}", during.body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while current().trim() != "g2" || index_status(&app, &ops).await["state"] == "rebuilding" {
+        assert!(std::time::Instant::now() < deadline, "the rebuild finishes");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !dir.path().join("g1").exists(),
+        "the retired generation is removed"
+    );
+    // The new generation serves, and keeps up with the log.
+    assert_eq!(
+        app.get("/v1/offers/search?q=tent", &alice).await.body["total"],
+        2
+    );
+    list_offers(&app, &[("cole", tent("149.00", "0", 3, 30))]).await;
+    search_until(&app, &alice, "q=tent", 3).await;
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("shopagent_reader_lag_events{reader=\"search_index\",kind=\"index\"}")
+            || metrics
+                .contains("shopagent_reader_lag_events{kind=\"index\",reader=\"search_index\"}"),
+        "{metrics}"
+    );
+    app.post("/v1/ops/projections/search_index/pause", &ops, json!({}))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "not_pausable");
+    app.post(
+        "/v1/ops/projections/search_index/rebuild",
+        &alice,
+        json!({}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN, "forbidden");
     app.stop().await;
 }

@@ -334,3 +334,15 @@ pub trait OfferIndex: Send + Sync {
         false
     }
 }
+
+/// Generations of the offers index: a rebuild fills a new one beside the live one,
+/// which keeps serving, then promotes it.
+#[async_trait::async_trait]
+pub trait IndexGenerations: Send + Sync {
+    /// A new, empty index beside the live one.
+    async fn create_next(&self) -> Result<Arc<dyn OfferIndex>, IndexError>;
+
+    /// Makes the index the last `create_next` made the live one — durably: a restart
+    /// opens it — and retires the one before. Returns the handle to serve from.
+    async fn promote(&self) -> Result<Arc<dyn OfferIndex>, IndexError>;
+}

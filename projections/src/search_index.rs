@@ -9,7 +9,7 @@
 //! the offer at its version (an older version never replaces a newer); withdrawing
 //! removes it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shopagent_commands::log::LogFilter;
@@ -17,8 +17,9 @@ use shopagent_commands::subscriber::{Step, drive};
 use shopagent_commands::{LogCursor, Store, StoreError, StoredEvent};
 use shopagent_domain::ids::{MerchantId, OfferId};
 use shopagent_domain::offer::OfferEvent;
-use shopagent_domain::offer::search::IndexedOffer;
-use shopagent_domain::ports::{IndexError, OfferIndex};
+use shopagent_domain::offer::search::{IndexedOffer, OfferQuery, SearchPage};
+use shopagent_domain::ports::{IndexError, IndexGenerations, OfferIndex};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -32,11 +33,110 @@ pub enum IndexerError {
     Checkpoint(String),
 }
 
-/// Keeps an [`OfferIndex`] from the log.
+/// The live offers index: what searches read and the indexer writes, replaced at once
+/// when a rebuild promotes a new generation.
+struct LiveIndex {
+    current: std::sync::RwLock<Arc<dyn OfferIndex>>,
+}
+
+impl LiveIndex {
+    fn new(index: Arc<dyn OfferIndex>) -> Self {
+        Self {
+            current: std::sync::RwLock::new(index),
+        }
+    }
+
+    fn current(&self) -> Arc<dyn OfferIndex> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn replace(&self, index: Arc<dyn OfferIndex>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = index;
+    }
+}
+
+#[async_trait::async_trait]
+impl OfferIndex for LiveIndex {
+    async fn apply(
+        &self,
+        offers: Vec<IndexedOffer>,
+        withdrawn: Vec<String>,
+        checkpoint: Option<String>,
+    ) -> Result<(), IndexError> {
+        self.current().apply(offers, withdrawn, checkpoint).await
+    }
+
+    async fn checkpoint(&self) -> Result<Option<String>, IndexError> {
+        self.current().checkpoint().await
+    }
+
+    async fn search(&self, query: &OfferQuery) -> Result<SearchPage, IndexError> {
+        self.current().search(query).await
+    }
+
+    async fn clear(&self) -> Result<(), IndexError> {
+        self.current().clear().await
+    }
+
+    fn shared(&self) -> bool {
+        self.current().shared()
+    }
+}
+
+/// What this process's indexer has done, for the ops status and the metrics.
+#[derive(Debug, Default)]
+struct Activity {
+    events_applied: i64,
+    events_per_second: f64,
+    updated_at: Option<OffsetDateTime>,
+    error: Option<String>,
+    /// Position a rebuild's new generation has reached, while one runs.
+    rebuild_position: Option<i64>,
+}
+
+/// Where the search index stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexerStatus {
+    /// `running`, `failing` (a batch cannot be applied; retried) or `rebuilding`.
+    pub state: &'static str,
+    pub checkpoint_position: i64,
+    pub head_position: i64,
+    /// Offer events not yet indexed.
+    pub lag_events: i64,
+    /// How long the oldest of them has waited, in seconds.
+    pub lag_seconds: f64,
+    pub events_applied: i64,
+    pub events_per_second: f64,
+    pub updated_at: Option<OffsetDateTime>,
+    pub error: Option<String>,
+    /// Position a rebuild has reached, while one runs.
+    pub rebuild_position: Option<i64>,
+}
+
+/// Why a rebuild did not start or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("a rebuild of the search index is already running")]
+    AlreadyRunning,
+    #[error("this search index has no generations to rebuild into")]
+    NoGenerations,
+    #[error("the rebuild was stopped")]
+    Stopped,
+    #[error(transparent)]
+    Indexer(#[from] IndexerError),
+}
+
+/// Keeps an [`OfferIndex`] from the log, and rebuilds it beside the live one.
 #[derive(Clone)]
 pub struct SearchIndexer {
     store: Store,
-    index: Arc<dyn OfferIndex>,
+    index: Arc<LiveIndex>,
+    generations: Option<Arc<dyn IndexGenerations>>,
+    /// Held by each step, and by a rebuild while it promotes: nothing is written to a
+    /// generation being retired.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    activity: Arc<Mutex<Activity>>,
+    rebuilding: Arc<std::sync::atomic::AtomicBool>,
     batch_size: u32,
 }
 
@@ -77,9 +177,28 @@ impl SearchIndexer {
     pub fn new(store: Store, index: Arc<dyn OfferIndex>) -> Self {
         Self {
             store,
-            index,
+            index: Arc::new(LiveIndex::new(index)),
+            generations: None,
+            gate: Arc::default(),
+            activity: Arc::default(),
+            rebuilding: Arc::default(),
             batch_size: 1_000,
         }
+    }
+
+    /// Where a rebuild makes the index's next generation.
+    pub fn with_generations(mut self, generations: Arc<dyn IndexGenerations>) -> Self {
+        self.generations = Some(generations);
+        self
+    }
+
+    /// The live index: searches read it, through rebuilds.
+    pub fn index(&self) -> Arc<dyn OfferIndex> {
+        Arc::clone(&self.index) as Arc<dyn OfferIndex>
+    }
+
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn with_batch_size(mut self, batch_size: u32) -> Self {
@@ -97,6 +216,26 @@ impl SearchIndexer {
 
     /// Indexes the next batch of offer events; how many it indexed.
     pub async fn step(&self) -> Result<usize, IndexerError> {
+        let _gate = self.gate.lock().await;
+        let started = std::time::Instant::now();
+        let outcome = self.step_ungated().await;
+        let mut activity = self.activity();
+        match &outcome {
+            Ok(0) => activity.error = None,
+            Ok(indexed) => {
+                let indexed = *indexed as i64;
+                activity.events_applied += indexed;
+                activity.events_per_second =
+                    indexed as f64 / started.elapsed().as_secs_f64().max(1e-6);
+                activity.updated_at = Some(OffsetDateTime::now_utc());
+                activity.error = None;
+            }
+            Err(error) => activity.error = Some(error.to_string()),
+        }
+        outcome
+    }
+
+    async fn step_ungated(&self) -> Result<usize, IndexerError> {
         let mut after = self.position().await?;
         if after.position > 0 && after.position > self.store.head_position().await? {
             // The index is ahead of the log: it was built from another log (a database
@@ -109,10 +248,7 @@ impl SearchIndexer {
             self.index.clear().await?;
             after = LogCursor::START;
         }
-        let filter = LogFilter {
-            aggregate_type: Some("offer".into()),
-            ..LogFilter::default()
-        };
+        let filter = offer_events();
         let events = self
             .store
             .read_log_matching(after, self.batch_size, &filter)
@@ -137,11 +273,13 @@ impl SearchIndexer {
 
     /// Indexes every offer event committed before this call.
     pub async fn catch_up(&self) -> Result<(), IndexerError> {
+        let _gate = self.gate.lock().await;
+        self.catch_up_ungated().await
+    }
+
+    async fn catch_up_ungated(&self) -> Result<(), IndexerError> {
         let head = self.store.head_position().await?;
-        let filter = LogFilter {
-            aggregate_type: Some("offer".into()),
-            ..LogFilter::default()
-        };
+        let filter = offer_events();
         loop {
             let position = self.position().await?;
             if self
@@ -152,11 +290,116 @@ impl SearchIndexer {
             {
                 return Ok(());
             }
-            if self.step().await? == 0 {
+            if self.step_ungated().await? == 0 {
                 // Committed but not yet readable (PostgreSQL): wait for it.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+
+    /// Where the index stands: its checkpoint against the log's offer events, and what
+    /// this process's indexer has done.
+    pub async fn status(&self) -> Result<IndexerStatus, IndexerError> {
+        let position = self.position().await?;
+        let head = self.store.head_position().await?;
+        let filter = offer_events();
+        let lag_events = self
+            .store
+            .count_between_matching(position, head, &filter)
+            .await?;
+        let oldest = self.store.read_log_matching(position, 1, &filter).await?;
+        let lag_seconds = oldest.first().map_or(0.0, |event| {
+            (OffsetDateTime::now_utc() - event.recorded_at)
+                .as_seconds_f64()
+                .max(0.0)
+        });
+        let activity = self.activity();
+        let recent = activity
+            .updated_at
+            .is_some_and(|at| OffsetDateTime::now_utc() - at < time::Duration::seconds(10));
+        Ok(IndexerStatus {
+            state: match (&activity.error, activity.rebuild_position) {
+                (Some(_), _) => "failing",
+                (None, Some(_)) => "rebuilding",
+                (None, None) => "running",
+            },
+            checkpoint_position: position.position,
+            head_position: head,
+            lag_events,
+            lag_seconds,
+            events_applied: activity.events_applied,
+            events_per_second: if recent {
+                activity.events_per_second
+            } else {
+                0.0
+            },
+            updated_at: activity.updated_at,
+            error: activity.error.clone(),
+            rebuild_position: activity.rebuild_position,
+        })
+    }
+
+    /// Claims the one rebuild this indexer may run at a time.
+    pub fn claim_rebuild(&self) -> Result<(), RebuildError> {
+        if self.generations.is_none() {
+            return Err(RebuildError::NoGenerations);
+        }
+        self.rebuilding
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(|_| RebuildError::AlreadyRunning)
+    }
+
+    /// Rebuilds the index from the start of the log into a new generation while the
+    /// live one keeps serving and indexing, then promotes it: searches move to the new
+    /// one at once. Needs [`Self::claim_rebuild`] first.
+    pub async fn rebuild_claimed(&self, stop: &CancellationToken) -> Result<(), RebuildError> {
+        let outcome = self.rebuild_into_next(stop).await;
+        self.activity().rebuild_position = None;
+        self.rebuilding
+            .store(false, std::sync::atomic::Ordering::Release);
+        match &outcome {
+            Ok(()) => tracing::info!(indexer = Self::NAME, "search index rebuilt"),
+            Err(error) => {
+                tracing::error!(indexer = Self::NAME, %error, "search index rebuild failed")
+            }
+        }
+        outcome
+    }
+
+    async fn rebuild_into_next(&self, stop: &CancellationToken) -> Result<(), RebuildError> {
+        let generations = self
+            .generations
+            .clone()
+            .ok_or(RebuildError::NoGenerations)?;
+        let next = generations
+            .create_next()
+            .await
+            .map_err(IndexerError::from)?;
+        let builder = SearchIndexer::new(self.store.clone(), next).with_batch_size(self.batch_size);
+        self.activity().rebuild_position = Some(0);
+        // Most of the log while the live generation keeps up on its own.
+        loop {
+            if stop.is_cancelled() {
+                return Err(RebuildError::Stopped);
+            }
+            let indexed = builder.step_ungated().await?;
+            self.activity().rebuild_position = Some(builder.position().await?.position);
+            if indexed == 0 {
+                break;
+            }
+        }
+        // The rest with the live indexer held, then the switch.
+        let _gate = self.gate.lock().await;
+        builder.catch_up_ungated().await?;
+        let promoted = generations.promote().await.map_err(IndexerError::from)?;
+        self.index.replace(promoted);
+        Ok(())
     }
 
     /// Indexes until `shutdown` fires.
@@ -185,6 +428,14 @@ impl SearchIndexer {
             },
         )
         .await;
+    }
+}
+
+/// The events the index is kept from.
+fn offer_events() -> LogFilter {
+    LogFilter {
+        aggregate_type: Some("offer".into()),
+        ..LogFilter::default()
     }
 }
 

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use crate::auth::{Principal, Role};
 use crate::problem::Problem;
 use crate::server::{App, projections};
+use shopagent_projections::SearchIndexer;
 
 pub fn routes() -> Router<App> {
     Router::new()
@@ -23,8 +24,8 @@ pub fn routes() -> Router<App> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionView {
     pub name: String,
-    /// `projection` (a read model), `process` (side effects) or `publisher` (the log
-    /// to Kafka).
+    /// `projection` (a read model), `process` (side effects), `publisher` (the log
+    /// to Kafka) or `index` (the offers search index, its checkpoint kept in the index).
     pub kind: &'static str,
     /// `running`; `paused` by ops; `failing` while a batch cannot be applied
     /// (retried; nothing is skipped); or `rebuilding` while a new version of its read
@@ -74,11 +75,83 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
         ));
     }
     let readers = readers(&app);
-    let mut views = Vec::with_capacity(readers.len());
+    let mut views = Vec::with_capacity(readers.len() + 1);
     for (name, kind) in readers {
         views.push(view(&app, name, kind).await?);
     }
+    views.push(index_view(&app).await?);
     Ok(axum::Json(ProjectionList { projections: views }).into_response())
+}
+
+/// Where the offers search index stands. Its checkpoint is kept in the index, and its
+/// activity is this instance's: each instance keeps its own embedded index.
+async fn index_view(app: &App) -> Result<ProjectionView, Problem> {
+    let status = app.search_indexer.status().await.map_err(index_problem)?;
+    Ok(ProjectionView {
+        name: SearchIndexer::NAME.to_owned(),
+        kind: "index",
+        state: status.state,
+        checkpoint_position: status.checkpoint_position,
+        head_position: status.head_position,
+        lag_events: status.lag_events,
+        lag_seconds: status.lag_seconds,
+        events_applied: status.events_applied,
+        events_per_second: status.events_per_second,
+        updated_at: status
+            .updated_at
+            .and_then(|at| {
+                at.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default(),
+        error: status.error,
+        failed_position: None,
+        rebuild: status.rebuild_position.map(|position| RebuildView {
+            position,
+            events_per_second: 0.0,
+        }),
+    })
+}
+
+fn index_problem(error: shopagent_projections::search_index::IndexerError) -> Problem {
+    match error {
+        shopagent_projections::search_index::IndexerError::Store(store) => Problem::from(store),
+        other => {
+            tracing::error!(error = %other, "search index status failed");
+            Problem::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "search_unavailable",
+                "The search index cannot answer right now",
+            )
+            .with_retry_after(5)
+        }
+    }
+}
+
+/// Starts a rebuild of the offers index into a new generation beside the live one.
+fn rebuild_index(app: &App, principal: &Principal) -> Result<(), Problem> {
+    use shopagent_projections::search_index::RebuildError;
+    match app.search_indexer.claim_rebuild() {
+        Ok(()) => {}
+        Err(RebuildError::AlreadyRunning) => {
+            return Err(Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "rebuild_in_progress",
+                "A rebuild of this projection is already running",
+            ));
+        }
+        Err(other) => {
+            return Err(Problem::unprocessable("not_rebuildable", other.to_string()));
+        }
+    }
+    let indexer = app.search_indexer.clone();
+    let stop = app.background.stop.clone();
+    app.background.tasks.spawn(async move {
+        // The outcome is logged by the rebuild and visible in the status.
+        let _ = indexer.rebuild_claimed(&stop).await;
+    });
+    tracing::info!(projection = SearchIndexer::NAME, by = %principal.subject, "search index rebuild started");
+    Ok(())
 }
 
 /// Every reader of the log this server has, with its kind.
@@ -143,15 +216,27 @@ fn projection_for_ops(
     principal: &Principal,
     name: &str,
 ) -> Result<std::sync::Arc<dyn shopagent_projections::Projection>, Problem> {
-    if !matches!(principal.role, Role::Ops | Role::Admin) {
-        return Err(Problem::forbidden(
-            "managing projections is for ops and admins",
+    may_manage(principal)?;
+    if name == SearchIndexer::NAME {
+        return Err(Problem::unprocessable(
+            "not_pausable",
+            "each instance keeps the search index as the log grows; it is rebuilt, not paused",
         ));
     }
     projections()
         .into_iter()
         .find(|p| p.name() == name)
         .ok_or_else(|| Problem::not_found().with_detail("no projection has this name"))
+}
+
+fn may_manage(principal: &Principal) -> Result<(), Problem> {
+    if matches!(principal.role, Role::Ops | Role::Admin) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(
+            "managing projections is for ops and admins",
+        ))
+    }
 }
 
 /// Pauses or resumes a projection of this build on every instance.
@@ -212,6 +297,11 @@ pub async fn rebuild(
     principal: Principal,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, Problem> {
+    if name == SearchIndexer::NAME {
+        may_manage(&principal)?;
+        rebuild_index(&app, &principal)?;
+        return Ok(accepted(index_view(&app).await?));
+    }
     let projection = projection_for_ops(&principal, &name)?;
     let name = projection.name();
     let rebuild = shopagent_projections::Rebuild::new(app.store.clone(), projection);
@@ -238,14 +328,15 @@ pub async fn rebuild(
         let _ = rebuild.run_claimed(&stop, |_| {}).await;
     });
     tracing::info!(projection = name, by = %principal.subject, "projection rebuild started");
-    let mut response = (
-        axum::http::StatusCode::ACCEPTED,
-        axum::Json(view(&app, name, "projection").await?),
-    )
-        .into_response();
+    Ok(accepted(view(&app, name, "projection").await?))
+}
+
+/// 202, pointing at where the rebuild's progress shows.
+fn accepted(view: ProjectionView) -> Response {
+    let mut response = (axum::http::StatusCode::ACCEPTED, axum::Json(view)).into_response();
     response.headers_mut().insert(
         axum::http::header::LOCATION,
         axum::http::HeaderValue::from_static("/v1/ops/projections"),
     );
-    Ok(response)
+    response
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use meilisearch_sdk::client::Client;
+use meilisearch_sdk::client::{Client, SwapIndexes};
 use meilisearch_sdk::documents::DocumentsQuery;
 use meilisearch_sdk::errors::{Error as SdkError, ErrorCode};
 use meilisearch_sdk::indexes::Index;
@@ -32,7 +32,7 @@ use meilisearch_sdk::tasks::Task;
 use serde::{Deserialize, Serialize};
 use shopagent_domain::offer::Availability;
 use shopagent_domain::offer::search::{Facets, IndexedOffer, OfferQuery, SearchPage};
-use shopagent_domain::ports::{IndexError, OfferIndex};
+use shopagent_domain::ports::{IndexError, IndexGenerations, OfferIndex};
 
 /// The index's name unless configured otherwise.
 pub const DEFAULT_INDEX: &str = "shopagent_offers";
@@ -437,5 +437,81 @@ impl OfferIndex for MeilisearchIndex {
     }
     fn shared(&self) -> bool {
         true
+    }
+}
+
+/// Generations of the index on Meilisearch: a rebuild fills `{index}_next`; promotion
+/// swaps it with the live index in one task (searches see the one or the other, never
+/// a mix), then deletes what was live. The live index keeps its name throughout.
+#[derive(Debug, Clone)]
+pub struct MeilisearchGenerations {
+    live: MeilisearchIndex,
+    next: MeilisearchIndex,
+}
+
+impl MeilisearchGenerations {
+    pub fn new(url: &str, api_key: Option<&str>, index: &str) -> Result<Self, IndexError> {
+        Ok(Self {
+            live: MeilisearchIndex::new(url, api_key, index)?,
+            next: MeilisearchIndex::new(url, api_key, &format!("{index}_next"))?,
+        })
+    }
+
+    /// Deletes the next generation's index, if there is one.
+    async fn delete_next(&self) -> Result<(), IndexError> {
+        let task = self
+            .next
+            .client
+            .delete_index(&self.next.index.uid)
+            .await
+            .map_err(unavailable)?;
+        match task
+            .wait_for_completion(&self.next.client, Some(TASK_POLL), Some(TASK_TIMEOUT))
+            .await
+            .map_err(unavailable)?
+        {
+            Task::Succeeded { .. } => Ok(()),
+            failed @ Task::Failed { .. } => {
+                let error = failed.unwrap_failure();
+                if error.error_code == ErrorCode::IndexNotFound {
+                    Ok(())
+                } else {
+                    Err(unavailable(error))
+                }
+            }
+            other => Err(unavailable(format!(
+                "task {} did not finish",
+                other.get_uid()
+            ))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl IndexGenerations for MeilisearchGenerations {
+    async fn create_next(&self) -> Result<std::sync::Arc<dyn OfferIndex>, IndexError> {
+        // What a rebuild cut short left behind.
+        self.delete_next().await?;
+        self.next.configure().await?;
+        Ok(std::sync::Arc::new(self.next.clone()))
+    }
+
+    async fn promote(&self) -> Result<std::sync::Arc<dyn OfferIndex>, IndexError> {
+        let swap = SwapIndexes {
+            indexes: (self.live.index.uid.clone(), self.next.index.uid.clone()),
+            rename: None,
+        };
+        let task = self
+            .live
+            .client
+            .swap_indexes([&swap])
+            .await
+            .map_err(unavailable)?;
+        self.live.wait(task).await?;
+        // The next generation's name now holds what was live.
+        if let Err(error) = self.delete_next().await {
+            tracing::warn!(%error, "retired search index generation not deleted");
+        }
+        Ok(std::sync::Arc::new(self.live.clone()))
     }
 }

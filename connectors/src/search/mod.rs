@@ -4,10 +4,12 @@
 //! Both page with the same cursor: `o{n}`, the offset of the next page's first match.
 
 pub mod embedded;
+pub mod generations;
 pub mod meilisearch;
 
 pub use embedded::EmbeddedIndex;
-pub use meilisearch::MeilisearchIndex;
+pub use generations::EmbeddedGenerations;
+pub use meilisearch::{MeilisearchGenerations, MeilisearchIndex};
 
 use shopagent_domain::ports::IndexError;
 

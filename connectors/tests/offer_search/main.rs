@@ -415,3 +415,75 @@ suite!(
     an_older_version_never_replaces_a_newer_and_withdrawn_offers_go,
     the_index_and_its_checkpoint_survive_a_reopen,
 );
+
+#[tokio::test]
+async fn a_promoted_generation_is_the_one_a_restart_opens() {
+    use shopagent_connectors::search::EmbeddedGenerations;
+    use shopagent_domain::ports::IndexGenerations;
+    let dir = tempfile::tempdir().expect("dir");
+    // Files of an index from before generations: replaced by the first generation.
+    std::fs::write(dir.path().join("meta.json"), "{}").expect("legacy file");
+    {
+        let (live, generations) = EmbeddedGenerations::open(dir.path()).expect("opened");
+        assert!(!dir.path().join("meta.json").exists());
+        live.apply(
+            vec![offer("acme", &CATALOGUE[0], 1)],
+            vec![],
+            Some("1:1".into()),
+        )
+        .await
+        .expect("indexed");
+        let next = generations.create_next().await.expect("next");
+        next.apply(
+            vec![offer("acme", &CATALOGUE[3], 1)],
+            vec![],
+            Some("1:2".into()),
+        )
+        .await
+        .expect("indexed");
+        let promoted = generations.promote().await.expect("promoted");
+        assert_eq!(
+            promoted.checkpoint().await.expect("checkpoint").as_deref(),
+            Some("1:2")
+        );
+        assert!(
+            !dir.path().join("g1").exists(),
+            "the old generation is removed"
+        );
+    }
+    let (reopened, _) = EmbeddedGenerations::open(dir.path()).expect("reopened");
+    let reopened: Arc<dyn OfferIndex> = Arc::new(reopened);
+    assert_eq!(
+        reopened.checkpoint().await.expect("checkpoint").as_deref(),
+        Some("1:2")
+    );
+    assert_eq!(
+        ids(&reopened, &query(Some("headphones"))).await,
+        ["sonic/sku:phones"]
+    );
+}
+
+#[tokio::test]
+async fn the_rebuilt_generation_is_swapped_in() {
+    use shopagent_connectors::search::MeilisearchGenerations;
+    use shopagent_domain::ports::IndexGenerations;
+    let replay = replay::Replay::start("the_rebuilt_generation_is_swapped_in").await;
+    let generations =
+        MeilisearchGenerations::new(&replay.url, Some("test-key"), "offers").expect("client");
+    // A new generation beside the live index: emptied of any cut-short rebuild, set up.
+    let next = generations.create_next().await.expect("next generation");
+    next.apply(
+        vec![offer("acme", &CATALOGUE[3], 1)],
+        vec![],
+        Some("checkpoint-1".into()),
+    )
+    .await
+    .expect("indexed");
+    // Swapped with the live index in one task; the old contents deleted.
+    let live = generations.promote().await.expect("promoted");
+    assert_eq!(
+        live.checkpoint().await.expect("checkpoint").as_deref(),
+        Some("checkpoint-1")
+    );
+    replay.finish().await;
+}
