@@ -133,27 +133,23 @@ async fn count_requests(request: Request, next: Next) -> Response {
 /// Prometheus text format: what the process counted, and each log reader's lag read
 /// from the store now.
 async fn prometheus(State(app): State<App>) -> Response {
-    let gauges = |reader: &str, kind: &str, lag_events: i64, lag_seconds: f64, rate: f64| {
-        let labels = [("reader", reader.to_owned()), ("kind", kind.to_owned())];
-        metrics::gauge!("shopagent_reader_lag_events", &labels).set(lag_events as f64);
-        metrics::gauge!("shopagent_reader_lag_seconds", &labels).set(lag_seconds);
-        metrics::gauge!("shopagent_reader_events_per_second", &labels).set(rate);
-    };
+    let mut statuses = Vec::new();
     for (name, kind) in routes::ops::readers(&app) {
         match shopagent_projections::status(&app.store, name).await {
-            Ok(s) => gauges(name, kind, s.lag_events, s.lag_seconds, s.events_per_second),
+            Ok(status) => statuses.push((status, kind)),
             Err(error) => tracing::warn!(reader = name, %error, "reader status unavailable"),
         }
     }
     match app.search_indexer.status().await {
-        Ok(s) => gauges(
-            shopagent_projections::SearchIndexer::NAME,
-            "index",
-            s.lag_events,
-            s.lag_seconds,
-            s.events_per_second,
-        ),
+        Ok(status) => statuses.push((status, "index")),
         Err(error) => tracing::warn!(%error, "search index status unavailable"),
+    }
+    for (status, kind) in statuses {
+        let labels = [("reader", status.name), ("kind", kind.to_owned())];
+        metrics::gauge!("shopagent_reader_lag_events", &labels).set(status.lag_events as f64);
+        metrics::gauge!("shopagent_reader_lag_seconds", &labels).set(status.lag_seconds);
+        metrics::gauge!("shopagent_reader_events_per_second", &labels)
+            .set(status.events_per_second);
     }
     (
         [(

@@ -299,6 +299,21 @@ async fn list_offers(app: &TestApp, pages: &[(&str, String)]) {
     }
 }
 
+/// A token of alice's agent under an autopilot mandate of at most 200.00 USD an order,
+/// blocking `categories`.
+async fn agent_limited_to_200_usd(app: &TestApp, categories: &[&str]) -> String {
+    let mandate = app
+        .post(
+            "/v1/mandates",
+            &app.shopper("alice"),
+            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": {"minor": 20_000, "currency": "USD"},
+                   "blocked_categories": categories}),
+        )
+        .await;
+    let mandate = mandate.body["id"].as_str().expect("mandate");
+    app.token("acme", "agent-1", Role::Agent, Some(mandate))
+}
+
 /// Searches until the index holds `total` matches (it trails the log by a moment).
 async fn search_until(app: &TestApp, token: &str, query: &str, total: u64) -> common::Reply {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -410,17 +425,7 @@ async fn the_mandate_excludes_with_why_and_hints_at_what_budget_unlocks(backend:
         ],
     )
     .await;
-    let alice = app.shopper("alice");
-    let mandate = app
-        .post(
-            "/v1/mandates",
-            &alice,
-            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": {"minor": 20_000, "currency": "USD"},
-                   "blocked_categories": ["alcohol"]}),
-        )
-        .await;
-    let mandate = mandate.body["id"].as_str().expect("mandate").to_owned();
-    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let agent = agent_limited_to_200_usd(&app, &["alcohol"]).await;
     let reply = search_until(&app, &agent, "", 3).await;
     assert_eq!(reply.body["total"], 3, "{:?}", reply.body);
     let ranked: Vec<&str> = reply.body["results"]
@@ -588,15 +593,7 @@ async fn a_run_records_its_searches_and_comparisons_with_every_score(backend: Ba
     )
     .await;
     let alice = app.shopper("alice");
-    let mandate = app
-        .post(
-            "/v1/mandates",
-            &alice,
-            json!({"mode": "autopilot", "currency": "USD", "per_order_limit": {"minor": 20_000, "currency": "USD"}}),
-        )
-        .await;
-    let mandate = mandate.body["id"].as_str().expect("mandate").to_owned();
-    let agent = app.token("acme", "agent-1", Role::Agent, Some(&mandate));
+    let agent = agent_limited_to_200_usd(&app, &[]).await;
     let run = app
         .post("/v1/runs", &agent, json!({"prompt": "a tent for two"}))
         .await;

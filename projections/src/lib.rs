@@ -22,4 +22,4 @@ pub use runner::{
     Projection, ProjectionError, ProjectionRunner, ProjectionStatus, ReadModelTx, set_paused,
     status,
 };
-pub use search_index::{IndexerStatus, SearchIndexer};
+pub use search_index::SearchIndexer;

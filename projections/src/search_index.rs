@@ -20,6 +20,8 @@ use shopagent_domain::offer::OfferEvent;
 use shopagent_domain::offer::search::{IndexedOffer, OfferQuery, SearchPage};
 use shopagent_domain::ports::{IndexError, IndexGenerations, OfferIndex};
 use time::OffsetDateTime;
+
+use crate::runner::{ProjectionStatus, RebuildStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -92,25 +94,6 @@ struct Activity {
     error: Option<String>,
     /// Position a rebuild's new generation has reached, while one runs.
     rebuild_position: Option<i64>,
-}
-
-/// Where the search index stands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IndexerStatus {
-    /// `running`, `failing` (a batch cannot be applied; retried) or `rebuilding`.
-    pub state: &'static str,
-    pub checkpoint_position: i64,
-    pub head_position: i64,
-    /// Offer events not yet indexed.
-    pub lag_events: i64,
-    /// How long the oldest of them has waited, in seconds.
-    pub lag_seconds: f64,
-    pub events_applied: i64,
-    pub events_per_second: f64,
-    pub updated_at: Option<OffsetDateTime>,
-    pub error: Option<String>,
-    /// Position a rebuild has reached, while one runs.
-    pub rebuild_position: Option<i64>,
 }
 
 /// Why a rebuild did not start or did not finish.
@@ -297,9 +280,10 @@ impl SearchIndexer {
         }
     }
 
-    /// Where the index stands: its checkpoint against the log's offer events, and what
-    /// this process's indexer has done.
-    pub async fn status(&self) -> Result<IndexerStatus, IndexerError> {
+    /// Where the index stands, in the shape of a projection's status: its checkpoint
+    /// against the log's offer events (the lag counts those alone), and what this
+    /// process's indexer has done. It is never `paused`.
+    pub async fn status(&self) -> Result<ProjectionStatus, IndexerError> {
         let position = self.position().await?;
         let head = self.store.head_position().await?;
         let filter = offer_events();
@@ -317,7 +301,8 @@ impl SearchIndexer {
         let recent = activity
             .updated_at
             .is_some_and(|at| OffsetDateTime::now_utc() - at < time::Duration::seconds(10));
-        Ok(IndexerStatus {
+        Ok(ProjectionStatus {
+            name: Self::NAME.to_owned(),
             state: match (&activity.error, activity.rebuild_position) {
                 (Some(_), _) => "failing",
                 (None, Some(_)) => "rebuilding",
@@ -333,9 +318,19 @@ impl SearchIndexer {
             } else {
                 0.0
             },
-            updated_at: activity.updated_at,
+            updated_at: activity
+                .updated_at
+                .and_then(|at| {
+                    at.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default(),
             error: activity.error.clone(),
-            rebuild_position: activity.rebuild_position,
+            failed_position: None,
+            rebuild: activity.rebuild_position.map(|position| RebuildStatus {
+                position,
+                events_per_second: 0.0,
+            }),
         })
     }
 

@@ -87,30 +87,7 @@ pub async fn list(State(app): State<App>, principal: Principal) -> Result<Respon
 /// activity is this instance's: each instance keeps its own embedded index.
 async fn index_view(app: &App) -> Result<ProjectionView, Problem> {
     let status = app.search_indexer.status().await.map_err(index_problem)?;
-    Ok(ProjectionView {
-        name: SearchIndexer::NAME.to_owned(),
-        kind: "index",
-        state: status.state,
-        checkpoint_position: status.checkpoint_position,
-        head_position: status.head_position,
-        lag_events: status.lag_events,
-        lag_seconds: status.lag_seconds,
-        events_applied: status.events_applied,
-        events_per_second: status.events_per_second,
-        updated_at: status
-            .updated_at
-            .and_then(|at| {
-                at.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default(),
-        error: status.error,
-        failed_position: None,
-        rebuild: status.rebuild_position.map(|position| RebuildView {
-            position,
-            events_per_second: 0.0,
-        }),
-    })
+    Ok(projection_view(status, "index"))
 }
 
 fn index_problem(error: shopagent_projections::search_index::IndexerError) -> Problem {
@@ -181,7 +158,14 @@ async fn view(app: &App, name: &str, kind: &'static str) -> Result<ProjectionVie
     let status = shopagent_projections::status(&app.store, name)
         .await
         .map_err(status_problem)?;
-    Ok(ProjectionView {
+    Ok(projection_view(status, kind))
+}
+
+fn projection_view(
+    status: shopagent_projections::ProjectionStatus,
+    kind: &'static str,
+) -> ProjectionView {
+    ProjectionView {
         name: status.name,
         kind,
         state: status.state,
@@ -198,7 +182,7 @@ async fn view(app: &App, name: &str, kind: &'static str) -> Result<ProjectionVie
             position: r.position,
             events_per_second: r.events_per_second,
         }),
-    })
+    }
 }
 
 fn status_problem(error: shopagent_projections::ProjectionError) -> Problem {
