@@ -27,10 +27,12 @@ use shopagent_domain::DomainEvent;
 use shopagent_domain::EventMetadata;
 use shopagent_domain::ids::{Category, MerchantId, OfferId};
 use shopagent_domain::money::{Currency, Money};
+use shopagent_domain::offer::search::OfferQuery;
 use shopagent_domain::offer::{
     Availability, DeliveryEstimate, OfferEvent, OfferSource, ProductKey, ProductRecord,
     ReturnPolicy, TrustSignals,
 };
+use shopagent_domain::ports::OfferIndex as _;
 use shopagent_projections::SearchIndexer;
 use tokio_util::sync::CancellationToken;
 
@@ -181,6 +183,25 @@ async fn main() {
         "index: {offers} offers indexed at {indexed:.0} offers/s; {:.1} MiB on disk",
         directory_size(dir.path()) as f64 / 1_048_576.0
     );
+
+    // Searches are measured once the background merges of the bulk load have settled,
+    // as a running server's would be.
+    let mut settled = (index.segments(), 0);
+    while settled.1 < 3 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let _ = index
+            .search(&OfferQuery {
+                tenant: "acme".into(),
+                limit: 1,
+                ..Default::default()
+            })
+            .await;
+        settled = match index.segments() {
+            now if now == settled.0 => (now, settled.1 + 1),
+            now => (now, 0),
+        };
+    }
+    println!("index: {} segments once merges settled", settled.0);
 
     let auth = Authenticator::new(Some(b"bench-secret"), None);
     let server = Server::build(

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use shopagent_domain::offer::Availability;
 use shopagent_domain::offer::search::{Facets, IndexedOffer, OfferQuery, SearchPage};
@@ -73,6 +74,10 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// How often a search looks for segments merged in the background since the last
+/// commit, which the reader sees only once reloaded.
+const MERGE_RELOAD: Duration = Duration::from_secs(1);
+
 /// The embedded offer index.
 #[derive(Clone)]
 pub struct EmbeddedIndex {
@@ -80,6 +85,8 @@ pub struct EmbeddedIndex {
     fields: Fields,
     reader: IndexReader,
     writer: Arc<Mutex<IndexWriter>>,
+    /// When the reader was last reloaded.
+    reloaded_at: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl std::fmt::Debug for EmbeddedIndex {
@@ -120,6 +127,7 @@ impl EmbeddedIndex {
             fields,
             reader,
             writer: Arc::new(Mutex::new(writer)),
+            reloaded_at: Arc::new(std::sync::Mutex::new(Instant::now())),
         })
     }
 
@@ -352,7 +360,29 @@ impl EmbeddedIndex {
         Ok(Box::new(BooleanQuery::new(clauses)))
     }
 
+    /// Segments searches read now.
+    pub fn segments(&self) -> usize {
+        self.reader.searcher().segment_readers().len()
+    }
+
+    /// Picks up segments merged since the last reload, at most once per [`MERGE_RELOAD`]:
+    /// many small segments from a burst of commits make every search slower until then.
+    fn reload_after_merges(&self) {
+        // Another search is reloading: this one reads what there is.
+        let Ok(mut reloaded_at) = self.reloaded_at.try_lock() else {
+            return;
+        };
+        if reloaded_at.elapsed() < MERGE_RELOAD {
+            return;
+        }
+        *reloaded_at = Instant::now();
+        if let Err(error) = self.reader.reload() {
+            tracing::warn!(%error, "search index reader not reloaded");
+        }
+    }
+
     fn search_blocking(&self, query: &OfferQuery) -> Result<SearchPage, IndexError> {
+        self.reload_after_merges();
         let offset = super::offset_of(query.cursor.as_deref())?;
         let limit = query.limit.clamp(1, 100);
         let searcher = self.reader.searcher();
