@@ -7,10 +7,13 @@
 //! dropped), `BENCH_OFFERS` (default 100000), `BENCH_SEARCHES` (per query, default 300).
 //!
 //! Measured:
+//! * raw baseline — the same events inserted as rows of a plain table, one transaction
+//!   each, eight writers: rows/s;
 //! * log — `OfferListed` events appended, eight writers, one offer per append: offers/s;
 //! * index — the indexer from an empty index to the head of the log: offers/s, and the
 //!   index's size on disk;
-//! * search — `GET /v1/offers/search` (index query, facets, ranking of the page, JSON)
+//! * search — `GET /v1/offers/search` (index query, facets, the first 100 matches loaded
+//!   and ranked, a page of them as JSON)
 //!   for typical queries, one client, after a tenth as many warm-up requests:
 //!   p50/p95/p99 latency.
 
@@ -145,13 +148,58 @@ async fn fill(store: &Store, offers: usize) -> f64 {
     offers as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The raw baseline for the same ingestion: each offer's event JSON inserted as one row
+/// of a plain table (stream, payload), one transaction each, by as many writers.
+async fn raw_fill(url: &str, offers: usize) -> f64 {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(url)
+        .await
+        .expect("raw pool");
+    sqlx::query("CREATE TABLE raw_offers (id BIGSERIAL PRIMARY KEY, stream TEXT NOT NULL, payload JSONB NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("raw table");
+    let started = Instant::now();
+    let writers = 8;
+    let tasks: Vec<_> = (0..writers)
+        .map(|writer| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for n in (writer..offers).step_by(writers) {
+                    let (stream, event) = offer(n);
+                    let payload = serde_json::to_value(&event).expect("payload");
+                    let mut tx = pool.begin().await.expect("transaction");
+                    sqlx::query("INSERT INTO raw_offers (stream, payload) VALUES ($1, $2)")
+                        .bind(stream)
+                        .bind(payload)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("insert");
+                    tx.commit().await.expect("commit");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let rate = offers as f64 / started.elapsed().as_secs_f64();
+    pool.close().await;
+    rate
+}
+
+/// Bytes under `path`, every level down.
 fn directory_size(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
             entries
                 .filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
+                .map(|entry| match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => directory_size(&entry.path()),
+                    Ok(meta) => meta.len(),
+                    Err(_) => 0,
+                })
                 .sum()
         })
         .unwrap_or(0)
@@ -169,8 +217,15 @@ async fn main() {
     let config = StoreConfig::new(Some(url.clone()), "unused");
     let store = shopagent::server::open_store(&config).await.expect("store");
 
+    let raw = raw_fill(&url, offers).await;
+    println!(
+        "raw baseline: {offers} offer rows inserted at {raw:.0} rows/s (8 writers, one transaction each)"
+    );
     let appended = fill(&store, offers).await;
-    println!("log: {offers} offers appended at {appended:.0} offers/s (8 writers)");
+    println!(
+        "log: {offers} offers appended at {appended:.0} offers/s (8 writers): {:.0} % of the raw baseline",
+        100.0 * appended / raw
+    );
 
     let dir = tempfile::tempdir().expect("index directory");
     let (index, generations) = EmbeddedGenerations::open(dir.path()).expect("index");
