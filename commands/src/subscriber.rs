@@ -424,6 +424,27 @@ async fn save(
     Ok(())
 }
 
+/// Runs `work` holding the lock `name` across every instance: a PostgreSQL
+/// transaction-scoped advisory lock (others wait for it; a dead instance's session, and
+/// so its lock, ends with it). On SQLite, one process, `work` runs at once.
+pub async fn exclusively<T>(
+    db: &Database,
+    name: &str,
+    work: impl Future<Output = T>,
+) -> Result<T, StoreError> {
+    let Database::Postgres(pool) = db else {
+        return Ok(work.await);
+    };
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("shopagent.{name}"))
+        .execute(&mut *transaction)
+        .await?;
+    let outcome = work.await;
+    transaction.commit().await?;
+    Ok(outcome)
+}
+
 /// Exclusive right to run a reader of the log (a subscriber, a projection's runner): a
 /// PostgreSQL session advisory lock held on a connection detached from the pool, so
 /// that dropping the lease closes the session and releases the lock (a pooled session

@@ -213,3 +213,34 @@ async fn postgres_runs_a_subscriber_on_one_instance_at_a_time() {
     other_instance.database().close().await;
     test.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_work_held_exclusively_never_overlaps_across_instances() {
+    use shopagent_commands::subscriber::exclusively;
+    let test = TestStore::postgres().await;
+    let other_instance = test.reopen().await;
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let hold = |store: Store, spans: Arc<Mutex<Vec<(Instant, Instant)>>>| async move {
+        for _ in 0..3 {
+            exclusively(store.database(), "test.gate", async {
+                let start = Instant::now();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                spans.lock().expect("spans").push((start, Instant::now()));
+            })
+            .await
+            .expect("held");
+        }
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(hold(test.store.clone(), spans.clone())),
+        tokio::spawn(hold(other_instance.clone(), spans.clone())),
+    );
+    a.expect("first");
+    b.expect("second");
+    let mut spans = spans.lock().expect("spans").clone();
+    spans.sort();
+    assert_eq!(spans.len(), 6);
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "one holder at a time: {pair:?}");
+    }
+}

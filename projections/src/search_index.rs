@@ -9,6 +9,7 @@
 //! the offer at its version (an older version never replaces a newer); withdrawing
 //! removes it.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -116,7 +117,7 @@ pub struct SearchIndexer {
     index: Arc<LiveIndex>,
     generations: Option<Arc<dyn IndexGenerations>>,
     /// Held by each step, and by a rebuild while it promotes: nothing is written to a
-    /// generation being retired.
+    /// generation being retired (for a shared index, a lock across instances instead).
     gate: Arc<tokio::sync::Mutex<()>>,
     activity: Arc<Mutex<Activity>>,
     rebuilding: Arc<std::sync::atomic::AtomicBool>,
@@ -197,11 +198,30 @@ impl SearchIndexer {
         }
     }
 
+    /// Runs `work` alone among the writers of the live index: on this process for an
+    /// embedded index; on every instance for a shared one, whose indexer may run on one
+    /// instance while a rebuild promotes on another.
+    async fn gated<T>(
+        &self,
+        work: impl Future<Output = Result<T, IndexerError>>,
+    ) -> Result<T, IndexerError> {
+        if self.index.shared() {
+            shopagent_commands::subscriber::exclusively(
+                self.store.database(),
+                &format!("{}.gate", Self::NAME),
+                work,
+            )
+            .await?
+        } else {
+            let _gate = self.gate.lock().await;
+            work.await
+        }
+    }
+
     /// Indexes the next batch of offer events; how many it indexed.
     pub async fn step(&self) -> Result<usize, IndexerError> {
-        let _gate = self.gate.lock().await;
         let started = std::time::Instant::now();
-        let outcome = self.step_ungated().await;
+        let outcome = self.gated(self.step_ungated()).await;
         let mut activity = self.activity();
         match &outcome {
             Ok(0) => activity.error = None,
@@ -256,8 +276,7 @@ impl SearchIndexer {
 
     /// Indexes every offer event committed before this call.
     pub async fn catch_up(&self) -> Result<(), IndexerError> {
-        let _gate = self.gate.lock().await;
-        self.catch_up_ungated().await
+        self.gated(self.catch_up_ungated()).await
     }
 
     async fn catch_up_ungated(&self) -> Result<(), IndexerError> {
@@ -389,11 +408,14 @@ impl SearchIndexer {
                 break;
             }
         }
-        // The rest with the live indexer held, then the switch.
-        let _gate = self.gate.lock().await;
-        builder.catch_up_ungated().await?;
-        let promoted = generations.promote().await.map_err(IndexerError::from)?;
-        self.index.replace(promoted);
+        // The rest with the live index's writers held off, then the switch.
+        self.gated(async {
+            builder.catch_up_ungated().await?;
+            let promoted = generations.promote().await?;
+            self.index.replace(promoted);
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
