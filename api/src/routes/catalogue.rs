@@ -117,9 +117,9 @@ async fn ingest_item(
     source: OfferSource,
 ) -> Result<(ExtractedOfferView, bool), Problem> {
     let normalized = normalize(&item.raw);
+    let found_in = vec!["catalogue".to_owned()];
     let Some(offer_id) = item.offer_id.clone() else {
-        let mut view = super::offers::report_only(merchant, &item.merchant_ref, &normalized);
-        view.found_in = vec!["catalogue".into()];
+        let view = super::offers::report_only(merchant, &item.merchant_ref, &normalized, found_in);
         return Ok((view, false));
     };
     let retrieved_at = OffsetDateTime::now_utc();
@@ -127,7 +127,7 @@ async fn ingest_item(
         merchant,
         offer_id,
         normalized: &normalized,
-        found_in: vec!["catalogue".into()],
+        found_in,
         citation: item.raw.url.clone().map(|url| Citation {
             url,
             digest: item.digest.clone(),

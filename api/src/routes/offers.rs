@@ -125,7 +125,8 @@ pub struct FieldIssueView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExtractedOfferView {
     pub merchant: String,
-    /// The offer's id at the merchant: `sku:…` from its SKU, else `url:…` from the page.
+    /// The offer's id at the merchant: from a page, `sku:…` from its SKU, else `url:…`
+    /// from the page; from a catalogue, the id checkout names.
     pub offer_id: String,
     /// Whether it is listed (a title and a price were read); when not, `issues` says why.
     pub listed: bool,
@@ -133,7 +134,8 @@ pub struct ExtractedOfferView {
     pub version: Option<i64>,
     /// Listings of one product share it (GTIN, brand and MPN, or brand and title).
     pub product_key: Option<String>,
-    /// `json_ld`, `microdata`, `open_graph`: where its fields were found.
+    /// `json_ld`, `microdata`, `open_graph` (a page) or `catalogue` (a merchant's
+    /// catalogue): where its fields were found.
     pub found_in: Vec<String>,
     pub fields: OfferFieldsView,
     pub issues: Vec<FieldIssueView>,
@@ -330,6 +332,7 @@ pub(super) fn report_only(
     merchant: &MerchantId,
     merchant_ref: &str,
     normalized: &Normalized,
+    found_in: Vec<String>,
 ) -> ExtractedOfferView {
     let mut issues: Vec<FieldIssueView> = normalized.issues.iter().map(issue_view).collect();
     issues.push(FieldIssueView {
@@ -344,7 +347,7 @@ pub(super) fn report_only(
         listed: false,
         version: None,
         product_key: None,
-        found_in: vec![],
+        found_in,
         fields: fields_view(&normalized.fields),
         issues,
     }
