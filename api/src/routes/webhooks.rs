@@ -93,7 +93,7 @@ pub fn verify_stripe_signature(
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now - timestamp).unsigned_abs() > TOLERANCE.as_secs() {
+    if now.abs_diff(timestamp) > TOLERANCE.as_secs() {
         return Err(SignatureError::Stale);
     }
     for signature in signatures {

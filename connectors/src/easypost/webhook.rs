@@ -52,7 +52,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64) -> Result<Event
     let event: Event = serde_json::from_slice(body).map_err(|_| SignatureError::Malformed)?;
     let at = OffsetDateTime::parse(&event.updated_at, &Rfc3339)
         .map_err(|_| SignatureError::Malformed)?;
-    if (now - at.unix_timestamp()).abs() > TOLERANCE_SECS {
+    if now.abs_diff(at.unix_timestamp()) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     Ok(event)

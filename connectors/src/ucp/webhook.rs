@@ -119,7 +119,7 @@ pub fn verify(
     if header.b64 || !header.crit.iter().any(|c| c == "b64") {
         return Err(SignatureError::Malformed);
     }
-    if (now - header.iat).abs() > TOLERANCE_SECS {
+    if now.abs_diff(header.iat) > TOLERANCE_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let key = keys
