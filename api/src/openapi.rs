@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 description, generated from the handlers and body types.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
@@ -42,6 +43,35 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+        // Every operation behind the bearer token can answer 401 (no token, or one that
+        // does not verify) before its handler runs: said once, here, for all of them.
+        let unauthorized = ResponseBuilder::new()
+            .description("No bearer token, or one that does not verify")
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    operation
+                        .responses
+                        .responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| unauthorized.clone().into());
+                }
+            }
+        }
     }
 }
 

@@ -97,5 +97,19 @@ async fn openapi_describes_every_v1_route(backend: Backend) {
         );
     }
     assert!(reply.body["components"]["securitySchemes"]["bearer"].is_object());
+    // Every operation behind the bearer token says it may answer 401.
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("operations") {
+            if operation["security"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+            {
+                assert!(
+                    operation["responses"]["401"].is_object(),
+                    "{method} {path} does not document its 401"
+                );
+            }
+        }
+    }
     app.stop().await;
 }
