@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 description, generated from the handlers and body types.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder, Type};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
@@ -54,6 +54,13 @@ impl Modify for BearerAuth {
                     .build(),
             )
             .build();
+        // What `IdempotencyKey::parse` accepts.
+        let idempotency_key = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(255))
+            .pattern(Some("^[!-~]+$"))
+            .build();
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -63,6 +70,18 @@ impl Modify for BearerAuth {
                 &mut item.patch,
             ];
             for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.iter_mut().flatten();
+                for parameter in parameters.filter_map(|p| match p {
+                    RefOr::T(parameter) => Some(parameter),
+                    RefOr::Ref(_) => None,
+                }) {
+                    if parameter.name == "Idempotency-Key" {
+                        parameter.required = Required::True;
+                        parameter.description =
+                            Some("1 to 255 visible ASCII characters, unique per change".into());
+                        parameter.schema = Some(idempotency_key.clone().into());
+                    }
+                }
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
                     operation
                         .responses

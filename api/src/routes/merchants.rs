@@ -71,13 +71,37 @@ pub struct ProfileBody {
     pub card_acceptor_ids: Vec<String>,
 }
 
+/// A merchant's id and its profile's fields, side by side. Spelled out rather than a
+/// flattened `ProfileBody`: the schema of a flattened body that refuses unknown fields
+/// would refuse `merchant_id` too.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterMerchant {
     #[schema(example = "acme-outdoor")]
     pub merchant_id: String,
-    #[serde(flatten)]
-    pub profile: ProfileBody,
+    pub name: String,
+    pub protocol: Option<ProtocolBody>,
+    pub api_endpoint: Option<String>,
+    pub deeplink_base: Option<String>,
+    pub headless_domain: Option<String>,
+    pub paths: Vec<PathBody>,
+    /// Card-network acceptor ids whose authorizations count as this merchant's.
+    #[serde(default)]
+    pub card_acceptor_ids: Vec<String>,
+}
+
+impl RegisterMerchant {
+    fn profile(self) -> ProfileBody {
+        ProfileBody {
+            name: self.name,
+            protocol: self.protocol,
+            api_endpoint: self.api_endpoint,
+            deeplink_base: self.deeplink_base,
+            headless_domain: self.headless_domain,
+            paths: self.paths,
+            card_acceptor_ids: self.card_acceptor_ids,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -212,7 +236,7 @@ pub async fn register(
     let stream = merchant_stream(&principal, &merchant);
     let command = MerchantCommand::Register {
         merchant: merchant.clone(),
-        profile: body.profile.into_profile(),
+        profile: body.profile().into_profile(),
         at: OffsetDateTime::now_utc(),
     };
     app.merchants
