@@ -212,6 +212,20 @@ async fn every_role_meets_every_endpoint_as_the_matrix_says(backend: Backend) {
             body: Some(json!({"subject": "buy", "expires_in_seconds": 60})),
         },
         Endpoint {
+            kind: Kind::Write,
+            method: Method::POST,
+            path: format!("/v1/runs/{run}/searches"),
+            body: Some(json!({"q": "tent"})),
+        },
+        Endpoint {
+            kind: Kind::Write,
+            method: Method::POST,
+            path: format!("/v1/runs/{run}/comparisons"),
+            body: Some(
+                json!({"offers": [{"merchant": "acme", "offer_id": "sku:1"}, {"merchant": "bolt", "offer_id": "sku:1"}]}),
+            ),
+        },
+        Endpoint {
             kind: Kind::ShopperDecision,
             method: Method::POST,
             path: format!("/v1/runs/{run}/approvals/{nil}/grant"),
