@@ -16,6 +16,8 @@
 //! authorization on its own payment (card). Beside it, the raw baseline: one
 //! transaction that reads a stream's rows and inserts the next one through sqlx.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,34 +34,17 @@ use shopagent_domain::merchant::{Merchant, MerchantCommand, MerchantProfile, Pro
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::order::CheckoutPath;
 use shopagent_domain::payment::{CardReference, Payment, PaymentCommand};
+use support::{env_or, ms, percentiles};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "whsec_bench";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn sign(body: &str) -> String {
     let at = OffsetDateTime::now_utc().unix_timestamp();
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(format!("{at}.{body}").as_bytes());
     format!("t={at},v1={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Latency percentiles of sorted samples.
-fn percentiles(samples: &mut [Duration]) -> [Duration; 4] {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    [at(0.50), at(0.95), at(0.99), at(1.0)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 /// Registers `acme` with card-acceptor id 4445550001.

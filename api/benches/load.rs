@@ -20,6 +20,8 @@
 //! reads a stream's rows and inserts the next one (what a command costs the database
 //! at least: load the aggregate, append its event).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -30,27 +32,10 @@ use serde_json::{Value, json};
 use shopagent::auth::{Authenticator, Claims, Role};
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 use shopagent_domain::ids::MandateId;
+use support::{env_or, ms, percentiles};
 use tokio::sync::Mutex;
 
 const SECRET: &str = "load-bench-secret";
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Latency percentiles of sorted samples.
-fn percentiles(samples: &mut [Duration]) -> [Duration; 4] {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    [at(0.50), at(0.95), at(0.99), at(1.0)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
 
 /// A line of `/proc/{pid}/status`, in KiB.
 fn memory_kib(pid: u32, field: &str) -> u64 {

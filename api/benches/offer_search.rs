@@ -17,6 +17,8 @@
 //!   for typical queries, one client, after a tenth as many warm-up requests:
 //!   p50/p95/p99 latency.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,14 +39,8 @@ use shopagent_domain::offer::{
 };
 use shopagent_domain::ports::OfferIndex as _;
 use shopagent_projections::SearchIndexer;
+use support::{env_or, ms, percentiles};
 use tokio_util::sync::CancellationToken;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const ADJECTIVES: [&str; 12] = [
     "lightweight",
@@ -205,10 +201,6 @@ fn directory_size(path: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
 #[tokio::main]
 async fn main() {
     let offers: usize = env_or("BENCH_OFFERS", 100_000);
@@ -315,15 +307,14 @@ async fn main() {
             samples.push(started.elapsed());
             total = reply["total"].as_u64().unwrap_or(0);
         }
-        samples.sort();
-        let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+        let [p50, p95, p99, max] = percentiles(&mut samples);
         println!(
             "| `{}` | {total} | {} | {} | {} | {} |",
             if query.is_empty() { "(browse)" } else { query },
-            ms(at(0.5)),
-            ms(at(0.95)),
-            ms(at(0.99)),
-            ms(at(1.0))
+            ms(p50),
+            ms(p95),
+            ms(p99),
+            ms(max)
         );
     }
     shutdown.cancel();
