@@ -1048,7 +1048,7 @@ pub struct RunComparisonView {
 }
 
 /// The run `id`, which the caller may record actions in (the shopper, the agent under
-/// its mandate, an admin).
+/// its mandate, an admin): loaded once, for its mandate and to check that right.
 async fn run_to_record(
     app: &App,
     principal: &Principal,
@@ -1134,20 +1134,20 @@ async fn record_ranking<R: Serialize, O: Serialize>(
         })),
     };
     let action_id = ActionId(super::new_id(principal, key));
-    super::change(
-        &app.runs,
-        principal,
-        key,
-        headers,
-        recorded.run,
-        super::Changer::OwnerOrAgent,
-        RunCommand::RecordAction {
-            action_id,
-            action,
-            at: OffsetDateTime::now_utc(),
-        },
-    )
-    .await?;
+    // The caller's right to record in this run was checked when it was loaded.
+    let command = RunCommand::RecordAction {
+        action_id,
+        action,
+        at: OffsetDateTime::now_utc(),
+    };
+    app.runs
+        .execute_at_version(
+            &stream_id(&principal.tenant, recorded.run),
+            command,
+            metadata(principal, key),
+            super::if_match(headers)?,
+        )
+        .await?;
     Ok(action_id)
 }
 
