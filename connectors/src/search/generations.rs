@@ -124,8 +124,8 @@ impl IndexGenerations for EmbeddedGenerations {
     async fn create_next(&self) -> Result<Arc<dyn OfferIndex>, IndexError> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.next = None;
-        let index = match &self.root {
-            None => EmbeddedIndex::in_memory()?,
+        let (number, index) = match &self.root {
+            None => (state.live + 1, EmbeddedIndex::in_memory()?),
             Some(root) => {
                 let number = generations(root)
                     .map_err(unavailable)?
@@ -134,14 +134,11 @@ impl IndexGenerations for EmbeddedGenerations {
                     .max()
                     .unwrap_or(0)
                     + 1;
-                let path = generation(root, number);
-                let index = EmbeddedIndex::open(&path)?;
-                state.next = Some((number, Arc::new(index.clone())));
-                return Ok(Arc::new(index));
+                (number, EmbeddedIndex::open(&generation(root, number))?)
             }
         };
         let index = Arc::new(index);
-        state.next = Some((state.live + 1, Arc::clone(&index)));
+        state.next = Some((number, Arc::clone(&index)));
         Ok(index)
     }
 
