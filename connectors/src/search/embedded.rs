@@ -12,7 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shopagent_domain::offer::Availability;
 use shopagent_domain::offer::search::{Facets, IndexedOffer, OfferQuery, SearchPage};
 use shopagent_domain::ports::{IndexError, OfferIndex};
 use tantivy::aggregation::AggregationCollector;
@@ -146,29 +145,24 @@ impl EmbeddedIndex {
         .flatten()
         .collect::<Vec<_>>()
         .join(" ");
-        let availability = record.availability.map_or("unknown", Availability::as_str);
         let mut document = doc!(
             f.id => offer.id.as_str(),
             f.tenant => offer.tenant.as_str(),
             f.text => text,
             f.merchant => offer.merchant.as_str(),
             f.category => record.category.as_str(),
-            f.availability => availability,
+            f.availability => offer.availability_name(),
             f.currency => record.price.currency.code(),
             f.price => record.price.minor,
             f.delivered => offer.delivered_minor,
             f.available => u64::from(offer.available()),
             f.delivery_days => record.delivery.map_or(NO_DELIVERY_STATED, |d| u64::from(d.max_days)),
-            f.free_returns => u64::from(record.returns.is_some_and(|r| r.free && r.window_days > 0)),
+            f.free_returns => u64::from(offer.free_returns()),
             f.version => offer.version,
             f.document => serde_json::to_string(offer).map_err(unavailable)?,
         );
-        let category = record.category.as_str();
-        for (end, _) in category
-            .match_indices('/')
-            .chain(std::iter::once((category.len(), "")))
-        {
-            document.add_text(f.category_path, &category[..end]);
+        for node in offer.category_path() {
+            document.add_text(f.category_path, node);
         }
         Ok(document)
     }

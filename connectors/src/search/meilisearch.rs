@@ -30,7 +30,6 @@ use meilisearch_sdk::settings::{
 use meilisearch_sdk::task_info::TaskInfo;
 use meilisearch_sdk::tasks::Task;
 use serde::{Deserialize, Serialize};
-use shopagent_domain::offer::Availability;
 use shopagent_domain::offer::search::{Facets, IndexedOffer, OfferQuery, SearchPage};
 use shopagent_domain::ports::{IndexError, IndexGenerations, OfferIndex};
 
@@ -134,32 +133,23 @@ fn any_of(field: &str, values: &[String]) -> String {
 impl OfferDocument {
     fn of(offer: &IndexedOffer) -> Self {
         let record = &offer.record;
-        let category = record.category.as_str();
-        let category_path = category
-            .match_indices('/')
-            .map(|(end, _)| category[..end].to_owned())
-            .chain(std::iter::once(category.to_owned()))
-            .collect();
         Self {
             id: document_id(&offer.id),
             kind: "offer".into(),
             tenant: offer.tenant.clone(),
             title: record.title.clone(),
             brand: record.brand.clone(),
-            category: category.to_owned(),
-            category_path,
+            category: record.category.as_str().to_owned(),
+            category_path: offer.category_path().map(str::to_owned).collect(),
             merchant_category: record.merchant_category.clone(),
             mpn: record.mpn.clone(),
             merchant: offer.merchant.as_str().to_owned(),
-            availability: record
-                .availability
-                .map_or("unknown", Availability::as_str)
-                .to_owned(),
+            availability: offer.availability_name().to_owned(),
             available: offer.available(),
             currency: record.price.currency.code().to_owned(),
             delivered_minor: offer.delivered_minor,
             delivery_days: record.delivery.map(|d| d.max_days),
-            free_returns: record.returns.is_some_and(|r| r.free && r.window_days > 0),
+            free_returns: offer.free_returns(),
             version: offer.version,
             offer: offer.clone(),
         }

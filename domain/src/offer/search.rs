@@ -58,6 +58,30 @@ impl IndexedOffer {
             .availability
             .is_none_or(Availability::can_ship_now)
     }
+
+    /// Its availability as facets name it; `unknown` when the offer does not say.
+    pub fn availability_name(&self) -> &'static str {
+        self.record
+            .availability
+            .map_or("unknown", Availability::as_str)
+    }
+
+    /// Whether it may be returned for free (a window of a day or more).
+    pub fn free_returns(&self) -> bool {
+        self.record
+            .returns
+            .is_some_and(|r| r.free && r.window_days > 0)
+    }
+
+    /// Its category and each node above it, the top first: what a category filter
+    /// matches, so that a node holds what lies beneath it.
+    pub fn category_path(&self) -> impl Iterator<Item = &str> {
+        let category = self.record.category.as_str();
+        category
+            .match_indices('/')
+            .map(move |(end, _)| &category[..end])
+            .chain(std::iter::once(category))
+    }
 }
 
 /// What to search for. Every filter optional; all given must hold.
