@@ -439,62 +439,49 @@ pub struct DailyTotals {
 }
 
 /// Totals of `day` per tenant (or only `tenant`'s) and currency, ordered by both.
+///
+/// The orders' counts and the ledger's sums are read by one statement, so both halves
+/// see the same snapshot: read by two, a refund committed in between would show in
+/// the sums while the exception it clears still showed in the counts.
 pub async fn daily(
     db: &Database,
     tenant: Option<&str>,
     day: Date,
     judgement: Judgement,
 ) -> Result<Vec<DailyTotals>, sqlx::Error> {
-    // Both queries bind the tenant last; `$n IS NULL` keeps the count of parameters.
-    let only = |n: u8| {
-        if tenant.is_some() {
-            format!(" AND tenant = ${n}")
-        } else {
-            format!(" AND CAST(${n} AS TEXT) IS NULL")
-        }
+    // `$3 IS NULL` keeps the count of parameters when every tenant is read.
+    let only = if tenant.is_some() {
+        " AND tenant = $3"
+    } else {
+        " AND CAST($3 AS TEXT) IS NULL"
     };
     let exception = exception_sql("$2");
-    let orders_sql = format!(
+    let sql = format!(
         "SELECT tenant, currency,
-                CAST(SUM(CASE WHEN placed_on = $1 THEN 1 ELSE 0 END) AS BIGINT),
-                CAST(SUM(CASE WHEN {exception} IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT)
-           FROM reconciliation_orders WHERE business_date = $1{}
-          GROUP BY tenant, currency",
-        only(3)
-    );
-    let entries_sql = format!(
-        "SELECT tenant, currency,
+                CAST(SUM(CASE WHEN placed_on = $1 THEN 1 ELSE 0 END) AS BIGINT) AS orders,
+                CAST(SUM(CASE WHEN {exception} IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT) AS exceptions,
+                CAST(0 AS BIGINT) AS captured, CAST(0 AS BIGINT) AS refunded,
+                CAST(0 AS BIGINT) AS merchant_refunded
+           FROM reconciliation_orders WHERE business_date = $1{only}
+          GROUP BY tenant, currency
+         UNION ALL
+         SELECT tenant, currency, CAST(0 AS BIGINT), CAST(0 AS BIGINT),
                 CAST(SUM(CASE WHEN kind = 'capture' THEN amount_minor ELSE 0 END) AS BIGINT),
                 CAST(SUM(CASE WHEN kind = 'card_refund' THEN amount_minor ELSE 0 END) AS BIGINT),
                 CAST(SUM(CASE WHEN kind = 'merchant_refund' THEN amount_minor ELSE 0 END) AS BIGINT)
-           FROM reconciliation_entries WHERE day = $1{}
-          GROUP BY tenant, currency",
-        only(2)
+           FROM reconciliation_entries WHERE day = $1{only}
+          GROUP BY tenant, currency"
     );
-    let day = day.to_string();
-    let cutoff = judgement.cutoff();
-    type Counts = (String, String, i64, i64);
-    type Sums = (String, String, i64, i64, i64);
-    let (orders, entries): (Vec<Counts>, Vec<Sums>) = on_pool!(db, pool => (
-        sqlx::query_as(&orders_sql)
-            .bind(&day)
-            .bind(&cutoff)
-            .bind(tenant)
-            .fetch_all(pool)
-            .await?,
-        sqlx::query_as(&entries_sql)
-            .bind(&day)
-            .bind(tenant)
-            .fetch_all(pool)
-            .await?,
-    ));
+    type Row = (String, String, i64, i64, i64, i64, i64);
+    let rows: Vec<Row> = on_pool!(db, pool => sqlx::query_as(&sql)
+        .bind(day.to_string())
+        .bind(judgement.cutoff())
+        .bind(tenant)
+        .fetch_all(pool)
+        .await?);
     let mut totals = std::collections::BTreeMap::<(String, String), DailyTotals>::new();
-    fn entry(
-        totals: &mut std::collections::BTreeMap<(String, String), DailyTotals>,
-        tenant: String,
-        currency: String,
-    ) -> &mut DailyTotals {
-        totals
+    for (tenant, currency, orders, exceptions, captured, refunded, merchant_refunded) in rows {
+        let totals = totals
             .entry((tenant.clone(), currency.clone()))
             .or_insert_with(|| DailyTotals {
                 tenant,
@@ -505,19 +492,14 @@ pub async fn daily(
                 merchant_refunded_minor: 0,
                 net_minor: 0,
                 exceptions: 0,
-            })
-    }
-    for (tenant, currency, placed, exceptions) in orders {
-        let totals = entry(&mut totals, tenant, currency);
-        totals.orders = placed;
-        totals.exceptions = exceptions;
-    }
-    for (tenant, currency, captured, refunded, merchant_refunded) in entries {
-        let totals = entry(&mut totals, tenant, currency);
-        totals.captured_minor = captured;
-        totals.refunded_minor = refunded;
-        totals.merchant_refunded_minor = merchant_refunded;
-        totals.net_minor = captured - refunded;
+            });
+        // Each key has at most one row from each half; the other half's columns are 0.
+        totals.orders += orders;
+        totals.exceptions += exceptions;
+        totals.captured_minor += captured;
+        totals.refunded_minor += refunded;
+        totals.merchant_refunded_minor += merchant_refunded;
+        totals.net_minor = totals.captured_minor - totals.refunded_minor;
     }
     Ok(totals.into_values().collect())
 }
