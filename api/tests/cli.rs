@@ -9,12 +9,17 @@ use std::time::{Duration, Instant};
 use common::read_until;
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 
+/// A data directory for commands whose test names none, so that nothing is written
+/// into the working directory (the default `data`).
+static SCRATCH: std::sync::LazyLock<tempfile::TempDir> =
+    std::sync::LazyLock::new(|| tempfile::tempdir().expect("tempdir"));
+
 fn shopagent(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_shopagent"));
     command
         .args(args)
         .env_remove("DATABASE_URL")
-        .env_remove("SHOPAGENT_DATA_DIR")
+        .env("SHOPAGENT_DATA_DIR", SCRATCH.path())
         .env_remove("SHOPAGENT_LISTEN")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
