@@ -3,15 +3,13 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use cqrs_es::persist::{PersistedEventStore, SerializedEvent};
-use cqrs_es::{AggregateError, EventStore};
-use serde::Serialize;
+use cqrs_es::persist::SerializedEvent;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shopagent_domain::{Aggregate, DomainEvent, EventMetadata};
 use tracing::Instrument;
 
-use crate::bridge::Stream;
-use crate::store::{AppendError, RecordedOutcome, Store, StoreError};
+use crate::store::{AppendError, RecordedOutcome, SnapshotUpdate, Store, StoreError};
 
 /// What a command did. For a retried command this is the first attempt's outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,13 +62,36 @@ impl<E: std::error::Error> From<StoreError> for CommandError<E> {
 /// conflicts only arise between processes; they are retried a bounded number of times.
 pub struct CommandBus<A: Aggregate> {
     store: Store,
-    loader: PersistedEventStore<Store, Stream<A>>,
     max_attempts: u32,
     stripes: Vec<tokio::sync::Mutex<()>>,
     _aggregate: PhantomData<A>,
 }
 
 const STRIPES: usize = 64;
+
+/// Every this many events, an aggregate's state is stored beside them (in the same
+/// transaction), so a command loads that snapshot and the events after it rather than
+/// the whole stream: a long-lived mandate or run costs what a short one does.
+pub const SNAPSHOT_EVERY: i64 = 64;
+
+/// A snapshot as stored: the state, and the version of its form
+/// ([`Aggregate::SNAPSHOT_VERSION`]).
+#[derive(Serialize, Deserialize)]
+struct StoredState<S> {
+    version: u32,
+    state: S,
+}
+
+/// An aggregate as loaded for a command.
+struct Loaded<A> {
+    state: A,
+    /// Its last sequence (0: no events yet).
+    version: i64,
+    /// The sequence the state was last stored at (0: never, or in an unusable form).
+    snapshot_at: i64,
+    /// How many snapshots were stored so far (the store's optimistic check).
+    snapshots: i64,
+}
 
 impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,7 +108,6 @@ impl<A: Aggregate> CommandBus<A> {
 
     pub fn new(store: Store) -> Self {
         Self {
-            loader: PersistedEventStore::new_event_store(store.clone()),
             store,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -118,12 +138,8 @@ impl<A: Aggregate> CommandBus<A> {
 
     /// The current state of `aggregate_id` and its version (0: no events yet).
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
-        let context = self
-            .loader
-            .load_aggregate(aggregate_id)
-            .await
-            .map_err(load_error)?;
-        Ok((context.aggregate.0, context.current_sequence as i64))
+        let loaded = self.load_state(aggregate_id).await?;
+        Ok((loaded.state, loaded.version))
     }
 
     /// Every event of `aggregate_id`, in sequence order.
@@ -131,15 +147,49 @@ impl<A: Aggregate> CommandBus<A> {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
-        let envelopes = self
-            .loader
-            .load_events(aggregate_id)
-            .await
-            .map_err(load_error)?;
-        Ok(envelopes
+        self.store
+            .select_events(A::TYPE, aggregate_id, 0)
+            .await?
             .into_iter()
-            .map(|envelope| envelope.payload.0)
-            .collect())
+            .map(|event| read_event::<A>(event).map(|(_, event)| event))
+            .collect()
+    }
+
+    /// The stored snapshot, when its form is this code's, with the events after it
+    /// applied; otherwise the whole stream applied to the default state.
+    async fn load_state(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_at: 0,
+            snapshots: 0,
+        };
+        if let Some(snapshot) = self.store.snapshot(A::TYPE, aggregate_id).await? {
+            loaded.snapshots = snapshot.current_snapshot as i64;
+            match serde_json::from_value::<StoredState<A>>(snapshot.aggregate) {
+                Ok(stored) if stored.version == A::SNAPSHOT_VERSION => {
+                    loaded.state = stored.state;
+                    loaded.version = snapshot.current_sequence as i64;
+                    loaded.snapshot_at = loaded.version;
+                }
+                // Another form: the events are the truth; the next snapshot replaces it.
+                _ => tracing::debug!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id,
+                    "snapshot of another form ignored"
+                ),
+            }
+        }
+        for event in self
+            .store
+            .select_events(A::TYPE, aggregate_id, loaded.version)
+            .await?
+        {
+            let (sequence, event) = read_event::<A>(event)?;
+            loaded.state.apply(event);
+            loaded.version = sequence;
+        }
+        Ok(loaded)
     }
 
     fn stripe(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
@@ -223,38 +273,29 @@ impl<A: Aggregate> CommandBus<A> {
 
         let _queued = self.stripe(aggregate_id).lock().await;
         for attempt in 1..=self.max_attempts {
-            let context = self
-                .loader
-                .load_aggregate(aggregate_id)
-                .await
-                .map_err(load_error)?;
-            let version = context.current_sequence;
+            let loaded = self.load_state(aggregate_id).await?;
+            let version = loaded.version;
             if let Some(expected) = expected_version
-                && expected != version as i64
+                && expected != version
             {
                 return Err(CommandError::VersionMismatch {
                     expected,
-                    actual: version as i64,
+                    actual: version,
                 });
             }
-            let events = context
-                .aggregate
-                .0
+            let events = loaded
+                .state
                 .decide(command.clone())
                 .map_err(CommandError::Rejected)?;
             if events.is_empty() {
-                return Ok(self.outcome(aggregate_id, version as i64, 0, false));
+                return Ok(self.outcome(aggregate_id, version, 0, false));
             }
             let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
-            match self.store.append(&serialized, None).await {
+            let appended = events.len() as i64;
+            let snapshot = snapshot_after(loaded, events)?;
+            match self.store.append(&serialized, snapshot).await {
                 Ok(_) => {
-                    let appended = events.len() as i64;
-                    return Ok(self.outcome(
-                        aggregate_id,
-                        version as i64 + appended,
-                        appended,
-                        false,
-                    ));
+                    return Ok(self.outcome(aggregate_id, version + appended, appended, false));
                 }
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     // The winner may have been this very command, sent twice at once.
@@ -359,17 +400,17 @@ fn hex(bytes: &[u8]) -> String {
 
 fn serialize<A: Aggregate>(
     aggregate_id: &str,
-    version: usize,
+    version: i64,
     events: &[A::Event],
     metadata: &serde_json::Value,
 ) -> Result<Vec<SerializedEvent>, CommandError<A::Error>> {
     events
         .iter()
-        .enumerate()
-        .map(|(offset, event)| {
+        .zip(version + 1..)
+        .map(|(event, sequence)| {
             Ok(SerializedEvent {
                 aggregate_id: aggregate_id.to_owned(),
-                sequence: version + offset + 1,
+                sequence: sequence as usize,
                 aggregate_type: A::TYPE.to_owned(),
                 event_type: event.event_type().to_owned(),
                 event_version: event.event_version().to_owned(),
@@ -381,14 +422,44 @@ fn serialize<A: Aggregate>(
         .collect()
 }
 
-fn load_error<E: std::error::Error>(error: AggregateError<E>) -> CommandError<E> {
-    match error {
-        AggregateError::UserError(error) => CommandError::Rejected(error),
-        AggregateError::DatabaseConnectionError(error) => {
-            CommandError::Unavailable(error.to_string())
-        }
-        other => CommandError::Internal(other.to_string()),
+/// A stored event as the aggregate's event, with its sequence.
+fn read_event<A: Aggregate>(
+    event: SerializedEvent,
+) -> Result<(i64, A::Event), CommandError<A::Error>> {
+    let sequence = event.sequence as i64;
+    serde_json::from_value(event.payload)
+        .map(|payload| (sequence, payload))
+        .map_err(|error| {
+            CommandError::Internal(format!(
+                "{} {} event {sequence} cannot be read: {error}",
+                A::TYPE,
+                event.aggregate_id
+            ))
+        })
+}
+
+/// The snapshot to store with `events`: the state after them, when they take the
+/// aggregate [`SNAPSHOT_EVERY`] events or more past its last snapshot.
+fn snapshot_after<A: Aggregate>(
+    loaded: Loaded<A>,
+    events: Vec<A::Event>,
+) -> Result<Option<SnapshotUpdate>, CommandError<A::Error>> {
+    if loaded.version + events.len() as i64 - loaded.snapshot_at < SNAPSHOT_EVERY {
+        return Ok(None);
     }
+    let mut state = loaded.state;
+    for event in events {
+        state.apply(event);
+    }
+    let payload = serde_json::to_value(StoredState {
+        version: A::SNAPSHOT_VERSION,
+        state,
+    })
+    .map_err(|error| CommandError::Internal(error.to_string()))?;
+    Ok(Some(SnapshotUpdate {
+        payload,
+        current_snapshot: loaded.snapshots + 1,
+    }))
 }
 
 /// A short, jittered pause so that racing writers do not collide again in lockstep.

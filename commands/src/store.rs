@@ -320,7 +320,7 @@ impl Store {
         Ok(outcome)
     }
 
-    async fn select_events(
+    pub(crate) async fn select_events(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
@@ -388,7 +388,7 @@ impl Store {
         stream
     }
 
-    async fn snapshot(
+    pub(crate) async fn snapshot(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,

@@ -10,6 +10,8 @@ use common::{Tally, TallyCommand, TallyError, TallyEvent, metadata};
 use cqrs_es::persist::{PersistedEventRepository, PersistedEventStore, SerializedEvent};
 use cqrs_es::{AggregateError, CqrsFramework};
 use shopagent_commands::bridge::Stream;
+use shopagent_commands::bus::SNAPSHOT_EVERY;
+use shopagent_commands::store::SnapshotUpdate;
 use shopagent_commands::{AppendError, CommandBus, CommandError, LogCursor, Store};
 use shopagent_domain::{EventMetadata, IdempotencyKey};
 use uuid::Uuid;
@@ -32,6 +34,8 @@ shopagent_commands::on_both_backends!(
     append_requires_tenant_principal_and_correlation,
     cqrs_es_framework_runs_on_the_store,
     snapshots_commit_with_their_events,
+    a_long_stream_loads_from_its_snapshot_and_the_events_after_it,
+    a_snapshot_of_another_form_is_ignored_and_replaced,
 );
 
 fn bus(store: &Store) -> CommandBus<Tally> {
@@ -509,4 +513,84 @@ async fn snapshots_commit_with_their_events(store: &Store) {
     .expect("load");
     assert_eq!(loaded.aggregate.0.total, 50);
     assert_eq!(loaded.current_sequence, 6);
+}
+
+fn snapshot_of(version: u32, total: i64, current_snapshot: i64) -> SnapshotUpdate {
+    SnapshotUpdate {
+        payload: serde_json::json!({"version": version, "state": {"opened": true, "total": total}}),
+        current_snapshot,
+    }
+}
+
+async fn a_long_stream_loads_from_its_snapshot_and_the_events_after_it(store: &Store) {
+    let id = open_tally(store).await;
+    let bus = bus(store);
+    let adds = 2 * SNAPSHOT_EVERY + 5;
+    for _ in 0..adds {
+        bus.execute(&id, TallyCommand::Add(1), metadata())
+            .await
+            .expect("add");
+    }
+    let snapshot = store
+        .get_snapshot::<Stream<Tally>>(&id)
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    // One each time the stream is SNAPSHOT_EVERY events past the last one.
+    assert_eq!(snapshot.current_sequence as i64, 2 * SNAPSHOT_EVERY);
+    assert_eq!(snapshot.current_snapshot, 2);
+    assert_eq!(
+        snapshot.aggregate,
+        serde_json::json!({"version": 1, "state": {"opened": true, "total": 2 * SNAPSHOT_EVERY - 1}})
+    );
+    let (tally, version) = bus.load(&id).await.expect("load");
+    assert_eq!((tally.total, version), (adds, adds + 1));
+
+    // A load starts from the snapshot, not from the first event: a snapshot that says
+    // otherwise than the events shows through.
+    let next = adds + 2;
+    store
+        .append(
+            &[raw_event(&id, next as usize, 1)],
+            Some(snapshot_of(1, 1_000_000, 3)),
+        )
+        .await
+        .expect("append with a snapshot");
+    bus.execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add");
+    let (tally, version) = bus.load(&id).await.expect("load");
+    assert_eq!((tally.total, version), (1_000_001, next + 1));
+}
+
+async fn a_snapshot_of_another_form_is_ignored_and_replaced(store: &Store) {
+    let id = open_tally(store).await;
+    store
+        .append(&[raw_event(&id, 2, 5)], Some(snapshot_of(0, 1_000_000, 1)))
+        .await
+        .expect("append with a snapshot of an older form");
+    let bus = bus(store);
+    let (tally, version) = bus.load(&id).await.expect("load");
+    assert_eq!(
+        (tally.total, version),
+        (5, 2),
+        "the events are replayed in full"
+    );
+
+    for _ in 2..SNAPSHOT_EVERY {
+        bus.execute(&id, TallyCommand::Add(1), metadata())
+            .await
+            .expect("add");
+    }
+    let snapshot = store
+        .get_snapshot::<Stream<Tally>>(&id)
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(snapshot.current_sequence as i64, SNAPSHOT_EVERY);
+    assert_eq!(snapshot.current_snapshot, 2);
+    assert_eq!(
+        snapshot.aggregate,
+        serde_json::json!({"version": 1, "state": {"opened": true, "total": 5 + SNAPSHOT_EVERY - 2}})
+    );
 }

@@ -26,6 +26,11 @@ pub trait DomainEvent:
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Aggregate type as stored in the log, e.g. `cart`. Never renamed.
     const TYPE: &'static str;
+    /// Version of this state's stored form (its snapshot). Bump it when a change to the
+    /// state's fields or to what `apply` makes of an event would read an old snapshot
+    /// differently from a replay of the events: snapshots of another version are
+    /// ignored and the stream is replayed in full.
+    const SNAPSHOT_VERSION: u32 = 1;
     /// Commands are serializable so a retried request can be recognised by its digest,
     /// and cloneable so a command can be decided again after a concurrency conflict.
     type Command: Serialize + Clone + Send + Sync + 'static;
