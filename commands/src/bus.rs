@@ -164,7 +164,11 @@ impl<A: Aggregate> CommandBus<A> {
             snapshot_at: 0,
             snapshots: 0,
         };
-        if let Some(snapshot) = self.store.snapshot(A::TYPE, aggregate_id).await? {
+        let (snapshot, mut events) = self
+            .store
+            .snapshot_and_events(A::TYPE, aggregate_id)
+            .await?;
+        if let Some(snapshot) = snapshot {
             loaded.snapshots = snapshot.current_snapshot as i64;
             match serde_json::from_value::<StoredState<A>>(snapshot.aggregate) {
                 Ok(stored) if stored.version == A::SNAPSHOT_VERSION => {
@@ -173,18 +177,17 @@ impl<A: Aggregate> CommandBus<A> {
                     loaded.snapshot_at = loaded.version;
                 }
                 // Another form: the events are the truth; the next snapshot replaces it.
-                _ => tracing::debug!(
-                    aggregate_type = A::TYPE,
-                    aggregate_id,
-                    "snapshot of another form ignored"
-                ),
+                _ => {
+                    tracing::debug!(
+                        aggregate_type = A::TYPE,
+                        aggregate_id,
+                        "snapshot of another form ignored"
+                    );
+                    events = self.store.select_events(A::TYPE, aggregate_id, 0).await?;
+                }
             }
         }
-        for event in self
-            .store
-            .select_events(A::TYPE, aggregate_id, loaded.version)
-            .await?
-        {
+        for event in events {
             let (sequence, event) = read_event::<A>(event)?;
             loaded.state.apply(event);
             loaded.version = sequence;
@@ -254,15 +257,15 @@ impl<A: Aggregate> CommandBus<A> {
         mut metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        if metadata.idempotency_key.is_some() {
+        // A key that committed before is not looked up first: the append itself meets
+        // its record (the record's primary key), and the record answers. That saves
+        // every command a round trip; a command decided again after it committed may
+        // also be refused by, or be a no-op on, the state it made, so the record is
+        // read on those paths too.
+        if metadata.idempotency_key.is_some() && metadata.request_digest.is_none() {
             // A caller that knows the original request (HTTP: its body) supplies the
             // digest; otherwise the command is the request.
-            if metadata.request_digest.is_none() {
-                metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
-            }
-            if let Some(outcome) = self.recorded(&metadata).await? {
-                return Ok(outcome);
-            }
+            metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
         }
         // The events carry this command's span, which later readers continue.
         if let Some(traceparent) = crate::trace::current_traceparent() {
@@ -275,21 +278,25 @@ impl<A: Aggregate> CommandBus<A> {
         for attempt in 1..=self.max_attempts {
             let loaded = self.load_state(aggregate_id).await?;
             let version = loaded.version;
-            if let Some(expected) = expected_version
-                && expected != version
-            {
-                return Err(CommandError::VersionMismatch {
+            let decided = match expected_version {
+                Some(expected) if expected != version => Err(CommandError::VersionMismatch {
                     expected,
                     actual: version,
-                });
-            }
-            let events = loaded
-                .state
-                .decide(command.clone())
-                .map_err(CommandError::Rejected)?;
-            if events.is_empty() {
-                return Ok(self.outcome(aggregate_id, version, 0, false));
-            }
+                }),
+                _ => loaded
+                    .state
+                    .decide(command.clone())
+                    .map_err(CommandError::Rejected),
+            };
+            let events = match decided {
+                Ok(events) if !events.is_empty() => events,
+                not_appended => {
+                    return match self.recorded(&metadata).await? {
+                        Some(outcome) => Ok(outcome),
+                        None => not_appended.map(|_| self.outcome(aggregate_id, version, 0, false)),
+                    };
+                }
+            };
             let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
             let appended = events.len() as i64;
             let snapshot = snapshot_after(loaded, events)?;

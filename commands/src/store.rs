@@ -388,6 +388,90 @@ impl Store {
         stream
     }
 
+    /// An aggregate's snapshot and the events after it, in one statement (one round
+    /// trip): the snapshot's columns ride on the first event's row (or on the one row
+    /// there is when no event follows it).
+    pub(crate) async fn snapshot_and_events(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<(Option<SerializedSnapshot>, Vec<SerializedEvent>), StoreError> {
+        const SQL: &str = "SELECT s.last_sequence, s.current_snapshot,
+                CASE WHEN e.sequence IS NULL OR e.sequence = COALESCE(s.last_sequence, 0) + 1
+                     THEN s.payload END AS snapshot,
+                e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+                e.payload, e.metadata
+           FROM (SELECT 1 AS one) AS one
+           LEFT JOIN snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2
+           LEFT JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = $2
+                             AND e.sequence > COALESCE(s.last_sequence, 0)
+          ORDER BY e.sequence";
+        fn split<R: Row>(
+            rows: &[R],
+            snapshot_payload: impl Fn(&R) -> Result<Option<Value>, StoreError>,
+            event: fn(&R) -> Result<SerializedEvent, StoreError>,
+            aggregate_id: &str,
+        ) -> Result<(Option<SerializedSnapshot>, Vec<SerializedEvent>), StoreError>
+        where
+            for<'c> &'c str: sqlx::ColumnIndex<R>,
+            for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            let mut snapshot = None;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in rows {
+                if let (Some(payload), Some(last), Some(current)) = (
+                    snapshot_payload(row)?,
+                    row.try_get::<Option<i64>, _>("last_sequence")?,
+                    row.try_get::<Option<i64>, _>("current_snapshot")?,
+                ) {
+                    snapshot = Some(SerializedSnapshot {
+                        aggregate_id: aggregate_id.to_owned(),
+                        aggregate: payload,
+                        current_sequence: last as usize,
+                        current_snapshot: current as usize,
+                    });
+                }
+                if row.try_get::<Option<i64>, _>("sequence")?.is_some() {
+                    events.push(event(row)?);
+                }
+            }
+            Ok((snapshot, events))
+        }
+        match &self.db {
+            Database::Postgres(pool) => {
+                let rows = sqlx::query(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_all(pool)
+                    .await?;
+                split(
+                    &rows,
+                    |row| Ok(row.try_get("snapshot")?),
+                    pg_serialized_event,
+                    aggregate_id,
+                )
+            }
+            Database::Sqlite(pool) => {
+                let rows = sqlx::query(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_all(pool)
+                    .await?;
+                split(
+                    &rows,
+                    |row| {
+                        row.try_get::<Option<String>, _>("snapshot")?
+                            .map(|text| parse_json(&text))
+                            .transpose()
+                    },
+                    sqlite_serialized_event,
+                    aggregate_id,
+                )
+            }
+        }
+    }
+
     pub(crate) async fn snapshot(
         &self,
         aggregate_type: &str,
