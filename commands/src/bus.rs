@@ -211,6 +211,40 @@ impl<A: Aggregate> CommandBus<A> {
         metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
+        self.run(aggregate_id, command, metadata, expected_version)
+            .await
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// Like [`execute_at_version`](Self::execute_at_version), and answers the
+    /// aggregate's state and version once the command was applied: the state the
+    /// command made when it appended (no second read), read from the store when it was
+    /// a replay or appended nothing.
+    pub async fn execute_and_load(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: EventMetadata,
+        expected_version: Option<i64>,
+    ) -> Result<(A, i64), CommandError<A::Error>> {
+        match self
+            .run(aggregate_id, command, metadata, expected_version)
+            .await?
+        {
+            (outcome, Some(state)) => Ok((state, outcome.version)),
+            (_, None) => self.load(aggregate_id).await,
+        }
+    }
+
+    /// Runs a command in its span, counted by outcome; with the state it made, when it
+    /// appended.
+    async fn run(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: EventMetadata,
+        expected_version: Option<i64>,
+    ) -> Result<(CommandOutcome, Option<A>), CommandError<A::Error>> {
         let span = tracing::info_span!(
             "command",
             otel.name = %format_args!("{} command", A::TYPE),
@@ -227,7 +261,7 @@ impl<A: Aggregate> CommandBus<A> {
             .instrument(span.clone())
             .await;
         let outcome = match &result {
-            Ok(outcome) if outcome.replayed => "replayed",
+            Ok((outcome, _)) if outcome.replayed => "replayed",
             Ok(_) => "ok",
             Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
             Err(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => "conflict",
@@ -238,7 +272,7 @@ impl<A: Aggregate> CommandBus<A> {
             .increment(1);
         span.record("outcome", outcome);
         match &result {
-            Ok(done) => {
+            Ok((done, _)) => {
                 span.record("events_appended", done.events_appended);
             }
             // A rejection is the caller's mistake, not a fault of this service.
@@ -256,7 +290,7 @@ impl<A: Aggregate> CommandBus<A> {
         command: A::Command,
         mut metadata: EventMetadata,
         expected_version: Option<i64>,
-    ) -> Result<CommandOutcome, CommandError<A::Error>> {
+    ) -> Result<(CommandOutcome, Option<A>), CommandError<A::Error>> {
         // A key that committed before is not looked up first: the append itself meets
         // its record (the record's primary key), and the record answers. That saves
         // every command a round trip; a command decided again after it committed may
@@ -291,23 +325,35 @@ impl<A: Aggregate> CommandBus<A> {
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 not_appended => {
-                    return match self.recorded(&metadata).await? {
+                    let outcome = match self.recorded(&metadata).await? {
                         Some(outcome) => Ok(outcome),
                         None => not_appended.map(|_| self.outcome(aggregate_id, version, 0, false)),
                     };
+                    return outcome.map(|outcome| (outcome, None));
                 }
             };
             let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
             let appended = events.len() as i64;
-            let snapshot = snapshot_after(loaded, events)?;
+            let snapshot_due = version + appended - loaded.snapshot_at >= SNAPSHOT_EVERY;
+            let snapshots = loaded.snapshots;
+            let mut state = loaded.state;
+            for event in events {
+                state.apply(event);
+            }
+            let snapshot = if snapshot_due {
+                Some(snapshot_of(&state, snapshots + 1)?)
+            } else {
+                None
+            };
             match self.store.append(&serialized, snapshot).await {
                 Ok(_) => {
-                    return Ok(self.outcome(aggregate_id, version + appended, appended, false));
+                    let outcome = self.outcome(aggregate_id, version + appended, appended, false);
+                    return Ok((outcome, Some(state)));
                 }
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     // The winner may have been this very command, sent twice at once.
                     if let Some(outcome) = self.recorded(&metadata).await? {
-                        return Ok(outcome);
+                        return Ok((outcome, None));
                     }
                     tracing::debug!(
                         aggregate_type = A::TYPE,
@@ -445,28 +491,21 @@ fn read_event<A: Aggregate>(
         })
 }
 
-/// The snapshot to store with `events`: the state after them, when they take the
-/// aggregate [`SNAPSHOT_EVERY`] events or more past its last snapshot.
-fn snapshot_after<A: Aggregate>(
-    loaded: Loaded<A>,
-    events: Vec<A::Event>,
-) -> Result<Option<SnapshotUpdate>, CommandError<A::Error>> {
-    if loaded.version + events.len() as i64 - loaded.snapshot_at < SNAPSHOT_EVERY {
-        return Ok(None);
-    }
-    let mut state = loaded.state;
-    for event in events {
-        state.apply(event);
-    }
+/// `state` as a snapshot, the `number`th of its aggregate. One is stored with an append
+/// that takes the aggregate [`SNAPSHOT_EVERY`] events or more past its last snapshot.
+fn snapshot_of<A: Aggregate>(
+    state: &A,
+    number: i64,
+) -> Result<SnapshotUpdate, CommandError<A::Error>> {
     let payload = serde_json::to_value(StoredState {
         version: A::SNAPSHOT_VERSION,
         state,
     })
     .map_err(|error| CommandError::Internal(error.to_string()))?;
-    Ok(Some(SnapshotUpdate {
+    Ok(SnapshotUpdate {
         payload,
-        current_snapshot: loaded.snapshots + 1,
-    }))
+        current_snapshot: number,
+    })
 }
 
 /// A short, jittered pause so that racing writers do not collide again in lockstep.

@@ -309,10 +309,10 @@ pub async fn create(
         currency,
         at: OffsetDateTime::now_utc(),
     };
-    app.carts
-        .execute(&stream, command, metadata(&principal, &key))
+    let (cart, version) = app
+        .carts
+        .execute_and_load(&stream, command, metadata(&principal, &key), None)
         .await?;
-    let (cart, version) = app.carts.load(&stream).await?;
     Ok(created(
         format!("/v1/carts/{id}"),
         version,
@@ -656,11 +656,15 @@ pub async fn checkout(
             let reserve_key = key.derived(&format!("reserve/{}", sub_cart.merchant));
             match app
                 .mandates
-                .execute(&mandate_stream, command, metadata(&principal, &reserve_key))
+                .execute_and_load(
+                    &mandate_stream,
+                    command,
+                    metadata(&principal, &reserve_key),
+                    None,
+                )
                 .await
             {
-                Ok(_) => {
-                    let (mandate, _) = app.mandates.load(&mandate_stream).await?;
+                Ok((mandate, _)) => {
                     let waiting = mandate
                         .reservations
                         .get(&reservation_id)

@@ -335,10 +335,10 @@ pub async fn create(
         at: OffsetDateTime::now_utc(),
     };
     let stream = stream_id(&principal.tenant, id);
-    app.mandates
-        .execute(&stream, command, metadata(&principal, &key))
+    let (mandate, version) = app
+        .mandates
+        .execute_and_load(&stream, command, metadata(&principal, &key), None)
         .await?;
-    let (mandate, version) = app.mandates.load(&stream).await?;
     Ok(created(
         format!("/v1/mandates/{id}"),
         version,

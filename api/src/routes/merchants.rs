@@ -239,10 +239,10 @@ pub async fn register(
         profile: body.profile().into_profile(),
         at: OffsetDateTime::now_utc(),
     };
-    app.merchants
-        .execute(&stream, command, metadata(&principal, &key))
+    let (registered, version) = app
+        .merchants
+        .execute_and_load(&stream, command, metadata(&principal, &key), None)
         .await?;
-    let (registered, version) = app.merchants.load(&stream).await?;
     Ok(created(
         format!("/v1/merchants/{merchant}"),
         version,

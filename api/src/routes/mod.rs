@@ -282,14 +282,14 @@ where
             "only the shopper or an admin may do this",
         ));
     }
-    bus.execute_at_version(
-        &stream,
-        command,
-        metadata(principal, key),
-        if_match(headers)?,
-    )
-    .await?;
-    Ok(bus.load(&stream).await?)
+    Ok(bus
+        .execute_and_load(
+            &stream,
+            command,
+            metadata(principal, key),
+            if_match(headers)?,
+        )
+        .await?)
 }
 
 /// Domain value parsing failures are the caller's fault: 422 with the reason.

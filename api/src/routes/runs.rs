@@ -243,10 +243,10 @@ pub async fn start(
         prompt: body.prompt,
         at: OffsetDateTime::now_utc(),
     };
-    app.runs
-        .execute(&stream, command, metadata(&principal, &key))
+    let (run, version) = app
+        .runs
+        .execute_and_load(&stream, command, metadata(&principal, &key), None)
         .await?;
-    let (run, version) = app.runs.load(&stream).await?;
     Ok(created(
         format!("/v1/runs/{id}"),
         version,
