@@ -8,13 +8,18 @@
 //! 20).
 //!
 //! The server is the real `shopagent serve` binary in its own process, on PostgreSQL,
-//! so its memory is its own. Each virtual client is an agent under its own mandate that
-//! goes round a shopping journey: create a cart, add two lines, set the address,
-//! record the merchant's quote, check out (budget reserved on the mandate, an order
-//! created), and record two actions in its run's ledger — seven commands, each one
-//! HTTP request with a fresh `Idempotency-Key`. Measured per level: commands/s, latency
-//! p50/p95/p99/max, answers by status, and the server's resident memory at the start
-//! and the end of the level and its peak.
+//! so its memory is its own, with the sandbox card issuer and UCP merchant beside it.
+//! Each virtual client is an agent under its own mandate that goes round a shopping
+//! journey, one agent run each (`api/tests/loadgen`): start the run, create a cart,
+//! add two lines, set the address, record the merchant's quote, check out (budget
+//! reserved on the mandate, an order created), and record two actions in the run's
+//! ledger — eight commands, each one HTTP request with a fresh `Idempotency-Key`. Each
+//! checkout goes on in the
+//! background: a card issued, the order placed at the merchant, the card authorized
+//! through the issuer's webhook, the spend committed, the merchant's order webhook
+//! received. Measured per level: commands/s, latency p50/p95/p99/max, answers by
+//! status, and the server's resident memory at the start and the end of the level and
+//! its peak.
 //!
 //! The raw baseline, at the same concurrency for the same time: one transaction that
 //! reads a stream's rows and inserts the next one (what a command costs the database
@@ -28,9 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loadgen::{Agent, Load, Server, create_mandate, free_port, mandate_terms};
+use loadgen::{Agent, Load, Server, create_mandate, free_port, mandate_terms, register_merchant};
 use serde_json::json;
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
+use shopagent_connectors::Sandbox;
+use shopagent_connectors::sandbox_issuer::SandboxIssuer;
+use shopagent_connectors::sandbox_merchant::SandboxMerchant;
 use support::{env_or, ms, percentiles};
 
 /// The raw baseline: a stream's rows read and the next one inserted, in one
@@ -93,6 +101,10 @@ async fn raw_load_append(url: &str, concurrency: usize, seconds: u64) -> f64 {
     rate
 }
 
+const ISSUER_KEY: &str = "sk_test_load";
+const WEBHOOK_SECRET: &str = "whsec_load";
+const CARD_ACCEPTOR: &str = "4445550001";
+
 #[tokio::main]
 async fn main() {
     let levels: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
@@ -103,13 +115,33 @@ async fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", 20);
     let (url, name) = create_pg_database().await;
     let data = tempfile::tempdir().expect("data directory");
+    // The sandbox card issuer and UCP merchant, so that every checkout goes on in the
+    // background as it would for real: a card issued, the order placed, the card
+    // charged (an authorization webhook), the spend committed, the merchant's order
+    // webhook received.
+    let issuer = SandboxIssuer::new(ISSUER_KEY);
+    let (issuer_url, _) = issuer.spawn().await.expect("sandbox issuer");
+    let merchant = SandboxMerchant::new();
+    let (merchant_url, _) = merchant.spawn().await.expect("sandbox merchant");
     let mut server = Server::start(
         &url,
         data.path(),
         free_port(),
-        &[("SHOPAGENT_DB_MAX_CONNECTIONS", "32")],
+        &[
+            ("SHOPAGENT_DB_MAX_CONNECTIONS", "32"),
+            ("SHOPAGENT_CARD_ISSUER_URL", &issuer_url),
+            ("SHOPAGENT_CARD_ISSUER_KEY", ISSUER_KEY),
+            ("SHOPAGENT_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ],
     )
     .await;
+    merchant.deliver_webhooks_to(format!("{}/v1/webhooks/ucp/acme/acme", server.base));
+    issuer.deliver_authorizations_to(
+        format!("{}/v1/webhooks/stripe", server.base),
+        WEBHOOK_SECRET,
+    );
+    merchant.charge_cards_with(&issuer_url, ISSUER_KEY, CARD_ACCEPTOR);
+    register_merchant(&server.base, &merchant_url, Some(CARD_ACCEPTOR)).await;
 
     println!(
         "Raw baseline (load a stream + append, one transaction) and the HTTP command mix, {seconds} s per level:\n"
@@ -121,7 +153,7 @@ async fn main() {
     for &clients in &levels {
         let raw = raw_load_append(&url, clients, seconds / 2).await;
 
-        // Each agent under a mandate of its own shopper, with a run of its own.
+        // Each agent under a mandate of its own shopper.
         let mut agents = Vec::with_capacity(clients);
         for n in 0..clients {
             let mandate = create_mandate(
@@ -130,7 +162,11 @@ async fn main() {
                 mandate_terms(None),
             )
             .await;
-            agents.push(Agent::new(&server.base, &format!("agent-{clients}-{n}"), mandate).await);
+            agents.push(Agent::new(
+                &server.base,
+                &format!("agent-{clients}-{n}"),
+                mandate,
+            ));
         }
 
         let (rss_start, _) = server.memory_kib();

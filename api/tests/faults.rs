@@ -30,12 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// Agents shopping at once, all under one mandate.
 const AGENTS: usize = 6;
 
-async fn agents(base: &str, mandate: MandateId) -> Vec<Agent> {
-    let mut agents = Vec::with_capacity(AGENTS);
-    for n in 0..AGENTS {
-        agents.push(Agent::new(base, &format!("agent-{n}"), mandate).await);
-    }
-    agents
+fn agents(base: &str, mandate: MandateId) -> Vec<Agent> {
+    (0..AGENTS)
+        .map(|n| Agent::new(base, &format!("agent-{n}"), mandate))
+        .collect()
 }
 
 async fn event_count(pool: &PgPool) -> i64 {
@@ -210,9 +208,9 @@ async fn a_server_killed_under_load_keeps_every_acknowledged_command_and_applies
     let mut server = Server::start(&url, data.path(), port, &[]).await;
     // The agents' checkouts race for a budget of a few journeys.
     let budget = 5 * JOURNEY_TOTAL_MINOR;
-    register_merchant(&server.base, "http://127.0.0.1:1/ucp").await;
+    register_merchant(&server.base, "http://127.0.0.1:1/ucp", None).await;
     let mandate = create_mandate(&server.base, "shopper-1", mandate_terms(Some(budget))).await;
-    let load = Load::start(agents(&server.base, mandate).await);
+    let load = Load::start(agents(&server.base, mandate));
     let acknowledged = load.until_acknowledged(150, Duration::from_secs(180)).await;
     assert!(
         acknowledged >= 150,
@@ -345,7 +343,7 @@ async fn a_database_outage_under_load_fails_fast_and_the_server_recovers_by_itse
     let data = tempfile::tempdir().expect("data directory");
     let server = Server::start(proxied.as_str(), data.path(), free_port(), &[]).await;
     let mandate = create_mandate(&server.base, "shopper-1", mandate_terms(None)).await;
-    let load = Load::start(agents(&server.base, mandate).await);
+    let load = Load::start(agents(&server.base, mandate));
     load.until_acknowledged(50, Duration::from_secs(120)).await;
 
     proxy.cut();

@@ -3,10 +3,10 @@
 //!
 //! [`Server`] is the real `shopagent serve` binary in a process of its own, so it can be
 //! killed, restarted and measured. Each [`Agent`] acts under a mandate and goes round a
-//! shopping journey: create a cart, add two lines, set the address, record the
-//! merchant's quote, check out (budget reserved on the mandate, an order created), and
-//! record two actions in its run's ledger — seven commands, each one HTTP request with
-//! a fresh `Idempotency-Key`. Every request is written to a [`Journal`]: what was sent,
+//! shopping journey, one agent run each: start the run, create a cart, add two lines,
+//! set the address, record the merchant's quote, check out (budget reserved on the
+//! mandate, an order created), and record two actions in the run's ledger — eight
+//! commands, each one HTTP request with a fresh `Idempotency-Key`. Every request is written to a [`Journal`]: what was sent,
 //! with which key, and what came back, so a test can send it again.
 #![allow(dead_code)] // Each including target uses part of it.
 
@@ -303,12 +303,14 @@ pub fn mandate_terms(period_budget_minor: Option<i64>) -> Value {
     terms
 }
 
-/// Registers the merchant `acme` (UCP, bought from through its API) at `endpoint`.
-pub async fn register_merchant(base: &str, endpoint: &str) {
+/// Registers the merchant `acme` (UCP, bought from through its API) at `endpoint`,
+/// charging cards as `card_acceptor` when it is given.
+pub async fn register_merchant(base: &str, endpoint: &str, card_acceptor: Option<&str>) {
     let ops = Caller::new(base, token("ops-1", Role::Ops, None));
     let journal = Mutex::new(Journal::default());
     let body = json!({"merchant_id": "acme", "name": "Acme Outdoor", "protocol": "ucp",
-                      "api_endpoint": endpoint, "paths": ["api"]});
+                      "api_endpoint": endpoint, "paths": ["api"],
+                      "card_acceptor_ids": card_acceptor.into_iter().collect::<Vec<_>>()});
     ops.post("/v1/merchants", body, &journal)
         .await
         .unwrap_or_else(|| panic!("the merchant: {:?}", journal.into_inner().sent));
@@ -325,34 +327,22 @@ pub async fn create_mandate(base: &str, shopper: &str, terms: Value) -> MandateI
     MandateId::parse(mandate["id"].as_str().expect("id")).expect("mandate id")
 }
 
-/// An agent acting under a mandate, with a run of its own.
+/// An agent acting under a mandate.
 pub struct Agent {
     pub caller: Caller,
     pub mandate: MandateId,
-    pub run: String,
 }
 
 impl Agent {
-    pub async fn new(base: &str, name: &str, mandate: MandateId) -> Self {
-        let caller = Caller::new(base, token(name, Role::Agent, Some(mandate)));
-        let journal = Mutex::new(Journal::default());
-        let run = caller
-            .post(
-                "/v1/runs",
-                json!({"prompt": "gear for a weekend"}),
-                &journal,
-            )
-            .await
-            .unwrap_or_else(|| panic!("a run: {:?}", journal.into_inner().sent));
+    pub fn new(base: &str, name: &str, mandate: MandateId) -> Self {
         Self {
-            caller,
+            caller: Caller::new(base, token(name, Role::Agent, Some(mandate))),
             mandate,
-            run: run["id"].as_str().expect("run id").to_owned(),
         }
     }
 
-    /// One shopping journey: seven commands. It stops at the first that fails, as an
-    /// agent would rather than build on a step that did not happen.
+    /// One shopping journey, one agent run: eight commands. It stops at the first that
+    /// fails, as an agent would rather than build on a step that did not happen.
     pub async fn journey(&self, journal: &Mutex<Journal>) {
         if self.journey_steps(journal).await.is_none() {
             // A moment's pause, so a server that is down is not spun on.
@@ -362,6 +352,10 @@ impl Agent {
 
     async fn journey_steps(&self, journal: &Mutex<Journal>) -> Option<()> {
         let caller = &self.caller;
+        let run = caller
+            .post("/v1/runs", json!({"prompt": "gear for a weekend"}), journal)
+            .await?;
+        let run = run["id"].as_str()?;
         let cart = caller
             .post(
                 "/v1/carts",
@@ -396,7 +390,7 @@ impl Agent {
         for kind in ["search", "rank"] {
             let action = json!({"kind": kind, "input_digest": "a".repeat(64), "output_digest": "b".repeat(64), "latency_ms": 120});
             caller
-                .post(&format!("/v1/runs/{}/actions", self.run), action, journal)
+                .post(&format!("/v1/runs/{run}/actions"), action, journal)
                 .await?;
         }
         Some(())
