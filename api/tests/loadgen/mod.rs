@@ -198,12 +198,40 @@ impl Journal {
     }
 }
 
+/// Spaces requests evenly at a rate across every agent that shares it: each request
+/// takes the next free slot.
+pub struct Pacer {
+    interval: Duration,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Pacer {
+    pub fn new(per_second: f64) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn turn(&self) {
+        let at = {
+            let mut next = self.next.lock().expect("the pacer's lock");
+            let at = (*next).max(Instant::now());
+            *next = at + self.interval;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
 /// A caller of the API with one bearer token.
 #[derive(Clone)]
 pub struct Caller {
     pub http: reqwest::Client,
     pub base: String,
     pub token: String,
+    /// When set, each journaled request waits for its slot.
+    pub pacer: Option<Arc<Pacer>>,
 }
 
 impl Caller {
@@ -216,6 +244,7 @@ impl Caller {
                 .expect("client"),
             base: base.to_owned(),
             token,
+            pacer: None,
         }
     }
 
@@ -274,6 +303,9 @@ impl Caller {
 
     /// POSTs with a fresh key, journals it, and answers the reply when it is a 2xx.
     pub async fn post(&self, path: &str, body: Value, journal: &Mutex<Journal>) -> Option<Value> {
+        if let Some(pacer) = &self.pacer {
+            pacer.turn().await;
+        }
         let key = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let answer = self.send(path, &body, &key).await;
@@ -406,7 +438,19 @@ pub struct Load {
 }
 
 impl Load {
+    /// Starts the agents, each sending as fast as it is answered.
     pub fn start(agents: Vec<Agent>) -> Self {
+        Self::start_paced(agents, None)
+    }
+
+    /// Starts the agents; with `per_second`, all of them together send at that rate.
+    pub fn start_paced(mut agents: Vec<Agent>, per_second: Option<f64>) -> Self {
+        if let Some(per_second) = per_second {
+            let pacer = Arc::new(Pacer::new(per_second));
+            for agent in &mut agents {
+                agent.caller.pacer = Some(Arc::clone(&pacer));
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let journal = Arc::new(Mutex::new(Journal::default()));
         let tasks = agents
