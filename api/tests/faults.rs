@@ -63,26 +63,28 @@ async fn resend(base: &str, sent: &Sent) -> Answer {
     }
 }
 
-/// Every acknowledged request, sent again with its key, gets its first answer back
-/// (`Idempotent-Replayed`) and appends nothing.
+/// Every acknowledged request, sent again with its key, answers its first status and
+/// appends nothing. Its first answer comes back whole (`Idempotent-Replayed`) when the
+/// server stored it; when the database went away between the command's commit and the
+/// storing of its answer, the command's own idempotency record makes the retry a no-op
+/// that answers the state as it is now.
 async fn assert_acknowledged_commands_replay(base: &str, journal: &Journal, pool: &PgPool) {
     let before = event_count(pool).await;
     for sent in journal.sent.iter().filter(|s| s.acknowledged()) {
         let answer = resend(base, sent).await;
         assert_eq!(
-            (answer.status, answer.replayed),
-            (sent.status, true),
+            answer.status, sent.status,
             "{} with key {} was acknowledged; sent again it answered {:?}",
-            sent.path,
-            sent.key,
-            answer
+            sent.path, sent.key, answer
         );
-        assert_eq!(answer.body, sent.reply, "{} answered otherwise", sent.path);
+        if answer.replayed {
+            assert_eq!(answer.body, sent.reply, "{} answered otherwise", sent.path);
+        }
     }
     assert_eq!(
         event_count(pool).await,
         before,
-        "replaying acknowledged commands appended events"
+        "sending acknowledged commands again appended events"
     );
 }
 

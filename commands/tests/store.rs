@@ -515,6 +515,23 @@ async fn snapshots_commit_with_their_events(store: &Store) {
     assert_eq!(loaded.current_sequence, 6);
 }
 
+/// `count` commands adding 1, one after the other.
+async fn add_ones(bus: &CommandBus<Tally>, id: &str, count: i64) {
+    for _ in 0..count {
+        bus.execute(id, TallyCommand::Add(1), metadata())
+            .await
+            .expect("add");
+    }
+}
+
+async fn stored_snapshot(store: &Store, id: &str) -> cqrs_es::persist::SerializedSnapshot {
+    store
+        .get_snapshot::<Stream<Tally>>(id)
+        .await
+        .expect("read")
+        .expect("a snapshot")
+}
+
 fn snapshot_of(version: u32, total: i64, current_snapshot: i64) -> SnapshotUpdate {
     SnapshotUpdate {
         payload: serde_json::json!({"version": version, "state": {"opened": true, "total": total}}),
@@ -526,16 +543,8 @@ async fn a_long_stream_loads_from_its_snapshot_and_the_events_after_it(store: &S
     let id = open_tally(store).await;
     let bus = bus(store);
     let adds = 2 * SNAPSHOT_EVERY + 5;
-    for _ in 0..adds {
-        bus.execute(&id, TallyCommand::Add(1), metadata())
-            .await
-            .expect("add");
-    }
-    let snapshot = store
-        .get_snapshot::<Stream<Tally>>(&id)
-        .await
-        .expect("read")
-        .expect("a snapshot");
+    add_ones(&bus, &id, adds).await;
+    let snapshot = stored_snapshot(store, &id).await;
     // One each time the stream is SNAPSHOT_EVERY events past the last one.
     assert_eq!(snapshot.current_sequence as i64, 2 * SNAPSHOT_EVERY);
     assert_eq!(snapshot.current_snapshot, 2);
@@ -577,16 +586,8 @@ async fn a_snapshot_of_another_form_is_ignored_and_replaced(store: &Store) {
         "the events are replayed in full"
     );
 
-    for _ in 2..SNAPSHOT_EVERY {
-        bus.execute(&id, TallyCommand::Add(1), metadata())
-            .await
-            .expect("add");
-    }
-    let snapshot = store
-        .get_snapshot::<Stream<Tally>>(&id)
-        .await
-        .expect("read")
-        .expect("a snapshot");
+    add_ones(&bus, &id, SNAPSHOT_EVERY - 2).await;
+    let snapshot = stored_snapshot(store, &id).await;
     assert_eq!(snapshot.current_sequence as i64, SNAPSHOT_EVERY);
     assert_eq!(snapshot.current_snapshot, 2);
     assert_eq!(
