@@ -521,6 +521,10 @@ impl Subscriber for CheckoutProcess {
         Self::NAME
     }
 
+    fn acts_on(&self, event: &StoredEvent) -> bool {
+        Cause::of(event).is_some()
+    }
+
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
         let Some(cause) = Cause::of(event) else {
             return Ok(());

@@ -45,6 +45,13 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Handles one event, at least once. Must be idempotent.
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError>;
 
+    /// Whether [`Subscriber::handle`] does anything with `event`. The runner moves the
+    /// checkpoint past the events a subscriber passes over without a write for each:
+    /// a process that acts on a few kinds of event keeps up with a busy log.
+    fn acts_on(&self, _event: &StoredEvent) -> bool {
+        true
+    }
+
     /// Whether the runner hands it whole batches ([`Subscriber::handle_batch`]) and
     /// moves the checkpoint once per batch, instead of event by event. For subscribers
     /// whose outside calls are cheaper in bulk (a publisher); a failure then repeats the
@@ -122,7 +129,8 @@ impl SubscriberRunner {
     }
 
     /// Handles the events after the checkpoint, in order, moving the checkpoint past
-    /// each one as soon as it is handled. Stops at the first failure.
+    /// each one it acts on as soon as it is handled, and past those it passes over at
+    /// the next write (at the latest, the end of the batch). Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let mut cursor = checkpoint(self.store.database(), name).await?;
@@ -130,10 +138,23 @@ impl SubscriberRunner {
         if self.subscriber.batched() {
             return self.step_batch(&events).await;
         }
+        let step_started = Instant::now();
         let mut handled = 0;
+        // Events passed over since the last checkpoint write.
+        let mut passed_over = 0;
         for event in &events {
+            if !self.subscriber.acts_on(event) {
+                cursor = event.cursor;
+                passed_over += 1;
+                handled += 1;
+                continue;
+            }
             let started = Instant::now();
             if let Err(error) = self.subscriber.handle(event).await {
+                if passed_over > 0 {
+                    let rate = self.record(step_started, passed_over);
+                    save(self.store.database(), name, cursor, rate, passed_over).await?;
+                }
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
                 *self
                     .last_error
@@ -150,13 +171,26 @@ impl SubscriberRunner {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record(started, 1);
-            save(self.store.database(), name, cursor, rate, 1).await?;
+            save(self.store.database(), name, cursor, rate, passed_over + 1).await?;
+            passed_over = 0;
             handled += 1;
+        }
+        if passed_over > 0 {
+            let rate = self.record(step_started, passed_over);
+            save(self.store.database(), name, cursor, rate, passed_over).await?;
         }
         Ok(Progress {
             handled,
             failed: false,
         })
+    }
+
+    /// Counts `events` handled since `started`; answers the recent rate.
+    fn record(&self, started: Instant, events: i64) -> f64 {
+        self.throughput
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(started, events as usize)
     }
 
     /// One batch handled as a whole; the checkpoint moves past it once it is.

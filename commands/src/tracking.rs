@@ -34,15 +34,16 @@ impl Subscriber for TrackingProcess {
         Self::NAME
     }
 
+    fn acts_on(&self, event: &StoredEvent) -> bool {
+        shipment(event).is_some()
+    }
+
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
-        if event.aggregate_type != "order" {
-            return Ok(());
-        }
-        let Ok(OrderEvent::OrderShipped {
+        let Some(OrderEvent::OrderShipped {
             carrier,
             tracking_number,
             ..
-        }) = serde_json::from_value::<OrderEvent>(event.payload.clone())
+        }) = shipment(event)
         else {
             return Ok(());
         };
@@ -78,4 +79,14 @@ impl Subscriber for TrackingProcess {
         step.instrument(trace::event_span(Self::NAME, "track", event))
             .await
     }
+}
+
+/// The event, when it is an order shipped: the one the process acts on.
+fn shipment(event: &StoredEvent) -> Option<OrderEvent> {
+    if event.aggregate_type != "order" || event.event_type != "OrderShipped" {
+        return None;
+    }
+    serde_json::from_value::<OrderEvent>(event.payload.clone())
+        .ok()
+        .filter(|order| matches!(order, OrderEvent::OrderShipped { .. }))
 }

@@ -109,7 +109,47 @@ shopagent_commands::on_both_backends!(
     every_event_is_handled_once_in_log_order,
     a_failed_event_is_retried_and_nothing_after_it_is_skipped,
     a_crash_after_the_side_effect_repeats_the_event_but_loses_none,
+    events_passed_over_move_the_checkpoint_and_are_not_handled,
 );
+
+/// Acts only on the events of the tallies it names; records what it handled.
+struct Picky {
+    tallies: Vec<String>,
+    seen: Mutex<Vec<Uuid>>,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for Picky {
+    fn name(&self) -> &'static str {
+        "test_picky"
+    }
+
+    fn acts_on(&self, event: &StoredEvent) -> bool {
+        self.tallies.contains(&event.aggregate_id)
+    }
+
+    async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        self.seen.lock().expect("lock").push(event.event_id);
+        Ok(())
+    }
+}
+
+async fn events_passed_over_move_the_checkpoint_and_are_not_handled(test: &TestStore) {
+    let log = seed(&test.store, 10).await;
+    let picky = Arc::new(Picky {
+        tallies: vec!["t-3".into(), "t-7".into()],
+        seen: Mutex::default(),
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), picky.clone());
+    drain(&runner).await;
+    assert_eq!(*picky.seen.lock().expect("lock"), [log[3], log[7]]);
+    // The checkpoint stands past the last event, passed over as it was: a new runner
+    // has nothing left to do.
+    let again = SubscriberRunner::new(test.reopen().await, picky.clone());
+    let progress = again.step().await.expect("step");
+    assert_eq!((progress.handled, progress.failed), (0, false));
+    assert_eq!(picky.seen.lock().expect("lock").len(), 2);
+}
 
 async fn every_event_is_handled_once_in_log_order(test: &TestStore) {
     let log = seed(&test.store, 30).await;
