@@ -34,8 +34,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loadgen::{Agent, Load, Server, create_mandate, free_port, mandate_terms, register_merchant};
+use loadgen::{
+    Agent, Caller, Load, Server, create_mandate, free_port, mandate_terms, register_merchant, token,
+};
 use serde_json::json;
+use shopagent::auth::Role;
 use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 use shopagent_connectors::Sandbox;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;
@@ -148,9 +151,9 @@ async fn main() {
         "Raw baseline (load a stream + append, one transaction) and the HTTP command mix, {seconds} s per level:\n"
     );
     println!(
-        "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB |"
+        "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
     // The level with the highest rate, for the paced run at half of it.
     let mut peak: Option<(usize, f64, f64)> = None;
     for &clients in &levels {
@@ -201,12 +204,13 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         .iter()
         .map(|(status, count)| format!("{status}: {count}"))
         .collect();
+    let behind = readers_behind(&server.base).await;
     let label = match pace {
         Some(pace) => format!("{clients}, paced at {pace:.0}/s"),
         None => clients.to_string(),
     };
     println!(
-        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) |",
+        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} |",
         rate / raw,
         ms(p50),
         ms(p95),
@@ -218,4 +222,31 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         peak as f64 / 1024.0,
     );
     rate
+}
+
+/// Each reader of the log (projections, index, processes) that had not caught up when
+/// the level ended, with how many events it had left: whether the background work kept
+/// up with the commands.
+async fn readers_behind(base: &str) -> String {
+    let ops = Caller::new(base, token("ops-1", Role::Ops, None));
+    let (_, listed) = ops.get("/v1/ops/projections").await;
+    let behind: Vec<String> = listed
+        .as_ref()
+        .and_then(|listed| listed["projections"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|reader| reader["lag_events"].as_i64().unwrap_or(0) > 0)
+        .map(|reader| {
+            format!(
+                "{} {}",
+                reader["name"].as_str().unwrap_or("?"),
+                reader["lag_events"]
+            )
+        })
+        .collect();
+    if behind.is_empty() {
+        "none".to_owned()
+    } else {
+        behind.join(", ")
+    }
 }
