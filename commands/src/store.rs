@@ -472,7 +472,7 @@ impl Store {
         }
     }
 
-    pub(crate) async fn snapshot(
+    async fn snapshot(
         &self,
         aggregate_type: &str,
         aggregate_id: &str,
