@@ -34,7 +34,7 @@ use shopagent_domain::merchant::{Merchant, MerchantCommand, MerchantProfile, Pro
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::order::CheckoutPath;
 use shopagent_domain::payment::{CardReference, Payment, PaymentCommand};
-use support::{env_or, ms, percentiles};
+use support::{RawLog, env_or, ms, percentiles};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -168,40 +168,19 @@ async fn raw_latencies(
     requests: usize,
     concurrency: usize,
 ) -> (Vec<Duration>, Duration) {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(concurrency as u32)
-        .connect(url)
-        .await
-        .expect("pool");
-    sqlx::query("CREATE TABLE IF NOT EXISTS raw_stream (id text, seq int, body jsonb, PRIMARY KEY (id, seq))")
-        .execute(&pool)
-        .await
-        .expect("table");
+    let raw = Arc::new(RawLog::open(url, concurrency).await);
     let started = Instant::now();
     let per_worker = requests / concurrency;
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let pool = pool.clone();
+        let raw = Arc::clone(&raw);
         workers.push(tokio::spawn(async move {
+            let payload = json!({"approved": true, "amount": 1_200});
             let mut samples = Vec::new();
             for n in 0..per_worker {
-                let id = format!("s-{worker}-{n}");
                 let sent = Instant::now();
-                let mut tx = pool.begin().await.expect("begin");
-                let rows: Vec<(i32, serde_json::Value)> =
-                    sqlx::query_as("SELECT seq, body FROM raw_stream WHERE id = $1 ORDER BY seq")
-                        .bind(&id)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .expect("load");
-                sqlx::query("INSERT INTO raw_stream (id, seq, body) VALUES ($1, $2, $3)")
-                    .bind(&id)
-                    .bind(rows.len() as i32 + 1)
-                    .bind(json!({"approved": true, "amount": 1_200}))
-                    .execute(&mut *tx)
-                    .await
-                    .expect("insert");
-                tx.commit().await.expect("commit");
+                raw.load_and_append(&format!("s-{worker}-{n}"), &payload)
+                    .await;
                 samples.push(sent.elapsed());
             }
             samples

@@ -43,26 +43,18 @@ use shopagent_commands::test_support::{create_pg_database, drop_pg_database};
 use shopagent_connectors::Sandbox;
 use shopagent_connectors::sandbox_issuer::SandboxIssuer;
 use shopagent_connectors::sandbox_merchant::SandboxMerchant;
-use support::{env_or, ms, percentiles};
+use support::{RawLog, env_or, ms, percentiles};
 
 /// The raw baseline: a stream's rows read and the next one inserted, in one
 /// transaction, by `concurrency` clients for `seconds`; transactions per second.
 async fn raw_load_append(url: &str, concurrency: usize, seconds: u64) -> f64 {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(concurrency as u32)
-        .connect(url)
-        .await
-        .expect("raw pool");
-    sqlx::query("CREATE TABLE IF NOT EXISTS raw_events (id BIGSERIAL PRIMARY KEY, stream TEXT NOT NULL, seq BIGINT NOT NULL, payload JSONB NOT NULL, UNIQUE (stream, seq))")
-        .execute(&pool)
-        .await
-        .expect("raw table");
+    let raw = Arc::new(RawLog::open(url, concurrency).await);
+    let payload = json!({"line": {"offer_id": "sku:tent", "quantity": 1}});
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
-            let pool = pool.clone();
-            let stop = Arc::clone(&stop);
+            let (raw, stop, payload) = (Arc::clone(&raw), Arc::clone(&stop), payload.clone());
             tokio::spawn(async move {
                 let mut done: u64 = 0;
                 // A stream per journey, as each cart is: a few events each.
@@ -71,23 +63,7 @@ async fn raw_load_append(url: &str, concurrency: usize, seconds: u64) -> f64 {
                     if done.is_multiple_of(7) {
                         stream = format!("raw-{concurrency}-{worker}-{done}");
                     }
-                    let mut tx = pool.begin().await.expect("transaction");
-                    let rows: Vec<(i64,)> =
-                        sqlx::query_as("SELECT seq FROM raw_events WHERE stream = $1 ORDER BY seq")
-                            .bind(&stream)
-                            .fetch_all(&mut *tx)
-                            .await
-                            .expect("load");
-                    sqlx::query(
-                        "INSERT INTO raw_events (stream, seq, payload) VALUES ($1, $2, $3)",
-                    )
-                    .bind(&stream)
-                    .bind(rows.len() as i64 + 1)
-                    .bind(json!({"line": {"offer_id": "sku:tent", "quantity": 1}}))
-                    .execute(&mut *tx)
-                    .await
-                    .expect("append");
-                    tx.commit().await.expect("commit");
+                    raw.load_and_append(&stream, &payload).await;
                     done += 1;
                 }
                 done
@@ -101,7 +77,9 @@ async fn raw_load_append(url: &str, concurrency: usize, seconds: u64) -> f64 {
         total += worker.await.expect("worker");
     }
     let rate = total as f64 / started.elapsed().as_secs_f64();
-    pool.close().await;
+    if let Some(raw) = Arc::into_inner(raw) {
+        raw.close().await;
+    }
     rate
 }
 

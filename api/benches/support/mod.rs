@@ -1,4 +1,5 @@
-//! What the API benches share: options from the environment and latency figures.
+//! What the API benches share: options from the environment, latency figures, and the
+//! raw database baseline.
 
 use std::time::Duration;
 
@@ -20,4 +21,54 @@ pub fn percentiles(samples: &mut [Duration]) -> [Duration; 4] {
 /// Milliseconds, two decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// The raw database baseline of DESIGN.md, on a plain table of events: what a command
+/// costs the database at least (load the aggregate's stream, append its event).
+#[allow(dead_code)] // Not every bench that includes this module measures the baseline.
+pub struct RawLog {
+    pool: sqlx::PgPool,
+}
+
+#[allow(dead_code)]
+impl RawLog {
+    /// A pool of `connections` on `url`, with the table created.
+    pub async fn open(url: &str, connections: usize) -> Self {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(connections as u32)
+            .connect(url)
+            .await
+            .expect("raw pool");
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS raw_events (id BIGSERIAL PRIMARY KEY, stream TEXT NOT NULL,
+                 seq BIGINT NOT NULL, payload JSONB NOT NULL, UNIQUE (stream, seq))",
+        )
+        .execute(&pool)
+        .await
+        .expect("raw table");
+        Self { pool }
+    }
+
+    /// One transaction: `stream`'s rows read, and the next one inserted with `payload`.
+    pub async fn load_and_append(&self, stream: &str, payload: &serde_json::Value) {
+        let mut tx = self.pool.begin().await.expect("transaction");
+        let rows: Vec<(i64, serde_json::Value)> =
+            sqlx::query_as("SELECT seq, payload FROM raw_events WHERE stream = $1 ORDER BY seq")
+                .bind(stream)
+                .fetch_all(&mut *tx)
+                .await
+                .expect("load");
+        sqlx::query("INSERT INTO raw_events (stream, seq, payload) VALUES ($1, $2, $3)")
+            .bind(stream)
+            .bind(rows.len() as i64 + 1)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
 }
