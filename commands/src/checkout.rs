@@ -139,6 +139,9 @@ fn retry(error: impl Display) -> HandlerError {
 
 impl CheckoutProcess {
     pub const NAME: &'static str = "checkout_process";
+    /// Orders handled at the same time. Each step holds a pooled connection only for
+    /// its statements, and waits mostly on the issuer or the merchant.
+    pub const CONCURRENT_ORDERS: usize = 16;
 
     /// Runs one step's command; a business rejection is logged and ends the step (it
     /// will not change on retry), anything else is retried.
@@ -523,6 +526,25 @@ impl Subscriber for CheckoutProcess {
 
     fn acts_on(&self, event: &StoredEvent) -> bool {
         Cause::of(event).is_some()
+    }
+
+    /// Orders proceed independently: one waiting on its merchant holds up no other.
+    fn concurrency(&self) -> usize {
+        Self::CONCURRENT_ORDERS
+    }
+
+    /// An order's events and its payment's, in log order: the payment stream (its id
+    /// derives from the order's, so both kinds of event name it).
+    fn partition(&self, event: &StoredEvent) -> Option<String> {
+        match event.aggregate_type.as_str() {
+            "payment" => Some(event.aggregate_id.clone()),
+            "order" => {
+                let (tenant, id) = event.aggregate_id.rsplit_once('/')?;
+                let order = OrderId::parse(id).ok()?;
+                Some(stream(tenant, payment_of(order)))
+            }
+            _ => None,
+        }
     }
 
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {

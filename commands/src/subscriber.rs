@@ -11,16 +11,19 @@
 //! dies, the connection closes, the lock is released and another instance takes over.
 //! The embedded SQLite store serves a single process.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::format_timestamp;
 use crate::{Database, LogCursor, Store, StoreError, StoredEvent};
+use futures::StreamExt;
 use sqlx::PgConnection;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use uuid::Uuid;
 
 /// Why a step could not run: the store failed. The step is retried.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,20 @@ pub trait Subscriber: Send + Sync + 'static {
         false
     }
 
+    /// How many events the runner may handle at once, each of a different
+    /// [`Subscriber::partition`]. 1, the default: one at a time, in log order.
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// The events that must be handled in log order with `event`: those of the same
+    /// partition (an order, say). Events of different partitions may be handled at the
+    /// same time, up to [`Subscriber::concurrency`], so one slow outside call holds up
+    /// only its own partition. `None` is one partition of its own.
+    fn partition(&self, _event: &StoredEvent) -> Option<String> {
+        None
+    }
+
     /// Handles a batch of consecutive events, in order, at least once.
     async fn handle_batch(&self, events: &[StoredEvent]) -> Result<(), HandlerError> {
         for event in events {
@@ -78,6 +95,9 @@ pub struct SubscriberRunner {
     idle_poll: Duration,
     last_error: Arc<std::sync::Mutex<LastError>>,
     throughput: Arc<std::sync::Mutex<Throughput>>,
+    /// Events past the checkpoint already handled by a partitioned step that failed
+    /// elsewhere: the retry passes over them instead of repeating their side effects.
+    handled_ahead: Arc<std::sync::Mutex<HashSet<Uuid>>>,
 }
 
 impl std::fmt::Debug for SubscriberRunner {
@@ -108,6 +128,7 @@ impl SubscriberRunner {
             idle_poll: Duration::from_millis(250),
             last_error: Arc::default(),
             throughput: Arc::default(),
+            handled_ahead: Arc::default(),
         }
     }
 
@@ -138,6 +159,9 @@ impl SubscriberRunner {
         if self.subscriber.batched() {
             return self.step_batch(&events).await;
         }
+        if self.subscriber.concurrency() > 1 {
+            return self.step_partitioned(&events).await;
+        }
         let step_started = Instant::now();
         let mut handled = 0;
         // Events passed over since the last checkpoint write.
@@ -153,13 +177,10 @@ impl SubscriberRunner {
             if let Err(error) = self.subscriber.handle(event).await {
                 if passed_over > 0 {
                     let rate = self.record(step_started, passed_over);
-                    save(self.store.database(), name, cursor, rate, passed_over).await?;
+                    save(self.store.derived(), name, cursor, rate, passed_over).await?;
                 }
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
-                *self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+                self.remember_failure(&error);
                 return Ok(Progress {
                     handled,
                     failed: true,
@@ -171,13 +192,13 @@ impl SubscriberRunner {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record(started, 1);
-            save(self.store.database(), name, cursor, rate, passed_over + 1).await?;
+            save(self.store.derived(), name, cursor, rate, passed_over + 1).await?;
             passed_over = 0;
             handled += 1;
         }
         if passed_over > 0 {
             let rate = self.record(step_started, passed_over);
-            save(self.store.database(), name, cursor, rate, passed_over).await?;
+            save(self.store.derived(), name, cursor, rate, passed_over).await?;
         }
         Ok(Progress {
             handled,
@@ -193,6 +214,119 @@ impl SubscriberRunner {
             .record(started, events as usize)
     }
 
+    /// Keeps `error` for [`SubscriberRunner::last_error`].
+    fn remember_failure(&self, error: &HandlerError) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+    }
+
+    /// One batch handled partition by partition, the partitions at the same time: each
+    /// in log order, stopping at its first failure. The checkpoint then moves once, to
+    /// just before the earliest event that failed (past the whole batch if none did).
+    async fn step_partitioned(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
+        let name = self.name();
+        let Some(last) = events.last() else {
+            return Ok(Progress {
+                handled: 0,
+                failed: false,
+            });
+        };
+        let started = Instant::now();
+        // Each partition's events, as indexes into the batch, in log order.
+        let mut partitions: Vec<Vec<usize>> = Vec::new();
+        {
+            let handled_ahead = self
+                .handled_ahead
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut slots: HashMap<Option<String>, usize> = HashMap::new();
+            for (index, event) in events.iter().enumerate() {
+                if !self.subscriber.acts_on(event) || handled_ahead.contains(&event.event_id) {
+                    continue;
+                }
+                let slot = *slots
+                    .entry(self.subscriber.partition(event))
+                    .or_insert_with(|| {
+                        partitions.push(Vec::new());
+                        partitions.len() - 1
+                    });
+                partitions[slot].push(index);
+            }
+        }
+        let first_failure = futures::stream::iter(partitions)
+            .map(|partition| self.handle_partition(events, partition))
+            .buffer_unordered(self.subscriber.concurrency())
+            .filter_map(std::future::ready)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .min_by_key(|(index, _)| *index);
+        let Some((failed_at, error)) = first_failure else {
+            self.handled_ahead
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
+            let rate = self.record(started, events.len() as i64);
+            save(
+                self.store.derived(),
+                name,
+                last.cursor,
+                rate,
+                events.len() as i64,
+            )
+            .await?;
+            return Ok(Progress {
+                handled: events.len(),
+                failed: false,
+            });
+        };
+        // What stays ahead of the new checkpoint, handled, is not handled again.
+        let ahead: HashSet<Uuid> = events[failed_at..].iter().map(|e| e.event_id).collect();
+        self.handled_ahead
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id| ahead.contains(id));
+        if let Some(before) = failed_at.checked_sub(1).map(|index| &events[index]) {
+            let rate = self.record(started, failed_at as i64);
+            save(
+                self.store.derived(),
+                name,
+                before.cursor,
+                rate,
+                failed_at as i64,
+            )
+            .await?;
+        }
+        tracing::warn!(subscriber = name, position = events[failed_at].position(), %error, "event handling failed; will retry");
+        self.remember_failure(&error);
+        Ok(Progress {
+            handled: failed_at,
+            failed: true,
+        })
+    }
+
+    /// Handles one partition's events in order; answers the first that failed (its
+    /// index in the batch) and why.
+    async fn handle_partition(
+        &self,
+        events: &[StoredEvent],
+        partition: Vec<usize>,
+    ) -> Option<(usize, HandlerError)> {
+        for index in partition {
+            let event = &events[index];
+            if let Err(error) = self.subscriber.handle(event).await {
+                return Some((index, error));
+            }
+            self.handled_ahead
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(event.event_id);
+        }
+        None
+    }
+
     /// One batch handled as a whole; the checkpoint moves past it once it is.
     async fn step_batch(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
         let name = self.name();
@@ -205,10 +339,7 @@ impl SubscriberRunner {
         let started = Instant::now();
         if let Err(error) = self.subscriber.handle_batch(events).await {
             tracing::warn!(subscriber = name, first = events[0].position(), %error, "batch handling failed; will retry");
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.to_string());
+            self.remember_failure(&error);
             return Ok(Progress {
                 handled: 0,
                 failed: true,
@@ -220,7 +351,7 @@ impl SubscriberRunner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(started, events.len());
         save(
-            self.store.database(),
+            self.store.derived(),
             name,
             last.cursor,
             rate,

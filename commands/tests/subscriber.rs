@@ -110,7 +110,158 @@ shopagent_commands::on_both_backends!(
     a_failed_event_is_retried_and_nothing_after_it_is_skipped,
     a_crash_after_the_side_effect_repeats_the_event_but_loses_none,
     events_passed_over_move_the_checkpoint_and_are_not_handled,
+    partitions_are_handled_at_the_same_time_each_in_log_order,
+    a_failure_in_one_partition_repeats_only_that_event,
 );
+
+/// Handles each tally's events in order, different tallies at the same time; can fail
+/// once on a chosen event, and can hold the first event of `t-0` until an event of
+/// another tally has been handled.
+#[derive(Default)]
+struct ByTally {
+    seen: Mutex<Vec<(String, Uuid)>>,
+    fail_once: Mutex<Option<Uuid>>,
+    hold_first_of_t0: bool,
+    other_tally_handled: Notify,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for ByTally {
+    fn name(&self) -> &'static str {
+        "test_recorder"
+    }
+
+    fn concurrency(&self) -> usize {
+        4
+    }
+
+    fn partition(&self, event: &StoredEvent) -> Option<String> {
+        Some(event.aggregate_id.clone())
+    }
+
+    async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
+        let first_of_t0 = event.aggregate_id == "t-0"
+            && !self
+                .seen
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(tally, _)| tally == "t-0");
+        if self.hold_first_of_t0 && first_of_t0 {
+            // Handled one at a time, the log would never reach another tally's event.
+            tokio::time::timeout(Duration::from_secs(10), self.other_tally_handled.notified())
+                .await
+                .map_err(|_| HandlerError("no other tally was handled meanwhile".into()))?;
+        }
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((event.aggregate_id.clone(), event.event_id));
+        if event.aggregate_id != "t-0" {
+            self.other_tally_handled.notify_one();
+        }
+        if self
+            .fail_once
+            .lock()
+            .expect("lock")
+            .take_if(|id| *id == event.event_id)
+            .is_some()
+        {
+            return Err(HandlerError("merchant timed out".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Four tallies of five events each, appended round-robin; the log as (tally, event).
+async fn seed_tallies(store: &Store) -> Vec<(String, Uuid)> {
+    for round in 0..5 {
+        for tally in 0..4 {
+            append_amounts(store, "tally", &format!("t-{tally}"), round, &[1]).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = store
+            .read_log(LogCursor::START, u32::MAX)
+            .await
+            .expect("read");
+        if log.len() == 20 || Instant::now() > deadline {
+            return log
+                .into_iter()
+                .map(|e| (e.aggregate_id, e.event_id))
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The events of `tally`, in the order of `events`.
+fn of_tally(events: &[(String, Uuid)], tally: &str) -> Vec<Uuid> {
+    events
+        .iter()
+        .filter(|(t, _)| t == tally)
+        .map(|(_, id)| *id)
+        .collect()
+}
+
+async fn partitions_are_handled_at_the_same_time_each_in_log_order(test: &TestStore) {
+    let log = seed_tallies(&test.store).await;
+    let by_tally = Arc::new(ByTally {
+        hold_first_of_t0: true,
+        ..ByTally::default()
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), by_tally.clone());
+    let progress = runner.step().await.expect("step");
+    assert_eq!(
+        (progress.handled, progress.failed),
+        (20, false),
+        "{:?}",
+        runner.last_error()
+    );
+    let seen = by_tally.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 20, "every event once");
+    for tally in ["t-0", "t-1", "t-2", "t-3"] {
+        assert_eq!(
+            of_tally(&seen, tally),
+            of_tally(&log, tally),
+            "{tally} in order"
+        );
+    }
+    assert_eq!(lag(&test.store).await, 0);
+}
+
+async fn a_failure_in_one_partition_repeats_only_that_event(test: &TestStore) {
+    let log = seed_tallies(&test.store).await;
+    // The second event of t-2: the seventh of the log.
+    let failing = of_tally(&log, "t-2")[1];
+    assert_eq!(log[6].1, failing);
+    let by_tally = Arc::new(ByTally {
+        fail_once: Mutex::new(Some(failing)),
+        ..ByTally::default()
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), by_tally.clone());
+    let first = runner.step().await.expect("step");
+    assert_eq!((first.handled, first.failed), (6, true));
+    assert_eq!(lag(&test.store).await, 14, "the checkpoint stops before it");
+    drain(&runner).await;
+    assert_eq!(lag(&test.store).await, 0);
+    let seen = by_tally.seen.lock().expect("lock").clone();
+    let mut expected = of_tally(&log, "t-2");
+    expected.insert(1, failing);
+    assert_eq!(
+        of_tally(&seen, "t-2"),
+        expected,
+        "t-2 stops at it, then goes on"
+    );
+    for tally in ["t-0", "t-1", "t-3"] {
+        assert_eq!(
+            of_tally(&seen, tally),
+            of_tally(&log, tally),
+            "{tally} once each"
+        );
+    }
+}
 
 /// Acts only on the events of the tallies it names; records what it handled.
 struct Picky {
