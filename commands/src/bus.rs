@@ -82,6 +82,19 @@ struct StoredState<S> {
     state: S,
 }
 
+/// How a command run ended, short of an error.
+enum Ran<A, R> {
+    /// Applied (or replayed): its outcome, with the state it made when it appended.
+    Applied(CommandOutcome, Option<A>),
+    /// The caller's check refused the state it was to be decided on.
+    Refused(R),
+}
+
+/// The check of a command that any state allows.
+fn allow_all<A>(_: &A) -> Result<(), std::convert::Infallible> {
+    Ok(())
+}
+
 /// An aggregate as loaded for a command.
 struct Loaded<A> {
     state: A,
@@ -211,9 +224,13 @@ impl<A: Aggregate> CommandBus<A> {
         metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<CommandOutcome, CommandError<A::Error>> {
-        self.run(aggregate_id, command, metadata, expected_version)
-            .await
-            .map(|(outcome, _)| outcome)
+        match self
+            .run(aggregate_id, command, metadata, expected_version, allow_all)
+            .await?
+        {
+            Ran::Applied(outcome, _) => Ok(outcome),
+            Ran::Refused(never) => match never {},
+        }
     }
 
     /// Like [`execute_at_version`](Self::execute_at_version), and answers the
@@ -228,23 +245,46 @@ impl<A: Aggregate> CommandBus<A> {
         expected_version: Option<i64>,
     ) -> Result<(A, i64), CommandError<A::Error>> {
         match self
-            .run(aggregate_id, command, metadata, expected_version)
+            .execute_and_load_if(aggregate_id, command, metadata, expected_version, allow_all)
             .await?
         {
-            (outcome, Some(state)) => Ok((state, outcome.version)),
-            (_, None) => self.load(aggregate_id).await,
+            Ok(done) => Ok(done),
+            Err(never) => match never {},
         }
     }
 
-    /// Runs a command in its span, counted by outcome; with the state it made, when it
-    /// appended.
-    async fn run(
+    /// Like [`execute_and_load`](Self::execute_and_load), if `allow` accepts the state
+    /// the command is decided on (who may change it, say): the check and the decision
+    /// share one read. When `allow` refuses, nothing is appended and its refusal comes
+    /// back as `Ok(Err(refusal))`.
+    pub async fn execute_and_load_if<R>(
         &self,
         aggregate_id: &str,
         command: A::Command,
         metadata: EventMetadata,
         expected_version: Option<i64>,
-    ) -> Result<(CommandOutcome, Option<A>), CommandError<A::Error>> {
+        allow: impl Fn(&A) -> Result<(), R>,
+    ) -> Result<Result<(A, i64), R>, CommandError<A::Error>> {
+        match self
+            .run(aggregate_id, command, metadata, expected_version, allow)
+            .await?
+        {
+            Ran::Applied(outcome, Some(state)) => Ok(Ok((state, outcome.version))),
+            Ran::Applied(_, None) => self.load(aggregate_id).await.map(Ok),
+            Ran::Refused(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    /// Runs a command in its span, counted by outcome; with the state it made, when it
+    /// appended.
+    async fn run<R>(
+        &self,
+        aggregate_id: &str,
+        command: A::Command,
+        metadata: EventMetadata,
+        expected_version: Option<i64>,
+        allow: impl Fn(&A) -> Result<(), R>,
+    ) -> Result<Ran<A, R>, CommandError<A::Error>> {
         let span = tracing::info_span!(
             "command",
             otel.name = %format_args!("{} command", A::TYPE),
@@ -257,12 +297,13 @@ impl<A: Aggregate> CommandBus<A> {
         // A caller outside any trace may still name one (a traceparent it was given).
         crate::trace::continue_trace_unless_traced(&span, metadata.traceparent.as_deref());
         let result = self
-            .decide_and_append(aggregate_id, command, metadata, expected_version)
+            .decide_and_append(aggregate_id, command, metadata, expected_version, allow)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
-            Ok((outcome, _)) if outcome.replayed => "replayed",
-            Ok(_) => "ok",
+            Ok(Ran::Applied(outcome, _)) if outcome.replayed => "replayed",
+            Ok(Ran::Applied(..)) => "ok",
+            Ok(Ran::Refused(_)) => "refused",
             Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
             Err(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => "conflict",
             Err(CommandError::Unavailable(_)) => "unavailable",
@@ -272,9 +313,10 @@ impl<A: Aggregate> CommandBus<A> {
             .increment(1);
         span.record("outcome", outcome);
         match &result {
-            Ok((done, _)) => {
+            Ok(Ran::Applied(done, _)) => {
                 span.record("events_appended", done.events_appended);
             }
+            Ok(Ran::Refused(_)) => {}
             // A rejection is the caller's mistake, not a fault of this service.
             Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => {}
             Err(_) => {
@@ -284,13 +326,14 @@ impl<A: Aggregate> CommandBus<A> {
         result
     }
 
-    async fn decide_and_append(
+    async fn decide_and_append<R>(
         &self,
         aggregate_id: &str,
         command: A::Command,
         mut metadata: EventMetadata,
         expected_version: Option<i64>,
-    ) -> Result<(CommandOutcome, Option<A>), CommandError<A::Error>> {
+        allow: impl Fn(&A) -> Result<(), R>,
+    ) -> Result<Ran<A, R>, CommandError<A::Error>> {
         // A key that committed before is not looked up first: the append itself meets
         // its record (the record's primary key), and the record answers. That saves
         // every command a round trip; a command decided again after it committed may
@@ -311,6 +354,9 @@ impl<A: Aggregate> CommandBus<A> {
         let _queued = self.stripe(aggregate_id).lock().await;
         for attempt in 1..=self.max_attempts {
             let loaded = self.load_state(aggregate_id).await?;
+            if let Err(refusal) = allow(&loaded.state) {
+                return Ok(Ran::Refused(refusal));
+            }
             let version = loaded.version;
             let decided = match expected_version {
                 Some(expected) if expected != version => Err(CommandError::VersionMismatch {
@@ -329,7 +375,7 @@ impl<A: Aggregate> CommandBus<A> {
                         Some(outcome) => Ok(outcome),
                         None => not_appended.map(|_| self.outcome(aggregate_id, version, 0, false)),
                     };
-                    return outcome.map(|outcome| (outcome, None));
+                    return outcome.map(|outcome| Ran::Applied(outcome, None));
                 }
             };
             let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
@@ -348,12 +394,12 @@ impl<A: Aggregate> CommandBus<A> {
             match self.store.append(&serialized, snapshot).await {
                 Ok(_) => {
                     let outcome = self.outcome(aggregate_id, version + appended, appended, false);
-                    return Ok((outcome, Some(state)));
+                    return Ok(Ran::Applied(outcome, Some(state)));
                 }
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     // The winner may have been this very command, sent twice at once.
                     if let Some(outcome) = self.recorded(&metadata).await? {
-                        return Ok((outcome, None));
+                        return Ok(Ran::Applied(outcome, None));
                     }
                     tracing::debug!(
                         aggregate_type = A::TYPE,

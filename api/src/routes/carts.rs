@@ -593,8 +593,11 @@ pub async fn checkout(
         .and_then(|(_, m)| m.terms.as_ref())
         .map_or(0, |t| t.price_drift_tolerance_bps);
     let now = OffsetDateTime::now_utc();
-    app.carts
-        .execute_at_version(
+    // The cart as checkout left it is the answer: the orders and reservations below
+    // are other aggregates.
+    let (checked_out, version) = app
+        .carts
+        .execute_and_load(
             &stream,
             CartCommand::StartCheckout {
                 price_drift_tolerance_bps: tolerance,
@@ -753,12 +756,11 @@ pub async fn checkout(
         }
         outcomes.push(outcome);
     }
-    let (cart, version) = app.carts.load(&stream).await?;
     Ok(versioned(
         StatusCode::OK,
         version,
         &CheckoutView {
-            cart: view(&cart, version)?,
+            cart: view(&checked_out, version)?,
             sub_carts: outcomes,
         },
     ))

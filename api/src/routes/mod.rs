@@ -274,22 +274,24 @@ where
     A: Owned,
     A::Error: Rejection,
 {
-    let stream = stream_id(&principal.tenant, id);
-    let (aggregate, _) = bus.load(&stream).await?;
-    authorize_write(principal, aggregate.owner().ok_or_else(Problem::not_found)?)?;
-    if changer == Changer::ShopperOrAdmin && principal.role == Role::Agent {
-        return Err(Problem::forbidden(
-            "only the shopper or an admin may do this",
-        ));
-    }
-    Ok(bus
-        .execute_and_load(
-            &stream,
-            command,
-            metadata(principal, key),
-            if_match(headers)?,
-        )
-        .await?)
+    let may_change = |aggregate: &A| {
+        authorize_write(principal, aggregate.owner().ok_or_else(Problem::not_found)?)?;
+        if changer == Changer::ShopperOrAdmin && principal.role == Role::Agent {
+            return Err(Problem::forbidden(
+                "only the shopper or an admin may do this",
+            ));
+        }
+        Ok(())
+    };
+    // Checked on the state the command is decided on: one read for both.
+    bus.execute_and_load_if(
+        &stream_id(&principal.tenant, id),
+        command,
+        metadata(principal, key),
+        if_match(headers)?,
+        may_change,
+    )
+    .await?
 }
 
 /// Domain value parsing failures are the caller's fault: 422 with the reason.
