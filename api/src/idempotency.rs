@@ -157,7 +157,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let hash = hex::encode(hasher.finalize());
 
     let store = &app.store;
-    match begin(store.database(), &principal.tenant, key.as_str(), &hash).await {
+    match begin(store.derived(), &principal.tenant, key.as_str(), &hash).await {
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable");
             return Problem::store_unavailable().into_response();
@@ -198,7 +198,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
 
     // A server fault is not an outcome: forget the key so a retry runs again.
     if response.status().is_server_error() {
-        if let Err(error) = forget(store.database(), &principal.tenant, key.as_str()).await {
+        if let Err(error) = forget(store.derived(), &principal.tenant, key.as_str()).await {
             tracing::warn!(%error, "could not release idempotency key");
         }
         return response;
@@ -207,7 +207,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
     let headers = stored_headers(&parts.headers);
     if let Err(error) = finish(
-        store.database(),
+        store.derived(),
         &principal.tenant,
         key.as_str(),
         parts.status.as_u16(),

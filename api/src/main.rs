@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.out,
             )
             .await;
-            store.database().close().await;
+            store.close().await;
             let (records, head) = written?;
             println!(
                 "{records} events written to {}; head hash {head}",
@@ -183,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cli.capture_days,
             )
             .await;
-            store.database().close().await;
+            store.close().await;
             let report = report?;
             match &args.out {
                 Some(path) => {
@@ -201,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let store = open_store(&config).await?;
-            store.database().close().await;
+            store.close().await;
             tracing::info!(store = store.backend().as_str(), "migrations applied");
             Ok(())
         }
@@ -222,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let status = shopagent_projections::status(&store, projection.name()).await?;
                 println!("{}", serde_json::to_string(&status)?);
             }
-            store.database().close().await;
+            store.close().await;
             Ok(())
         }
     }
@@ -302,7 +302,7 @@ async fn rebuild_projection(
         })
         .await;
     progress.finish_and_clear();
-    store.database().close().await;
+    store.close().await;
     let rebuilt = rebuilt?;
     println!(
         "{name} rebuilt from {} events up to position {} and switched",
@@ -356,7 +356,7 @@ async fn pause_projection(
     shopagent_projections::set_paused(&store, projection.name(), paused).await?;
     let status = shopagent_projections::status(&store, projection.name()).await?;
     println!("{}", serde_json::to_string(&status)?);
-    store.database().close().await;
+    store.close().await;
     Ok(())
 }
 

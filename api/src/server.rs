@@ -340,7 +340,7 @@ impl Server {
                 tracing::error!(%error, "projection runner ended abnormally");
             }
         }
-        store.database().close().await;
+        store.close().await;
         tracing::info!("shopagent stopped");
         served.context("HTTP server failed")
     }
@@ -390,7 +390,7 @@ async fn purge_idempotency_keys(store: Store, stop: CancellationToken) {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = every_hour.tick() => {
-                match crate::idempotency::purge(store.database()).await {
+                match crate::idempotency::purge(store.derived()).await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "expired idempotency keys purged"),
                     Err(error) => tracing::warn!(%error, "idempotency purge failed"),

@@ -157,6 +157,27 @@ impl Database {
         Ok(Self::Sqlite(pool))
     }
 
+    /// A pool on the same database for [`Store::derived`](crate::Store::derived) writes:
+    /// on PostgreSQL, up to half as many connections again, whose commits do not wait
+    /// for the WAL flush; on SQLite (one writer) the same pool.
+    pub fn for_derived_writes(&self) -> Self {
+        match self {
+            Self::Postgres(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                let pool_options = pool.options();
+                Self::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(pool_options.get_max_connections().div_ceil(2))
+                        .acquire_timeout(pool_options.get_acquire_timeout())
+                        .connect_lazy_with(options),
+                )
+            }
+            Self::Sqlite(_) => self.clone(),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Self::Postgres(_) => Backend::Postgres,

@@ -115,6 +115,8 @@ pub struct RecordedOutcome {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Database,
+    /// The same database, for writes the log can always make again: see [`Store::derived`].
+    derived: Database,
     appended: Arc<watch::Sender<u64>>,
     /// SQLite has one writer; queueing appends here is fairer than its busy handler.
     sqlite_writer: Arc<Mutex<()>>,
@@ -214,6 +216,7 @@ impl Store {
     pub fn new(db: Database) -> Self {
         let (appended, _) = watch::channel(0);
         Self {
+            derived: db.for_derived_writes(),
             db,
             appended: Arc::new(appended),
             sqlite_writer: Arc::new(Mutex::new(())),
@@ -222,6 +225,25 @@ impl Store {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// The database for writes derived from the log — read models and their
+    /// checkpoints, subscribers' checkpoints, stored HTTP answers — whose commits need
+    /// not wait for the disk. On PostgreSQL its sessions run with `synchronous_commit`
+    /// off: a commit is visible at once, but a crash of the database server (not of
+    /// this process) may roll back the last few hundred milliseconds of such commits.
+    /// Each of them is made again from the log, or by the retry it answers: a read
+    /// model and its checkpoint roll back together, a checkpoint only repeats events
+    /// its subscriber handles idempotently, and a lost HTTP answer is given again from
+    /// the command's own record. Appends never use it: they wait for the disk.
+    pub fn derived(&self) -> &Database {
+        &self.derived
+    }
+
+    /// Closes both pools, waiting for the connections in use to be returned.
+    pub async fn close(&self) {
+        self.db.close().await;
+        self.derived.close().await;
     }
 
     pub fn backend(&self) -> Backend {

@@ -245,7 +245,7 @@ impl ProjectionRunner {
             _ => None,
         };
         let now = format_timestamp(OffsetDateTime::now_utc());
-        on_pool!(self.store.database(), pool => {
+        on_pool!(self.store.derived(), pool => {
             sqlx::query(SQL)
                 .bind(self.name())
                 .bind(&now)
@@ -292,7 +292,7 @@ impl ProjectionRunner {
     /// Empties the read model and rewinds the checkpoint to the start of the log, in one
     /// transaction; the next batches rebuild it.
     pub async fn reset(&self) -> Result<(), ProjectionError> {
-        let mut tx = ReadModelTx::begin(self.store.database()).await?;
+        let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         self.projection.reset(&mut tx).await?;
         save_checkpoint(&mut tx, self.name(), LogCursor::START, None, 0.0).await?;
         tx.commit().await?;
@@ -309,7 +309,7 @@ impl ProjectionRunner {
             if events.is_empty() {
                 return Ok(0);
             }
-            let mut tx = ReadModelTx::begin(self.store.database()).await?;
+            let mut tx = ReadModelTx::begin(self.store.derived()).await?;
             // Another instance may have applied this batch meanwhile: the row lock taken
             // here serialises runners, and a moved checkpoint means read again. A paused
             // projection applies nothing (the transaction rolls back on drop).
