@@ -595,3 +595,43 @@ async fn a_snapshot_of_another_form_is_ignored_and_replaced(store: &Store) {
         serde_json::json!({"version": 1, "state": {"opened": true, "total": 5 + SNAPSHOT_EVERY - 2}})
     );
 }
+
+/// Appends wait for the disk; the writes the log can make again do not. A commit on the
+/// derived pool is visible at once to the main one.
+#[tokio::test]
+async fn postgres_appends_commit_durably_and_derived_writes_without_waiting_for_the_disk() {
+    let test = shopagent_commands::test_support::TestStore::postgres().await;
+    let setting = |db: &shopagent_commands::Database| {
+        let shopagent_commands::Database::Postgres(pool) = db.clone() else {
+            panic!("a PostgreSQL store");
+        };
+        async move {
+            sqlx::query_scalar::<_, String>("SHOW synchronous_commit")
+                .fetch_one(&pool)
+                .await
+                .expect("show")
+        }
+    };
+    assert_eq!(setting(test.store.database()).await, "on");
+    assert_eq!(setting(test.store.derived()).await, "off");
+
+    let shopagent_commands::Database::Postgres(derived) = test.store.derived().clone() else {
+        panic!("a PostgreSQL store");
+    };
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, updated_at) VALUES ('derived_probe', 'now')",
+    )
+    .execute(&derived)
+    .await
+    .expect("insert");
+    let shopagent_commands::Database::Postgres(main) = test.store.database().clone() else {
+        panic!("a PostgreSQL store");
+    };
+    let seen: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM projection_checkpoints WHERE name = 'derived_probe'",
+    )
+    .fetch_one(&main)
+    .await
+    .expect("select");
+    assert_eq!(seen, 1);
+}
