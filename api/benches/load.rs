@@ -171,7 +171,7 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
 
     let (rss_start, _) = server.memory_kib();
     let load = Load::start_paced(agents, pace);
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let timeline = run_for(server, &load, Duration::from_secs(seconds)).await;
     let (journal, elapsed) = load.stop().await;
     let (rss_end, peak) = server.memory_kib();
     let mut latencies: Vec<Duration> = journal.sent.iter().map(|s| s.latency).collect();
@@ -199,7 +199,48 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         rss_end as f64 / 1024.0,
         peak as f64 / 1024.0,
     );
+    if !timeline.is_empty() {
+        println!(
+            "\n  {label}, every {} s: {}\n",
+            TIMELINE_EVERY.as_secs(),
+            timeline.join("; ")
+        );
+    }
     rate
+}
+
+/// How often a long level reports how it is going.
+const TIMELINE_EVERY: Duration = Duration::from_secs(30);
+
+/// Lets `load` run for `duration`. A level of two minutes or more also notes, every
+/// [`TIMELINE_EVERY`], the rate since the last note, the server's resident memory and
+/// the readers behind: whether the rate falls, or the memory grows, with what is stored.
+async fn run_for(server: &Server, load: &Load, duration: Duration) -> Vec<String> {
+    let end = tokio::time::Instant::now() + duration;
+    let mut timeline = Vec::new();
+    if duration < Duration::from_secs(120) {
+        tokio::time::sleep_until(end).await;
+        return timeline;
+    }
+    let mut sent_before = 0;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            return timeline;
+        }
+        let slice = TIMELINE_EVERY.min(end - now);
+        tokio::time::sleep(slice).await;
+        let sent = load.journal.lock().await.sent.len();
+        let (rss, _) = server.memory_kib();
+        timeline.push(format!(
+            "{:.0} s: {:.0}/s, {:.0} MiB, behind: {}",
+            load.started.elapsed().as_secs_f64(),
+            (sent - sent_before) as f64 / slice.as_secs_f64(),
+            rss as f64 / 1024.0,
+            readers_behind(&server.base).await,
+        ));
+        sent_before = sent;
+    }
 }
 
 /// Each reader of the log (projections, index, processes) that had not caught up when

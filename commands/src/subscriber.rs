@@ -156,6 +156,12 @@ impl SubscriberRunner {
         let name = self.name();
         let mut cursor = checkpoint(self.store.database(), name).await?;
         let events = self.store.read_log(cursor, self.batch_size).await?;
+        if events.is_empty() {
+            return Ok(Progress {
+                handled: 0,
+                failed: false,
+            });
+        }
         if self.subscriber.batched() {
             return self.step_batch(&events).await;
         }
@@ -227,12 +233,7 @@ impl SubscriberRunner {
     /// just before the earliest event that failed (past the whole batch if none did).
     async fn step_partitioned(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
         let name = self.name();
-        let Some(last) = events.last() else {
-            return Ok(Progress {
-                handled: 0,
-                failed: false,
-            });
-        };
+        let last = &events[events.len() - 1]; // `step` hands over no empty batch
         let started = Instant::now();
         // Each partition's events, as indexes into the batch, in log order.
         let mut partitions: Vec<Vec<usize>> = Vec::new();
@@ -330,12 +331,7 @@ impl SubscriberRunner {
     /// One batch handled as a whole; the checkpoint moves past it once it is.
     async fn step_batch(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
         let name = self.name();
-        let Some(last) = events.last() else {
-            return Ok(Progress {
-                handled: 0,
-                failed: false,
-            });
-        };
+        let last = &events[events.len() - 1]; // `step` hands over no empty batch
         let started = Instant::now();
         if let Err(error) = self.subscriber.handle_batch(events).await {
             tracing::warn!(subscriber = name, first = events[0].position(), %error, "batch handling failed; will retry");

@@ -68,6 +68,16 @@ async fn seed(store: &Store, events: usize) -> Vec<Uuid> {
     for n in 0..events {
         append_amounts(store, "tally", &format!("t-{n}"), 0, &[1]).await;
     }
+    readable_log(store, events)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect()
+}
+
+/// The log once it holds `events` events: on PostgreSQL an event becomes readable only
+/// once older transactions in the cluster end.
+async fn readable_log(store: &Store, events: usize) -> Vec<StoredEvent> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = store
@@ -75,7 +85,7 @@ async fn seed(store: &Store, events: usize) -> Vec<Uuid> {
             .await
             .expect("read");
         if log.len() == events || Instant::now() > deadline {
-            return log.into_iter().map(|e| e.event_id).collect();
+            return log;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -180,20 +190,11 @@ async fn seed_tallies(store: &Store) -> Vec<(String, Uuid)> {
             append_amounts(store, "tally", &format!("t-{tally}"), round, &[1]).await;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = store
-            .read_log(LogCursor::START, u32::MAX)
-            .await
-            .expect("read");
-        if log.len() == 20 || Instant::now() > deadline {
-            return log
-                .into_iter()
-                .map(|e| (e.aggregate_id, e.event_id))
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    readable_log(store, 20)
+        .await
+        .into_iter()
+        .map(|e| (e.aggregate_id, e.event_id))
+        .collect()
 }
 
 /// The events of `tally`, in the order of `events`.
