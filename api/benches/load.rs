@@ -183,6 +183,14 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         .map(|(status, count)| format!("{status}: {count}"))
         .collect();
     let behind = readers_behind(&server.base).await;
+    // The next level starts with the background work of this one done.
+    let behind = match caught_up(&server.base).await {
+        Some(after) if behind != "none" => {
+            format!("{behind}; all caught up {:.0} s later", after.as_secs_f64())
+        }
+        Some(_) => behind,
+        None => format!("{behind}; not caught up {} s later", CATCH_UP.as_secs()),
+    };
     let label = match pace {
         Some(pace) => format!("{clients}, paced at {pace:.0}/s"),
         None => clients.to_string(),
@@ -243,9 +251,26 @@ async fn run_for(server: &Server, load: &Load, duration: Duration) -> Vec<String
     }
 }
 
+/// How long a level's background work may take to finish after its clients stop.
+const CATCH_UP: Duration = Duration::from_secs(300);
+
+/// Waits until every reader of the log has caught up (at most [`CATCH_UP`]); answers
+/// how long that took.
+async fn caught_up(base: &str) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < CATCH_UP {
+        if readers_behind(base).await == "none" {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
 /// Each reader of the log (projections, index, processes) that had not caught up when
 /// the level ended, with how many events it had left: whether the background work kept
-/// up with the commands.
+/// up with the commands. The tracking process is left out: it does not run here (no
+/// tracking provider is configured), though the server lists it.
 async fn readers_behind(base: &str) -> String {
     let ops = Caller::new(base, token("ops-1", Role::Ops, None));
     let (_, listed) = ops.get("/v1/ops/projections").await;
@@ -254,6 +279,7 @@ async fn readers_behind(base: &str) -> String {
         .and_then(|listed| listed["projections"].as_array())
         .into_iter()
         .flatten()
+        .filter(|reader| reader["name"] != "tracking_process")
         .filter(|reader| reader["lag_events"].as_i64().unwrap_or(0) > 0)
         .map(|reader| {
             format!(
