@@ -37,8 +37,9 @@ pub struct Claims {
     pub iat: i64,
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated caller. Kept with a running request (serialized), so that the
+/// server can finish it as its caller if its process dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub subject: String,
     pub tenant: String,

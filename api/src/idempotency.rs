@@ -2,18 +2,28 @@
 //! response (with `Idempotent-Replayed: true`); the same key with another body gets 422;
 //! a retry while the first request still runs gets 409 with `Retry-After`. Responses are
 //! kept for at least 24 hours, scoped to the caller's tenant.
+//!
+//! While a request runs, the request itself is kept beside its key. A request whose
+//! process died (its lease ran out [`RESUME_AFTER`] ago, and no retry took it over) is
+//! run again by the server as its caller ([`resume_interrupted`]), and its answer
+//! stored for the caller's retry: a request of several commands (a checkout: the cart,
+//! the budget, the orders) is never left half done because its caller went away.
 
 use std::time::Duration;
 
-use axum::body::{Body, to_bytes};
+use axum::Router;
+use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shopagent_commands::Database;
 use shopagent_domain::IdempotencyKey;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::auth::Principal;
 use crate::problem::Problem;
@@ -34,6 +44,9 @@ fn body_limit(path: &str) -> usize {
 
 /// How long a first request may run before a retry may take its key over.
 const LEASE: Duration = Duration::from_secs(30);
+/// How long after its lease ran out an interrupted request is run again by the server
+/// (when its caller has not retried it meanwhile).
+pub const RESUME_AFTER: Duration = Duration::from_secs(300);
 /// How long stored responses are kept.
 pub const RETENTION: Duration = Duration::from_secs(48 * 3600);
 /// Longest client key, leaving room for the suffixes derived per command.
@@ -88,6 +101,33 @@ pub fn valid_traceparent(value: &str) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A request the server runs again on its own, as `0`: its caller, authenticated when
+/// the request first arrived.
+#[derive(Debug, Clone)]
+pub struct Resumed(pub Principal);
+
+/// What is kept of a running request, besides its body, to run it again.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeptRequest {
+    method: String,
+    /// Path and query.
+    uri: String,
+    content_type: Option<String>,
+    traceparent: Option<String>,
+    principal: Principal,
+}
+
+/// Identifies a request by what it asks: method, path and body.
+pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method);
+    hasher.update([0]);
+    hasher.update(path);
+    hasher.update([0]);
+    hasher.update(body);
+    hex::encode(hasher.finalize())
 }
 
 fn now_ms() -> i64 {
@@ -148,16 +188,33 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
         .with_detail(format!("at most {limit} bytes"))
         .into_response();
     };
-    let mut hasher = Sha256::new();
-    hasher.update(parts.method.as_str());
-    hasher.update([0]);
-    hasher.update(parts.uri.path());
-    hasher.update([0]);
-    hasher.update(&bytes);
-    let hash = hex::encode(hasher.finalize());
+    let hash = request_hash(parts.method.as_str(), parts.uri.path(), &bytes);
+    let resumed = parts.extensions.get::<Resumed>().is_some();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let kept = KeptRequest {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        content_type: header("content-type"),
+        traceparent: header("traceparent"),
+        principal: principal.clone(),
+    };
+    let kept = serde_json::to_string(&kept).unwrap_or_default();
 
     let store = &app.store;
-    match begin(store.derived(), &principal.tenant, key.as_str(), &hash).await {
+    let started = begin(
+        store.derived(),
+        &principal.tenant,
+        key.as_str(),
+        &hash,
+        (&kept, &bytes),
+    );
+    match started.await {
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable");
             return Problem::store_unavailable().into_response();
@@ -196,8 +253,9 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     });
     let response = next.run(request).await;
 
-    // A server fault is not an outcome: forget the key so a retry runs again.
-    if response.status().is_server_error() {
+    // A server fault is not an outcome: forget the key so a retry runs again (a request
+    // the server itself runs again keeps it, to be run once more later).
+    if response.status().is_server_error() && !resumed {
         if let Err(error) = forget(store.derived(), &principal.tenant, key.as_str()).await {
             tracing::warn!(%error, "could not release idempotency key");
         }
@@ -256,9 +314,15 @@ type Row = (
     Option<String>,
 );
 
-async fn begin(db: &Database, tenant: &str, key: &str, hash: &str) -> Result<Begin, sqlx::Error> {
-    const INSERT: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms)
-         VALUES ($1, $2, $3, 'in_flight', $4, $5) ON CONFLICT (tenant, idempotency_key) DO NOTHING";
+async fn begin(
+    db: &Database,
+    tenant: &str,
+    key: &str,
+    hash: &str,
+    (request, body): (&str, &Bytes),
+) -> Result<Begin, sqlx::Error> {
+    const INSERT: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms, request, request_body)
+         VALUES ($1, $2, $3, 'in_flight', $4, $5, $6, $7) ON CONFLICT (tenant, idempotency_key) DO NOTHING";
     const SELECT: &str = "SELECT request_hash, state, lease_until_ms, status, headers, body
          FROM http_idempotency WHERE tenant = $1 AND idempotency_key = $2";
     const TAKE_OVER: &str = "UPDATE http_idempotency SET lease_until_ms = $3
@@ -273,6 +337,8 @@ async fn begin(db: &Database, tenant: &str, key: &str, hash: &str) -> Result<Beg
                 .bind(hash)
                 .bind(lease)
                 .bind(now)
+                .bind(request)
+                .bind(body.as_ref())
                 .execute($pool)
                 .await?;
             if inserted.rows_affected() == 1 {
@@ -330,7 +396,8 @@ async fn finish(
     body: &[u8],
 ) -> Result<(), sqlx::Error> {
     const SQL: &str =
-        "UPDATE http_idempotency SET state = 'done', status = $3, headers = $4, body = $5
+        "UPDATE http_idempotency SET state = 'done', status = $3, headers = $4, body = $5,
+             request = NULL, request_body = NULL
          WHERE tenant = $1 AND idempotency_key = $2";
     let body = String::from_utf8_lossy(body).into_owned();
     let status = i32::from(status);
@@ -374,6 +441,98 @@ async fn forget(db: &Database, tenant: &str, key: &str) -> Result<(), sqlx::Erro
             .map(drop)?,
     };
     Ok(())
+}
+
+/// Runs again, through `router`, each request interrupted [`RESUME_AFTER`] (`after`)
+/// ago or longer, until `stop` fires: as its caller, under its key, so that the
+/// idempotency layer takes its lease over (one instance wins it), every command it
+/// already committed replays, and its answer is stored for the caller's retry.
+pub async fn resume_interrupted(
+    db: Database,
+    router: Router,
+    after: Duration,
+    stop: CancellationToken,
+) {
+    let every = (after / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let interrupted = match interrupted(&db, after).await {
+            Ok(interrupted) => interrupted,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list interrupted requests");
+                continue;
+            }
+        };
+        for (tenant, key, kept, body) in interrupted {
+            if stop.is_cancelled() {
+                return;
+            }
+            resume(&db, &router, (&tenant, &key), &kept, body).await;
+        }
+    }
+}
+
+/// Up to 50 requests whose lease ran out `after` ago: (tenant, key, request, body).
+async fn interrupted(
+    db: &Database,
+    after: Duration,
+) -> Result<Vec<(String, String, String, Vec<u8>)>, sqlx::Error> {
+    const SQL: &str = "SELECT tenant, idempotency_key, request, request_body FROM http_idempotency
+         WHERE state = 'in_flight' AND lease_until_ms < $1 AND request IS NOT NULL
+           AND request_body IS NOT NULL
+         ORDER BY lease_until_ms LIMIT 50";
+    let before = now_ms() - after.as_millis() as i64;
+    shopagent_commands::on_pool!(db, pool => sqlx::query_as(SQL).bind(before).fetch_all(pool).await)
+}
+
+/// Runs one interrupted request again. One that cannot be read is left to its caller.
+async fn resume(
+    db: &Database,
+    router: &Router,
+    (tenant, key): (&str, &str),
+    kept: &str,
+    body: Vec<u8>,
+) {
+    let request = serde_json::from_str::<KeptRequest>(kept)
+        .map_err(|error| error.to_string())
+        .and_then(|kept| {
+            let mut request = axum::http::Request::builder()
+                .method(kept.method.as_str())
+                .uri(&kept.uri)
+                .header("idempotency-key", key);
+            if let Some(content_type) = &kept.content_type {
+                request = request.header("content-type", content_type);
+            }
+            if let Some(traceparent) = &kept.traceparent {
+                request = request.header("traceparent", traceparent);
+            }
+            let mut request = request
+                .body(Body::from(body))
+                .map_err(|error| error.to_string())?;
+            request.extensions_mut().insert(Resumed(kept.principal));
+            Ok(request)
+        });
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(tenant, %error, "an interrupted request cannot be read; left to its caller");
+            const SQL: &str = "UPDATE http_idempotency SET request = NULL, request_body = NULL
+                 WHERE tenant = $1 AND idempotency_key = $2";
+            let dropped = shopagent_commands::on_pool!(db, pool => sqlx::query(SQL).bind(tenant).bind(key).execute(pool).await.map(drop));
+            if let Err(error) = dropped {
+                tracing::warn!(%error, "cannot drop an unreadable request");
+            }
+            return;
+        }
+    };
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let Ok(response) = router.clone().oneshot(request).await;
+    tracing::info!(tenant, %method, %uri, status = response.status().as_u16(), "interrupted request run again by the server");
+    metrics::counter!("shopagent_requests_resumed_total", "status" => response.status().as_u16().to_string())
+        .increment(1);
 }
 
 /// Deletes stored responses older than [`RETENTION`]. Returns how many.

@@ -168,6 +168,8 @@ pub struct Server {
     tracking: Option<Arc<dyn TrackingProvider>>,
     /// Where the log is published, and the topics' prefix.
     event_stream: Option<(Arc<KafkaStream>, String)>,
+    /// How long after its lease ran out an interrupted request is run again.
+    resume_after: std::time::Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -194,6 +196,7 @@ impl Server {
             card_issuer: None,
             tracking: None,
             event_stream: None,
+            resume_after: crate::idempotency::RESUME_AFTER,
         })
     }
 
@@ -254,6 +257,13 @@ impl Server {
         self
     }
 
+    /// Runs interrupted requests again this long after their lease ran out (default
+    /// [`RESUME_AFTER`](crate::idempotency::RESUME_AFTER)).
+    pub fn with_resume_after(mut self, after: std::time::Duration) -> Self {
+        self.resume_after = after;
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -271,6 +281,7 @@ impl Server {
             card_issuer,
             tracking,
             event_stream,
+            resume_after,
         } = self;
         let store = app.store.clone();
         let background = app.background.clone();
@@ -322,7 +333,14 @@ impl Server {
             store = store.backend().as_str(),
             "shopagent listening"
         );
-        let served = axum::serve(listener, crate::http::router(app))
+        let router = crate::http::router(app);
+        let resumer = tokio::spawn(crate::idempotency::resume_interrupted(
+            store.derived().clone(),
+            router.clone(),
+            resume_after,
+            runners_stop.clone(),
+        ));
+        let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
 
@@ -331,6 +349,7 @@ impl Server {
         background.tasks.close();
         background.tasks.wait().await;
         let _ = purger.await;
+        let _ = resumer.await;
         let _ = indexer.await;
         for process in [checkout, tracking, publisher].into_iter().flatten() {
             let _ = process.await;

@@ -18,6 +18,7 @@ on_both_backends!(
     a_reused_key_with_another_body_is_refused,
     a_post_without_an_idempotency_key_is_refused,
     a_key_still_in_flight_is_a_conflict,
+    a_checkout_interrupted_between_its_commands_is_finished_by_the_server,
     a_stale_if_match_is_a_precondition_failure,
     bad_input_is_a_clear_problem_and_changes_nothing,
     requests_without_a_valid_token_are_unauthorized,
@@ -354,6 +355,111 @@ async fn a_post_without_an_idempotency_key_is_refused(backend: Backend) {
     reply.assert_problem(StatusCode::BAD_REQUEST, "invalid_idempotency_key");
     assert_eq!(events_in_log(&app).await, 0);
     app.stop().await;
+}
+
+/// The process died during a checkout: the cart's checkout committed, the budget and
+/// the order did not, and the caller never retried. The server runs the request again
+/// as its caller: the cart's command replays, the rest is done, and the answer waits
+/// for the caller's retry.
+async fn a_checkout_interrupted_between_its_commands_is_finished_by_the_server(backend: Backend) {
+    let app = common::spawn_app_with_server(backend, None, |server| {
+        server.with_resume_after(std::time::Duration::ZERO)
+    })
+    .await;
+    register_merchants(&app, &["acme"]).await;
+    let (mandate, agent, cart) = common::checkout::cart_ready_to_check_out(&app).await;
+    let path = format!("/v1/carts/{cart}/checkout");
+    let body = b"{}";
+    let hash = shopagent::idempotency::request_hash("POST", &path, body);
+    let key = "checkout-interrupted";
+
+    // What the request had done when its process died: the cart's checkout.
+    let metadata = shopagent_domain::EventMetadata {
+        idempotency_key: shopagent_domain::IdempotencyKey::parse(key).ok(),
+        request_digest: Some(hash.clone()),
+        ..shopagent_domain::EventMetadata::new("acme", "agent:agent-1")
+    };
+    shopagent_commands::CommandBus::<shopagent_domain::cart::Cart>::new(app.store.clone())
+        .execute(
+            &format!("acme/{cart}"),
+            shopagent_domain::cart::CartCommand::StartCheckout {
+                price_drift_tolerance_bps: 0,
+                at: time::OffsetDateTime::now_utc(),
+            },
+            metadata,
+        )
+        .await
+        .expect("the cart's checkout");
+    // Its key, still held by the dead process (the lease ran out), with the request.
+    let request = json!({
+        "method": "POST", "uri": path, "content_type": "application/json", "traceparent": null,
+        "principal": {"subject": "agent-1", "tenant": "acme", "role": "agent", "mandate": mandate},
+    })
+    .to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    const INSERT: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms, request, request_body)
+         VALUES ('acme', $1, $2, 'in_flight', $3, $3, $4, $5)";
+    shopagent_commands::on_pool!(app.store.database(), pool => sqlx::query(INSERT)
+        .bind(key)
+        .bind(&hash)
+        .bind(now - 1_000)
+        .bind(&request)
+        .bind(&body[..])
+        .execute(pool)
+        .await
+        .map(drop))
+    .expect("insert");
+
+    // The server finishes it on its own.
+    const STATE: &str =
+        "SELECT state, request IS NULL FROM http_idempotency WHERE idempotency_key = $1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (state, dropped): (String, bool) = shopagent_commands::on_pool!(
+            app.store.database(),
+            pool => sqlx::query_as(STATE).bind(key).fetch_one(pool).await
+        )
+        .expect("select");
+        if state == "done" {
+            assert!(dropped, "the kept request goes with its answer");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the interrupted checkout was not finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The caller's retry gets that answer: budget reserved, the order created.
+    let retry = app
+        .send(
+            Method::POST,
+            &path,
+            Some(&agent),
+            Some(key),
+            Some(&json!({})),
+            None,
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body["sub_carts"][0]["status"], "reserved", "{:?}", retry.body);
+    let order = retry.body["sub_carts"][0]["order_id"]
+        .as_str()
+        .expect("an order");
+    assert_eq!(
+        app.get(&format!("/v1/orders/{order}"), &agent).await.status,
+        StatusCode::OK
+    );
+    let mandate = app
+        .get(&format!("/v1/mandates/{mandate}"), &app.shopper("alice"))
+        .await;
+    assert_eq!(
+        mandate.body["open_reservations"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        mandate.body
+    );
 }
 
 async fn a_key_still_in_flight_is_a_conflict(backend: Backend) {

@@ -110,6 +110,34 @@ pub async fn agent_cart(app: &TestApp) -> (String, String, String) {
 
 /// [`check_out`], with the checkout request sent under the W3C `traceparent` given.
 pub async fn check_out_in_trace(app: &TestApp, traceparent: Option<&str>) -> (String, String) {
+    let (mandate, agent, cart) = cart_ready_to_check_out(app).await;
+    let mut checkout = app
+        .client
+        .post(app.url(&format!("/v1/carts/{cart}/checkout")))
+        .bearer_auth(&agent)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({}));
+    if let Some(traceparent) = traceparent {
+        checkout = checkout.header("traceparent", traceparent);
+    }
+    let checkout = Reply::read(checkout.send().await.expect("checkout")).await;
+    assert_eq!(
+        checkout.body["sub_carts"][0]["status"], "reserved",
+        "{:?}",
+        checkout.body
+    );
+    (
+        mandate,
+        checkout.body["sub_carts"][0]["order_id"]
+            .as_str()
+            .expect("order")
+            .to_owned(),
+    )
+}
+
+/// [`agent_cart`] with a 100.00 USD tent from `acme`, an address and acme's quote:
+/// (mandate id, agent token, cart id).
+pub async fn cart_ready_to_check_out(app: &TestApp) -> (String, String, String) {
     let (mandate, agent, cart) = agent_cart(app).await;
     let line = json!({"offer_id": "sku:tent", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(10_000), "quantity": 1});
     assert_eq!(
@@ -135,28 +163,7 @@ pub async fn check_out_in_trace(app: &TestApp, traceparent: Option<&str>) -> (St
             .status,
         StatusCode::OK
     );
-    let mut checkout = app
-        .client
-        .post(app.url(&format!("/v1/carts/{cart}/checkout")))
-        .bearer_auth(&agent)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .json(&json!({}));
-    if let Some(traceparent) = traceparent {
-        checkout = checkout.header("traceparent", traceparent);
-    }
-    let checkout = Reply::read(checkout.send().await.expect("checkout")).await;
-    assert_eq!(
-        checkout.body["sub_carts"][0]["status"], "reserved",
-        "{:?}",
-        checkout.body
-    );
-    (
-        mandate,
-        checkout.body["sub_carts"][0]["order_id"]
-            .as_str()
-            .expect("order")
-            .to_owned(),
-    )
+    (mandate, agent, cart)
 }
 
 /// Polls the order until it leaves `created`/`submitted`.
