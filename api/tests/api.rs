@@ -443,7 +443,11 @@ async fn a_checkout_interrupted_between_its_commands_is_finished_by_the_server(b
         .await;
     assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
-    assert_eq!(retry.body["sub_carts"][0]["status"], "reserved", "{:?}", retry.body);
+    assert_eq!(
+        retry.body["sub_carts"][0]["status"], "reserved",
+        "{:?}",
+        retry.body
+    );
     let order = retry.body["sub_carts"][0]["order_id"]
         .as_str()
         .expect("an order");

@@ -68,7 +68,13 @@ impl RawLog {
         tx.commit().await.expect("commit");
     }
 
+    /// Drops the table: each baseline starts on an empty one, and what it wrote does
+    /// not stay in the database's cache beside the server's tables.
     pub async fn close(self) {
+        sqlx::query("DROP TABLE IF EXISTS raw_events")
+            .execute(&self.pool)
+            .await
+            .expect("drop the raw table");
         self.pool.close().await;
     }
 }
