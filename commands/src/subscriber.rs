@@ -182,8 +182,7 @@ impl SubscriberRunner {
             let started = Instant::now();
             if let Err(error) = self.subscriber.handle(event).await {
                 if passed_over > 0 {
-                    let rate = self.record(step_started, passed_over);
-                    save(self.store.derived(), name, cursor, rate, passed_over).await?;
+                    self.advance(step_started, cursor, passed_over).await?;
                 }
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
                 self.remember_failure(&error);
@@ -198,13 +197,13 @@ impl SubscriberRunner {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record(started, 1);
-            save(self.store.derived(), name, cursor, rate, passed_over + 1).await?;
+            let handled_since = (passed_over + 1) as i64;
+            save(self.store.derived(), name, cursor, rate, handled_since).await?;
             passed_over = 0;
             handled += 1;
         }
         if passed_over > 0 {
-            let rate = self.record(step_started, passed_over);
-            save(self.store.derived(), name, cursor, rate, passed_over).await?;
+            self.advance(step_started, cursor, passed_over).await?;
         }
         Ok(Progress {
             handled,
@@ -213,11 +212,11 @@ impl SubscriberRunner {
     }
 
     /// Counts `events` handled since `started`; answers the recent rate.
-    fn record(&self, started: Instant, events: i64) -> f64 {
+    fn record(&self, started: Instant, events: usize) -> f64 {
         self.throughput
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(started, events as usize)
+            .record(started, events)
     }
 
     /// Keeps `error` for [`SubscriberRunner::last_error`].
@@ -269,15 +268,7 @@ impl SubscriberRunner {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clear();
-            let rate = self.record(started, events.len() as i64);
-            save(
-                self.store.derived(),
-                name,
-                last.cursor,
-                rate,
-                events.len() as i64,
-            )
-            .await?;
+            self.advance(started, last.cursor, events.len()).await?;
             return Ok(Progress {
                 handled: events.len(),
                 failed: false,
@@ -290,15 +281,7 @@ impl SubscriberRunner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|id| ahead.contains(id));
         if let Some(before) = failed_at.checked_sub(1).map(|index| &events[index]) {
-            let rate = self.record(started, failed_at as i64);
-            save(
-                self.store.derived(),
-                name,
-                before.cursor,
-                rate,
-                failed_at as i64,
-            )
-            .await?;
+            self.advance(started, before.cursor, failed_at).await?;
         }
         tracing::warn!(subscriber = name, position = events[failed_at].position(), %error, "event handling failed; will retry");
         self.remember_failure(&error);
@@ -341,23 +324,30 @@ impl SubscriberRunner {
                 failed: true,
             });
         }
-        let rate = self
-            .throughput
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(started, events.len());
-        save(
-            self.store.derived(),
-            name,
-            last.cursor,
-            rate,
-            events.len() as i64,
-        )
-        .await?;
+        self.advance(started, last.cursor, events.len()).await?;
         Ok(Progress {
             handled: events.len(),
             failed: false,
         })
+    }
+
+    /// Moves the checkpoint to `cursor`, past `events` more events handled since
+    /// `started`.
+    async fn advance(
+        &self,
+        started: Instant,
+        cursor: LogCursor,
+        events: usize,
+    ) -> Result<(), SubscriberError> {
+        let rate = self.record(started, events);
+        save(
+            self.store.derived(),
+            self.name(),
+            cursor,
+            rate,
+            events as i64,
+        )
+        .await
     }
 
     /// Handles events until `shutdown` fires, holding the subscriber's lease meanwhile.
