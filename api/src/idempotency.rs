@@ -254,9 +254,11 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let response = next.run(request).await;
 
     // A server fault is not an outcome: forget the key so a retry runs again (a request
-    // the server itself runs again keeps it, to be run once more later).
-    if response.status().is_server_error() && !resumed {
-        if let Err(error) = forget(store.derived(), &principal.tenant, key.as_str()).await {
+    // the server itself runs again keeps it in flight, to be run once more later).
+    if response.status().is_server_error() {
+        if !resumed
+            && let Err(error) = forget(store.derived(), &principal.tenant, key.as_str()).await
+        {
             tracing::warn!(%error, "could not release idempotency key");
         }
         return response;
