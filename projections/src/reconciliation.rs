@@ -3,9 +3,11 @@
 //!
 //! Rows are keyed by order. Order events fill in the merchant's side, payment events
 //! (found by payment id) the card's side, and the mandate's `SpendCommitted` (found by
-//! reservation id) the committed spend. After every change the row's date-independent
-//! exception is judged again by [`OrderMoney::standing_exception`]; the one rule that
-//! depends on the date (no capture after N days) is applied when reading.
+//! reservation id) the committed spend. After a batch's last change to a row, the row's
+//! date-independent exception is judged again by [`OrderMoney::standing_exception`]; the
+//! one rule that depends on the date (no capture after N days) is applied when reading.
+
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 use shopagent_commands::log::format_timestamp;
@@ -264,6 +266,42 @@ impl Reconciliation {
         }
     }
 
+    /// Applies one event; answers the order whose row it changed, if any.
+    async fn apply_event(
+        tx: &mut ReadModelTx<'_>,
+        event: &StoredEvent,
+    ) -> Result<Option<String>, ProjectionError> {
+        let order_id = match event.aggregate_type.as_str() {
+            "order" => {
+                let order = serde_json::from_value(event.payload.clone())
+                    .map_err(|e| unreadable(event, &e))?;
+                Self::apply_order(tx, event, order).await?
+            }
+            "payment" => {
+                let payment = serde_json::from_value(event.payload.clone())
+                    .map_err(|e| unreadable(event, &e))?;
+                Self::apply_payment(tx, event, payment).await?
+            }
+            "mandate" => {
+                let mandate: MandateEvent = serde_json::from_value(event.payload.clone())
+                    .map_err(|e| unreadable(event, &e))?;
+                let MandateEvent::SpendCommitted {
+                    reservation_id,
+                    amount,
+                    ..
+                } = mandate
+                else {
+                    return Ok(None);
+                };
+                let reservation = reservation_id.to_string();
+                let set = add_money("committed_minor", amount);
+                change(tx, event, Row::Reservation(&reservation), set, None).await?
+            }
+            _ => return Ok(None),
+        };
+        Ok(order_id)
+    }
+
     /// Judges the row again after a change and stores its standing exception.
     async fn reassess(
         tx: &mut ReadModelTx<'_>,
@@ -311,36 +349,25 @@ impl Projection for Reconciliation {
         tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        let order_id = match event.aggregate_type.as_str() {
-            "order" => {
-                let order = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
-                Self::apply_order(tx, event, order).await?
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    /// Each changed row is judged once, after the batch's last change to it: its
+    /// standing exception depends only on the row as the batch leaves it, and an order's
+    /// several events in one batch then cost one judgement instead of one each.
+    async fn apply_batch(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut changed = BTreeSet::new();
+        for event in events {
+            if let Some(order_id) = Self::apply_event(tx, event).await? {
+                changed.insert((event.metadata.tenant.as_str(), order_id));
             }
-            "payment" => {
-                let payment = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
-                Self::apply_payment(tx, event, payment).await?
-            }
-            "mandate" => {
-                let mandate: MandateEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
-                let MandateEvent::SpendCommitted {
-                    reservation_id,
-                    amount,
-                    ..
-                } = mandate
-                else {
-                    return Ok(());
-                };
-                let reservation = reservation_id.to_string();
-                let set = add_money("committed_minor", amount);
-                change(tx, event, Row::Reservation(&reservation), set, None).await?
-            }
-            _ => return Ok(()),
-        };
-        if let Some(order_id) = order_id {
-            Self::reassess(tx, &event.metadata.tenant, &order_id).await?;
+        }
+        for (tenant, order_id) in changed {
+            Self::reassess(tx, tenant, &order_id).await?;
         }
         Ok(())
     }
