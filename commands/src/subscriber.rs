@@ -72,7 +72,9 @@ pub trait Subscriber: Send + Sync + 'static {
     /// The events that must be handled in log order with `event`: those of the same
     /// partition (an order, say). Events of different partitions may be handled at the
     /// same time, up to [`Subscriber::concurrency`], so one slow outside call holds up
-    /// only its own partition. `None` is one partition of its own.
+    /// only its own partition. A partition that keeps failing still holds the
+    /// checkpoint: the others go on only within the batch read after it. `None` is one
+    /// partition of its own.
     fn partition(&self, _event: &StoredEvent) -> Option<String> {
         None
     }
