@@ -251,7 +251,13 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
         digest: hash,
         traceparent,
     });
-    let response = next.run(request).await;
+    let response = holding_lease(
+        store.derived(),
+        (&principal.tenant, key.as_str()),
+        LEASE / 3,
+        next.run(request),
+    )
+    .await;
 
     // A server fault is not an outcome: forget the key so a retry runs again (a request
     // the server itself runs again keeps it in flight, to be run once more later).
@@ -279,6 +285,39 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
         tracing::warn!(%error, "could not store idempotent response");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Runs `work`, a request that holds its key, renewing the key's lease `every` while it
+/// runs: however long a request runs, no retry and no resumer takes it over meanwhile;
+/// only a request whose process died lets its lease run out.
+async fn holding_lease<T>(
+    db: &Database,
+    (tenant, key): (&str, &str),
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    const RENEW: &str = "UPDATE http_idempotency SET lease_until_ms = $3
+         WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight'";
+    let mut work = std::pin::pin!(work);
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = renew.tick() => {
+                let lease = now_ms() + LEASE.as_millis() as i64;
+                let renewed = shopagent_commands::on_pool!(db, pool => sqlx::query(RENEW)
+                    .bind(tenant)
+                    .bind(key)
+                    .bind(lease)
+                    .execute(pool)
+                    .await
+                    .map(drop));
+                if let Err(error) = renewed {
+                    tracing::warn!(%error, "could not renew a running request's lease");
+                }
+            }
+        }
+    }
 }
 
 fn stored_headers(headers: &HeaderMap) -> String {
@@ -558,7 +597,32 @@ pub async fn purge(db: &Database) -> Result<u64, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_traceparent;
+    use super::*;
+
+    async fn lease_of(db: &Database, key: &str) -> i64 {
+        const SQL: &str = "SELECT lease_until_ms FROM http_idempotency WHERE idempotency_key = $1";
+        shopagent_commands::on_pool!(db, pool => sqlx::query_scalar(SQL).bind(key).fetch_one(pool).await)
+            .expect("lease")
+    }
+
+    #[tokio::test]
+    async fn a_request_keeps_renewing_its_lease_while_it_runs() {
+        let test = shopagent_commands::test_support::TestStore::sqlite().await;
+        let db = test.store.derived();
+        let started = begin(db, "acme", "slow", "hash", ("{}", &Bytes::new())).await;
+        assert!(matches!(started, Ok(Begin::Fresh)));
+        let first = lease_of(db, "slow").await;
+        let answer = holding_lease(db, ("acme", "slow"), Duration::from_millis(20), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "done"
+        })
+        .await;
+        assert_eq!(answer, "done");
+        assert!(
+            lease_of(db, "slow").await >= first + 200,
+            "the lease moved on while the request ran"
+        );
+    }
 
     #[test]
     fn a_w3c_traceparent_is_kept_and_anything_else_ignored() {
