@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize;
 use shopagent_domain::order::OrderEvent;
 use shopagent_domain::ports::{CallError, TrackParcel, TrackingProvider};
 
@@ -35,7 +36,7 @@ impl Subscriber for TrackingProcess {
     }
 
     fn acts_on(&self, event: &StoredEvent) -> bool {
-        shipment(event).is_some()
+        is_shipment(event)
     }
 
     async fn handle(&self, event: &StoredEvent) -> Result<(), HandlerError> {
@@ -81,12 +82,18 @@ impl Subscriber for TrackingProcess {
     }
 }
 
-/// The event, when it is an order shipped: the one the process acts on.
+/// Whether the event is an order shipped, the one the process acts on: by its name,
+/// before its payload is read.
+fn is_shipment(event: &StoredEvent) -> bool {
+    event.aggregate_type == "order" && event.event_type == "OrderShipped"
+}
+
+/// The event, when it is an order shipped.
 fn shipment(event: &StoredEvent) -> Option<OrderEvent> {
-    if event.aggregate_type != "order" || event.event_type != "OrderShipped" {
+    if !is_shipment(event) {
         return None;
     }
-    serde_json::from_value::<OrderEvent>(event.payload.clone())
+    OrderEvent::deserialize(&event.payload)
         .ok()
         .filter(|order| matches!(order, OrderEvent::OrderShipped { .. }))
 }
