@@ -442,46 +442,25 @@ async fn finish(
          WHERE tenant = $1 AND idempotency_key = $2";
     let body = String::from_utf8_lossy(body).into_owned();
     let status = i32::from(status);
-    match db {
-        Database::Postgres(pool) => sqlx::query(SQL)
-            .bind(tenant)
-            .bind(key)
-            .bind(status)
-            .bind(headers)
-            .bind(&body)
-            .execute(pool)
-            .await
-            .map(drop)?,
-        Database::Sqlite(pool) => sqlx::query(SQL)
-            .bind(tenant)
-            .bind(key)
-            .bind(status)
-            .bind(headers)
-            .bind(&body)
-            .execute(pool)
-            .await
-            .map(drop)?,
-    };
-    Ok(())
+    shopagent_commands::on_pool!(db, pool => sqlx::query(SQL)
+        .bind(tenant)
+        .bind(key)
+        .bind(status)
+        .bind(headers)
+        .bind(&body)
+        .execute(pool)
+        .await
+        .map(drop))
 }
 
 async fn forget(db: &Database, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
     const SQL: &str = "DELETE FROM http_idempotency WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight'";
-    match db {
-        Database::Postgres(pool) => sqlx::query(SQL)
-            .bind(tenant)
-            .bind(key)
-            .execute(pool)
-            .await
-            .map(drop)?,
-        Database::Sqlite(pool) => sqlx::query(SQL)
-            .bind(tenant)
-            .bind(key)
-            .execute(pool)
-            .await
-            .map(drop)?,
-    };
-    Ok(())
+    shopagent_commands::on_pool!(db, pool => sqlx::query(SQL)
+        .bind(tenant)
+        .bind(key)
+        .execute(pool)
+        .await
+        .map(drop))
 }
 
 /// Runs again, through `router`, each request interrupted [`RESUME_AFTER`] (`after`)
@@ -580,19 +559,11 @@ async fn resume(
 pub async fn purge(db: &Database) -> Result<u64, sqlx::Error> {
     const SQL: &str = "DELETE FROM http_idempotency WHERE created_at_ms < $1";
     let before = now_ms() - RETENTION.as_millis() as i64;
-    let deleted = match db {
-        Database::Postgres(pool) => sqlx::query(SQL)
-            .bind(before)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        Database::Sqlite(pool) => sqlx::query(SQL)
-            .bind(before)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    };
-    Ok(deleted)
+    shopagent_commands::on_pool!(db, pool => sqlx::query(SQL)
+        .bind(before)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected()))
 }
 
 #[cfg(test)]
