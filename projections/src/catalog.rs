@@ -7,6 +7,7 @@ use shopagent_commands::StoredEvent;
 use shopagent_commands::log::format_timestamp;
 
 use crate::on_read_model;
+use crate::rows::{OnConflict, upsert};
 use crate::runner::{Projection, ProjectionError, ReadModelTx};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -77,52 +78,39 @@ impl Projection for AggregateCatalog {
                 }
             }
         }
-        // Bind parameters per statement stay well under every backend's limit.
-        for chunk in streams.chunks(1_000) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = i * 8;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6,
-                        p + 7,
-                        p + 8
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO aggregate_catalog (aggregate_type, aggregate_id, tenant, version,
-                                                last_event_type, last_position, created_at, updated_at)
-                 VALUES {}
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET
-                    version = excluded.version,
-                    last_event_type = excluded.last_event_type,
-                    last_position = excluded.last_position,
-                    updated_at = excluded.updated_at",
-                rows.join(", ")
-            );
-            on_read_model!(tx, conn => {
-                let mut query = sqlx::query(&sql);
-                for (aggregate_type, aggregate_id, first_at, last) in chunk {
-                    query = query
-                        .bind(*aggregate_type)
-                        .bind(*aggregate_id)
-                        .bind(&last.metadata.tenant)
-                        .bind(last.sequence)
-                        .bind(&last.event_type)
-                        .bind(last.position())
-                        .bind(first_at)
-                        .bind(format_timestamp(last.recorded_at));
-                }
-                query.execute(conn).await?;
-            });
-        }
-        Ok(())
+        let rows = streams
+            .into_iter()
+            .map(|(aggregate_type, aggregate_id, first_at, last)| {
+                vec![
+                    aggregate_type.into(),
+                    aggregate_id.into(),
+                    last.metadata.tenant.as_str().into(),
+                    last.sequence.into(),
+                    last.event_type.as_str().into(),
+                    last.position().into(),
+                    first_at.into(),
+                    format_timestamp(last.recorded_at).into(),
+                ]
+            })
+            .collect();
+        upsert(
+            tx,
+            "aggregate_catalog",
+            &[
+                "aggregate_type",
+                "aggregate_id",
+                "tenant",
+                "version",
+                "last_event_type",
+                "last_position",
+                "created_at",
+                "updated_at",
+            ],
+            &["aggregate_type", "aggregate_id"],
+            OnConflict::Overwrite(&["version", "last_event_type", "last_position", "updated_at"]),
+            rows,
+        )
+        .await
     }
 
     async fn reset(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {

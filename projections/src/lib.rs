@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod orders_hub;
 pub mod rebuild;
 pub mod reconciliation;
+mod rows;
 pub mod runner;
 pub mod search_index;
 

@@ -1,12 +1,16 @@
 //! `orders_hub`: per shopper, every order across merchants and paths, with its status,
 //! totals, tracking and timeline — the orders list of the product.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 use shopagent_commands::StoredEvent;
 use shopagent_commands::log::format_timestamp;
-use shopagent_domain::order::{CheckoutPath, OrderEvent};
+use shopagent_domain::order::{CheckoutPath, OrderDraft, OrderEvent};
 
 use crate::on_read_model;
+use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, upsert};
 use crate::runner::{Projection, ProjectionError, ReadModelTx};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -109,6 +113,126 @@ fn change(event: &OrderEvent, at: &str) -> Option<Change> {
     })
 }
 
+/// Every column of `orders_hub`, in the order [`HubRow`] holds them.
+const COLUMNS: [&str; 16] = [
+    "tenant",
+    "order_id",
+    "shopper",
+    "mandate_id",
+    "merchant",
+    "path",
+    "status",
+    "total_minor",
+    "refunded_minor",
+    "currency",
+    "merchant_reference",
+    "carrier",
+    "tracking_number",
+    "timeline",
+    "created_at",
+    "updated_at",
+];
+
+/// One row of `orders_hub`, as read and written by a batch.
+#[derive(Debug, sqlx::FromRow)]
+struct HubRow {
+    tenant: String,
+    order_id: String,
+    shopper: String,
+    mandate_id: Option<String>,
+    merchant: String,
+    path: String,
+    status: String,
+    total_minor: i64,
+    refunded_minor: i64,
+    currency: String,
+    merchant_reference: Option<String>,
+    carrier: Option<String>,
+    tracking_number: Option<String>,
+    timeline: String,
+    created_at: String,
+    updated_at: String,
+}
+
+/// A row while a batch changes it: its timeline is parsed once and written once.
+struct Order {
+    row: HubRow,
+    timeline: Vec<Value>,
+}
+
+impl Order {
+    fn read(row: HubRow) -> Self {
+        let timeline = serde_json::from_str(&row.timeline).unwrap_or_default();
+        Self { row, timeline }
+    }
+
+    fn created(tenant: &str, order_id: &str, draft: &OrderDraft, at: &str) -> Self {
+        let path = path_name(draft.path);
+        Self {
+            timeline: vec![
+                json!({"at": at, "event": "created", "path": path, "reason": draft.path_reason}),
+            ],
+            row: HubRow {
+                tenant: tenant.to_owned(),
+                order_id: order_id.to_owned(),
+                shopper: draft.shopper.clone(),
+                mandate_id: draft.mandate_id.map(|m| m.to_string()),
+                merchant: draft.merchant.to_string(),
+                path: path.to_owned(),
+                status: "created".to_owned(),
+                total_minor: draft.total.minor,
+                refunded_minor: 0,
+                currency: draft.total.currency.code().to_owned(),
+                merchant_reference: None,
+                carrier: None,
+                tracking_number: None,
+                timeline: String::new(),
+                created_at: at.to_owned(),
+                updated_at: at.to_owned(),
+            },
+        }
+    }
+
+    fn apply(&mut self, change: Change, at: &str) {
+        let row = &mut self.row;
+        if let Some(status) = change.status {
+            status.clone_into(&mut row.status);
+        }
+        if let Some(reference) = change.reference {
+            row.merchant_reference = Some(reference);
+        }
+        if let Some((carrier, tracking_number)) = change.tracking {
+            row.carrier = Some(carrier);
+            row.tracking_number = Some(tracking_number);
+        }
+        row.refunded_minor += change.refunded;
+        at.clone_into(&mut row.updated_at);
+        self.timeline.push(change.entry);
+    }
+
+    fn into_cells(self) -> Vec<Cell> {
+        let row = self.row;
+        vec![
+            row.tenant.into(),
+            row.order_id.into(),
+            row.shopper.into(),
+            row.mandate_id.into(),
+            row.merchant.into(),
+            row.path.into(),
+            row.status.into(),
+            row.total_minor.into(),
+            row.refunded_minor.into(),
+            row.currency.into(),
+            row.merchant_reference.into(),
+            row.carrier.into(),
+            row.tracking_number.into(),
+            Value::from(self.timeline).to_string().into(),
+            row.created_at.into(),
+            row.updated_at.into(),
+        ]
+    }
+}
+
 #[async_trait::async_trait]
 impl Projection for OrdersHub {
     fn name(&self) -> &'static str {
@@ -124,91 +248,76 @@ impl Projection for OrdersHub {
         tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != "order" {
-            return Ok(());
-        }
-        let order: OrderEvent = serde_json::from_value(event.payload.clone()).map_err(|error| {
-            ProjectionError::Event {
-                position: event.position(),
-                reason: error.to_string(),
+        self.apply_batch(tx, std::slice::from_ref(event)).await
+    }
+
+    /// Reads the rows of the orders a pass names in one statement, applies the pass's
+    /// events to them in memory, in log order, and writes the changed rows back in one.
+    /// An event for an order whose creation this model never saw changes nothing.
+    async fn apply_batch(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for pass in events.chunks(ROWS_PER_STATEMENT) {
+            let mut decoded = Vec::new();
+            let mut wanted = Wanted::default();
+            for event in pass.iter().filter(|e| e.aggregate_type == "order") {
+                let order = OrderEvent::deserialize(&event.payload).map_err(|error| {
+                    ProjectionError::Event {
+                        position: event.position(),
+                        reason: error.to_string(),
+                    }
+                })?;
+                let order_id = match &order {
+                    OrderEvent::OrderCreated { order_id, .. } => order_id.to_string(),
+                    _ => stream_key(&event.aggregate_id).to_owned(),
+                };
+                wanted.add(&event.metadata.tenant, "order_id", order_id.as_str());
+                decoded.push((event, order_id, order));
             }
-        })?;
-        let tenant = &event.metadata.tenant;
-        let at = format_timestamp(event.recorded_at);
-        if let OrderEvent::OrderCreated {
-            order_id, draft, ..
-        } = &order
-        {
-            let timeline = json!([{"at": at, "event": "created", "path": path_name(draft.path), "reason": draft.path_reason}]).to_string();
-            on_read_model!(tx, conn => {
-                sqlx::query(
-                    "INSERT INTO orders_hub (tenant, order_id, shopper, mandate_id, merchant, path, status, total_minor,
-                                             currency, timeline, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'created', $7, $8, $9, $10, $10)
-                     ON CONFLICT (tenant, order_id) DO NOTHING",
-                )
-                .bind(tenant)
-                .bind(order_id.to_string())
-                .bind(&draft.shopper)
-                .bind(draft.mandate_id.map(|m| m.to_string()))
-                .bind(draft.merchant.as_str())
-                .bind(path_name(draft.path))
-                .bind(draft.total.minor)
-                .bind(draft.total.currency.code())
-                .bind(&timeline)
-                .bind(&at)
-                .execute(conn)
-                .await?;
-            });
-            return Ok(());
-        }
-        let Some(change) = change(&order, &at) else {
-            return Ok(());
-        };
-        let order_id = event
-            .aggregate_id
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let timeline: Option<String> = on_read_model!(tx, conn => {
-            sqlx::query_scalar("SELECT timeline FROM orders_hub WHERE tenant = $1 AND order_id = $2")
-                .bind(tenant)
-                .bind(&order_id)
-                .fetch_optional(conn)
+            if decoded.is_empty() {
+                continue;
+            }
+            let select = format!("SELECT {} FROM orders_hub", COLUMNS.join(", "));
+            let mut orders: BTreeMap<(String, String), Order> = wanted
+                .fetch::<HubRow>(tx, &select)
                 .await?
-        });
-        let Some(timeline) = timeline else {
-            return Ok(());
-        };
-        let mut entries: Vec<Value> = serde_json::from_str(&timeline).unwrap_or_default();
-        entries.push(change.entry);
-        let timeline = Value::from(entries).to_string();
-        let (carrier, tracking) = change.tracking.unzip();
-        on_read_model!(tx, conn => {
-            sqlx::query(
-                "UPDATE orders_hub SET
-                    status = COALESCE($3, status),
-                    merchant_reference = COALESCE($4, merchant_reference),
-                    carrier = COALESCE($5, carrier),
-                    tracking_number = COALESCE($6, tracking_number),
-                    refunded_minor = refunded_minor + $7,
-                    timeline = $8,
-                    updated_at = $9
-                 WHERE tenant = $1 AND order_id = $2",
+                .into_iter()
+                .map(|row| ((row.tenant.clone(), row.order_id.clone()), Order::read(row)))
+                .collect();
+            let mut changed = BTreeSet::new();
+            for (event, order_id, order) in decoded {
+                let key = (event.metadata.tenant.clone(), order_id);
+                let at = format_timestamp(event.recorded_at);
+                if let OrderEvent::OrderCreated { draft, .. } = &order {
+                    // A row already there was made by an earlier OrderCreated: keep it.
+                    if !orders.contains_key(&key) {
+                        orders.insert(key.clone(), Order::created(&key.0, &key.1, draft, &at));
+                        changed.insert(key);
+                    }
+                } else if let (Some(change), Some(row)) =
+                    (change(&order, &at), orders.get_mut(&key))
+                {
+                    row.apply(change, &at);
+                    changed.insert(key);
+                }
+            }
+            let rows = changed
+                .iter()
+                .filter_map(|key| orders.remove(key))
+                .map(Order::into_cells)
+                .collect();
+            upsert(
+                tx,
+                "orders_hub",
+                &COLUMNS,
+                &COLUMNS[..2],
+                OnConflict::Overwrite(&COLUMNS[2..]),
+                rows,
             )
-            .bind(tenant)
-            .bind(&order_id)
-            .bind(change.status)
-            .bind(change.reference)
-            .bind(carrier)
-            .bind(tracking)
-            .bind(change.refunded)
-            .bind(&timeline)
-            .bind(&at)
-            .execute(conn)
             .await?;
-        });
+        }
         Ok(())
     }
 
@@ -218,6 +327,10 @@ impl Projection for OrdersHub {
         });
         Ok(())
     }
+}
+
+fn stream_key(aggregate_id: &str) -> &str {
+    aggregate_id.rsplit('/').next().unwrap_or_default()
 }
 
 /// How a party outside shopagent names an order.

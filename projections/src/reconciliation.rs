@@ -7,9 +7,9 @@
 //! date-independent exception is judged again by [`OrderMoney::standing_exception`]; the
 //! one rule that depends on the date (no capture after N days) is applied when reading.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::{Database, StoredEvent, on_pool};
 use shopagent_domain::mandate::MandateEvent;
@@ -20,6 +20,7 @@ use shopagent_domain::reconciliation::{ExceptionReason, OrderMoney};
 use time::{Date, OffsetDateTime};
 
 use crate::on_read_model;
+use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, upsert};
 use crate::runner::{Projection, ProjectionError, ReadModelTx};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -29,49 +30,11 @@ impl Reconciliation {
     pub const NAME: &'static str = "reconciliation";
 }
 
-/// How a payment or mandate event names the row it changes.
+/// How an event names the row it changes.
 enum Row<'a> {
     Order(&'a str),
     Payment(&'a str),
     Reservation(&'a str),
-}
-
-impl Row<'_> {
-    fn condition(&self) -> &'static str {
-        match self {
-            Self::Order(_) => "order_id = $2",
-            Self::Payment(_) => "payment_id = $2",
-            Self::Reservation(_) => "reservation_id = $2",
-        }
-    }
-
-    fn key(&self) -> &str {
-        match self {
-            Self::Order(key) | Self::Payment(key) | Self::Reservation(key) => key,
-        }
-    }
-}
-
-/// A value bound to a change's SQL after the tenant (`$1`), the row's key (`$2`) and the
-/// event's time (`$3`).
-enum Bind {
-    Int(i64),
-    Text(String),
-}
-
-/// Adds `money` to `column` when it is in the row's currency, and flags the row when
-/// it is not: money in another currency is never summed in.
-fn add_money(column: &str, money: Money) -> (String, Vec<Bind>) {
-    (
-        format!(
-            "{column} = {column} + CASE WHEN currency = $5 THEN $4 ELSE 0 END,
-             currency_mismatch = CASE WHEN currency <> $5 THEN 1 ELSE currency_mismatch END"
-        ),
-        vec![
-            Bind::Int(money.minor),
-            Bind::Text(money.currency.code().to_owned()),
-        ],
-    )
 }
 
 fn stream_key(aggregate_id: &str) -> &str {
@@ -89,248 +52,336 @@ fn unreadable(event: &StoredEvent, error: &serde_json::Error) -> ProjectionError
     }
 }
 
-/// Starts the row of an order (from the order's first event, or from its payment's if
-/// that came first): `columns` are set on insert and on conflict alike.
-async fn begin_row(
-    tx: &mut ReadModelTx<'_>,
-    event: &StoredEvent,
-    order_id: &str,
-    columns: &[(&str, Option<String>)],
-    total: Option<i64>,
-) -> Result<(), ProjectionError> {
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    let placeholders: Vec<String> = (0..columns.len()).map(|i| format!("${}", i + 6)).collect();
-    let updates: Vec<String> = names
-        .iter()
-        .map(|n| format!("{n} = excluded.{n}"))
-        .collect();
-    let total_update = if total.is_some() {
-        "order_total_minor = excluded.order_total_minor, "
-    } else {
-        ""
-    };
-    let sql = format!(
-        "INSERT INTO reconciliation_orders (tenant, order_id, business_date, created_at, updated_at,
-                                            order_total_minor, {})
-         VALUES ($1, $2, $3, $4, $4, $5, {})
-         ON CONFLICT (tenant, order_id) DO UPDATE SET {total_update}{}, updated_at = excluded.updated_at",
-        names.join(", "),
-        placeholders.join(", "),
-        updates.join(", "),
-    );
-    let at = format_timestamp(event.recorded_at);
-    on_read_model!(tx, conn => {
-        let mut query = sqlx::query(&sql)
-            .bind(&event.metadata.tenant)
-            .bind(order_id)
-            .bind(day(event.recorded_at))
-            .bind(&at)
-            .bind(total);
-        for (_, value) in columns {
-            query = query.bind(value);
-        }
-        query.execute(conn).await?;
-    });
-    Ok(())
+/// An event this model acts on, decoded once.
+enum Decoded {
+    Order(OrderEvent),
+    Payment(PaymentEvent),
+    SpendCommitted { reservation: String, amount: Money },
 }
 
-/// Applies `set` to the row `row` names; returns the row's order id, or `None` when no
-/// row matches (an event for an order this model never saw begin). `entry` records the
-/// movement in the ledger, with the amount and currency bound as `$4` and `$5`.
-async fn change(
-    tx: &mut ReadModelTx<'_>,
-    event: &StoredEvent,
-    row: Row<'_>,
-    (set, binds): (String, Vec<Bind>),
-    entry: Option<&str>,
-) -> Result<Option<String>, ProjectionError> {
-    let tenant = &event.metadata.tenant;
-    let sql = format!(
-        "UPDATE reconciliation_orders SET {set}, updated_at = $3
-          WHERE tenant = $1 AND {} RETURNING order_id",
-        row.condition()
-    );
-    let order_id: Option<String> = on_read_model!(tx, conn => {
-        let mut query = sqlx::query_scalar(&sql)
-            .bind(tenant)
-            .bind(row.key())
-            .bind(format_timestamp(event.recorded_at));
-        for value in &binds {
-            query = match value {
-                Bind::Int(int) => query.bind(*int),
-                Bind::Text(text) => query.bind(text.as_str()),
-            };
-        }
-        query.fetch_optional(conn).await?
-    });
-    if let (Some(order_id), Some(kind), [Bind::Int(minor), Bind::Text(currency)]) =
-        (&order_id, entry, binds.as_slice())
-    {
-        on_read_model!(tx, conn => {
-            sqlx::query(
-                "INSERT INTO reconciliation_entries (tenant, entry_id, order_id, kind, amount_minor, currency, day)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (tenant, entry_id) DO NOTHING",
-            )
-            .bind(tenant)
-            .bind(event.event_id.to_string())
-            .bind(order_id)
-            .bind(kind)
-            .bind(minor)
-            .bind(currency)
-            .bind(day(event.recorded_at))
-            .execute(conn)
-            .await?;
-        });
-    }
-    Ok(order_id)
-}
-
-impl Reconciliation {
-    async fn apply_order(
-        tx: &mut ReadModelTx<'_>,
-        event: &StoredEvent,
-        order: OrderEvent,
-    ) -> Result<Option<String>, ProjectionError> {
-        let order_id = stream_key(&event.aggregate_id);
-        let row = Row::Order(order_id);
-        match order {
-            OrderEvent::OrderCreated { draft, .. } => {
-                let columns = [
-                    (
-                        "reservation_id",
-                        draft.reservation_id.map(|r| r.to_string()),
-                    ),
-                    ("merchant", Some(draft.merchant.to_string())),
-                    ("currency", Some(draft.total.currency.code().to_owned())),
-                ];
-                begin_row(tx, event, order_id, &columns, Some(draft.total.minor)).await?;
-                Ok(Some(order_id.to_owned()))
-            }
-            OrderEvent::OrderPlaced { .. } => {
-                let set = "placed_on = $4, business_date = $4".to_owned();
-                let binds = vec![Bind::Text(day(event.recorded_at))];
-                change(tx, event, row, (set, binds), None).await
-            }
-            OrderEvent::OrderFailed { .. } | OrderEvent::OrderCancelled { .. } => {
-                change(tx, event, row, ("closed = 1".to_owned(), vec![]), None).await
-            }
-            OrderEvent::OrderRefunded { amount, .. } => {
-                let set = add_money("merchant_refunded_minor", amount);
-                change(tx, event, row, set, Some("merchant_refund")).await
-            }
-            _ => Ok(None),
-        }
-    }
-
-    async fn apply_payment(
-        tx: &mut ReadModelTx<'_>,
-        event: &StoredEvent,
-        payment: PaymentEvent,
-    ) -> Result<Option<String>, ProjectionError> {
-        let payment_id = stream_key(&event.aggregate_id);
-        let row = Row::Payment(payment_id);
-        match payment {
-            PaymentEvent::CardRequested { order_id, cap, .. } => {
-                let order_id = order_id.to_string();
-                let columns = [
-                    ("payment_id", Some(payment_id.to_owned())),
-                    ("currency", Some(cap.currency.code().to_owned())),
-                ];
-                begin_row(tx, event, &order_id, &columns, None).await?;
-                Ok(Some(order_id))
-            }
-            PaymentEvent::CardIssued { card, .. } => {
-                let set = "card_reference = $4".to_owned();
-                let binds = vec![Bind::Text(card.as_str().to_owned())];
-                change(tx, event, row, (set, binds), None).await
-            }
-            PaymentEvent::AuthorizationApproved { amount, .. } => {
-                let (set, binds) = add_money("authorized_minor", amount);
-                let set = format!("authorizations_approved = authorizations_approved + 1, {set}");
-                change(tx, event, row, (set, binds), None).await
-            }
-            PaymentEvent::AuthorizationDeclined { .. } => {
-                let set = "authorizations_declined = authorizations_declined + 1".to_owned();
-                change(tx, event, row, (set, vec![]), None).await
-            }
-            PaymentEvent::PaymentCaptured { amount, .. } => {
-                let set = add_money("captured_minor", amount);
-                change(tx, event, row, set, Some("capture")).await
-            }
-            PaymentEvent::PaymentRefunded { amount, .. } => {
-                let set = add_money("card_refunded_minor", amount);
-                change(tx, event, row, set, Some("card_refund")).await
-            }
-            PaymentEvent::CardVoided { .. } => Ok(None),
-        }
-    }
-
-    /// Applies one event; answers the order whose row it changed, if any.
-    async fn apply_event(
-        tx: &mut ReadModelTx<'_>,
-        event: &StoredEvent,
-    ) -> Result<Option<String>, ProjectionError> {
-        let order_id = match event.aggregate_type.as_str() {
+impl Decoded {
+    /// Decodes `event` if this model acts on it, and names the row it needs.
+    fn read(event: &StoredEvent, wanted: &mut Wanted) -> Result<Option<Self>, ProjectionError> {
+        let tenant = &event.metadata.tenant;
+        let key = stream_key(&event.aggregate_id);
+        Ok(Some(match event.aggregate_type.as_str() {
             "order" => {
-                let order = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
-                Self::apply_order(tx, event, order).await?
+                let order =
+                    OrderEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?;
+                wanted.add(tenant, "order_id", key);
+                Self::Order(order)
             }
             "payment" => {
-                let payment = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
-                Self::apply_payment(tx, event, payment).await?
+                let payment =
+                    PaymentEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?;
+                match &payment {
+                    PaymentEvent::CardRequested { order_id, .. } => {
+                        wanted.add(tenant, "order_id", order_id.to_string());
+                    }
+                    _ => wanted.add(tenant, "payment_id", key),
+                }
+                Self::Payment(payment)
             }
-            "mandate" => {
-                let mandate: MandateEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| unreadable(event, &e))?;
+            "mandate" if event.event_type == "SpendCommitted" => {
                 let MandateEvent::SpendCommitted {
                     reservation_id,
                     amount,
                     ..
-                } = mandate
+                } = MandateEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?
                 else {
                     return Ok(None);
                 };
                 let reservation = reservation_id.to_string();
-                let set = add_money("committed_minor", amount);
-                change(tx, event, Row::Reservation(&reservation), set, None).await?
+                wanted.add(tenant, "reservation_id", reservation.as_str());
+                Self::SpendCommitted {
+                    reservation,
+                    amount,
+                }
             }
             _ => return Ok(None),
-        };
-        Ok(order_id)
+        }))
+    }
+}
+
+/// Every column of `reconciliation_orders`, in the order [`OrderRow::into_cells`] gives.
+const COLUMNS: [&str; 22] = [
+    "tenant",
+    "order_id",
+    "payment_id",
+    "card_reference",
+    "reservation_id",
+    "merchant",
+    "currency",
+    "order_total_minor",
+    "placed_on",
+    "closed",
+    "authorizations_approved",
+    "authorizations_declined",
+    "authorized_minor",
+    "captured_minor",
+    "card_refunded_minor",
+    "merchant_refunded_minor",
+    "committed_minor",
+    "currency_mismatch",
+    "standing_exception",
+    "business_date",
+    "created_at",
+    "updated_at",
+];
+
+const ENTRY_COLUMNS: [&str; 7] = [
+    "tenant",
+    "entry_id",
+    "order_id",
+    "kind",
+    "amount_minor",
+    "currency",
+    "day",
+];
+
+/// One row of `reconciliation_orders`, as read and written by a batch.
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    tenant: String,
+    order_id: String,
+    payment_id: Option<String>,
+    card_reference: Option<String>,
+    reservation_id: Option<String>,
+    merchant: Option<String>,
+    currency: String,
+    #[sqlx(flatten)]
+    money: MoneyRow,
+    standing_exception: Option<String>,
+    business_date: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl OrderRow {
+    /// A row begun by the order's first event, or its payment's if that came first.
+    fn begun(tenant: &str, order_id: &str, currency: &str, at: OffsetDateTime) -> Self {
+        let stamp = format_timestamp(at);
+        Self {
+            tenant: tenant.to_owned(),
+            order_id: order_id.to_owned(),
+            payment_id: None,
+            card_reference: None,
+            reservation_id: None,
+            merchant: None,
+            currency: currency.to_owned(),
+            money: MoneyRow::default(),
+            standing_exception: None,
+            business_date: day(at),
+            created_at: stamp.clone(),
+            updated_at: stamp,
+        }
     }
 
-    /// Judges the row again after a change and stores its standing exception.
-    async fn reassess(
-        tx: &mut ReadModelTx<'_>,
-        tenant: &str,
-        order_id: &str,
-    ) -> Result<(), ProjectionError> {
-        let row: Option<MoneyRow> = on_read_model!(tx, conn => {
-            sqlx::query_as(&format!("SELECT {MONEY_COLUMNS} FROM reconciliation_orders WHERE tenant = $1 AND order_id = $2"))
-                .bind(tenant)
-                .bind(order_id)
-                .fetch_optional(conn)
-                .await?
-        });
-        let Some(row) = row else {
-            return Ok(());
+    /// Adds `money` to `column` when it is in the row's currency, and flags the row
+    /// when it is not: money in another currency is never summed in.
+    fn add(&mut self, column: fn(&mut MoneyRow) -> &mut i64, money: Money) {
+        if money.currency.code() == self.currency {
+            *column(&mut self.money) += money.minor;
+        } else {
+            self.money.currency_mismatch = 1;
+        }
+    }
+
+    fn into_cells(self) -> Vec<Cell> {
+        let money = self.money;
+        vec![
+            self.tenant.into(),
+            self.order_id.into(),
+            self.payment_id.into(),
+            self.card_reference.into(),
+            self.reservation_id.into(),
+            self.merchant.into(),
+            self.currency.into(),
+            money.order_total_minor.into(),
+            money.placed_on.into(),
+            i64::from(money.closed).into(),
+            money.authorizations_approved.into(),
+            money.authorizations_declined.into(),
+            money.authorized_minor.into(),
+            money.captured_minor.into(),
+            money.card_refunded_minor.into(),
+            money.merchant_refunded_minor.into(),
+            money.committed_minor.into(),
+            i64::from(money.currency_mismatch).into(),
+            self.standing_exception.into(),
+            self.business_date.into(),
+            self.created_at.into(),
+            self.updated_at.into(),
+        ]
+    }
+}
+
+/// The rows a pass changes, and the ledger entries it records.
+#[derive(Default)]
+struct Pass {
+    rows: BTreeMap<(String, String), OrderRow>,
+    changed: BTreeSet<(String, String)>,
+    entries: Vec<Vec<Cell>>,
+}
+
+impl Pass {
+    /// The key of the row `row` names in `tenant`, if this model has it.
+    fn find(&self, tenant: &str, row: &Row<'_>) -> Option<(String, String)> {
+        let matches = |candidate: &OrderRow| match row {
+            Row::Order(id) => candidate.order_id == *id,
+            Row::Payment(id) => candidate.payment_id.as_deref() == Some(id),
+            Row::Reservation(id) => candidate.reservation_id.as_deref() == Some(id),
         };
-        let exception = row
-            .money()
-            .standing_exception()
-            .map(ExceptionReason::as_str);
-        on_read_model!(tx, conn => {
-            sqlx::query("UPDATE reconciliation_orders SET standing_exception = $3 WHERE tenant = $1 AND order_id = $2")
-                .bind(tenant)
-                .bind(order_id)
-                .bind(exception)
-                .execute(conn)
-                .await?;
-        });
-        Ok(())
+        self.rows
+            .iter()
+            .find(|((t, _), candidate)| t == tenant && matches(candidate))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// The row of `order_id`, begun by `event` if this model has none yet.
+    fn begin(&mut self, event: &StoredEvent, order_id: &str, currency: &str) -> &mut OrderRow {
+        let tenant = &event.metadata.tenant;
+        let key = (tenant.clone(), order_id.to_owned());
+        self.changed.insert(key.clone());
+        let row = self
+            .rows
+            .entry(key)
+            .or_insert_with(|| OrderRow::begun(tenant, order_id, currency, event.recorded_at));
+        row.updated_at = format_timestamp(event.recorded_at);
+        row
+    }
+
+    /// Applies `set` to the row `row` names, if there is one (an event for an order this
+    /// model never saw begin changes nothing). `entry` records the movement of `money`
+    /// in the ledger.
+    fn change(
+        &mut self,
+        event: &StoredEvent,
+        row: Row<'_>,
+        entry: Option<(&str, Money)>,
+        set: impl FnOnce(&mut OrderRow),
+    ) {
+        let tenant = &event.metadata.tenant;
+        let Some(key) = self.find(tenant, &row) else {
+            return;
+        };
+        let Some(found) = self.rows.get_mut(&key) else {
+            return;
+        };
+        set(found);
+        found.updated_at = format_timestamp(event.recorded_at);
+        if let Some((kind, money)) = entry {
+            self.entries.push(vec![
+                tenant.as_str().into(),
+                event.event_id.to_string().into(),
+                found.order_id.as_str().into(),
+                kind.into(),
+                money.minor.into(),
+                money.currency.code().into(),
+                day(event.recorded_at).into(),
+            ]);
+        }
+        self.changed.insert(key);
+    }
+
+    fn apply_order(&mut self, event: &StoredEvent, order: OrderEvent) {
+        let order_id = stream_key(&event.aggregate_id);
+        let row = Row::Order(order_id);
+        match order {
+            OrderEvent::OrderCreated { draft, .. } => {
+                let begun = self.begin(event, order_id, draft.total.currency.code());
+                begun.reservation_id = draft.reservation_id.map(|r| r.to_string());
+                begun.merchant = Some(draft.merchant.to_string());
+                draft.total.currency.code().clone_into(&mut begun.currency);
+                begun.money.order_total_minor = Some(draft.total.minor);
+            }
+            OrderEvent::OrderPlaced { .. } => self.change(event, row, None, |found| {
+                found.money.placed_on = Some(day(event.recorded_at));
+                found.business_date = day(event.recorded_at);
+            }),
+            OrderEvent::OrderFailed { .. } | OrderEvent::OrderCancelled { .. } => {
+                self.change(event, row, None, |found| found.money.closed = 1);
+            }
+            OrderEvent::OrderRefunded { amount, .. } => {
+                self.change(event, row, Some(("merchant_refund", amount)), |found| {
+                    found.add(|m| &mut m.merchant_refunded_minor, amount);
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_payment(&mut self, event: &StoredEvent, payment: PaymentEvent) {
+        let payment_id = stream_key(&event.aggregate_id);
+        let row = Row::Payment(payment_id);
+        match payment {
+            PaymentEvent::CardRequested { order_id, cap, .. } => {
+                let begun = self.begin(event, &order_id.to_string(), cap.currency.code());
+                begun.payment_id = Some(payment_id.to_owned());
+                cap.currency.code().clone_into(&mut begun.currency);
+            }
+            PaymentEvent::CardIssued { card, .. } => self.change(event, row, None, |found| {
+                found.card_reference = Some(card.as_str().to_owned());
+            }),
+            PaymentEvent::AuthorizationApproved { amount, .. } => {
+                self.change(event, row, None, |found| {
+                    found.money.authorizations_approved += 1;
+                    found.add(|m| &mut m.authorized_minor, amount);
+                });
+            }
+            PaymentEvent::AuthorizationDeclined { .. } => {
+                self.change(event, row, None, |found| {
+                    found.money.authorizations_declined += 1;
+                });
+            }
+            PaymentEvent::PaymentCaptured { amount, .. } => {
+                self.change(event, row, Some(("capture", amount)), |found| {
+                    found.add(|m| &mut m.captured_minor, amount);
+                });
+            }
+            PaymentEvent::PaymentRefunded { amount, .. } => {
+                self.change(event, row, Some(("card_refund", amount)), |found| {
+                    found.add(|m| &mut m.card_refunded_minor, amount);
+                });
+            }
+            PaymentEvent::CardVoided { .. } => {}
+        }
+    }
+
+    /// Writes the changed rows, each judged once as the pass leaves it, and the entries.
+    async fn write(mut self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
+        let rows = self
+            .changed
+            .iter()
+            .filter_map(|key| self.rows.remove(key))
+            .map(|mut row| {
+                row.standing_exception = row
+                    .money
+                    .money()
+                    .standing_exception()
+                    .map(|reason| reason.as_str().to_owned());
+                row.into_cells()
+            })
+            .collect();
+        upsert(
+            tx,
+            "reconciliation_orders",
+            &COLUMNS,
+            &COLUMNS[..2],
+            OnConflict::Overwrite(&COLUMNS[2..]),
+            rows,
+        )
+        .await?;
+        // An entry is made once per event; a replayed event keeps the first.
+        upsert(
+            tx,
+            "reconciliation_entries",
+            &ENTRY_COLUMNS,
+            &ENTRY_COLUMNS[..2],
+            OnConflict::Keep,
+            self.entries,
+        )
+        .await
     }
 }
 
@@ -352,22 +403,45 @@ impl Projection for Reconciliation {
         self.apply_batch(tx, std::slice::from_ref(event)).await
     }
 
-    /// Each changed row is judged once, after the batch's last change to it: its
-    /// standing exception depends only on the row as the batch leaves it, and an order's
-    /// several events in one batch then cost one judgement instead of one each.
+    /// Reads the rows a pass of events names in one statement, applies the events to
+    /// them in memory, in log order, and writes the changed rows back in one. Each
+    /// changed row is judged once, as the pass leaves it: its standing exception depends
+    /// only on the row.
     async fn apply_batch(
         &self,
         tx: &mut ReadModelTx<'_>,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
-        let mut changed = BTreeSet::new();
-        for event in events {
-            if let Some(order_id) = Self::apply_event(tx, event).await? {
-                changed.insert((event.metadata.tenant.as_str(), order_id));
+        for events in events.chunks(ROWS_PER_STATEMENT) {
+            let mut wanted = Wanted::default();
+            let mut decoded = Vec::new();
+            for event in events {
+                if let Some(read) = Decoded::read(event, &mut wanted)? {
+                    decoded.push((event, read));
+                }
             }
-        }
-        for (tenant, order_id) in changed {
-            Self::reassess(tx, tenant, &order_id).await?;
+            if decoded.is_empty() {
+                continue;
+            }
+            let select = format!("SELECT {} FROM reconciliation_orders", COLUMNS.join(", "));
+            let mut pass = Pass::default();
+            for row in wanted.fetch::<OrderRow>(tx, &select).await? {
+                pass.rows
+                    .insert((row.tenant.clone(), row.order_id.clone()), row);
+            }
+            for (event, read) in decoded {
+                match read {
+                    Decoded::Order(order) => pass.apply_order(event, order),
+                    Decoded::Payment(payment) => pass.apply_payment(event, payment),
+                    Decoded::SpendCommitted {
+                        reservation,
+                        amount,
+                    } => pass.change(event, Row::Reservation(&reservation), None, |found| {
+                        found.add(|m| &mut m.committed_minor, amount);
+                    }),
+                }
+            }
+            pass.write(tx).await?;
         }
         Ok(())
     }
@@ -381,11 +455,7 @@ impl Projection for Reconciliation {
     }
 }
 
-const MONEY_COLUMNS: &str = "order_total_minor, placed_on, closed, authorizations_approved,
-    authorizations_declined, authorized_minor, captured_minor, card_refunded_minor,
-    merchant_refunded_minor, committed_minor, currency_mismatch";
-
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, Default, sqlx::FromRow)]
 struct MoneyRow {
     order_total_minor: Option<i64>,
     placed_on: Option<String>,
@@ -506,7 +576,7 @@ pub async fn daily(
         .bind(tenant)
         .fetch_all(pool)
         .await?);
-    let mut totals = std::collections::BTreeMap::<(String, String), DailyTotals>::new();
+    let mut totals = BTreeMap::<(String, String), DailyTotals>::new();
     for (tenant, currency, orders, exceptions, captured, refunded, merchant_refunded) in rows {
         let totals = totals
             .entry((tenant.clone(), currency.clone()))

@@ -10,7 +10,7 @@ use shopagent_commands::Store;
 use shopagent_commands::test_support::TestStore;
 use shopagent_domain::DomainEvent;
 use shopagent_domain::ids::{
-    AuthorizationId, CartId, MerchantId, OrderId, PaymentId, RefundId, ReservationId,
+    AuthorizationId, CartId, MerchantId, OrderId, PaymentId, RefundId, ReservationId, ReturnId,
 };
 use shopagent_domain::mandate::MandateEvent;
 use shopagent_domain::money::{Currency, Money};
@@ -18,7 +18,7 @@ use shopagent_domain::order::{CheckoutPath, FailureReason, OrderDraft, OrderEven
 use shopagent_domain::payment::{CardReference, PaymentEvent};
 use shopagent_domain::reconciliation::ExceptionReason;
 use shopagent_projections::reconciliation::{self, Judgement, OrderFilter, OrderLine};
-use shopagent_projections::{ProjectionRunner, Reconciliation};
+use shopagent_projections::{OrdersHub, Projection, ProjectionRunner, Reconciliation};
 use time::{Date, OffsetDateTime};
 
 const TENANT: &str = "tenant-a";
@@ -532,8 +532,169 @@ async fn rebuilding_gives_the_same_model(test: &TestStore) {
     assert_eq!(before, after);
 }
 
+/// Every row of `table`, each as one line of its columns' text, in key order.
+async fn dump(store: &Store, table: &str, columns: &[&str]) -> Vec<String> {
+    let line: Vec<String> = columns
+        .iter()
+        .map(|column| format!("COALESCE(CAST({column} AS TEXT), '-')"))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {table} ORDER BY {}, {}",
+        line.join(" || '|' || "),
+        columns[0],
+        columns[1]
+    );
+    match store.database() {
+        shopagent_commands::Database::Postgres(pool) => {
+            sqlx::query_scalar(&sql).fetch_all(pool).await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            sqlx::query_scalar(&sql).fetch_all(pool).await
+        }
+    }
+    .expect("dump")
+}
+
+/// The order hub's and reconciliation's rows and ledger, as they stand.
+async fn read_models(store: &Store) -> Vec<Vec<String>> {
+    vec![
+        dump(
+            store,
+            "orders_hub",
+            &[
+                "tenant",
+                "order_id",
+                "shopper",
+                "mandate_id",
+                "merchant",
+                "path",
+                "status",
+                "total_minor",
+                "refunded_minor",
+                "currency",
+                "merchant_reference",
+                "carrier",
+                "tracking_number",
+                "timeline",
+                "created_at",
+                "updated_at",
+            ],
+        )
+        .await,
+        dump(
+            store,
+            "reconciliation_orders",
+            &[
+                "tenant",
+                "order_id",
+                "payment_id",
+                "card_reference",
+                "reservation_id",
+                "merchant",
+                "currency",
+                "order_total_minor",
+                "placed_on",
+                "closed",
+                "authorizations_approved",
+                "authorizations_declined",
+                "authorized_minor",
+                "captured_minor",
+                "card_refunded_minor",
+                "merchant_refunded_minor",
+                "committed_minor",
+                "currency_mismatch",
+                "standing_exception",
+                "business_date",
+                "created_at",
+                "updated_at",
+            ],
+        )
+        .await,
+        dump(
+            store,
+            "reconciliation_entries",
+            &[
+                "tenant",
+                "entry_id",
+                "order_id",
+                "kind",
+                "amount_minor",
+                "currency",
+                "day",
+            ],
+        )
+        .await,
+    ]
+}
+
+/// Feeds both read models from the start of the log in batches of `size` events.
+async fn project_in_batches_of(store: &Store, size: u32) {
+    let projections: [Arc<dyn Projection>; 2] = [Arc::new(OrdersHub), Arc::new(Reconciliation)];
+    for projection in projections {
+        let runner = ProjectionRunner::new(store.clone(), projection).with_batch_size(size);
+        runner.reset().await.expect("reset");
+        runner.catch_up_to_head().await.expect("catch up");
+    }
+}
+
+/// Writing a batch's rows at once, after applying its events in memory, leaves the
+/// rows that applying and writing each event on its own leaves: several events of one
+/// order in a batch, a payment before its order, events for rows never begun, money in
+/// another currency, and the order's whole delivery and return.
+async fn batched_and_event_by_event_models_agree(test: &TestStore) {
+    let s = &test.store;
+    for round in 0..3_i64 {
+        Purchase::new(s)
+            .paid(s)
+            .await
+            .merchant_refunded(1_000 + round)
+            .await
+            .card_refunded(500)
+            .await;
+        let mut payment_first = Purchase::new(s);
+        payment_first.authorized(&format!("ic_{}", letters())).await;
+        payment_first.placed().await.captured(eur(TOTAL)).await;
+        Purchase::new(s).placed().await.failed().await;
+        // Neither the card nor the reservation was ever seen begin.
+        Purchase::new(s)
+            .captured(usd(TOTAL))
+            .await
+            .committed(s, TOTAL)
+            .await;
+        let mut delivered = Purchase::new(s);
+        delivered.paid(s).await;
+        let at = OffsetDateTime::now_utc();
+        for event in [
+            OrderEvent::OrderConfirmed { at },
+            OrderEvent::OrderShipped {
+                carrier: "ups".to_owned(),
+                tracking_number: format!("1Z{round}"),
+                at,
+            },
+            OrderEvent::OrderDelivered { at },
+            OrderEvent::ReturnRequested {
+                return_id: ReturnId::new(),
+                reason: "too small".to_owned(),
+                at,
+            },
+        ] {
+            delivered.order.record(event).await;
+        }
+        delivered.merchant_refunded(TOTAL).await;
+    }
+    project_in_batches_of(s, 1).await;
+    let one_by_one = read_models(s).await;
+    assert_eq!(one_by_one[0].len(), 12, "{:#?}", one_by_one[0]);
+    assert_eq!(one_by_one[1].len(), 12, "{:#?}", one_by_one[1]);
+    project_in_batches_of(s, 500).await;
+    assert_eq!(read_models(s).await, one_by_one);
+    project_in_batches_of(s, 7).await;
+    assert_eq!(read_models(s).await, one_by_one);
+}
+
 shopagent_commands::on_both_backends!(
     each_reason_is_reported,
     card_finds_its_payment,
-    rebuilding_gives_the_same_model
+    rebuilding_gives_the_same_model,
+    batched_and_event_by_event_models_agree
 );

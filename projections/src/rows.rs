@@ -1,0 +1,237 @@
+//! Statements built at run time for batched read-model writes, on either backend.
+//!
+//! A projection that writes a batch at once reads the rows the batch touches in one
+//! statement, changes them in memory, and writes them back with one multi-row upsert.
+//! [`Statement`] carries the SQL and its values together, so the text and the binds
+//! cannot drift apart; both backends accept `$N` placeholders.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+
+use crate::on_read_model;
+use crate::runner::{ProjectionError, ReadModelTx};
+
+/// Rows per multi-row statement, and events per pass of a projection that writes in
+/// batches (so a pass names at most this many keys of each kind): at most a few
+/// thousand bind values per statement, well under both backends' limits (SQLite 32,766,
+/// PostgreSQL 65,535) for tables of up to 30 columns.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cell {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Cell {
+    fn from(value: i64) -> Self {
+        Self::Int(Some(value))
+    }
+}
+
+impl From<Option<i64>> for Cell {
+    fn from(value: Option<i64>) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<String> for Cell {
+    fn from(value: String) -> Self {
+        Self::Text(Some(value))
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(value: &str) -> Self {
+        Self::Text(Some(value.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Cell {
+    fn from(value: Option<String>) -> Self {
+        Self::Text(value)
+    }
+}
+
+/// SQL text with the values of its placeholders.
+#[derive(Debug, Default)]
+pub(crate) struct Statement {
+    sql: String,
+    cells: Vec<Cell>,
+}
+
+impl Statement {
+    pub(crate) fn new(sql: &str) -> Self {
+        Self {
+            sql: sql.to_owned(),
+            cells: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub(crate) fn push_bind(&mut self, value: impl Into<Cell>) -> &mut Self {
+        self.cells.push(value.into());
+        let placeholder = format!("${}", self.cells.len());
+        self.sql.push_str(&placeholder);
+        self
+    }
+
+    /// Appends `(v1, v2, …)`, one placeholder per value.
+    pub(crate) fn push_tuple<C: Into<Cell>>(
+        &mut self,
+        values: impl IntoIterator<Item = C>,
+    ) -> &mut Self {
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.push_bind(value);
+        }
+        self.push(")")
+    }
+
+    pub(crate) async fn execute(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
+        on_read_model!(tx, conn => {
+            let mut query = sqlx::query(&self.sql);
+            for cell in &self.cells {
+                query = match cell {
+                    Cell::Int(value) => query.bind(*value),
+                    Cell::Text(value) => query.bind(value.as_deref()),
+                };
+            }
+            query.execute(conn).await?;
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn fetch_all<R>(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+    ) -> Result<Vec<R>, ProjectionError>
+    where
+        R: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+    {
+        Ok(on_read_model!(tx, conn => {
+            let mut query = sqlx::query_as(&self.sql);
+            for cell in &self.cells {
+                query = match cell {
+                    Cell::Int(value) => query.bind(*value),
+                    Cell::Text(value) => query.bind(value.as_deref()),
+                };
+            }
+            query.fetch_all(conn).await?
+        }))
+    }
+}
+
+/// What a row whose key is already in the table does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OnConflict<'a> {
+    /// It stays as it is.
+    Keep,
+    /// These columns take the new row's values.
+    Overwrite(&'a [&'a str]),
+}
+
+/// Writes `rows` (one cell per column of `columns`, in that order) into `table`, whose
+/// primary key is `key`, in as few statements as the bind limits allow. Two rows of
+/// one call must not share a key.
+pub(crate) async fn upsert(
+    tx: &mut ReadModelTx<'_>,
+    table: &str,
+    columns: &[&str],
+    key: &[&str],
+    on_conflict: OnConflict<'_>,
+    rows: Vec<Vec<Cell>>,
+) -> Result<(), ProjectionError> {
+    let conflict = match on_conflict {
+        OnConflict::Keep => "DO NOTHING".to_owned(),
+        OnConflict::Overwrite(updated) => {
+            let sets: Vec<String> = updated
+                .iter()
+                .map(|column| format!("{column} = excluded.{column}"))
+                .collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
+        }
+    };
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let mut statement = Statement::new(&format!(
+            "INSERT INTO {table} ({}) VALUES ",
+            columns.join(", ")
+        ));
+        for (i, row) in rows.by_ref().take(ROWS_PER_STATEMENT).enumerate() {
+            debug_assert_eq!(row.len(), columns.len(), "one cell per column");
+            if i > 0 {
+                statement.push(", ");
+            }
+            statement.push_tuple(row);
+        }
+        statement.push(&format!(" ON CONFLICT ({}) {conflict}", key.join(", ")));
+        statement.execute(tx).await?;
+    }
+    Ok(())
+}
+
+/// The rows a batch touches, named by key: per tenant, the values each key column may
+/// hold. Read with one statement, whatever the number of tenants.
+#[derive(Debug, Default)]
+pub(crate) struct Wanted {
+    by_tenant: BTreeMap<String, BTreeMap<&'static str, BTreeSet<String>>>,
+}
+
+impl Wanted {
+    pub(crate) fn add(&mut self, tenant: &str, column: &'static str, key: impl Into<String>) {
+        if !self.by_tenant.contains_key(tenant) {
+            self.by_tenant.insert(tenant.to_owned(), BTreeMap::new());
+        }
+        if let Some(columns) = self.by_tenant.get_mut(tenant) {
+            columns.entry(column).or_default().insert(key.into());
+        }
+    }
+
+    /// Runs `select` (a `SELECT … FROM table` without a `WHERE`) for the wanted rows.
+    pub(crate) async fn fetch<R>(
+        &self,
+        tx: &mut ReadModelTx<'_>,
+        select: &str,
+    ) -> Result<Vec<R>, ProjectionError>
+    where
+        R: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+    {
+        if self.by_tenant.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut statement = Statement::new(select);
+        statement.push(" WHERE ");
+        for (t, (tenant, columns)) in self.by_tenant.iter().enumerate() {
+            if t > 0 {
+                statement.push(" OR ");
+            }
+            statement
+                .push("(tenant = ")
+                .push_bind(tenant.as_str())
+                .push(" AND (");
+            for (c, (column, keys)) in columns.iter().enumerate() {
+                if c > 0 {
+                    statement.push(" OR ");
+                }
+                statement
+                    .push(column)
+                    .push(" IN ")
+                    .push_tuple(keys.iter().map(String::as_str));
+            }
+            statement.push("))");
+        }
+        statement.fetch_all(tx).await
+    }
+}
