@@ -242,6 +242,9 @@ pub struct Cart {
     pub address: Option<Address>,
     pub quotes: BTreeMap<MerchantId, Quote>,
     pub status: CartStatus,
+    /// How checkout split the cart, once it started: what the rest of checkout (budget
+    /// reservations, orders) works from.
+    pub sub_carts: Vec<SubCart>,
 }
 
 impl Cart {
@@ -320,6 +323,8 @@ impl Cart {
 
 impl Aggregate for Cart {
     const TYPE: &'static str = "cart";
+    // 2: the state keeps the sub-carts of `CheckoutStarted`.
+    const SNAPSHOT_VERSION: u32 = 2;
     type Command = CartCommand;
     type Event = CartEvent;
     type Error = CartError;
@@ -494,7 +499,10 @@ impl Aggregate for Cart {
             E::QuoteInvalidated { merchant } => {
                 self.quotes.remove(&merchant);
             }
-            E::CheckoutStarted { .. } => self.status = CartStatus::CheckingOut,
+            E::CheckoutStarted { sub_carts, .. } => {
+                self.status = CartStatus::CheckingOut;
+                self.sub_carts = sub_carts;
+            }
         }
     }
 }

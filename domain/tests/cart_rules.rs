@@ -1,5 +1,6 @@
 //! Cart rules, one test each.
 
+use shopagent_domain::Aggregate;
 use shopagent_domain::address::{Address, AddressFields};
 use shopagent_domain::cart::{
     Cart, CartCommand as C, CartError, CartEvent as E, CartLine, Quote, SubCartDecision,
@@ -345,6 +346,28 @@ fn checkout_splits_the_cart_by_merchant() {
     let merchants: Vec<&str> = sub_carts.iter().map(|s| s.merchant.as_str()).collect();
     assert_eq!(merchants, ["acme", "bolt-bikes"]);
     assert_eq!(sub_carts[1].lines, vec![lid(2)]);
+}
+
+#[test]
+fn a_cart_in_checkout_keeps_how_it_was_split() {
+    let mut events = quoted(10_000);
+    let decided = AggregateTest::<Cart>::given(events.clone())
+        .when(C::StartCheckout {
+            price_drift_tolerance_bps: 0,
+            at: NOW,
+        })
+        .events();
+    let E::CheckoutStarted { sub_carts, .. } = &decided[0] else {
+        panic!("{decided:?}")
+    };
+    let sub_carts = sub_carts.clone();
+    events.extend(decided);
+    let mut cart = Cart::default();
+    for event in events {
+        cart.apply(event);
+    }
+    assert_eq!(cart.sub_carts, sub_carts);
+    assert_eq!(cart.sub_carts.len(), 1);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use shopagent_commands::CommandError;
 use shopagent_domain::address::{Address, AddressFields};
-use shopagent_domain::cart::{Cart, CartCommand, CartEvent, CartLine, Quote, SubCartDecision};
+use shopagent_domain::cart::{Cart, CartCommand, CartLine, Quote, SubCartDecision};
 use shopagent_domain::ids::{
     CartId, Category, LineId, MandateId, MerchantId, OfferId, OrderId, ReservationId,
 };
@@ -607,7 +607,7 @@ pub async fn checkout(
             if_match(&headers)?,
         )
         .await?;
-    let sub_carts = checkout_started(&app, &stream).await?;
+    let sub_carts = checked_out.sub_carts.clone();
 
     // Without a mandate the shopper is buying: the same as assist mode.
     let mode = mandate
@@ -784,20 +784,4 @@ fn deeplink(
         query.append_pair("ref", &order_id.to_string());
     }
     Some(url.into())
-}
-
-/// The sub-carts of the cart's `CheckoutStarted` event.
-async fn checkout_started(
-    app: &App,
-    stream: &str,
-) -> Result<Vec<shopagent_domain::cart::SubCart>, Problem> {
-    let events = app.carts.events(stream).await?;
-    events
-        .into_iter()
-        .rev()
-        .find_map(|event| match event {
-            CartEvent::CheckoutStarted { sub_carts, .. } => Some(sub_carts),
-            _ => None,
-        })
-        .ok_or_else(Problem::internal)
 }
