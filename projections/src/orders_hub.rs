@@ -10,7 +10,7 @@ use shopagent_commands::log::format_timestamp;
 use shopagent_domain::order::{CheckoutPath, OrderDraft, OrderEvent};
 
 use crate::on_read_model;
-use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, upsert};
+use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, stream_key, upsert};
 use crate::runner::{Projection, ProjectionError, ReadModelTx};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -18,6 +18,26 @@ pub struct OrdersHub;
 
 impl OrdersHub {
     pub const NAME: &'static str = "orders_hub";
+
+    /// Every column of `orders_hub`, in the order a batch writes them.
+    pub const COLUMNS: [&'static str; 16] = [
+        "tenant",
+        "order_id",
+        "shopper",
+        "mandate_id",
+        "merchant",
+        "path",
+        "status",
+        "total_minor",
+        "refunded_minor",
+        "currency",
+        "merchant_reference",
+        "carrier",
+        "tracking_number",
+        "timeline",
+        "created_at",
+        "updated_at",
+    ];
 }
 
 fn path_name(path: CheckoutPath) -> &'static str {
@@ -112,26 +132,6 @@ fn change(event: &OrderEvent, at: &str) -> Option<Change> {
         },
     })
 }
-
-/// Every column of `orders_hub`, in the order [`HubRow`] holds them.
-const COLUMNS: [&str; 16] = [
-    "tenant",
-    "order_id",
-    "shopper",
-    "mandate_id",
-    "merchant",
-    "path",
-    "status",
-    "total_minor",
-    "refunded_minor",
-    "currency",
-    "merchant_reference",
-    "carrier",
-    "tracking_number",
-    "timeline",
-    "created_at",
-    "updated_at",
-];
 
 /// One row of `orders_hub`, as read and written by a batch.
 #[derive(Debug, sqlx::FromRow)]
@@ -263,12 +263,8 @@ impl Projection for OrdersHub {
             let mut decoded = Vec::new();
             let mut wanted = Wanted::default();
             for event in pass.iter().filter(|e| e.aggregate_type == "order") {
-                let order = OrderEvent::deserialize(&event.payload).map_err(|error| {
-                    ProjectionError::Event {
-                        position: event.position(),
-                        reason: error.to_string(),
-                    }
-                })?;
+                let order = OrderEvent::deserialize(&event.payload)
+                    .map_err(|error| ProjectionError::unreadable(event, &error))?;
                 let order_id = match &order {
                     OrderEvent::OrderCreated { order_id, .. } => order_id.to_string(),
                     _ => stream_key(&event.aggregate_id).to_owned(),
@@ -279,9 +275,8 @@ impl Projection for OrdersHub {
             if decoded.is_empty() {
                 continue;
             }
-            let select = format!("SELECT {} FROM orders_hub", COLUMNS.join(", "));
             let mut orders: BTreeMap<(String, String), Order> = wanted
-                .fetch::<HubRow>(tx, &select)
+                .fetch::<HubRow>(tx, "orders_hub", &Self::COLUMNS)
                 .await?
                 .into_iter()
                 .map(|row| ((row.tenant.clone(), row.order_id.clone()), Order::read(row)))
@@ -311,9 +306,9 @@ impl Projection for OrdersHub {
             upsert(
                 tx,
                 "orders_hub",
-                &COLUMNS,
-                &COLUMNS[..2],
-                OnConflict::Overwrite(&COLUMNS[2..]),
+                &Self::COLUMNS,
+                &Self::COLUMNS[..2],
+                OnConflict::Overwrite(&Self::COLUMNS[2..]),
                 rows,
             )
             .await?;
@@ -327,10 +322,6 @@ impl Projection for OrdersHub {
         });
         Ok(())
     }
-}
-
-fn stream_key(aggregate_id: &str) -> &str {
-    aggregate_id.rsplit('/').next().unwrap_or_default()
 }
 
 /// How a party outside shopagent names an order.

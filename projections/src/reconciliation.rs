@@ -20,7 +20,7 @@ use shopagent_domain::reconciliation::{ExceptionReason, OrderMoney};
 use time::{Date, OffsetDateTime};
 
 use crate::on_read_model;
-use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, upsert};
+use crate::rows::{Cell, OnConflict, ROWS_PER_STATEMENT, Wanted, stream_key, upsert};
 use crate::runner::{Projection, ProjectionError, ReadModelTx};
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -28,6 +28,43 @@ pub struct Reconciliation;
 
 impl Reconciliation {
     pub const NAME: &'static str = "reconciliation";
+
+    /// Every column of `reconciliation_orders`, in the order a batch writes them.
+    pub const ORDER_COLUMNS: [&'static str; 22] = [
+        "tenant",
+        "order_id",
+        "payment_id",
+        "card_reference",
+        "reservation_id",
+        "merchant",
+        "currency",
+        "order_total_minor",
+        "placed_on",
+        "closed",
+        "authorizations_approved",
+        "authorizations_declined",
+        "authorized_minor",
+        "captured_minor",
+        "card_refunded_minor",
+        "merchant_refunded_minor",
+        "committed_minor",
+        "currency_mismatch",
+        "standing_exception",
+        "business_date",
+        "created_at",
+        "updated_at",
+    ];
+
+    /// Every column of `reconciliation_entries`.
+    pub const ENTRY_COLUMNS: [&'static str; 7] = [
+        "tenant",
+        "entry_id",
+        "order_id",
+        "kind",
+        "amount_minor",
+        "currency",
+        "day",
+    ];
 }
 
 /// How an event names the row it changes.
@@ -37,19 +74,8 @@ enum Row<'a> {
     Reservation(&'a str),
 }
 
-fn stream_key(aggregate_id: &str) -> &str {
-    aggregate_id.rsplit('/').next().unwrap_or_default()
-}
-
 fn day(at: OffsetDateTime) -> String {
     at.date().to_string()
-}
-
-fn unreadable(event: &StoredEvent, error: &serde_json::Error) -> ProjectionError {
-    ProjectionError::Event {
-        position: event.position(),
-        reason: error.to_string(),
-    }
 }
 
 /// An event this model acts on, decoded once.
@@ -66,14 +92,14 @@ impl Decoded {
         let key = stream_key(&event.aggregate_id);
         Ok(Some(match event.aggregate_type.as_str() {
             "order" => {
-                let order =
-                    OrderEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?;
+                let order = OrderEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::unreadable(event, &e))?;
                 wanted.add(tenant, "order_id", key);
                 Self::Order(order)
             }
             "payment" => {
-                let payment =
-                    PaymentEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?;
+                let payment = PaymentEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::unreadable(event, &e))?;
                 match &payment {
                     PaymentEvent::CardRequested { order_id, .. } => {
                         wanted.add(tenant, "order_id", order_id.to_string());
@@ -87,7 +113,8 @@ impl Decoded {
                     reservation_id,
                     amount,
                     ..
-                } = MandateEvent::deserialize(&event.payload).map_err(|e| unreadable(event, &e))?
+                } = MandateEvent::deserialize(&event.payload)
+                    .map_err(|e| ProjectionError::unreadable(event, &e))?
                 else {
                     return Ok(None);
                 };
@@ -102,42 +129,6 @@ impl Decoded {
         }))
     }
 }
-
-/// Every column of `reconciliation_orders`, in the order [`OrderRow::into_cells`] gives.
-const COLUMNS: [&str; 22] = [
-    "tenant",
-    "order_id",
-    "payment_id",
-    "card_reference",
-    "reservation_id",
-    "merchant",
-    "currency",
-    "order_total_minor",
-    "placed_on",
-    "closed",
-    "authorizations_approved",
-    "authorizations_declined",
-    "authorized_minor",
-    "captured_minor",
-    "card_refunded_minor",
-    "merchant_refunded_minor",
-    "committed_minor",
-    "currency_mismatch",
-    "standing_exception",
-    "business_date",
-    "created_at",
-    "updated_at",
-];
-
-const ENTRY_COLUMNS: [&str; 7] = [
-    "tenant",
-    "entry_id",
-    "order_id",
-    "kind",
-    "amount_minor",
-    "currency",
-    "day",
-];
 
 /// One row of `reconciliation_orders`, as read and written by a batch.
 #[derive(Debug, sqlx::FromRow)]
@@ -366,9 +357,9 @@ impl Pass {
         upsert(
             tx,
             "reconciliation_orders",
-            &COLUMNS,
-            &COLUMNS[..2],
-            OnConflict::Overwrite(&COLUMNS[2..]),
+            &Reconciliation::ORDER_COLUMNS,
+            &Reconciliation::ORDER_COLUMNS[..2],
+            OnConflict::Overwrite(&Reconciliation::ORDER_COLUMNS[2..]),
             rows,
         )
         .await?;
@@ -376,8 +367,8 @@ impl Pass {
         upsert(
             tx,
             "reconciliation_entries",
-            &ENTRY_COLUMNS,
-            &ENTRY_COLUMNS[..2],
+            &Reconciliation::ENTRY_COLUMNS,
+            &Reconciliation::ENTRY_COLUMNS[..2],
             OnConflict::Keep,
             self.entries,
         )
@@ -423,9 +414,9 @@ impl Projection for Reconciliation {
             if decoded.is_empty() {
                 continue;
             }
-            let select = format!("SELECT {} FROM reconciliation_orders", COLUMNS.join(", "));
             let mut pass = Pass::default();
-            for row in wanted.fetch::<OrderRow>(tx, &select).await? {
+            let rows = wanted.fetch::<OrderRow>(tx, "reconciliation_orders", &Self::ORDER_COLUMNS);
+            for row in rows.await? {
                 pass.rows
                     .insert((row.tenant.clone(), row.order_id.clone()), row);
             }

@@ -199,11 +199,12 @@ impl Wanted {
         }
     }
 
-    /// Runs `select` (a `SELECT … FROM table` without a `WHERE`) for the wanted rows.
+    /// Reads `columns` of the wanted rows of `table`.
     pub(crate) async fn fetch<R>(
         &self,
         tx: &mut ReadModelTx<'_>,
-        select: &str,
+        table: &str,
+        columns: &[&str],
     ) -> Result<Vec<R>, ProjectionError>
     where
         R: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
@@ -211,8 +212,10 @@ impl Wanted {
         if self.by_tenant.is_empty() {
             return Ok(Vec::new());
         }
-        let mut statement = Statement::new(select);
-        statement.push(" WHERE ");
+        let mut statement = Statement::new(&format!(
+            "SELECT {} FROM {table} WHERE ",
+            columns.join(", ")
+        ));
         for (t, (tenant, columns)) in self.by_tenant.iter().enumerate() {
             if t > 0 {
                 statement.push(" OR ");
@@ -234,4 +237,9 @@ impl Wanted {
         }
         statement.fetch_all(tx).await
     }
+}
+
+/// The id of the aggregate a stream belongs to: its stream id without the tenant.
+pub(crate) fn stream_key(aggregate_id: &str) -> &str {
+    aggregate_id.rsplit('/').next().unwrap_or_default()
 }

@@ -24,6 +24,16 @@ pub enum ProjectionError {
     Event { position: i64, reason: String },
 }
 
+impl ProjectionError {
+    /// `event`'s payload is not one this projection can read.
+    pub fn unreadable(event: &StoredEvent, error: &serde_json::Error) -> Self {
+        Self::Event {
+            position: event.position(),
+            reason: error.to_string(),
+        }
+    }
+}
+
 /// The transaction a batch runs in: read-model writes go here, with the checkpoint.
 ///
 /// Read models use SQL that both backends accept; [`on_read_model!`] runs one query

@@ -558,70 +558,17 @@ async fn dump(store: &Store, table: &str, columns: &[&str]) -> Vec<String> {
 /// The order hub's and reconciliation's rows and ledger, as they stand.
 async fn read_models(store: &Store) -> Vec<Vec<String>> {
     vec![
-        dump(
-            store,
-            "orders_hub",
-            &[
-                "tenant",
-                "order_id",
-                "shopper",
-                "mandate_id",
-                "merchant",
-                "path",
-                "status",
-                "total_minor",
-                "refunded_minor",
-                "currency",
-                "merchant_reference",
-                "carrier",
-                "tracking_number",
-                "timeline",
-                "created_at",
-                "updated_at",
-            ],
-        )
-        .await,
+        dump(store, "orders_hub", &OrdersHub::COLUMNS).await,
         dump(
             store,
             "reconciliation_orders",
-            &[
-                "tenant",
-                "order_id",
-                "payment_id",
-                "card_reference",
-                "reservation_id",
-                "merchant",
-                "currency",
-                "order_total_minor",
-                "placed_on",
-                "closed",
-                "authorizations_approved",
-                "authorizations_declined",
-                "authorized_minor",
-                "captured_minor",
-                "card_refunded_minor",
-                "merchant_refunded_minor",
-                "committed_minor",
-                "currency_mismatch",
-                "standing_exception",
-                "business_date",
-                "created_at",
-                "updated_at",
-            ],
+            &Reconciliation::ORDER_COLUMNS,
         )
         .await,
         dump(
             store,
             "reconciliation_entries",
-            &[
-                "tenant",
-                "entry_id",
-                "order_id",
-                "kind",
-                "amount_minor",
-                "currency",
-                "day",
-            ],
+            &Reconciliation::ENTRY_COLUMNS,
         )
         .await,
     ]
