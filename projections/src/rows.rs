@@ -56,6 +56,21 @@ impl From<Option<String>> for Cell {
     }
 }
 
+/// Binds `cells` to `query` in order; a macro because `sqlx::query` and
+/// `sqlx::query_as` have no common trait for `bind`.
+macro_rules! bind_cells {
+    ($query:expr, $cells:expr) => {{
+        let mut query = $query;
+        for cell in $cells {
+            query = match cell {
+                Cell::Int(value) => query.bind(*value),
+                Cell::Text(value) => query.bind(value.as_deref()),
+            };
+        }
+        query
+    }};
+}
+
 /// SQL text with the values of its placeholders.
 #[derive(Debug, Default)]
 pub(crate) struct Statement {
@@ -101,13 +116,7 @@ impl Statement {
 
     pub(crate) async fn execute(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
-            let mut query = sqlx::query(&self.sql);
-            for cell in &self.cells {
-                query = match cell {
-                    Cell::Int(value) => query.bind(*value),
-                    Cell::Text(value) => query.bind(value.as_deref()),
-                };
-            }
+            let query = bind_cells!(sqlx::query(&self.sql), &self.cells);
             query.execute(conn).await?;
         });
         Ok(())
@@ -121,13 +130,7 @@ impl Statement {
         R: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
     {
         Ok(on_read_model!(tx, conn => {
-            let mut query = sqlx::query_as(&self.sql);
-            for cell in &self.cells {
-                query = match cell {
-                    Cell::Int(value) => query.bind(*value),
-                    Cell::Text(value) => query.bind(value.as_deref()),
-                };
-            }
+            let query = bind_cells!(sqlx::query_as(&self.sql), &self.cells);
             query.fetch_all(conn).await?
         }))
     }
