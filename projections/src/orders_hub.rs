@@ -337,6 +337,9 @@ pub enum OutsideReference<'a> {
 }
 
 /// The id and currency of the order `by` names, once the hub has caught up with it.
+///
+/// Planned for its values on each call, like the batches' reads: a
+/// generic plan kept from the hub's first minutes scanned every order of the tenant.
 pub async fn find_order(
     db: &shopagent_commands::Database,
     tenant: &str,
@@ -360,14 +363,14 @@ pub async fn find_order(
     };
     match db {
         shopagent_commands::Database::Postgres(pool) => {
-            let mut query = sqlx::query_as(sql);
+            let mut query = sqlx::query_as(sql).persistent(false);
             for value in binds {
                 query = query.bind(value);
             }
             query.fetch_optional(pool).await
         }
         shopagent_commands::Database::Sqlite(pool) => {
-            let mut query = sqlx::query_as(sql);
+            let mut query = sqlx::query_as(sql).persistent(false);
             for value in binds {
                 query = query.bind(value);
             }

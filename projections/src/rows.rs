@@ -72,6 +72,12 @@ macro_rules! bind_cells {
 }
 
 /// SQL text with the values of its placeholders.
+///
+/// Run unprepared (`persistent(false)`), so PostgreSQL plans each run for its values.
+/// A prepared statement that has run five times may keep a generic plan, made without
+/// the values: made while a read model was young and unanalysed, it looks a row up by
+/// scanning the tenant's whole table through an index led by `tenant` alone, a cost
+/// that then grows with the table. The texts vary with the batch anyway.
 #[derive(Debug, Default)]
 pub(crate) struct Statement {
     sql: String,
@@ -116,7 +122,7 @@ impl Statement {
 
     pub(crate) async fn execute(&self, tx: &mut ReadModelTx<'_>) -> Result<(), ProjectionError> {
         on_read_model!(tx, conn => {
-            let query = bind_cells!(sqlx::query(&self.sql), &self.cells);
+            let query = bind_cells!(sqlx::query(&self.sql).persistent(false), &self.cells);
             query.execute(conn).await?;
         });
         Ok(())
@@ -130,7 +136,7 @@ impl Statement {
         R: for<'r> sqlx::FromRow<'r, PgRow> + for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
     {
         Ok(on_read_model!(tx, conn => {
-            let query = bind_cells!(sqlx::query_as(&self.sql), &self.cells);
+            let query = bind_cells!(sqlx::query_as(&self.sql).persistent(false), &self.cells);
             query.fetch_all(conn).await?
         }))
     }
