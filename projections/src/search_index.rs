@@ -121,6 +121,12 @@ pub struct SearchIndexer {
     gate: Arc<tokio::sync::Mutex<()>>,
     activity: Arc<Mutex<Activity>>,
     rebuilding: Arc<std::sync::atomic::AtomicBool>,
+    /// How far this process has read the log: past the index's checkpoint when the
+    /// events since are not offer events. Without it each step would read again every
+    /// event since the last offer event, a cost that grows with the log. Kept in memory
+    /// only: the index's checkpoint moves with offer events alone (a write to the
+    /// index), so after a restart the first step reads from the checkpoint again.
+    scanned: Arc<Mutex<LogCursor>>,
     batch_size: u32,
 }
 
@@ -166,6 +172,7 @@ impl SearchIndexer {
             gate: Arc::default(),
             activity: Arc::default(),
             rebuilding: Arc::default(),
+            scanned: Arc::default(),
             batch_size: 1_000,
         }
     }
@@ -179,6 +186,10 @@ impl SearchIndexer {
     /// The live index: searches read it, through rebuilds.
     pub fn index(&self) -> Arc<dyn OfferIndex> {
         Arc::clone(&self.index) as Arc<dyn OfferIndex>
+    }
+
+    fn scanned(&self) -> std::sync::MutexGuard<'_, LogCursor> {
+        self.scanned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
@@ -250,12 +261,22 @@ impl SearchIndexer {
             );
             self.index.clear().await?;
             after = LogCursor::START;
+            *self.scanned() = LogCursor::START;
         }
         let filter = offer_events();
-        let events = self
-            .store
-            .read_log_matching(after, self.batch_size, &filter)
-            .await?;
+        // Every event is read once; the offer events among them are indexed.
+        let events = loop {
+            let start = after.max(*self.scanned());
+            let read = self.store.read_log(start, self.batch_size).await?;
+            let Some(last) = read.last() else {
+                return Ok(0);
+            };
+            *self.scanned() = last.cursor;
+            let offers: Vec<StoredEvent> = read.into_iter().filter(|e| filter.matches(e)).collect();
+            if !offers.is_empty() {
+                break offers;
+            }
+        };
         let Some(last) = events.last() else {
             return Ok(0);
         };
