@@ -194,11 +194,7 @@ impl SubscriberRunner {
                 });
             }
             cursor = event.cursor;
-            let rate = self
-                .throughput
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .record(started, 1);
+            let rate = self.record(started, 1);
             let handled_since = (passed_over + 1) as i64;
             save(self.store.derived(), name, cursor, rate, handled_since).await?;
             passed_over = 0;

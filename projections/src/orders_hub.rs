@@ -361,20 +361,11 @@ pub async fn find_order(
             vec![tenant, number],
         ),
     };
-    match db {
-        shopagent_commands::Database::Postgres(pool) => {
-            let mut query = sqlx::query_as(sql).persistent(false);
-            for value in binds {
-                query = query.bind(value);
-            }
-            query.fetch_optional(pool).await
+    shopagent_commands::on_pool!(db, pool => {
+        let mut query = sqlx::query_as(sql).persistent(false);
+        for value in binds {
+            query = query.bind(value);
         }
-        shopagent_commands::Database::Sqlite(pool) => {
-            let mut query = sqlx::query_as(sql).persistent(false);
-            for value in binds {
-                query = query.bind(value);
-            }
-            query.fetch_optional(pool).await
-        }
-    }
+        query.fetch_optional(pool).await
+    })
 }

@@ -218,6 +218,10 @@ struct Pass {
 impl Pass {
     /// The key of the row `row` names in `tenant`, if this model has it.
     fn find(&self, tenant: &str, row: &Row<'_>) -> Option<(String, String)> {
+        if let Row::Order(id) = row {
+            let key = (tenant.to_owned(), (*id).to_owned());
+            return self.rows.contains_key(&key).then_some(key);
+        }
         let matches = |candidate: &OrderRow| match row {
             Row::Order(id) => candidate.order_id == *id,
             Row::Payment(id) => candidate.payment_id.as_deref() == Some(id),

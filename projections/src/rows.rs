@@ -200,12 +200,12 @@ pub(crate) struct Wanted {
 
 impl Wanted {
     pub(crate) fn add(&mut self, tenant: &str, column: &'static str, key: impl Into<String>) {
-        if !self.by_tenant.contains_key(tenant) {
-            self.by_tenant.insert(tenant.to_owned(), BTreeMap::new());
-        }
-        if let Some(columns) = self.by_tenant.get_mut(tenant) {
-            columns.entry(column).or_default().insert(key.into());
-        }
+        self.by_tenant
+            .entry(tenant.to_owned())
+            .or_default()
+            .entry(column)
+            .or_default()
+            .insert(key.into());
     }
 
     /// Reads `columns` of the wanted rows of `table`.
