@@ -111,6 +111,24 @@ pub struct RecordedOutcome {
     pub last_sequence: i64,
 }
 
+/// A stream's snapshot and the events after it (see `Store::snapshot_and_events`).
+/// The first event wanted is found by a scalar subquery, not by the join with the
+/// snapshot row: PostgreSQL then bounds the index scan by it in every plan. Joined
+/// on `e.sequence > s.last_sequence`, a prepared statement's generic plan could scan
+/// the whole stream and filter it after the join, so that a load cost as much as the
+/// stream was long, snapshot or not.
+const SNAPSHOT_AND_EVENTS: &str = "SELECT s.last_sequence, s.current_snapshot,
+        CASE WHEN e.sequence IS NULL OR e.sequence = COALESCE(s.last_sequence, 0) + 1
+             THEN s.payload END AS snapshot,
+        e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
+        e.payload, e.metadata
+   FROM (SELECT 1 AS one) AS one
+   LEFT JOIN snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2
+   LEFT JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = $2
+         AND e.sequence > (SELECT COALESCE(MAX(last_sequence), 0) FROM snapshots
+                            WHERE aggregate_type = $1 AND aggregate_id = $2)
+  ORDER BY e.sequence";
+
 /// The event store over one database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -418,16 +436,6 @@ impl Store {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<(Option<SerializedSnapshot>, Vec<SerializedEvent>), StoreError> {
-        const SQL: &str = "SELECT s.last_sequence, s.current_snapshot,
-                CASE WHEN e.sequence IS NULL OR e.sequence = COALESCE(s.last_sequence, 0) + 1
-                     THEN s.payload END AS snapshot,
-                e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version,
-                e.payload, e.metadata
-           FROM (SELECT 1 AS one) AS one
-           LEFT JOIN snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2
-           LEFT JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = $2
-                             AND e.sequence > COALESCE(s.last_sequence, 0)
-          ORDER BY e.sequence";
         fn split<R: Row>(
             rows: &[R],
             snapshot_payload: impl Fn(&R) -> Result<Option<Value>, StoreError>,
@@ -462,7 +470,7 @@ impl Store {
         }
         match &self.db {
             Database::Postgres(pool) => {
-                let rows = sqlx::query(SQL)
+                let rows = sqlx::query(SNAPSHOT_AND_EVENTS)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
                     .fetch_all(pool)
@@ -475,7 +483,7 @@ impl Store {
                 )
             }
             Database::Sqlite(pool) => {
-                let rows = sqlx::query(SQL)
+                let rows = sqlx::query(SNAPSHOT_AND_EVENTS)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
                     .fetch_all(pool)
@@ -817,5 +825,78 @@ impl PersistedEventRepository for Store {
 
     async fn stream_all_events<A: EsAggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         Ok(self.replay(A::TYPE, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TestStore;
+
+    /// Rows read from `events` by every node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan.
+    fn events_rows_read(plan: &Value) -> f64 {
+        let here = if plan["Relation Name"] == "events" {
+            plan["Actual Rows"].as_f64().unwrap_or(0.0)
+                * plan["Actual Loops"].as_f64().unwrap_or(1.0)
+        } else {
+            0.0
+        };
+        let below = plan["Plans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(events_rows_read);
+        here + below.sum::<f64>()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_load_reads_only_the_events_after_the_snapshot_whatever_the_plan() {
+        let test = TestStore::postgres().await;
+        let Database::Postgres(pool) = test.store.database() else {
+            unreachable!("a PostgreSQL test store");
+        };
+        sqlx::raw_sql(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata, recorded_at)
+             SELECT gen_random_uuid(), 'tally', 'long', n, 'Added', '1', '{}', '{}', now()
+               FROM generate_series(1, 500) AS n;
+             INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload)
+             VALUES ('tally', 'long', 490, 7, '{}');",
+        )
+        .execute(pool)
+        .await
+        .expect("a long stream with a snapshot");
+
+        let (snapshot, events) = test
+            .store
+            .snapshot_and_events("tally", "long")
+            .await
+            .expect("load");
+        assert_eq!(snapshot.map(|s| s.current_sequence), Some(490));
+        assert_eq!(events.len(), 10);
+
+        // A prepared statement's cached generic plan, which the server may choose after
+        // a few runs of the statement, is no different.
+        let mut connection = pool.acquire().await.expect("a connection");
+        sqlx::raw_sql(&format!(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE load (text, text) AS {SNAPSHOT_AND_EVENTS};"
+        ))
+        .execute(&mut *connection)
+        .await
+        .expect("prepare the load");
+        let plan: Value =
+            sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE load ('tally', 'long')")
+                .fetch_one(&mut *connection)
+                .await
+                .expect("explain the load");
+        sqlx::raw_sql("DEALLOCATE load; RESET plan_cache_mode;")
+            .execute(&mut *connection)
+            .await
+            .expect("reset the connection");
+        drop(connection);
+        assert_eq!(events_rows_read(&plan[0]["Plan"]), 10.0, "{plan:#}");
+
+        test.cleanup().await;
     }
 }
