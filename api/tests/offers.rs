@@ -483,6 +483,17 @@ async fn bad_searches_get_a_problem(backend: Backend) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
         ),
+        // A page that deep would have the index hold every match before it.
+        (
+            "cursor=o747511346380935",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "q=tent&cursor=o10000",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
         (
             "w_cost=-1",
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -19,7 +19,7 @@ use shopagent_domain::mandate::MandateTerms;
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::normalize::{FieldIssue, Normalized, OfferFields};
 use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
-use shopagent_domain::offer::search::{IndexedOffer, OfferQuery};
+use shopagent_domain::offer::search::{IndexedOffer, MAX_SEARCH_DEPTH, OfferQuery};
 use shopagent_domain::offer::{Citation, OfferCommand, OfferSource, ProductKey};
 use shopagent_domain::ports::IndexError;
 use shopagent_domain::run::{
@@ -789,6 +789,7 @@ async fn search_ranked(
         Some(cursor) => cursor
             .strip_prefix('o')
             .and_then(|n| n.parse::<usize>().ok())
+            .filter(|offset| *offset < MAX_SEARCH_DEPTH)
             .ok_or_else(|| invalid("cursor", "not a cursor of this search"))?,
     };
     let run_mandate = run_mandate.map(|m| m.to_string());
@@ -877,7 +878,8 @@ async fn search_ranked(
             category: facet(&page.facets.category),
             availability: facet(&page.facets.availability),
         },
-        next_cursor: ((next as u64) < page.total).then(|| format!("o{next}")),
+        next_cursor: ((next as u64) < page.total && next < MAX_SEARCH_DEPTH)
+            .then(|| format!("o{next}")),
     };
     Ok((view, scores))
 }

@@ -84,6 +84,11 @@ impl IndexedOffer {
     }
 }
 
+/// How deep pages reach: a page starts before the first [`MAX_SEARCH_DEPTH`] matches.
+/// An index holds every match ahead of the page it answers, so a deeper page would cost
+/// memory in proportion to its offset, which a cursor from outside chooses.
+pub const MAX_SEARCH_DEPTH: usize = 10_000;
+
 /// What to search for. Every filter optional; all given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferQuery {
@@ -105,7 +110,7 @@ pub struct OfferQuery {
     pub free_returns_only: bool,
     /// Page size, 1 to 100.
     pub limit: usize,
-    /// Where the previous page ended.
+    /// Where the previous page ended (`o{offset}`, below [`MAX_SEARCH_DEPTH`]).
     pub cursor: Option<String>,
 }
 
