@@ -23,6 +23,7 @@ on_both_backends!(
     bad_input_is_a_clear_problem_and_changes_nothing,
     requests_without_a_valid_token_are_unauthorized,
     cart_changes_invalidate_quotes,
+    a_quote_s_delivery_estimate_is_a_calendar_date,
     checkout_reserves_budget_per_merchant,
     checkout_reports_what_the_mandate_refuses,
     fifty_concurrent_checkouts_never_exceed_the_budget,
@@ -731,6 +732,28 @@ async fn requests_without_a_valid_token_are_unauthorized(backend: Backend) {
     post.assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(events_in_log(&app).await, 0);
     app.stop().await;
+}
+
+async fn a_quote_s_delivery_estimate_is_a_calendar_date(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = ready_cart(&app, &alice, None, &[("acme", 1_000, "outdoor")]).await;
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let quote = json!({"merchant": "acme", "items_total": usd(1_000), "shipping": usd(100), "tax": usd(100), "delivery_estimate": "2026-12-04", "expires_at": expires});
+    let recorded = app
+        .post(&format!("/v1/carts/{cart}/quotes"), &alice, quote)
+        .await;
+    assert_eq!(recorded.status, StatusCode::OK, "{:?}", recorded.body);
+    let read = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(read.body["quotes"][0]["delivery_estimate"], "2026-12-04");
+
+    let ordinal = json!({"merchant": "acme", "items_total": usd(1_000), "shipping": usd(100), "tax": usd(100), "delivery_estimate": [2026, 338], "expires_at": expires});
+    let refused = app
+        .post(&format!("/v1/carts/{cart}/quotes"), &alice, ordinal)
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 async fn cart_changes_invalidate_quotes(backend: Backend) {

@@ -19,7 +19,7 @@ pub mod payment;
 pub mod ports;
 pub mod reconciliation;
 pub mod run;
-pub(crate) mod serde_time;
+pub mod serde_time;
 pub mod testing;
 pub mod text;
 

@@ -105,6 +105,8 @@ pub struct RecordQuote {
     pub items_total: MoneyBody,
     pub shipping: MoneyBody,
     pub tax: MoneyBody,
+    /// The day the merchant expects to deliver, `YYYY-MM-DD`.
+    #[serde(default, with = "shopagent_domain::serde_time::date::option")]
     #[schema(value_type = Option<String>, format = Date)]
     pub delivery_estimate: Option<Date>,
     #[serde(with = "time::serde::rfc3339")]
@@ -139,6 +141,8 @@ pub struct QuoteView {
     pub items_total: MoneyBody,
     pub shipping: MoneyBody,
     pub tax: MoneyBody,
+    /// The day the merchant expects to deliver, `YYYY-MM-DD`.
+    #[serde(default, with = "shopagent_domain::serde_time::date::option")]
     #[schema(value_type = Option<String>, format = Date)]
     pub delivery_estimate: Option<Date>,
     #[serde(with = "time::serde::rfc3339")]
