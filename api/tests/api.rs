@@ -24,6 +24,7 @@ on_both_backends!(
     requests_without_a_valid_token_are_unauthorized,
     cart_changes_invalidate_quotes,
     a_quote_s_delivery_estimate_is_a_calendar_date,
+    a_whole_number_written_with_a_fraction_counts_as_an_integer,
     checkout_reserves_budget_per_merchant,
     checkout_reports_what_the_mandate_refuses,
     fifty_concurrent_checkouts_never_exceed_the_budget,
@@ -609,6 +610,9 @@ async fn bad_input_is_a_clear_problem_and_changes_nothing(backend: Backend) {
     app.post(&lines, &alice, line(json!(-1), usd(100)))
         .await
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    app.post(&lines, &alice, line(json!(2.5), usd(100)))
+        .await
+        .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
     app.post(&lines, &alice, line(json!(0), usd(100)))
         .await
         .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "quantity_out_of_range");
@@ -754,6 +758,24 @@ async fn a_quote_s_delivery_estimate_is_a_calendar_date(backend: Backend) {
         .post(&format!("/v1/carts/{cart}/quotes"), &alice, ordinal)
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// JSON Schema counts `2.0` an integer, and some encoders write every number so.
+async fn a_whole_number_written_with_a_fraction_counts_as_an_integer(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = app
+        .post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    assert_eq!(cart.status, StatusCode::CREATED, "{:?}", cart.body);
+    let id = cart.body["id"].as_str().expect("cart id");
+    let line = json!({"offer_id": "sku:1", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": {"minor": 1500.0, "currency": "USD"}, "quantity": 2.0});
+    let added = app
+        .post(&format!("/v1/carts/{id}/lines"), &alice, line)
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{:?}", added.body);
+    assert_eq!(added.body["lines"][0]["quantity"], 2);
+    assert_eq!(added.body["lines"][0]["unit_price"]["minor"], 1500);
 }
 
 async fn cart_changes_invalidate_quotes(backend: Backend) {

@@ -16,6 +16,7 @@ pub mod reconciliation;
 pub mod runs;
 pub mod webhooks;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -162,34 +163,92 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestKey {
 }
 
 /// A JSON body. Malformed JSON, wrong types and unknown fields become 4xx problems that
-/// name the offending field.
+/// name the offending field. A number with no fraction (`3.0`) is taken for an integer
+/// field, as JSON Schema counts it an integer and some encoders write every number so.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Problem;
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_problem(rejection)),
+        if !json_content_type(request.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|_| {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Request body too large",
+            )
+        })?;
+        let decoded = match axum::Json::<T>::from_bytes(&bytes) {
+            Err(JsonRejection::JsonDataError(_)) => match integral_numbers_as_integers(&bytes) {
+                Some(integral) => axum::Json::<T>::from_bytes(&integral),
+                None => axum::Json::<T>::from_bytes(&bytes),
+            },
+            decoded => decoded,
+        };
+        decoded
+            .map(|axum::Json(value)| Self(value))
+            .map_err(json_problem)
+    }
+}
+
+/// `application/json`, or another JSON type (`application/merge-patch+json`).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(essence) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+    else {
+        return false;
+    };
+    let essence = essence.trim().to_ascii_lowercase();
+    essence == "application/json"
+        || essence.starts_with("application/") && essence.ends_with("+json")
+}
+
+/// The body again with every number that has no fraction written as an integer, when
+/// there is one; `None` when nothing changes.
+fn integral_numbers_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn rewrite(value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(number) => {
+                let integral = number.as_f64().filter(|f| {
+                    !number.is_i64() && !number.is_u64() && f.fract() == 0.0 && f.abs() < 9.0e15
+                });
+                match integral {
+                    // Below 2^53 every integral f64 is exact as an i64.
+                    Some(f) => {
+                        *number = serde_json::Number::from(f as i64);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            serde_json::Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |changed, item| rewrite(item) | changed),
+            serde_json::Value::Object(fields) => fields
+                .values_mut()
+                .fold(false, |changed, field| rewrite(field) | changed),
+            _ => false,
         }
     }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    rewrite(&mut value)
+        .then(|| serde_json::to_vec(&value).ok())
+        .flatten()
 }
 
 fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the body as application/json",
-        ),
         JsonRejection::JsonSyntaxError(e) => Problem::bad_request("malformed_json", e.body_text()),
         JsonRejection::JsonDataError(e) => Problem::unprocessable("invalid_body", e.body_text()),
-        JsonRejection::BytesRejection(_) => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "Request body too large",
-        ),
         other => Problem::bad_request("invalid_body", other.body_text()),
     }
 }
