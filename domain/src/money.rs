@@ -33,6 +33,23 @@ impl Currency {
         self.0.code()
     }
 
+    /// Every currency [`Currency::parse`] accepts, in code order. Found once by trying
+    /// every three-letter code, so that the list is the parser's own rule and cannot
+    /// drift from it (`iso_currency` lists its currencies only behind a feature that
+    /// needs another crate).
+    pub fn circulating() -> &'static [Self] {
+        static CIRCULATING: std::sync::LazyLock<Vec<Currency>> = std::sync::LazyLock::new(|| {
+            let letters = b'A'..=b'Z';
+            letters
+                .clone()
+                .flat_map(|a| letters.clone().map(move |b| [a, b]))
+                .flat_map(|[a, b]| (b'A'..=b'Z').map(move |c| [a, b, c]))
+                .filter_map(|code| Currency::parse(std::str::from_utf8(&code).ok()?).ok())
+                .collect()
+        });
+        &CIRCULATING
+    }
+
     /// Digits after the decimal point: 2 for USD, 0 for JPY, 3 for KWD.
     pub fn minor_unit_digits(self) -> u16 {
         self.0.exponent().unwrap_or(0)
@@ -188,6 +205,22 @@ mod tests {
         for bad in ["usd", "XXX", "ABC", "", "EURO", "XAU"] {
             assert!(Currency::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_circulating_list_is_what_parse_accepts() {
+        let codes: Vec<&str> = Currency::circulating()
+            .iter()
+            .map(|currency| currency.code())
+            .collect();
+        for code in ["EUR", "JPY", "KWD", "USD"] {
+            assert!(codes.contains(&code), "{code}");
+        }
+        for code in ["XXX", "XAU", "ABC"] {
+            assert!(!codes.contains(&code), "{code}");
+        }
+        assert!(codes.is_sorted());
+        assert!(codes.iter().all(|code| Currency::parse(code).is_ok()));
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn routes() -> Router<App> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCart {
-    #[schema(example = "USD")]
+    #[schema(schema_with = crate::openapi::fields::currency)]
     pub currency: String,
     /// The mandate an agent buys under (an agent's token decides this for it).
     pub mandate_id: Option<Uuid>,
@@ -62,12 +62,13 @@ pub struct CreateCart {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddLine {
-    #[schema(example = "sku:tent-2p")]
+    #[schema(schema_with = crate::openapi::fields::offer_id)]
     pub offer_id: String,
-    #[schema(example = "acme-outdoor")]
+    #[schema(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: String,
+    #[schema(schema_with = crate::openapi::fields::title)]
     pub title: String,
-    #[schema(example = "outdoor/tents")]
+    #[schema(schema_with = crate::openapi::fields::category)]
     pub category: String,
     pub unit_price: MoneyBody,
     #[schema(minimum = 1, maximum = 999)]
@@ -88,19 +89,26 @@ pub struct ChangeQuantity {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressBody {
+    #[schema(schema_with = crate::openapi::fields::address_line)]
     pub name: String,
+    #[schema(schema_with = crate::openapi::fields::address_line)]
     pub line1: String,
+    #[schema(schema_with = crate::openapi::fields::optional_address_line)]
     pub line2: Option<String>,
+    #[schema(schema_with = crate::openapi::fields::address_line)]
     pub city: String,
+    #[schema(schema_with = crate::openapi::fields::optional_address_line)]
     pub region: Option<String>,
+    #[schema(schema_with = crate::openapi::fields::address_line)]
     pub postal_code: String,
-    #[schema(example = "US")]
+    #[schema(schema_with = crate::openapi::fields::country)]
     pub country: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordQuote {
+    #[schema(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: String,
     pub items_total: MoneyBody,
     pub shipping: MoneyBody,
@@ -117,7 +125,7 @@ pub struct RecordQuote {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchQuote {
-    #[schema(example = "acme-outdoor")]
+    #[schema(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: String,
 }
 

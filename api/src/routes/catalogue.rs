@@ -36,8 +36,10 @@ pub fn routes() -> Router<App> {
 #[serde(deny_unknown_fields)]
 pub struct SyncCatalogue {
     /// Items asked for per page, 1 to 100 (default 50).
+    #[schema(minimum = 1, maximum = 100)]
     pub page_size: Option<u32>,
     /// Pages read at most, 1 to 1000 (default 100); `next_cursor` says where to go on.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_pages: Option<u32>,
     /// Where an earlier sync stopped.
     pub cursor: Option<String>,
@@ -65,6 +67,7 @@ pub struct SearchCatalogue {
     /// Words, as the merchant's search reads them.
     pub q: String,
     /// Items, 1 to 100 (default 20).
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }

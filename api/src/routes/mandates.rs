@@ -46,7 +46,7 @@ pub fn routes() -> Router<App> {
 pub struct MoneyBody {
     #[schema(example = 12999)]
     pub minor: i64,
-    #[schema(example = "USD")]
+    #[schema(schema_with = crate::openapi::fields::currency)]
     pub currency: String,
 }
 
@@ -94,19 +94,25 @@ pub struct CreateMandate {
     /// The shopper the mandate belongs to; only an admin names another one.
     pub shopper: Option<String>,
     pub mode: ModeBody,
-    #[schema(example = "USD")]
+    #[schema(schema_with = crate::openapi::fields::currency)]
     pub currency: String,
     pub period_budget: Option<PeriodBudgetBody>,
     pub per_order_limit: Option<MoneyBody>,
+    /// Merchant ids; none of them also blocked.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fields::merchant_ids)]
     pub allowed_merchants: Vec<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fields::merchant_ids)]
     pub blocked_merchants: Vec<String>,
+    /// Taxonomy nodes.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fields::categories)]
     pub blocked_categories: Vec<String>,
     pub approval_threshold: Option<MoneyBody>,
     /// Basis points (1/100 %) a quote may exceed the prices seen before approval is needed.
     #[serde(default)]
+    #[schema(maximum = 10000)]
     pub price_drift_tolerance_bps: u32,
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -116,6 +122,7 @@ pub struct CreateMandate {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Revoke {
+    #[schema(schema_with = crate::openapi::fields::text_500)]
     pub reason: String,
 }
 
@@ -401,9 +408,8 @@ pub async fn revoke(
     IdPath(id): IdPath,
     Body(body): Body<Revoke>,
 ) -> Result<Response, Problem> {
-    if body.reason.trim().is_empty() || body.reason.len() > 500 {
-        return Err(invalid("reason", "1 to 500 characters"));
-    }
+    shopagent_domain::text::check("reason", &body.reason, 500)
+        .map_err(|rule| Problem::unprocessable("invalid_field", rule))?;
     let command = MandateCommand::Revoke {
         reason: body.reason,
         at: OffsetDateTime::now_utc(),

@@ -60,14 +60,19 @@ pub enum HealthBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileBody {
+    #[schema(schema_with = crate::openapi::fields::text_200)]
     pub name: String,
     pub protocol: Option<ProtocolBody>,
     pub api_endpoint: Option<String>,
     pub deeplink_base: Option<String>,
     pub headless_domain: Option<String>,
+    /// At least one; `api` needs `protocol` and `api_endpoint`, `deeplink` needs
+    /// `deeplink_base`, `headless` needs `headless_domain`.
+    #[schema(min_items = 1)]
     pub paths: Vec<PathBody>,
     /// Card-network acceptor ids whose authorizations count as this merchant's.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fields::card_acceptor_ids)]
     pub card_acceptor_ids: Vec<String>,
 }
 
@@ -77,16 +82,21 @@ pub struct ProfileBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterMerchant {
-    #[schema(example = "acme-outdoor")]
+    #[schema(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant_id: String,
+    #[schema(schema_with = crate::openapi::fields::text_200)]
     pub name: String,
     pub protocol: Option<ProtocolBody>,
     pub api_endpoint: Option<String>,
     pub deeplink_base: Option<String>,
     pub headless_domain: Option<String>,
+    /// At least one; `api` needs `protocol` and `api_endpoint`, `deeplink` needs
+    /// `deeplink_base`, `headless` needs `headless_domain`.
+    #[schema(min_items = 1)]
     pub paths: Vec<PathBody>,
     /// Card-network acceptor ids whose authorizations count as this merchant's.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::fields::card_acceptor_ids)]
     pub card_acceptor_ids: Vec<String>,
 }
 
@@ -108,6 +118,7 @@ impl RegisterMerchant {
 #[serde(deny_unknown_fields)]
 pub struct HealthReport {
     pub health: HealthBody,
+    #[schema(schema_with = crate::openapi::fields::text_500)]
     pub reason: String,
 }
 

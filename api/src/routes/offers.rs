@@ -59,7 +59,7 @@ pub fn routes() -> Router<App> {
 #[serde(deny_unknown_fields)]
 pub struct ExtractPage {
     /// Where the page was fetched from (http or https).
-    #[schema(example = "https://acme.example/p/trail-2")]
+    #[schema(schema_with = crate::openapi::fields::http_url)]
     pub url: String,
     /// The page's HTML as fetched.
     pub html: String,
@@ -408,9 +408,13 @@ pub fn offer_stream(tenant: &str, merchant: &MerchantId, offer_id: &OfferId) -> 
 #[serde(deny_unknown_fields)]
 pub struct SearchOffers {
     /// Words; one typo forgiven in words of 5+ letters, two in 9+.
+    #[param(max_length = 200)]
+    #[schema(max_length = 200)]
     pub q: Option<String>,
     /// ISO currency the results are compared in (default: the mandate's, else the first
     /// match's); offers in another are excluded.
+    #[param(schema_with = crate::openapi::fields::currency)]
+    #[schema(schema_with = crate::openapi::fields::currency)]
     pub currency: Option<String>,
     /// Delivered price (price + stated shipping) at least this, in minor units.
     pub min_price: Option<i64>,
@@ -422,22 +426,40 @@ pub struct SearchOffers {
     /// Only offers that ship now.
     pub available: Option<bool>,
     /// Only offers stating delivery within this many business days.
+    #[param(maximum = 65535)]
+    #[schema(maximum = 65535)]
     pub delivery_within_days: Option<u16>,
     /// The shopper needs it by this day (YYYY-MM-DD): later offers lose their delivery score.
+    #[param(format = Date)]
+    #[schema(format = Date)]
     pub deliver_by: Option<String>,
     pub free_returns: Option<bool>,
     /// The mandate to check the offers against (an agent's token names its own).
+    #[param(format = Uuid)]
+    #[schema(format = Uuid)]
     pub mandate: Option<String>,
     /// Tax estimate in basis points of the price (default 0).
     pub tax_bps: Option<u32>,
-    /// Ranking weights (defaults 0.5, 0.2, 0.15, 0.15).
+    /// Ranking weights (defaults 0.5, 0.2, 0.15, 0.15): not negative, not all zero.
+    #[param(minimum = 0)]
+    #[schema(minimum = 0)]
     pub w_cost: Option<f64>,
+    #[param(minimum = 0)]
+    #[schema(minimum = 0)]
     pub w_delivery: Option<f64>,
+    #[param(minimum = 0)]
+    #[schema(minimum = 0)]
     pub w_returns: Option<f64>,
+    #[param(minimum = 0)]
+    #[schema(minimum = 0)]
     pub w_trust: Option<f64>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^o[0-9]{1,4}$")]
+    #[schema(pattern = "^o[0-9]{1,4}$")]
     pub cursor: Option<String>,
 }
 
@@ -928,17 +950,23 @@ fn window(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfferRef {
+    #[schema(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: String,
+    #[schema(schema_with = crate::openapi::fields::offer_id)]
     pub offer_id: String,
 }
 
-/// Ranking weights; each defaults as in search.
+/// Ranking weights; each defaults as in search. Not negative, not all zero.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightsBody {
+    #[schema(minimum = 0)]
     pub cost: Option<f64>,
+    #[schema(minimum = 0)]
     pub delivery: Option<f64>,
+    #[schema(minimum = 0)]
     pub returns: Option<f64>,
+    #[schema(minimum = 0)]
     pub trust: Option<f64>,
 }
 
@@ -946,11 +974,15 @@ pub struct WeightsBody {
 #[serde(deny_unknown_fields)]
 pub struct CompareOffers {
     /// 2 to 50 listed offers.
+    #[schema(min_items = 2, max_items = 50)]
     pub offers: Vec<OfferRef>,
+    #[schema(schema_with = crate::openapi::fields::currency)]
     pub currency: Option<String>,
+    #[schema(format = Uuid)]
     pub mandate: Option<String>,
     pub tax_bps: Option<u32>,
     /// YYYY-MM-DD.
+    #[schema(format = Date)]
     pub deliver_by: Option<String>,
     #[serde(default)]
     pub weights: WeightsBody,

@@ -32,6 +32,7 @@ pub fn routes() -> Router<App> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderReason {
+    #[schema(schema_with = crate::openapi::fields::text_500)]
     pub reason: String,
 }
 
@@ -302,10 +303,13 @@ pub async fn read_payment(
 #[serde(deny_unknown_fields)]
 pub struct ListOrders {
     /// Only orders in this status (`created`, `placed`, `shipped`, …).
+    #[param(schema_with = status_schema)]
     pub status: Option<String>,
     /// Only orders at this merchant.
+    #[param(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -335,6 +339,13 @@ pub struct OrderPage {
     pub orders: Vec<OrderSummary>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(STATUSES))
+        .build()
 }
 
 const STATUSES: [&str; 10] = [

@@ -58,6 +58,7 @@ fn judgement(app: &App) -> Judgement {
 #[serde(deny_unknown_fields)]
 pub struct DailyQuery {
     /// The day, `YYYY-MM-DD` (UTC).
+    #[param(format = Date)]
     pub date: String,
 }
 
@@ -137,17 +138,29 @@ pub struct ExceptionsQuery {
     /// Only this reason: `currency_mismatch`, `authorization_without_order`,
     /// `over_refund`, `capture_mismatch`, `merchant_refund_without_card_refund`,
     /// `card_refund_without_merchant_refund` or `not_captured`.
+    #[param(schema_with = reason_schema)]
     pub reason: Option<String>,
     /// Only orders at this merchant.
+    #[param(schema_with = crate::openapi::fields::merchant_id)]
     pub merchant: Option<String>,
     /// First business day, `YYYY-MM-DD`.
+    #[param(format = Date)]
     pub from: Option<String>,
     /// Last business day, `YYYY-MM-DD`.
+    #[param(format = Date)]
     pub to: Option<String>,
     /// Page size, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+fn reason_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(ExceptionReason::ALL.iter().map(|r| r.as_str())))
+        .build()
 }
 
 /// An order whose money does not reconcile.

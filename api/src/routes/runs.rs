@@ -51,6 +51,7 @@ pub fn routes() -> Router<App> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRun {
+    #[schema(schema_with = crate::openapi::fields::prompt)]
     pub prompt: String,
     /// For a shopper's own run; an agent's run takes its mandate's mode.
     pub mode: Option<ModeBody>,
@@ -75,7 +76,9 @@ pub enum ActionKindBody {
 pub struct RecordAction {
     pub kind: ActionKindBody,
     /// SHA-256 of the action's input, 64 lowercase hex digits.
+    #[schema(schema_with = crate::openapi::fields::sha256_hex)]
     pub input_digest: String,
+    #[schema(schema_with = crate::openapi::fields::sha256_hex)]
     pub output_digest: String,
     #[serde(default)]
     pub citations: Vec<String>,
@@ -94,29 +97,36 @@ pub enum OutcomeBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordDecision {
+    #[schema(schema_with = crate::openapi::fields::text_200)]
     pub rule: String,
     pub outcome: OutcomeBody,
+    #[schema(schema_with = crate::openapi::fields::text_2000)]
     pub rationale: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestApproval {
+    #[schema(schema_with = crate::openapi::fields::text_500)]
     pub subject: String,
     pub amount: Option<MoneyBody>,
     /// Seconds until the request expires (1 to 604800).
+    #[schema(minimum = 1, maximum = 604800)]
     pub expires_in_seconds: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
+    /// Up to 500 characters when denying an approval, 2000 when ending a run.
+    #[schema(schema_with = crate::openapi::fields::text_500)]
     pub reason: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
+    #[schema(schema_with = crate::openapi::fields::text_2000)]
     pub summary: String,
 }
 
