@@ -758,6 +758,7 @@ async fn a_quote_s_delivery_estimate_is_a_calendar_date(backend: Backend) {
         .post(&format!("/v1/carts/{cart}/quotes"), &alice, ordinal)
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    app.stop().await;
 }
 
 /// JSON Schema counts `2.0` an integer, and some encoders write every number so.
@@ -776,6 +777,7 @@ async fn a_whole_number_written_with_a_fraction_counts_as_an_integer(backend: Ba
     assert_eq!(added.status, StatusCode::OK, "{:?}", added.body);
     assert_eq!(added.body["lines"][0]["quantity"], 2);
     assert_eq!(added.body["lines"][0]["unit_price"]["minor"], 1500);
+    app.stop().await;
 }
 
 async fn cart_changes_invalidate_quotes(backend: Backend) {
