@@ -119,7 +119,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// query types to name with `schema_with`: the document then allows what the handlers
 /// accept and no more, and a client can check a request before sending it. Rules that
 /// tie fields together (a merchant's checkout paths and their endpoints, a mandate's
-/// expiry in the future) are in the descriptions only.
+/// expiry in the future) are in the descriptions, and listed for the API fuzzer in
+/// `infra/schemathesis.toml`.
 pub mod fields {
     use shopagent_domain::ids::{Category, MerchantId, OfferId};
     use shopagent_domain::money::Currency;
