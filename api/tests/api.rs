@@ -25,6 +25,7 @@ on_both_backends!(
     cart_changes_invalidate_quotes,
     a_quote_s_delivery_estimate_is_a_calendar_date,
     a_whole_number_written_with_a_fraction_counts_as_an_integer,
+    a_revocation_reason_is_counted_in_characters,
     checkout_reserves_budget_per_merchant,
     checkout_reports_what_the_mandate_refuses,
     fifty_concurrent_checkouts_never_exceed_the_budget,
@@ -758,6 +759,25 @@ async fn a_quote_s_delivery_estimate_is_a_calendar_date(backend: Backend) {
         .post(&format!("/v1/carts/{cart}/quotes"), &alice, ordinal)
         .await;
     assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    app.stop().await;
+}
+
+async fn a_revocation_reason_is_counted_in_characters(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let id = create_mandate(&app, &alice, mandate_terms()).await;
+    let path = format!("/v1/mandates/{id}/revoke");
+    for refused in ["é".repeat(501), "  ".into(), "stop\u{7}".into()] {
+        app.post(&path, &alice, json!({ "reason": refused }))
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    }
+    // 500 characters, 1,000 bytes.
+    let revoked = app
+        .post(&path, &alice, json!({"reason": "é".repeat(500)}))
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{:?}", revoked.body);
+    assert_eq!(revoked.body["revoked"], true);
     app.stop().await;
 }
 
