@@ -134,17 +134,22 @@ pub mod fields {
             .pattern(Some(pattern))
     }
 
-    /// An ISO 4217 code of a currency in circulation.
-    pub fn currency() -> Object {
+    /// A string that is one of `values`.
+    pub fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> ObjectBuilder {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .enum_values(Some(
-                Currency::circulating()
-                    .iter()
-                    .map(|currency| currency.code()),
-            ))
-            .examples(["USD"])
-            .build()
+            .enum_values(Some(values))
+    }
+
+    /// An ISO 4217 code of a currency in circulation.
+    pub fn currency() -> Object {
+        one_of(
+            Currency::circulating()
+                .iter()
+                .map(|currency| currency.code()),
+        )
+        .examples(["USD"])
+        .build()
     }
 
     /// Lowercase ASCII letters, digits and `-_.:/` (`shopagent_domain::ids`).

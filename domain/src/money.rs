@@ -39,11 +39,9 @@ impl Currency {
     /// needs another crate).
     pub fn circulating() -> &'static [Self] {
         static CIRCULATING: std::sync::LazyLock<Vec<Currency>> = std::sync::LazyLock::new(|| {
-            let letters = b'A'..=b'Z';
-            letters
-                .clone()
-                .flat_map(|a| letters.clone().map(move |b| [a, b]))
-                .flat_map(|[a, b]| (b'A'..=b'Z').map(move |c| [a, b, c]))
+            let letters = || b'A'..=b'Z';
+            letters()
+                .flat_map(|a| letters().flat_map(move |b| letters().map(move |c| [a, b, c])))
                 .filter_map(|code| Currency::parse(std::str::from_utf8(&code).ok()?).ok())
                 .collect()
         });

@@ -19,7 +19,9 @@ use shopagent_domain::mandate::MandateTerms;
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::offer::normalize::{FieldIssue, Normalized, OfferFields};
 use shopagent_domain::offer::ranking::{Candidate, Shopper, Weights, rank};
-use shopagent_domain::offer::search::{IndexedOffer, MAX_SEARCH_DEPTH, OfferQuery};
+use shopagent_domain::offer::search::{
+    IndexedOffer, OfferQuery, cursor_at, cursor_offset, next_cursor,
+};
 use shopagent_domain::offer::{Citation, OfferCommand, OfferSource, ProductKey};
 use shopagent_domain::ports::IndexError;
 use shopagent_domain::run::{
@@ -808,11 +810,9 @@ async fn search_ranked(
     }
     let offset = match params.cursor.as_deref() {
         None => 0,
-        Some(cursor) => cursor
-            .strip_prefix('o')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|offset| *offset < MAX_SEARCH_DEPTH)
-            .ok_or_else(|| invalid("cursor", "not a cursor of this search"))?,
+        Some(cursor) => {
+            cursor_offset(cursor).ok_or_else(|| invalid("cursor", "not a cursor of this search"))?
+        }
     };
     let run_mandate = run_mandate.map(|m| m.to_string());
     let rank_for = rank_for(
@@ -856,7 +856,7 @@ async fn search_ranked(
         } else {
             limit as usize
         },
-        cursor: (offset >= RANK_WINDOW).then(|| format!("o{offset}")),
+        cursor: (offset >= RANK_WINDOW).then(|| cursor_at(offset)),
     };
     let page = app
         .offer_index
@@ -900,8 +900,7 @@ async fn search_ranked(
             category: facet(&page.facets.category),
             availability: facet(&page.facets.availability),
         },
-        next_cursor: ((next as u64) < page.total && next < MAX_SEARCH_DEPTH)
-            .then(|| format!("o{next}")),
+        next_cursor: next_cursor(next, page.total),
     };
     Ok((view, scores))
 }

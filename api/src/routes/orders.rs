@@ -342,10 +342,7 @@ pub struct OrderPage {
 }
 
 fn status_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(STATUSES))
-        .build()
+    crate::openapi::fields::one_of(STATUSES).build()
 }
 
 const STATUSES: [&str; 10] = [

@@ -157,10 +157,7 @@ pub struct ExceptionsQuery {
 }
 
 fn reason_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(ExceptionReason::ALL.iter().map(|r| r.as_str())))
-        .build()
+    crate::openapi::fields::one_of(ExceptionReason::ALL.iter().map(|r| r.as_str())).build()
 }
 
 /// An order whose money does not reconcile.

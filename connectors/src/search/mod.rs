@@ -11,29 +11,23 @@ pub use embedded::EmbeddedIndex;
 pub use generations::EmbeddedGenerations;
 pub use meilisearch::{MeilisearchGenerations, MeilisearchIndex};
 
-use shopagent_domain::offer::search::MAX_SEARCH_DEPTH;
+use shopagent_domain::offer::search::{cursor_offset, next_cursor};
 use shopagent_domain::ports::IndexError;
 
 /// Where the page a cursor names starts; 0 without one. Pages start before
-/// [`MAX_SEARCH_DEPTH`]: the index holds every match ahead of the page.
+/// `MAX_SEARCH_DEPTH`: the index holds every match ahead of the page.
 fn offset_of(cursor: Option<&str>) -> Result<usize, IndexError> {
     match cursor {
-        Some(cursor) => cursor
-            .strip_prefix('o')
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|offset| *offset < MAX_SEARCH_DEPTH)
+        Some(cursor) => cursor_offset(cursor)
             .ok_or_else(|| IndexError::InvalidQuery("not a cursor of this index".into())),
         None => Ok(0),
     }
 }
 
-/// The cursor of the page starting at `next`, if any match is left within reach.
-fn next_cursor(next: usize, total: u64) -> Option<String> {
-    ((next as u64) < total && next < MAX_SEARCH_DEPTH).then(|| format!("o{next}"))
-}
-
 #[cfg(test)]
 mod tests {
+    use shopagent_domain::offer::search::MAX_SEARCH_DEPTH;
+
     use super::*;
 
     #[test]

@@ -89,6 +89,27 @@ impl IndexedOffer {
 /// memory in proportion to its offset, which a cursor from outside chooses.
 pub const MAX_SEARCH_DEPTH: usize = 10_000;
 
+/// The offset a page cursor (`o{offset}`, the same for every index) names, when it is
+/// one and starts before [`MAX_SEARCH_DEPTH`].
+pub fn cursor_offset(cursor: &str) -> Option<usize> {
+    cursor
+        .strip_prefix('o')?
+        .parse::<usize>()
+        .ok()
+        .filter(|offset| *offset < MAX_SEARCH_DEPTH)
+}
+
+/// The cursor of the page starting at `offset`.
+pub fn cursor_at(offset: usize) -> String {
+    format!("o{offset}")
+}
+
+/// The cursor of the page starting at `next`, if any of `total` matches is left there
+/// and it is within reach.
+pub fn next_cursor(next: usize, total: u64) -> Option<String> {
+    ((next as u64) < total && next < MAX_SEARCH_DEPTH).then(|| cursor_at(next))
+}
+
 /// What to search for. Every filter optional; all given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferQuery {
