@@ -30,7 +30,7 @@ use shopagent_domain::{Aggregate, DomainEvent, EventMetadata};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Counter {
     value: i64,
 }

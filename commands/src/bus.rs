@@ -1,6 +1,8 @@
 //! Running commands: load, decide, append — with conflict retries and idempotency.
 
 use std::marker::PhantomData;
+use std::num::NonZeroUsize;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
@@ -64,6 +66,7 @@ pub struct CommandBus<A: Aggregate> {
     store: Store,
     max_attempts: u32,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    recent: RecentStates<A>,
     _aggregate: PhantomData<A>,
 }
 
@@ -96,6 +99,7 @@ fn allow_all<A>(_: &A) -> Result<(), std::convert::Infallible> {
 }
 
 /// An aggregate as loaded for a command.
+#[derive(Clone)]
 struct Loaded<A> {
     state: A,
     /// Its last sequence (0: no events yet).
@@ -104,6 +108,78 @@ struct Loaded<A> {
     snapshot_at: i64,
     /// How many snapshots were stored so far (the store's optimistic check).
     snapshots: i64,
+}
+
+/// How many aggregates' latest states a bus keeps in memory, unless told otherwise.
+pub const RECENT_STATES: usize = 1024;
+
+/// The latest states this process made or read of the aggregates it used last, the
+/// least recently used dropped first. A kept state saves a command the load of its
+/// stream (a snapshot and up to [`SNAPSHOT_EVERY`] events, decoded).
+///
+/// Only ever a hint, because other processes may append to the same streams: a command
+/// decided on a kept state appends only if the stream is still at that state's version
+/// (the append's optimistic check), and is decided again on the stored stream when it
+/// is not, or when it would append nothing; a read uses a kept state only after
+/// reading the stream's version.
+struct RecentStates<A> {
+    /// `None`: nothing is kept.
+    entries: Option<Mutex<lru::LruCache<String, Loaded<A>>>>,
+}
+
+impl<A: Aggregate> RecentStates<A> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: NonZeroUsize::new(capacity)
+                .map(|capacity| Mutex::new(lru::LruCache::new(capacity))),
+        }
+    }
+
+    /// Runs `f` on the entries, if any are kept. A panic elsewhere while the lock was
+    /// held leaves nothing half-changed worth refusing: every entry is checked at use.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut lru::LruCache<String, Loaded<A>>) -> Option<T>,
+    ) -> Option<T> {
+        let entries = self.entries.as_ref()?;
+        f(&mut entries.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Takes the kept state out, for a command that will put back the state it makes.
+    fn take(&self, aggregate_id: &str) -> Option<Loaded<A>> {
+        let taken = self.with(|entries| entries.pop(aggregate_id));
+        count_recent::<A>(if taken.is_some() { "hit" } else { "miss" });
+        taken
+    }
+
+    /// A copy of the kept state, for a read.
+    fn copy(&self, aggregate_id: &str) -> Option<Loaded<A>> {
+        let copied = self.with(|entries| entries.get(aggregate_id).cloned());
+        count_recent::<A>(if copied.is_some() { "hit" } else { "miss" });
+        copied
+    }
+
+    /// Keeps `loaded`, unless a later version of the aggregate is kept already (a read
+    /// that finished after a command on the same aggregate).
+    fn keep(&self, aggregate_id: &str, loaded: Loaded<A>) {
+        self.with(|entries| {
+            match entries.get_mut(aggregate_id) {
+                Some(kept) if kept.version > loaded.version => {}
+                Some(kept) => *kept = loaded,
+                None => {
+                    entries.put(aggregate_id.to_owned(), loaded);
+                }
+            }
+            Some(())
+        });
+    }
+}
+
+/// Counts a look into the kept states by what it found: `hit`, `miss`, or `stale` (a
+/// kept state the stream had moved past).
+fn count_recent<A: Aggregate>(result: &'static str) {
+    metrics::counter!("shopagent_recent_states_total", "aggregate" => A::TYPE, "result" => result)
+        .increment(1);
 }
 
 impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
@@ -124,8 +200,15 @@ impl<A: Aggregate> CommandBus<A> {
             store,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            recent: RecentStates::new(RECENT_STATES),
             _aggregate: PhantomData,
         }
+    }
+
+    /// Keeps the latest states of at most `capacity` aggregates in memory (0: none).
+    pub fn with_recent_states(mut self, capacity: usize) -> Self {
+        self.recent = RecentStates::new(capacity);
+        self
     }
 
     pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
@@ -150,9 +233,20 @@ impl<A: Aggregate> CommandBus<A> {
     }
 
     /// The current state of `aggregate_id` and its version (0: no events yet).
+    ///
+    /// A state kept in memory is answered when the stream is still at its version
+    /// (one read of the stream's last sequence); otherwise the stream is loaded.
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
+        if let Some(kept) = self.recent.copy(aggregate_id) {
+            if self.store.stream_version(A::TYPE, aggregate_id).await? == kept.version {
+                return Ok((kept.state, kept.version));
+            }
+            count_recent::<A>("stale");
+        }
         let loaded = self.load_state(aggregate_id).await?;
-        Ok((loaded.state, loaded.version))
+        let answer = (loaded.state.clone(), loaded.version);
+        self.recent.keep(aggregate_id, loaded);
+        Ok(answer)
     }
 
     /// Every event of `aggregate_id`, in sequence order.
@@ -164,7 +258,7 @@ impl<A: Aggregate> CommandBus<A> {
             .select_events(A::TYPE, aggregate_id, 0)
             .await?
             .into_iter()
-            .map(|event| read_event::<A>(event).map(|(_, event)| event))
+            .map(|event| read_event::<A>(&event).map(|(_, event)| event))
             .collect()
     }
 
@@ -200,7 +294,7 @@ impl<A: Aggregate> CommandBus<A> {
                 }
             }
         }
-        for event in events {
+        for event in &events {
             let (sequence, event) = read_event::<A>(event)?;
             loaded.state.apply(event);
             loaded.version = sequence;
@@ -352,9 +446,23 @@ impl<A: Aggregate> CommandBus<A> {
             .map_err(|error| CommandError::Internal(error.to_string()))?;
 
         let _queued = self.stripe(aggregate_id).lock().await;
-        for attempt in 1..=self.max_attempts {
-            let loaded = self.load_state(aggregate_id).await?;
+        // A kept state is tried first, and only once. Whatever it does not end in is
+        // decided again on the stream as stored (see `RecentStates`): a stale state may
+        // cost a round trip, never a wrong answer.
+        let mut kept = self.recent.take(aggregate_id);
+        let mut attempt = 0;
+        while attempt < self.max_attempts {
+            let (loaded, from_memory) = match kept.take() {
+                Some(loaded) => (loaded, true),
+                None => {
+                    attempt += 1;
+                    (self.load_state(aggregate_id).await?, false)
+                }
+            };
             if let Err(refusal) = allow(&loaded.state) {
+                if from_memory {
+                    continue;
+                }
                 return Ok(Ran::Refused(refusal));
             }
             let version = loaded.version;
@@ -370,7 +478,9 @@ impl<A: Aggregate> CommandBus<A> {
             };
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
+                _ if from_memory => continue,
                 not_appended => {
+                    self.recent.keep(aggregate_id, loaded);
                     let outcome = match self.recorded(&metadata).await? {
                         Some(outcome) => Ok(outcome),
                         None => not_appended.map(|_| self.outcome(aggregate_id, version, 0, false)),
@@ -380,26 +490,38 @@ impl<A: Aggregate> CommandBus<A> {
             };
             let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
             let appended = events.len() as i64;
-            let snapshot_due = version + appended - loaded.snapshot_at >= SNAPSHOT_EVERY;
-            let snapshots = loaded.snapshots;
-            let mut state = loaded.state;
-            for event in events {
-                state.apply(event);
+            let mut made = Loaded {
+                version: version + appended,
+                ..loaded
+            };
+            // The state is made from the events as they are stored, so that it is the
+            // state a load of the stream would give.
+            for event in &serialized {
+                let (_, event) = read_event::<A>(event)?;
+                made.state.apply(event);
             }
-            let snapshot = if snapshot_due {
-                Some(snapshot_of(&state, snapshots + 1)?)
+            let snapshot = if made.version - made.snapshot_at >= SNAPSHOT_EVERY {
+                made.snapshot_at = made.version;
+                made.snapshots += 1;
+                Some(snapshot_of(&made.state, made.snapshots)?)
             } else {
                 None
             };
             match self.store.append(&serialized, snapshot).await {
                 Ok(_) => {
-                    let outcome = self.outcome(aggregate_id, version + appended, appended, false);
+                    let outcome = self.outcome(aggregate_id, made.version, appended, false);
+                    let state = made.state.clone();
+                    self.recent.keep(aggregate_id, made);
                     return Ok(Ran::Applied(outcome, Some(state)));
                 }
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     // The winner may have been this very command, sent twice at once.
                     if let Some(outcome) = self.recorded(&metadata).await? {
                         return Ok(Ran::Applied(outcome, None));
+                    }
+                    if from_memory {
+                        count_recent::<A>("stale");
+                        continue;
                     }
                     tracing::debug!(
                         aggregate_type = A::TYPE,
@@ -523,10 +645,11 @@ fn serialize<A: Aggregate>(
 
 /// A stored event as the aggregate's event, with its sequence.
 fn read_event<A: Aggregate>(
-    event: SerializedEvent,
+    event: &SerializedEvent,
 ) -> Result<(i64, A::Event), CommandError<A::Error>> {
+    use serde::Deserialize as _;
     let sequence = event.sequence as i64;
-    serde_json::from_value(event.payload)
+    A::Event::deserialize(&event.payload)
         .map(|payload| (sequence, payload))
         .map_err(|error| {
             CommandError::Internal(format!(

@@ -360,6 +360,34 @@ impl Store {
         Ok(outcome)
     }
 
+    /// A stream's last sequence (0: no events yet): one entry of the primary key read,
+    /// no payload, so a state kept in memory can be checked against the log cheaply.
+    pub(crate) async fn stream_version(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT COALESCE(MAX(sequence), 0) FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2";
+        let version = match &self.db {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(version)
+    }
+
     pub(crate) async fn select_events(
         &self,
         aggregate_type: &str,

@@ -36,6 +36,11 @@ shopagent_commands::on_both_backends!(
     snapshots_commit_with_their_events,
     a_long_stream_loads_from_its_snapshot_and_the_events_after_it,
     a_snapshot_of_another_form_is_ignored_and_replaced,
+    a_command_on_a_state_another_process_moved_past_is_decided_on_the_stream,
+    a_refusal_on_a_state_kept_in_memory_is_checked_against_the_stream,
+    an_expected_version_is_checked_against_the_stream_not_the_state_kept,
+    a_load_answers_what_the_stream_holds_after_another_process_appended,
+    a_bus_keeping_no_states_decides_on_the_stream_every_time,
 );
 
 fn bus(store: &Store) -> CommandBus<Tally> {
@@ -634,4 +639,132 @@ async fn postgres_appends_commit_durably_and_derived_writes_without_waiting_for_
     .await
     .expect("select");
     assert_eq!(seen, 1);
+}
+
+/// Two buses on one store: two processes, each keeping the states it made.
+fn two_processes(store: &Store) -> (CommandBus<Tally>, CommandBus<Tally>) {
+    (bus(store), bus(store))
+}
+
+async fn a_command_on_a_state_another_process_moved_past_is_decided_on_the_stream(store: &Store) {
+    let (first, second) = two_processes(store);
+    let id = Uuid::now_v7().to_string();
+    first
+        .execute(&id, TallyCommand::Open, metadata())
+        .await
+        .expect("open");
+    second
+        .execute(&id, TallyCommand::Add(10), metadata())
+        .await
+        .expect("add in the other process");
+    // The first process still keeps the tally at version 1, total 0.
+    let (tally, version) = first
+        .execute_and_load(&id, TallyCommand::Add(1), metadata(), None)
+        .await
+        .expect("add");
+    assert_eq!((tally.total, version), (11, 3));
+    assert_eq!(stream_len(store, &id).await, 3);
+}
+
+async fn a_refusal_on_a_state_kept_in_memory_is_checked_against_the_stream(store: &Store) {
+    let (first, second) = two_processes(store);
+    let id = Uuid::now_v7().to_string();
+    // The first process keeps the tally as not open yet.
+    let (tally, _) = first.load(&id).await.expect("load");
+    assert!(!tally.opened);
+    second
+        .execute(&id, TallyCommand::Open, metadata())
+        .await
+        .expect("open in the other process");
+    let outcome = first
+        .execute(&id, TallyCommand::Add(2), metadata())
+        .await
+        .expect("not refused as not open: the stream says it is");
+    assert_eq!(outcome.version, 2);
+    // And the other way round: allowed on the state kept (total 2), refused on the
+    // stream's (total 5).
+    second
+        .execute(&id, TallyCommand::Add(3), metadata())
+        .await
+        .expect("add in the other process");
+    let refused = first
+        .execute_and_load_if(&id, TallyCommand::Add(1), metadata(), None, |tally| {
+            if tally.total >= 5 {
+                Err("full")
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .expect("decided");
+    assert_eq!(refused.err(), Some("full"));
+    assert_eq!(stream_len(store, &id).await, 3);
+}
+
+async fn an_expected_version_is_checked_against_the_stream_not_the_state_kept(store: &Store) {
+    let (first, second) = two_processes(store);
+    let id = open_tally(store).await;
+    first
+        .load(&id)
+        .await
+        .expect("the first process keeps version 1");
+    second
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add in the other process");
+    // A client that read version 2 (from the other process) may change it here.
+    let outcome = first
+        .execute_at_version(&id, TallyCommand::Add(1), metadata(), Some(2))
+        .await
+        .expect("version 2 is the stream's");
+    assert_eq!(outcome.version, 3);
+    let stale = first
+        .execute_at_version(&id, TallyCommand::Add(1), metadata(), Some(2))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::VersionMismatch {
+                expected: 2,
+                actual: 3
+            })
+        ),
+        "{stale:?}"
+    );
+}
+
+async fn a_load_answers_what_the_stream_holds_after_another_process_appended(store: &Store) {
+    let (first, second) = two_processes(store);
+    let id = open_tally(store).await;
+    first
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add");
+    assert_eq!(first.load(&id).await.expect("load").0.total, 1);
+    second
+        .execute(&id, TallyCommand::AddTwice(5), metadata())
+        .await
+        .expect("add in the other process");
+    let (tally, version) = first.load(&id).await.expect("load");
+    assert_eq!((tally.total, version), (11, 4));
+}
+
+async fn a_bus_keeping_no_states_decides_on_the_stream_every_time(store: &Store) {
+    let first = bus(store).with_recent_states(0);
+    let id = open_tally(store).await;
+    first
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add");
+    bus(store)
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add in the other process");
+    // One attempt only: with nothing kept it never meets a stale state.
+    let (tally, version) = first
+        .with_max_attempts(1)
+        .execute_and_load(&id, TallyCommand::Add(1), metadata(), None)
+        .await
+        .expect("add");
+    assert_eq!((tally.total, version), (3, 4));
 }

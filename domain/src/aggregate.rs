@@ -23,7 +23,9 @@ pub trait DomainEvent:
 /// `decide` is a pure function of the current state and the command. It returns the
 /// events to record, or a rejection; it never mutates state. `apply` folds one event
 /// into the state and must accept every event `decide` ever produced, forever.
-pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Aggregate:
+    Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static
+{
     /// Aggregate type as stored in the log, e.g. `cart`. Never renamed.
     const TYPE: &'static str;
     /// Version of this state's stored form (its snapshot). Bump it when a change to the

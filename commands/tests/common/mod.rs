@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use shopagent_domain::{Aggregate, DomainEvent, EventMetadata};
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Tally {
     pub opened: bool,
     pub total: i64,
