@@ -214,7 +214,43 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
             timeline.join("; ")
         );
     }
+    println!("\n  {label}, by request: {}\n", by_request(&journal.sent));
     rate
+}
+
+/// Latency by kind of request (its path with the ids left out): which of them make
+/// the tail.
+fn by_request(sent: &[loadgen::Sent]) -> String {
+    let mut kinds: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+    for sent in sent {
+        let kind: Vec<&str> = sent
+            .path
+            .split('/')
+            .map(|part| {
+                if uuid::Uuid::parse_str(part).is_ok() {
+                    "{id}"
+                } else {
+                    part
+                }
+            })
+            .collect();
+        kinds.entry(kind.join("/")).or_default().push(sent.latency);
+    }
+    kinds
+        .iter_mut()
+        .map(|(kind, latencies)| {
+            let [p50, p95, p99, max] = percentiles(latencies);
+            format!(
+                "{kind} ({}) p50 {} p95 {} p99 {} max {}",
+                latencies.len(),
+                ms(p50),
+                ms(p95),
+                ms(p99),
+                ms(max)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// How often a long level reports how it is going.

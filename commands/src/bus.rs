@@ -182,6 +182,18 @@ fn count_recent<A: Aggregate>(result: &'static str) {
         .increment(1);
 }
 
+impl<A: Aggregate> Loaded<A> {
+    /// An aggregate with no events yet.
+    fn empty() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+            snapshot_at: 0,
+            snapshots: 0,
+        }
+    }
+}
+
 impl<A: Aggregate> std::fmt::Debug for CommandBus<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandBus")
@@ -232,6 +244,15 @@ impl<A: Aggregate> CommandBus<A> {
             .await
     }
 
+    /// Tells the bus that `aggregate_id` was only just named (an id made for a new
+    /// aggregate), so that the next command on it is decided on the empty state without
+    /// reading the stream. Like every kept state, only a hint: if the stream exists
+    /// after all (a retried create), the append's version check says so and the command
+    /// is decided again on the stream.
+    pub fn expect_new(&self, aggregate_id: &str) {
+        self.recent.keep(aggregate_id, Loaded::empty());
+    }
+
     /// The current state of `aggregate_id` and its version (0: no events yet).
     ///
     /// A state kept in memory is answered when the stream is still at its version
@@ -265,12 +286,7 @@ impl<A: Aggregate> CommandBus<A> {
     /// The stored snapshot, when its form is this code's, with the events after it
     /// applied; otherwise the whole stream applied to the default state.
     async fn load_state(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-            snapshot_at: 0,
-            snapshots: 0,
-        };
+        let mut loaded = Loaded::empty();
         let (snapshot, mut events) = self
             .store
             .snapshot_and_events(A::TYPE, aggregate_id)

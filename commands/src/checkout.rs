@@ -205,10 +205,13 @@ impl CheckoutProcess {
             cap,
             at: OffsetDateTime::now_utc(),
         };
+        let payment_stream = stream(tenant, payment_id);
+        // The order's first payment: its id is made from the order's.
+        self.payments.expect_new(&payment_stream);
         self.step(
             &self.payments,
             event,
-            &stream(tenant, payment_id),
+            &payment_stream,
             "request-card",
             command,
         )

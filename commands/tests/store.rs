@@ -41,6 +41,7 @@ shopagent_commands::on_both_backends!(
     an_expected_version_is_checked_against_the_stream_not_the_state_kept,
     a_load_answers_what_the_stream_holds_after_another_process_appended,
     a_bus_keeping_no_states_decides_on_the_stream_every_time,
+    an_aggregate_expected_new_that_exists_is_decided_on_the_stream,
 );
 
 fn bus(store: &Store) -> CommandBus<Tally> {
@@ -767,4 +768,31 @@ async fn a_bus_keeping_no_states_decides_on_the_stream_every_time(store: &Store)
         .await
         .expect("add");
     assert_eq!((tally.total, version), (3, 4));
+}
+
+async fn an_aggregate_expected_new_that_exists_is_decided_on_the_stream(store: &Store) {
+    let (first, second) = two_processes(store);
+    let new = Uuid::now_v7().to_string();
+    first.expect_new(&new);
+    let outcome = first
+        .execute(&new, TallyCommand::Open, metadata())
+        .await
+        .expect("open a new tally");
+    assert_eq!(outcome.version, 1);
+
+    // Opened by the other process: not new after all.
+    let existing = Uuid::now_v7().to_string();
+    second
+        .execute(&existing, TallyCommand::Open, metadata())
+        .await
+        .expect("open in the other process");
+    first.expect_new(&existing);
+    let again = first
+        .execute(&existing, TallyCommand::Open, metadata())
+        .await;
+    assert!(
+        matches!(again, Err(CommandError::Rejected(TallyError::AlreadyOpen))),
+        "{again:?}"
+    );
+    assert_eq!(stream_len(store, &existing).await, 1);
 }

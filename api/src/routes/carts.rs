@@ -321,6 +321,7 @@ pub async fn create(
         currency,
         at: OffsetDateTime::now_utc(),
     };
+    app.carts.expect_new(&stream);
     let (cart, version) = app
         .carts
         .execute_and_load(&stream, command, metadata(&principal, &key), None)
@@ -750,9 +751,11 @@ pub async fn checkout(
                 path_reason: reason,
             };
             let order_key = key.derived(&format!("order/{}", sub_cart.merchant));
+            let order_stream = stream_id(&principal.tenant, order_id);
+            app.orders.expect_new(&order_stream);
             app.orders
                 .execute(
-                    &stream_id(&principal.tenant, order_id),
+                    &order_stream,
                     OrderCommand::Create {
                         order_id,
                         draft,

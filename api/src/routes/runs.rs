@@ -253,6 +253,7 @@ pub async fn start(
         prompt: body.prompt,
         at: OffsetDateTime::now_utc(),
     };
+    app.runs.expect_new(&stream);
     let (run, version) = app
         .runs
         .execute_and_load(&stream, command, metadata(&principal, &key), None)
