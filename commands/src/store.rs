@@ -369,22 +369,11 @@ impl Store {
     ) -> Result<i64, StoreError> {
         const SQL: &str = "SELECT COALESCE(MAX(sequence), 0) FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2";
-        let version = match &self.db {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_one(pool)
-                    .await?
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+        let version = crate::on_pool!(&self.db, pool => sqlx::query_scalar(SQL)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .fetch_one(pool)
+            .await?);
         Ok(version)
     }
 
