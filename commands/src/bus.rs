@@ -137,24 +137,27 @@ impl<A: Aggregate> RecentStates<A> {
 
     /// Runs `f` on the entries, if any are kept. A panic elsewhere while the lock was
     /// held leaves nothing half-changed worth refusing: every entry is checked at use.
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut lru::LruCache<String, Loaded<A>>) -> Option<T>,
-    ) -> Option<T> {
-        let entries = self.entries.as_ref()?;
-        f(&mut entries.lock().unwrap_or_else(PoisonError::into_inner))
+    fn with<T>(&self, f: impl FnOnce(&mut lru::LruCache<String, Loaded<A>>) -> T) -> Option<T> {
+        let mut entries = self
+            .entries
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(f(&mut entries))
     }
 
     /// Takes the kept state out, for a command that will put back the state it makes.
     fn take(&self, aggregate_id: &str) -> Option<Loaded<A>> {
-        let taken = self.with(|entries| entries.pop(aggregate_id));
+        let taken = self.with(|entries| entries.pop(aggregate_id)).flatten();
         count_recent::<A>(if taken.is_some() { "hit" } else { "miss" });
         taken
     }
 
     /// A copy of the kept state, for a read.
     fn copy(&self, aggregate_id: &str) -> Option<Loaded<A>> {
-        let copied = self.with(|entries| entries.get(aggregate_id).cloned());
+        let copied = self
+            .with(|entries| entries.get(aggregate_id).cloned())
+            .flatten();
         count_recent::<A>(if copied.is_some() { "hit" } else { "miss" });
         copied
     }
@@ -162,15 +165,12 @@ impl<A: Aggregate> RecentStates<A> {
     /// Keeps `loaded`, unless a later version of the aggregate is kept already (a read
     /// that finished after a command on the same aggregate).
     fn keep(&self, aggregate_id: &str, loaded: Loaded<A>) {
-        self.with(|entries| {
-            match entries.get_mut(aggregate_id) {
-                Some(kept) if kept.version > loaded.version => {}
-                Some(kept) => *kept = loaded,
-                None => {
-                    entries.put(aggregate_id.to_owned(), loaded);
-                }
+        self.with(|entries| match entries.get_mut(aggregate_id) {
+            Some(kept) if kept.version > loaded.version => {}
+            Some(kept) => *kept = loaded,
+            None => {
+                entries.put(aggregate_id.to_owned(), loaded);
             }
-            Some(())
         });
     }
 }
