@@ -1,7 +1,7 @@
 //! How domain rejections and command failures become problem responses.
 
 use axum::http::StatusCode;
-use shopagent_commands::CommandError;
+use shopagent_commands::{CommandError, UnitError};
 use shopagent_domain::cart::CartError;
 use shopagent_domain::mandate::MandateError;
 use shopagent_domain::merchant::MerchantError;
@@ -80,13 +80,7 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request",
             ),
-            CommandError::Conflict { .. } => Problem::new(
-                StatusCode::CONFLICT,
-                "concurrent_update",
-                "The resource is being changed concurrently",
-            )
-            .with_detail("retry the request")
-            .with_retry_after(1),
+            CommandError::Conflict { .. } => concurrent_update(),
             CommandError::VersionMismatch { expected, actual } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version_mismatch",
@@ -107,8 +101,30 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
     }
 }
 
-/// Reading the store outside a command: down is 503 with `Retry-After`, anything else a
-/// logged 500.
+/// Concurrent writers kept winning the race: the caller may retry soon.
+fn concurrent_update() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "concurrent_update",
+        "The resource is being changed concurrently",
+    )
+    .with_detail("retry the request")
+    .with_retry_after(1)
+}
+
+impl From<UnitError> for Problem {
+    fn from(error: UnitError) -> Self {
+        match error {
+            UnitError::Conflict { .. } => concurrent_update(),
+            UnitError::Store(error) => error.into(),
+            UnitError::Internal(error) => {
+                tracing::error!(%error, "unit failed");
+                Problem::internal()
+            }
+        }
+    }
+}
+
 /// A read-model query failed: as the store failing.
 impl From<sqlx::Error> for Problem {
     fn from(error: sqlx::Error) -> Self {
@@ -116,6 +132,8 @@ impl From<sqlx::Error> for Problem {
     }
 }
 
+/// Reading the store outside a command: down is 503 with `Retry-After`, anything else a
+/// logged 500.
 impl From<shopagent_commands::StoreError> for Problem {
     fn from(error: shopagent_commands::StoreError) -> Self {
         match error {

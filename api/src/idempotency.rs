@@ -6,8 +6,9 @@
 //! While a request runs, the request itself is kept beside its key. A request whose
 //! process died (its lease ran out [`RESUME_AFTER`] ago, and no retry took it over) is
 //! run again by the server as its caller ([`resume_interrupted`]), and its answer
-//! stored for the caller's retry: a request of several commands (a checkout: the cart,
-//! the budget, the orders) is never left half done because its caller went away.
+//! stored for the caller's retry: a request is never left undone, nor its answer lost,
+//! because its caller went away. (A request of several commands commits them as one
+//! `Unit`, as checkout does, so none is ever half done.)
 
 use std::time::Duration;
 

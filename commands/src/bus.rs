@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
@@ -65,8 +65,8 @@ impl<E: std::error::Error> From<StoreError> for CommandError<E> {
 pub struct CommandBus<A: Aggregate> {
     store: Store,
     max_attempts: u32,
-    stripes: Vec<tokio::sync::Mutex<()>>,
-    recent: RecentStates<A>,
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    pub(crate) recent: RecentStates<A>,
     _aggregate: PhantomData<A>,
 }
 
@@ -100,10 +100,10 @@ fn allow_all<A>(_: &A) -> Result<(), std::convert::Infallible> {
 
 /// An aggregate as loaded for a command.
 #[derive(Clone)]
-struct Loaded<A> {
-    state: A,
+pub(crate) struct Loaded<A> {
+    pub(crate) state: A,
     /// Its last sequence (0: no events yet).
-    version: i64,
+    pub(crate) version: i64,
     /// The sequence the state was last stored at (0: never, or in an unusable form).
     snapshot_at: i64,
     /// How many snapshots were stored so far (the store's optimistic check).
@@ -122,7 +122,7 @@ pub const RECENT_STATES: usize = 1024;
 /// (the append's optimistic check), and is decided again on the stored stream when it
 /// is not, or when it would append nothing; a read uses a kept state only after
 /// reading the stream's version.
-struct RecentStates<A> {
+pub(crate) struct RecentStates<A> {
     /// `None`: nothing is kept.
     entries: Option<Mutex<lru::LruCache<String, Loaded<A>>>>,
 }
@@ -154,7 +154,7 @@ impl<A: Aggregate> RecentStates<A> {
     }
 
     /// A copy of the kept state, for a read.
-    fn copy(&self, aggregate_id: &str) -> Option<Loaded<A>> {
+    pub(crate) fn copy(&self, aggregate_id: &str) -> Option<Loaded<A>> {
         let copied = self
             .with(|entries| entries.get(aggregate_id).cloned())
             .flatten();
@@ -164,7 +164,7 @@ impl<A: Aggregate> RecentStates<A> {
 
     /// Keeps `loaded`, unless a later version of the aggregate is kept already (a read
     /// that finished after a command on the same aggregate).
-    fn keep(&self, aggregate_id: &str, loaded: Loaded<A>) {
+    pub(crate) fn keep(&self, aggregate_id: &str, loaded: Loaded<A>) {
         self.with(|entries| match entries.get_mut(aggregate_id) {
             Some(kept) if kept.version > loaded.version => {}
             Some(kept) => *kept = loaded,
@@ -177,7 +177,7 @@ impl<A: Aggregate> RecentStates<A> {
 
 /// Counts a look into the kept states by what it found: `hit`, `miss`, or `stale` (a
 /// kept state the stream had moved past).
-fn count_recent<A: Aggregate>(result: &'static str) {
+pub(crate) fn count_recent<A: Aggregate>(result: &'static str) {
     metrics::counter!("shopagent_recent_states_total", "aggregate" => A::TYPE, "result" => result)
         .increment(1);
 }
@@ -211,7 +211,9 @@ impl<A: Aggregate> CommandBus<A> {
         Self {
             store,
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
             recent: RecentStates::new(RECENT_STATES),
             _aggregate: PhantomData,
         }
@@ -285,7 +287,10 @@ impl<A: Aggregate> CommandBus<A> {
 
     /// The stored snapshot, when its form is this code's, with the events after it
     /// applied; otherwise the whole stream applied to the default state.
-    async fn load_state(&self, aggregate_id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+    pub(crate) async fn load_state(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
         let mut loaded = Loaded::empty();
         let (snapshot, mut events) = self
             .store
@@ -318,7 +323,9 @@ impl<A: Aggregate> CommandBus<A> {
         Ok(loaded)
     }
 
-    fn stripe(&self, aggregate_id: &str) -> &tokio::sync::Mutex<()> {
+    /// The lock that queues this process's commands on `aggregate_id` (shared with the
+    /// aggregates whose ids hash alike).
+    pub(crate) fn stripe(&self, aggregate_id: &str) -> &Arc<tokio::sync::Mutex<()>> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(aggregate_id);
         &self.stripes[(hash % STRIPES as u64) as usize]
@@ -449,17 +456,7 @@ impl<A: Aggregate> CommandBus<A> {
         // every command a round trip; a command decided again after it committed may
         // also be refused by, or be a no-op on, the state it made, so the record is
         // read on those paths too.
-        if metadata.idempotency_key.is_some() && metadata.request_digest.is_none() {
-            // A caller that knows the original request (HTTP: its body) supplies the
-            // digest; otherwise the command is the request.
-            metadata.request_digest = Some(request_digest::<A>(aggregate_id, &command)?);
-        }
-        // The events carry this command's span, which later readers continue.
-        if let Some(traceparent) = crate::trace::current_traceparent() {
-            metadata.traceparent = Some(traceparent);
-        }
-        let metadata_value = serde_json::to_value(metadata.to_map())
-            .map_err(|error| CommandError::Internal(error.to_string()))?;
+        let metadata_value = prepare_metadata::<A>(aggregate_id, &command, &mut metadata)?;
 
         let _queued = self.stripe(aggregate_id).lock().await;
         // A kept state is tried first, and only once. Whatever it does not end in is
@@ -504,27 +501,14 @@ impl<A: Aggregate> CommandBus<A> {
                     return outcome.map(|outcome| Ran::Applied(outcome, None));
                 }
             };
-            let serialized = serialize::<A>(aggregate_id, version, &events, &metadata_value)?;
-            let appended = events.len() as i64;
-            let mut made = Loaded {
-                version: version + appended,
-                ..loaded
-            };
-            // The state is made from the events as they are stored, so that it is the
-            // state a load of the stream would give.
-            for event in &serialized {
-                let (_, event) = read_event::<A>(event)?;
-                made.state.apply(event);
-            }
-            let snapshot = if made.version - made.snapshot_at >= SNAPSHOT_EVERY {
-                made.snapshot_at = made.version;
-                made.snapshots += 1;
-                Some(snapshot_of(&made.state, made.snapshots)?)
-            } else {
-                None
-            };
+            let Staged {
+                serialized,
+                snapshot,
+                made,
+            } = stage(aggregate_id, loaded, &events, &metadata_value)?;
             match self.store.append(&serialized, snapshot).await {
                 Ok(_) => {
+                    let appended = serialized.len() as i64;
                     let outcome = self.outcome(aggregate_id, made.version, appended, false);
                     let state = made.state.clone();
                     self.recent.keep(aggregate_id, made);
@@ -558,7 +542,7 @@ impl<A: Aggregate> CommandBus<A> {
         })
     }
 
-    async fn recorded(
+    pub(crate) async fn recorded(
         &self,
         metadata: &EventMetadata,
     ) -> Result<Option<CommandOutcome>, CommandError<A::Error>> {
@@ -606,6 +590,65 @@ impl<A: Aggregate> CommandBus<A> {
             replayed,
         }
     }
+}
+
+/// Completes a command's metadata (the digest of the request, when the caller gave
+/// none; the current span) and answers it as stored with each event.
+pub(crate) fn prepare_metadata<A: Aggregate>(
+    aggregate_id: &str,
+    command: &A::Command,
+    metadata: &mut EventMetadata,
+) -> Result<serde_json::Value, CommandError<A::Error>> {
+    if metadata.idempotency_key.is_some() && metadata.request_digest.is_none() {
+        // A caller that knows the original request (HTTP: its body) supplies the
+        // digest; otherwise the command is the request.
+        metadata.request_digest = Some(request_digest::<A>(aggregate_id, command)?);
+    }
+    // The events carry this command's span, which later readers continue.
+    if let Some(traceparent) = crate::trace::current_traceparent() {
+        metadata.traceparent = Some(traceparent);
+    }
+    serde_json::to_value(metadata.to_map())
+        .map_err(|error| CommandError::Internal(error.to_string()))
+}
+
+/// A command's events as they will be stored, with the snapshot due and the state they
+/// make.
+pub(crate) struct Staged<A> {
+    pub(crate) serialized: Vec<SerializedEvent>,
+    pub(crate) snapshot: Option<SnapshotUpdate>,
+    pub(crate) made: Loaded<A>,
+}
+
+/// Stages `events` decided on `loaded`. The state is made from the events as they are
+/// stored, so that it is the state a load of the stream would give.
+pub(crate) fn stage<A: Aggregate>(
+    aggregate_id: &str,
+    loaded: Loaded<A>,
+    events: &[A::Event],
+    metadata: &serde_json::Value,
+) -> Result<Staged<A>, CommandError<A::Error>> {
+    let serialized = serialize::<A>(aggregate_id, loaded.version, events, metadata)?;
+    let mut made = Loaded {
+        version: loaded.version + events.len() as i64,
+        ..loaded
+    };
+    for event in &serialized {
+        let (_, event) = read_event::<A>(event)?;
+        made.state.apply(event);
+    }
+    let snapshot = if made.version - made.snapshot_at >= SNAPSHOT_EVERY {
+        made.snapshot_at = made.version;
+        made.snapshots += 1;
+        Some(snapshot_of(&made.state, made.snapshots)?)
+    } else {
+        None
+    };
+    Ok(Staged {
+        serialized,
+        snapshot,
+        made,
+    })
 }
 
 /// Identifies a request by what it asks for, so a reused key with a different request

@@ -6,7 +6,8 @@
 //! * [`Store`] is the event store: it implements cqrs-es's `PersistedEventRepository`
 //!   over one global log, and reads that log in commit order for subscribers.
 //! * [`CommandBus`] runs commands against an aggregate with optimistic concurrency,
-//!   bounded conflict retries and idempotency keys.
+//!   bounded conflict retries and idempotency keys; a [`Unit`] commits commands on
+//!   several aggregates in one transaction.
 
 pub mod bridge;
 pub mod bus;
@@ -22,9 +23,11 @@ pub mod subscriber;
 pub mod test_support;
 pub mod trace;
 pub mod tracking;
+pub mod unit;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, StoreConfig};
 pub use log::{LogCursor, StoredEvent};
-pub use store::{AppendError, Store, StoreError};
+pub use store::{AppendError, Store, StoreError, StreamAppend};
 pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};
+pub use unit::{Unit, UnitError};

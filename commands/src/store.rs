@@ -88,9 +88,18 @@ impl From<StoreError> for PersistenceError {
 /// What an append stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendReceipt {
-    /// Global positions of the appended events, in sequence order.
+    /// Global positions of the appended events, ascending (each stream's in sequence
+    /// order).
     pub positions: Vec<i64>,
     pub event_ids: Vec<Uuid>,
+}
+
+/// One stream's part of an append: a run of consecutive events with one metadata (one
+/// command's), and the snapshot to store with them.
+#[derive(Debug, Clone)]
+pub struct StreamAppend<'a> {
+    pub events: &'a [SerializedEvent],
+    pub snapshot: Option<SnapshotUpdate>,
 }
 
 /// A snapshot to store with an append, as cqrs-es computes it.
@@ -151,7 +160,10 @@ struct AppendBatch<'a> {
 }
 
 impl<'a> AppendBatch<'a> {
-    fn new(events: &'a [SerializedEvent]) -> Result<Self, AppendError> {
+    fn new(
+        events: &'a [SerializedEvent],
+        recorded_at: OffsetDateTime,
+    ) -> Result<Self, AppendError> {
         let first = events
             .first()
             .ok_or_else(|| AppendError::Invalid("no events to append".to_owned()))?;
@@ -186,8 +198,16 @@ impl<'a> AppendBatch<'a> {
             events,
             event_ids: events.iter().map(|_| Uuid::now_v7()).collect(),
             metadata,
-            recorded_at: OffsetDateTime::now_utc(),
+            recorded_at,
         })
+    }
+
+    /// Each event with its batch and its id.
+    fn events(&self) -> impl Iterator<Item = (&Self, Uuid, &'a SerializedEvent)> {
+        self.event_ids
+            .iter()
+            .zip(self.events)
+            .map(move |(id, event)| (self, *id, event))
     }
 
     fn first_sequence(&self) -> i64 {
@@ -210,22 +230,31 @@ impl<'a> AppendBatch<'a> {
     }
 }
 
+/// Every event of an append, of one stream or several, and the idempotency record of
+/// each command that made them: one statement, so one round trip and one commit.
 const PG_APPEND: &str = "
 WITH appended AS (
     INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
                         event_version, payload, metadata, recorded_at)
-    SELECT e.event_id, $1, $2, e.sequence, e.event_type, e.event_version, e.payload, e.metadata, $3
-      FROM UNNEST($4::uuid[], $5::bigint[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[])
-           AS e(event_id, sequence, event_type, event_version, payload, metadata)
-     ORDER BY e.sequence
-    RETURNING position, sequence
+    SELECT e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
+           e.event_version, e.payload, e.metadata, $1
+      FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],
+                  $8::jsonb[], $9::jsonb[]) WITH ORDINALITY
+           AS e(event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                payload, metadata, n)
+     ORDER BY e.n
+    RETURNING position
 ), outcome AS (
     INSERT INTO command_outcomes (tenant, idempotency_key, request_digest, aggregate_type,
                                   aggregate_id, first_sequence, last_sequence, recorded_at)
-    SELECT $10, $11, $12, $1, $2, $13, $14, $3
-     WHERE $11::text IS NOT NULL
+    SELECT o.tenant, o.idempotency_key, o.request_digest, o.aggregate_type, o.aggregate_id,
+           o.first_sequence, o.last_sequence, $1
+      FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                  $15::bigint[], $16::bigint[])
+           AS o(tenant, idempotency_key, request_digest, aggregate_type, aggregate_id,
+                first_sequence, last_sequence)
 )
-SELECT position FROM appended ORDER BY sequence";
+SELECT position FROM appended ORDER BY position";
 
 const EVENT_COLUMNS: &str =
     "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata";
@@ -280,6 +309,16 @@ impl Store {
         events: &[SerializedEvent],
         snapshot: Option<SnapshotUpdate>,
     ) -> Result<AppendReceipt, AppendError> {
+        self.append_all(&[StreamAppend { events, snapshot }]).await
+    }
+
+    /// Appends to several streams (or several commands' events to one) in one
+    /// transaction: all of it commits, with every idempotency record and snapshot, or
+    /// nothing does. A conflict on any stream fails the whole append.
+    pub async fn append_all(
+        &self,
+        parts: &[StreamAppend<'_>],
+    ) -> Result<AppendReceipt, AppendError> {
         let span = tracing::info_span!(
             "store append",
             otel.kind = "client",
@@ -287,28 +326,43 @@ impl Store {
                 Backend::Postgres => "postgresql",
                 Backend::Sqlite => "sqlite",
             },
-            events = events.len(),
+            events = parts.iter().map(|part| part.events.len()).sum::<usize>(),
+            streams = parts.len(),
         );
-        self.append_batch(events, snapshot).instrument(span).await
+        self.append_batches(parts).instrument(span).await
     }
 
-    async fn append_batch(
+    async fn append_batches(
         &self,
-        events: &[SerializedEvent],
-        snapshot: Option<SnapshotUpdate>,
+        parts: &[StreamAppend<'_>],
     ) -> Result<AppendReceipt, AppendError> {
-        let batch = AppendBatch::new(events)?;
+        let recorded_at = OffsetDateTime::now_utc();
+        let batches = parts
+            .iter()
+            .map(|part| AppendBatch::new(part.events, recorded_at))
+            .collect::<Result<Vec<_>, _>>()?;
+        if batches.is_empty() {
+            return Err(AppendError::Invalid("no events to append".to_owned()));
+        }
+        let snapshots = || {
+            batches
+                .iter()
+                .zip(parts)
+                .filter_map(|(batch, part)| Some((batch, part.snapshot.as_ref()?)))
+        };
         let positions = match &self.db {
             Database::Postgres(pool) => {
-                if let Some(snapshot) = snapshot {
+                if snapshots().next().is_some() {
                     let mut tx = pool.begin().await.map_err(StoreError::from)?;
-                    let positions = pg_append(&mut *tx, &batch).await?;
-                    pg_store_snapshot(&mut tx, &batch, &snapshot).await?;
+                    let positions = pg_append(&mut *tx, &batches).await?;
+                    for (batch, snapshot) in snapshots() {
+                        pg_store_snapshot(&mut tx, batch, snapshot).await?;
+                    }
                     tx.commit().await.map_err(StoreError::from)?;
                     positions
                 } else {
                     // One statement is one implicit transaction: a single round trip.
-                    pg_append(pool, &batch).await?
+                    pg_append(pool, &batches).await?
                 }
             }
             Database::Sqlite(pool) => {
@@ -317,9 +371,12 @@ impl Store {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(StoreError::from)?;
-                let positions = sqlite_append(&mut tx, &batch).await?;
-                if let Some(snapshot) = snapshot {
-                    sqlite_store_snapshot(&mut tx, &batch, &snapshot).await?;
+                let mut positions = Vec::new();
+                for batch in &batches {
+                    positions.extend(sqlite_append(&mut tx, batch).await?);
+                }
+                for (batch, snapshot) in snapshots() {
+                    sqlite_store_snapshot(&mut tx, batch, snapshot).await?;
                 }
                 tx.commit().await.map_err(StoreError::from)?;
                 positions
@@ -327,10 +384,13 @@ impl Store {
         };
         self.appended
             .send_modify(|count| *count = count.wrapping_add(1));
-        metrics::counter!("shopagent_events_appended_total").increment(events.len() as u64);
+        metrics::counter!("shopagent_events_appended_total").increment(positions.len() as u64);
         Ok(AppendReceipt {
             positions,
-            event_ids: batch.event_ids,
+            event_ids: batches
+                .into_iter()
+                .flat_map(|batch| batch.event_ids)
+                .collect(),
         })
     }
 
@@ -598,34 +658,71 @@ impl RecordedOutcome {
 
 async fn pg_append<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    batch: &AppendBatch<'_>,
+    batches: &[AppendBatch<'_>],
 ) -> Result<Vec<i64>, AppendError> {
-    let events = batch.events;
+    let events = || batches.iter().flat_map(|batch| batch.events());
+    let recorded = || {
+        batches
+            .iter()
+            .filter_map(|batch| Some((batch, batch.idempotency_key()?)))
+    };
     let result = sqlx::query_scalar(PG_APPEND)
-        .bind(batch.aggregate_type)
-        .bind(batch.aggregate_id)
-        .bind(batch.recorded_at)
-        .bind(&batch.event_ids)
-        .bind(events.iter().map(|e| e.sequence as i64).collect::<Vec<_>>())
+        .bind(batches[0].recorded_at)
+        .bind(events().map(|(_, id, _)| id).collect::<Vec<_>>())
         .bind(
-            events
-                .iter()
-                .map(|e| e.event_type.as_str())
+            events()
+                .map(|(batch, ..)| batch.aggregate_type)
                 .collect::<Vec<_>>(),
         )
         .bind(
-            events
-                .iter()
-                .map(|e| e.event_version.as_str())
+            events()
+                .map(|(batch, ..)| batch.aggregate_id)
                 .collect::<Vec<_>>(),
         )
-        .bind(events.iter().map(|e| &e.payload).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| &e.metadata).collect::<Vec<_>>())
-        .bind(&batch.metadata.tenant)
-        .bind(batch.idempotency_key())
-        .bind(batch.request_digest())
-        .bind(batch.first_sequence())
-        .bind(batch.last_sequence())
+        .bind(
+            events()
+                .map(|(.., e)| e.sequence as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events()
+                .map(|(.., e)| e.event_type.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            events()
+                .map(|(.., e)| e.event_version.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(events().map(|(.., e)| &e.payload).collect::<Vec<_>>())
+        .bind(events().map(|(.., e)| &e.metadata).collect::<Vec<_>>())
+        .bind(
+            recorded()
+                .map(|(b, _)| b.metadata.tenant.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(recorded().map(|(_, key)| key).collect::<Vec<_>>())
+        .bind(
+            recorded()
+                .map(|(b, _)| b.request_digest())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            recorded()
+                .map(|(b, _)| b.aggregate_type)
+                .collect::<Vec<_>>(),
+        )
+        .bind(recorded().map(|(b, _)| b.aggregate_id).collect::<Vec<_>>())
+        .bind(
+            recorded()
+                .map(|(b, _)| b.first_sequence())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            recorded()
+                .map(|(b, _)| b.last_sequence())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(executor)
         .await;
     result.map_err(|error| match constraint_of(&error) {

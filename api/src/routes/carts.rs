@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use shopagent_commands::CommandError;
+use shopagent_commands::{CommandError, Unit};
 use shopagent_domain::address::{Address, AddressFields};
 use shopagent_domain::cart::{Cart, CartCommand, CartLine, Quote, SubCartDecision};
 use shopagent_domain::ids::{
@@ -576,9 +576,10 @@ pub async fn fetch_quote(
     change(&app, &principal, &key, &headers, CartId(id), command).await
 }
 
-/// Locks the cart, splits it by merchant, and reserves budget on the cart's mandate for
-/// every sub-cart that may proceed. The mandate decides each reservation alone, so
-/// concurrent checkouts never overspend it.
+/// Locks the cart, splits it by merchant, reserves budget on the cart's mandate for
+/// every sub-cart that may proceed and creates its order, all in one transaction. The
+/// mandate decides each reservation on its state as stored, so concurrent checkouts
+/// never overspend it.
 #[utoipa::path(operation_id = "carts_checkout", post, path = "/v1/carts/{id}/checkout", tag = "carts",
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
     responses((status = 200, description = "The resource after the request", body = CheckoutView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
@@ -606,171 +607,186 @@ pub async fn checkout(
         .and_then(|(_, m)| m.terms.as_ref())
         .map_or(0, |t| t.price_drift_tolerance_bps);
     let now = OffsetDateTime::now_utc();
-    // The cart as checkout left it is the answer: the orders and reservations below
-    // are other aggregates.
-    let (checked_out, version) = app
-        .carts
-        .execute_and_load(
-            &stream,
-            CartCommand::StartCheckout {
-                price_drift_tolerance_bps: tolerance,
-                at: now,
-            },
-            metadata(&principal, &key),
-            if_match(&headers)?,
-        )
-        .await?;
-    let sub_carts = checked_out.sub_carts.clone();
-
     // Without a mandate the shopper is buying: the same as assist mode.
     let mode = mandate
         .as_ref()
         .and_then(|(_, m)| m.terms.as_ref())
         .map_or(Mode::Assist, |t| t.mode);
-    let mut outcomes = Vec::with_capacity(sub_carts.len());
-    for sub_cart in sub_carts {
-        let mut outcome = SubCartOutcome {
-            merchant: sub_cart.merchant.to_string(),
-            grand_total: sub_cart.grand_total.into(),
-            status: "handoff".into(),
-            reservation_id: None,
-            order_id: None,
-            code: None,
-            reason: None,
-            deeplink: None,
-        };
-        let drift = match sub_cart.decision {
-            SubCartDecision::AwaitApproval { drift_bps } => Some(drift_bps),
-            SubCartDecision::Proceed => None,
-        };
-        let (registered, _) = app
-            .merchants
-            .load(&merchant_stream(&principal, &sub_cart.merchant))
-            .await?;
-        let choice = choose_path(mode, &registered);
-        // Only an automated path (api, headless) buys under the mandate; it needs budget.
-        let automated = mandate
-            .as_ref()
-            .filter(|_| choice.path != CheckoutPath::Deeplink);
-        if let Some((mandate_id, _)) = automated {
-            // Reserve even when the price drifted: the hold keeps the budget while the
-            // shopper decides, and approving the reservation releases the checkout.
-            let reservation_id = ReservationId(Uuid::new_v5(
-                &cart_id.0,
-                sub_cart.merchant.as_str().as_bytes(),
-            ));
-            outcome.reservation_id = Some(reservation_id.to_string());
-            let command = MandateCommand::Reserve {
-                reservation_id,
-                merchant: sub_cart.merchant.clone(),
-                categories: sub_cart.categories.clone(),
-                amount: sub_cart.grand_total,
-                approval_required: drift.is_some(),
-                at: now,
-            };
-            let mandate_stream = stream_id(&principal.tenant, mandate_id);
-            let reserve_key = key.derived(&format!("reserve/{}", sub_cart.merchant));
-            match app
-                .mandates
+    let expected_version = if_match(&headers)?;
+    // The cart's checkout, the budget reserved and the orders created commit together:
+    // one transaction, and never a checkout half done.
+    let mut attempts = Unit::attempts(&app.store);
+    let (checked_out, version, outcomes) = loop {
+        let unit = attempts.next().await?;
+        let planned = async {
+            // The cart as checkout left it is the answer: the orders and reservations
+            // below are other aggregates.
+            let (checked_out, version) = unit
                 .execute_and_load(
-                    &mandate_stream,
-                    command,
-                    metadata(&principal, &reserve_key),
-                    None,
-                )
-                .await
-            {
-                Ok((mandate, _)) => {
-                    let waiting = mandate
-                        .reservations
-                        .get(&reservation_id)
-                        .is_some_and(|r| r.awaiting_approval);
-                    outcome.status = if waiting {
-                        "awaiting_approval"
-                    } else {
-                        "reserved"
-                    }
-                    .into();
-                    if let Some(drift_bps) = drift {
-                        outcome.code = Some("price_drift".into());
-                        outcome.reason = Some(format!(
-                            "the quote is {drift_bps} basis points above the prices seen"
-                        ));
-                    } else if waiting {
-                        outcome.code = Some("approval_threshold".into());
-                    }
-                }
-                Err(CommandError::Rejected(
-                    rejection @ (MandateError::NotFound | MandateError::AlreadyExists),
-                )) => {
-                    return Err(CommandError::Rejected(rejection).into());
-                }
-                Err(CommandError::Rejected(rejection)) => {
-                    outcome.status = "refused".into();
-                    outcome.code = Some(rejection.code().into());
-                    outcome.reason = Some(rejection.to_string());
-                }
-                Err(other) => return Err(other.into()),
-            }
-        } else if let Some(drift_bps) = drift {
-            // The shopper buys: tell them the price moved; they re-quote or accept at
-            // the merchant.
-            outcome.code = Some("price_drift".into());
-            outcome.reason = Some(format!(
-                "the quote is {drift_bps} basis points above the prices seen"
-            ));
-        }
-        let path = match outcome.status.as_str() {
-            "reserved" | "handoff" => Some((choice.path, choice.reason)),
-            _ => None,
-        };
-        if let Some((path, reason)) = path {
-            let order_id = OrderId(Uuid::new_v5(
-                &cart_id.0,
-                format!("order/{}", sub_cart.merchant).as_bytes(),
-            ));
-            let lines = sub_cart
-                .lines
-                .iter()
-                .filter_map(|line_id| cart.lines.get(line_id))
-                .map(OrderLine::from)
-                .collect();
-            let draft = OrderDraft {
-                cart_id,
-                shopper: cart.shopper.clone(),
-                mandate_id: cart.mandate_id,
-                reservation_id: outcome
-                    .reservation_id
-                    .as_deref()
-                    .and_then(|id| Uuid::parse_str(id).ok())
-                    .map(ReservationId),
-                merchant: sub_cart.merchant.clone(),
-                lines,
-                total: sub_cart.grand_total,
-                path,
-                path_reason: reason,
-            };
-            let order_key = key.derived(&format!("order/{}", sub_cart.merchant));
-            let order_stream = stream_id(&principal.tenant, order_id);
-            app.orders.expect_new(&order_stream);
-            app.orders
-                .execute(
-                    &order_stream,
-                    OrderCommand::Create {
-                        order_id,
-                        draft,
+                    &app.carts,
+                    &stream,
+                    CartCommand::StartCheckout {
+                        price_drift_tolerance_bps: tolerance,
                         at: now,
                     },
-                    metadata(&principal, &order_key),
+                    metadata(&principal, &key),
+                    expected_version,
                 )
                 .await?;
-            outcome.order_id = Some(order_id.to_string());
-            if path == CheckoutPath::Deeplink {
-                outcome.deeplink = deeplink(&registered, &sub_cart, &cart, order_id);
+            let mut outcomes = Vec::with_capacity(checked_out.sub_carts.len());
+            for sub_cart in &checked_out.sub_carts {
+                let mut outcome = SubCartOutcome {
+                    merchant: sub_cart.merchant.to_string(),
+                    grand_total: sub_cart.grand_total.into(),
+                    status: "handoff".into(),
+                    reservation_id: None,
+                    order_id: None,
+                    code: None,
+                    reason: None,
+                    deeplink: None,
+                };
+                let drift = match sub_cart.decision {
+                    SubCartDecision::AwaitApproval { drift_bps } => Some(drift_bps),
+                    SubCartDecision::Proceed => None,
+                };
+                let (registered, _) = app
+                    .merchants
+                    .load(&merchant_stream(&principal, &sub_cart.merchant))
+                    .await?;
+                let choice = choose_path(mode, &registered);
+                // Only an automated path (api, headless) buys under the mandate; it needs
+                // budget.
+                let automated = mandate
+                    .as_ref()
+                    .filter(|_| choice.path != CheckoutPath::Deeplink);
+                if let Some((mandate_id, _)) = automated {
+                    // Reserve even when the price drifted: the hold keeps the budget while
+                    // the shopper decides, and approving the reservation releases the
+                    // checkout.
+                    let reservation_id = ReservationId(Uuid::new_v5(
+                        &cart_id.0,
+                        sub_cart.merchant.as_str().as_bytes(),
+                    ));
+                    outcome.reservation_id = Some(reservation_id.to_string());
+                    let command = MandateCommand::Reserve {
+                        reservation_id,
+                        merchant: sub_cart.merchant.clone(),
+                        categories: sub_cart.categories.clone(),
+                        amount: sub_cart.grand_total,
+                        approval_required: drift.is_some(),
+                        at: now,
+                    };
+                    let mandate_stream = stream_id(&principal.tenant, mandate_id);
+                    let reserve_key = key.derived(&format!("reserve/{}", sub_cart.merchant));
+                    let reserved = unit
+                        .execute_and_load(
+                            &app.mandates,
+                            &mandate_stream,
+                            command,
+                            metadata(&principal, &reserve_key),
+                            None,
+                        )
+                        .await;
+                    match reserved {
+                        Ok((mandate, _)) => {
+                            let waiting = mandate
+                                .reservations
+                                .get(&reservation_id)
+                                .is_some_and(|r| r.awaiting_approval);
+                            outcome.status = if waiting {
+                                "awaiting_approval"
+                            } else {
+                                "reserved"
+                            }
+                            .into();
+                            if let Some(drift_bps) = drift {
+                                outcome.code = Some("price_drift".into());
+                                outcome.reason = Some(format!(
+                                    "the quote is {drift_bps} basis points above the prices seen"
+                                ));
+                            } else if waiting {
+                                outcome.code = Some("approval_threshold".into());
+                            }
+                        }
+                        Err(CommandError::Rejected(
+                            rejection @ (MandateError::NotFound | MandateError::AlreadyExists),
+                        )) => {
+                            return Err(CommandError::Rejected(rejection).into());
+                        }
+                        Err(CommandError::Rejected(rejection)) => {
+                            outcome.status = "refused".into();
+                            outcome.code = Some(rejection.code().into());
+                            outcome.reason = Some(rejection.to_string());
+                        }
+                        Err(other) => return Err(other.into()),
+                    }
+                } else if let Some(drift_bps) = drift {
+                    // The shopper buys: tell them the price moved; they re-quote or accept
+                    // at the merchant.
+                    outcome.code = Some("price_drift".into());
+                    outcome.reason = Some(format!(
+                        "the quote is {drift_bps} basis points above the prices seen"
+                    ));
+                }
+                let path = match outcome.status.as_str() {
+                    "reserved" | "handoff" => Some((choice.path, choice.reason)),
+                    _ => None,
+                };
+                if let Some((path, reason)) = path {
+                    let order_id = OrderId(Uuid::new_v5(
+                        &cart_id.0,
+                        format!("order/{}", sub_cart.merchant).as_bytes(),
+                    ));
+                    let lines = sub_cart
+                        .lines
+                        .iter()
+                        .filter_map(|line_id| cart.lines.get(line_id))
+                        .map(OrderLine::from)
+                        .collect();
+                    let draft = OrderDraft {
+                        cart_id,
+                        shopper: cart.shopper.clone(),
+                        mandate_id: cart.mandate_id,
+                        reservation_id: outcome
+                            .reservation_id
+                            .as_deref()
+                            .and_then(|id| Uuid::parse_str(id).ok())
+                            .map(ReservationId),
+                        merchant: sub_cart.merchant.clone(),
+                        lines,
+                        total: sub_cart.grand_total,
+                        path,
+                        path_reason: reason,
+                    };
+                    let order_key = key.derived(&format!("order/{}", sub_cart.merchant));
+                    let order_stream = stream_id(&principal.tenant, order_id);
+                    app.orders.expect_new(&order_stream);
+                    unit.execute_and_load(
+                        &app.orders,
+                        &order_stream,
+                        OrderCommand::Create {
+                            order_id,
+                            draft,
+                            at: now,
+                        },
+                        metadata(&principal, &order_key),
+                        None,
+                    )
+                    .await?;
+                    outcome.order_id = Some(order_id.to_string());
+                    if path == CheckoutPath::Deeplink {
+                        outcome.deeplink = deeplink(&registered, sub_cart, &cart, order_id);
+                    }
+                }
+                outcomes.push(outcome);
             }
+            Ok::<_, Problem>((checked_out, version, outcomes))
         }
-        outcomes.push(outcome);
-    }
+        .await;
+        if let Some(done) = attempts.commit(planned).await? {
+            break done;
+        }
+    };
     Ok(versioned(
         StatusCode::OK,
         version,

@@ -20,6 +20,11 @@ pub enum TallyCommand {
     AddTwice(i64),
     /// Records nothing.
     Touch,
+    /// Adds `amount` unless the total would pass `limit`.
+    AddUpTo {
+        amount: i64,
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +52,8 @@ pub enum TallyError {
     NotOpen,
     #[error("tally is already open")]
     AlreadyOpen,
+    #[error("the total would pass its limit")]
+    Full,
 }
 
 impl Aggregate for Tally {
@@ -66,6 +73,10 @@ impl Aggregate for Tally {
                 TallyEvent::Added { amount },
             ]),
             TallyCommand::Touch => Ok(vec![]),
+            TallyCommand::AddUpTo { amount, limit } if self.total + amount > limit => {
+                Err(TallyError::Full)
+            }
+            TallyCommand::AddUpTo { amount, .. } => Ok(vec![TallyEvent::Added { amount }]),
         }
     }
 
