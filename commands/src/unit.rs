@@ -185,7 +185,7 @@ impl Unit {
         bus: &Arc<CommandBus<A>>,
         aggregate_id: &str,
         command: A::Command,
-        mut metadata: EventMetadata,
+        metadata: EventMetadata,
         expected_version: Option<i64>,
     ) -> Result<(A, i64), CommandError<A::Error>> {
         // As the bus's: the events carry this span, which later readers continue.
