@@ -183,6 +183,25 @@ pub(crate) fn count_recent<A: Aggregate>(result: &'static str) {
 }
 
 impl<A: Aggregate> Loaded<A> {
+    /// The events `command` makes on this state, if the state is at
+    /// `expected_version` (when one is given).
+    pub(crate) fn decide(
+        &self,
+        command: &A::Command,
+        expected_version: Option<i64>,
+    ) -> Result<Vec<A::Event>, CommandError<A::Error>> {
+        match expected_version {
+            Some(expected) if expected != self.version => Err(CommandError::VersionMismatch {
+                expected,
+                actual: self.version,
+            }),
+            _ => self
+                .state
+                .decide(command.clone())
+                .map_err(CommandError::Rejected),
+        }
+    }
+
     /// An aggregate with no events yet.
     fn empty() -> Self {
         Self {
@@ -479,16 +498,7 @@ impl<A: Aggregate> CommandBus<A> {
                 return Ok(Ran::Refused(refusal));
             }
             let version = loaded.version;
-            let decided = match expected_version {
-                Some(expected) if expected != version => Err(CommandError::VersionMismatch {
-                    expected,
-                    actual: version,
-                }),
-                _ => loaded
-                    .state
-                    .decide(command.clone())
-                    .map_err(CommandError::Rejected),
-            };
+            let decided = loaded.decide(&command, expected_version);
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 _ if from_memory => continue,

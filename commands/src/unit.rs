@@ -225,17 +225,7 @@ impl Unit {
         }
         loop {
             let version = member.state.version;
-            let decided = match expected_version {
-                Some(expected) if expected != version => Err(CommandError::VersionMismatch {
-                    expected,
-                    actual: version,
-                }),
-                _ => member
-                    .state
-                    .state
-                    .decide(command.clone())
-                    .map_err(CommandError::Rejected),
-            };
+            let decided = member.state.decide(&command, expected_version);
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 not_appended => {
