@@ -641,8 +641,13 @@ impl Story {
             .wait_for(
                 &format!("/v1/reconciliation/daily?date={today}"),
                 &finance,
-                "the card capture and refund to reach finance",
-                |d| d["totals"][0]["refunded_minor"] == 10_000,
+                "the card capture and both sides of the refund to reach finance",
+                // The issuer's refund and the merchant's are two webhooks, projected
+                // in whichever order they arrive.
+                |d| {
+                    d["totals"][0]["refunded_minor"] == 10_000
+                        && d["totals"][0]["merchant_refunded_minor"] == 10_000
+                },
             )
             .await?;
         let totals = &day["totals"][0];
