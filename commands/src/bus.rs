@@ -445,8 +445,7 @@ impl<A: Aggregate> CommandBus<A> {
             Err(CommandError::Unavailable(_)) => "unavailable",
             Err(CommandError::Internal(_)) => "error",
         };
-        metrics::counter!("shopagent_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
-            .increment(1);
+        count_command(A::TYPE, outcome);
         span.record("outcome", outcome);
         match &result {
             Ok(Ran::Applied(done, _)) => {
@@ -746,8 +745,14 @@ fn snapshot_of<A: Aggregate>(
     })
 }
 
+/// Counts a command by its aggregate type and outcome (`shopagent_commands_total`).
+pub(crate) fn count_command(aggregate: &'static str, outcome: &'static str) {
+    metrics::counter!("shopagent_commands_total", "aggregate" => aggregate, "outcome" => outcome)
+        .increment(1);
+}
+
 /// A short, jittered pause so that racing writers do not collide again in lockstep.
-fn conflict_backoff(attempt: u32) -> Duration {
+pub(crate) fn conflict_backoff(attempt: u32) -> Duration {
     let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 4);
     Duration::from_millis(u64::from(attempt) * 2 + jitter)
 }

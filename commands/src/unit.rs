@@ -3,14 +3,15 @@
 
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
 use shopagent_domain::{Aggregate, EventMetadata};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::Instrument;
 
-use crate::bus::{Loaded, Staged, count_recent, prepare_metadata, stage};
+use crate::bus::{
+    Loaded, Staged, conflict_backoff, count_command, count_recent, prepare_metadata, stage,
+};
 use crate::store::{AppendError, SnapshotUpdate, StreamAppend};
 use crate::{CommandBus, CommandError, Store, StoreError};
 
@@ -114,7 +115,7 @@ impl Attempts {
             None => {}
             Some(Retry::Conflict) => {
                 tracing::debug!(attempt = self.made, "unit conflict");
-                tokio::time::sleep(backoff(self.made)).await;
+                tokio::time::sleep(conflict_backoff(self.made)).await;
                 unit.fresh = true;
             }
             Some(Retry::Busy(lock)) => unit.held.push(lock.lock_owned().await),
@@ -359,8 +360,7 @@ impl Unit {
 /// (`shopagent_commands_total`).
 fn count(outcomes: impl IntoIterator<Item = (&'static str, &'static str)>) {
     for (aggregate, outcome) in outcomes {
-        metrics::counter!("shopagent_commands_total", "aggregate" => aggregate, "outcome" => outcome)
-            .increment(1);
+        count_command(aggregate, outcome);
     }
 }
 
@@ -382,12 +382,6 @@ impl std::fmt::Debug for Unit {
             .field("locks_held", &self.held.len())
             .finish()
     }
-}
-
-/// A short, jittered pause so that racing units do not collide again in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 4);
-    Duration::from_millis(u64::from(attempt) * 2 + jitter)
 }
 
 /// One aggregate of a unit, whatever its type.
