@@ -129,20 +129,20 @@ async fn main() {
         "Raw baseline (load a stream + append, one transaction) and the HTTP command mix, {seconds} s per level:\n"
     );
     println!(
-        "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) |"
+        "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|");
     // The level with the highest rate, for the paced run at half of it.
     let mut peak: Option<(usize, f64, f64)> = None;
     for &clients in &levels {
         let raw = raw_load_append(&url, clients, seconds / 2).await;
-        let rate = level(&server, clients, seconds, None, raw).await;
+        let rate = level(&server, &url, clients, seconds, None, raw).await;
         if peak.is_none_or(|(_, best, _)| rate > best) {
             peak = Some((clients, rate, raw));
         }
     }
     if let Some((clients, rate, raw)) = peak {
-        level(&server, clients, seconds, Some(rate / 2.0), raw).await;
+        level(&server, &url, clients, seconds, Some(rate / 2.0), raw).await;
     }
 
     server.kill().await;
@@ -151,7 +151,14 @@ async fn main() {
 
 /// Runs `clients` agents for `seconds` (all together at `pace` commands/s when given),
 /// prints the level's row, and answers its commands/s.
-async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>, raw: f64) -> f64 {
+async fn level(
+    server: &Server,
+    url: &str,
+    clients: usize,
+    seconds: u64,
+    pace: Option<f64>,
+    raw: f64,
+) -> f64 {
     // Each agent under a mandate of its own shopper.
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut agents = Vec::with_capacity(clients);
@@ -170,6 +177,7 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
     }
 
     let (rss_start, _) = server.memory_kib();
+    let work_before = DatabaseWork::read(url).await;
     let load = Load::start_paced(agents, pace);
     let timeline = run_for(server, &load, Duration::from_secs(seconds)).await;
     let (journal, elapsed) = load.stop().await;
@@ -191,12 +199,16 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         Some(_) => behind,
         None => format!("{behind}; not caught up {} s later", CATCH_UP.as_secs()),
     };
+    // Read once every backend has reported what it did (background work included).
+    tokio::time::sleep(DatabaseWork::REPORTED_WITHIN).await;
+    let work = DatabaseWork::read(url).await.since(&work_before);
+    let commands = latencies.len().max(1) as f64;
     let label = match pace {
         Some(pace) => format!("{clients}, paced at {pace:.0}/s"),
         None => clients.to_string(),
     };
     println!(
-        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} |",
+        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} | {:.1} | {:.1} |",
         rate / raw,
         ms(p50),
         ms(p95),
@@ -206,6 +218,8 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
         rss_start as f64 / 1024.0,
         rss_end as f64 / 1024.0,
         peak as f64 / 1024.0,
+        work.transactions as f64 / commands,
+        work.rows_written as f64 / commands,
     );
     if !timeline.is_empty() {
         println!(
@@ -216,6 +230,48 @@ async fn level(server: &Server, clients: usize, seconds: u64, pace: Option<f64>,
     }
     println!("\n  {label}, by request: {}\n", by_request(&journal.sent));
     rate
+}
+
+/// What the database did, from its own counters for the bench's database: every
+/// transaction any client made (the server's requests and its background work alike),
+/// and every row inserted, updated or deleted. Divided by the commands of a level they
+/// tell how much database work a command costs, a figure that does not move with the
+/// machine's speed the way rates do.
+struct DatabaseWork {
+    transactions: i64,
+    rows_written: i64,
+}
+
+impl DatabaseWork {
+    /// A backend reports its counters at most once a second while busy, and within
+    /// ten seconds of going idle (PostgreSQL 15's statistics).
+    const REPORTED_WITHIN: Duration = Duration::from_secs(11);
+
+    async fn read(url: &str) -> Self {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("a connection for the counters");
+        let (transactions, rows_written): (i64, i64) = sqlx::query_as(
+            "SELECT xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted
+             FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .expect("the database's counters");
+        connection.close().await.ok();
+        Self {
+            transactions,
+            rows_written,
+        }
+    }
+
+    fn since(self, before: &Self) -> Self {
+        Self {
+            transactions: self.transactions - before.transactions,
+            rows_written: self.rows_written - before.rows_written,
+        }
+    }
 }
 
 /// Latency by kind of request (its path with the ids left out): which of them make
