@@ -100,6 +100,8 @@ pub struct SubscriberRunner {
     /// Events past the checkpoint already handled by a partitioned step that failed
     /// elsewhere: the retry passes over them instead of repeating their side effects.
     handled_ahead: Arc<std::sync::Mutex<HashSet<Uuid>>>,
+    /// The checkpoint as this runner last wrote it ([`SavedCursor`]).
+    saved: SavedCursor,
 }
 
 impl std::fmt::Debug for SubscriberRunner {
@@ -131,6 +133,7 @@ impl SubscriberRunner {
             last_error: Arc::default(),
             throughput: Arc::default(),
             handled_ahead: Arc::default(),
+            saved: SavedCursor::default(),
         }
     }
 
@@ -156,9 +159,22 @@ impl SubscriberRunner {
     /// the next write (at the latest, the end of the batch). Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
         let name = self.name();
-        let mut cursor = checkpoint(self.store.database(), name).await?;
-        let events = self.store.read_log(cursor, self.batch_size).await?;
+        let kept = self.saved.take();
+        let mut cursor = match kept {
+            Some(kept) => kept,
+            None => checkpoint(self.store.database(), name).await?,
+        };
+        let mut events = self.store.read_log(cursor, self.batch_size).await?;
+        if events.is_empty() && kept.is_some() {
+            // Nothing after the kept cursor: make sure it is still the stored one.
+            let stored = checkpoint(self.store.database(), name).await?;
+            if stored != cursor {
+                cursor = stored;
+                events = self.store.read_log(cursor, self.batch_size).await?;
+            }
+        }
         if events.is_empty() {
+            self.saved.keep(cursor);
             return Ok(Progress {
                 handled: 0,
                 failed: false,
@@ -196,7 +212,7 @@ impl SubscriberRunner {
             cursor = event.cursor;
             let rate = self.record(started, 1);
             let handled_since = (passed_over + 1) as i64;
-            save(self.store.derived(), name, cursor, rate, handled_since).await?;
+            self.save(cursor, rate, handled_since).await?;
             passed_over = 0;
             handled += 1;
         }
@@ -338,14 +354,19 @@ impl SubscriberRunner {
         events: usize,
     ) -> Result<(), SubscriberError> {
         let rate = self.record(started, events);
-        save(
-            self.store.derived(),
-            self.name(),
-            cursor,
-            rate,
-            events as i64,
-        )
-        .await
+        self.save(cursor, rate, events as i64).await
+    }
+
+    /// Moves the checkpoint to `cursor` and keeps it for the next step.
+    async fn save(
+        &self,
+        cursor: LogCursor,
+        rate: f64,
+        handled: i64,
+    ) -> Result<(), SubscriberError> {
+        save(self.store.derived(), self.name(), cursor, rate, handled).await?;
+        self.saved.keep(cursor);
+        Ok(())
     }
 
     /// Handles events until `shutdown` fires, holding the subscriber's lease meanwhile.
@@ -353,20 +374,31 @@ impl SubscriberRunner {
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.name();
         let lease = format!("subscriber.{name}");
-        drive(&self.store, &lease, self.idle_poll, &shutdown, || async {
-            match self.step().await {
-                Ok(Progress {
-                    handled,
-                    failed: false,
-                }) if handled > 0 => Step::Busy,
-                Ok(Progress { failed: false, .. }) => Step::Idle,
-                Ok(Progress { failed: true, .. }) => Step::Failed,
-                Err(error) => {
-                    tracing::warn!(subscriber = name, %error, "subscriber step failed");
-                    Step::Failed
+        let runner = &self;
+        drive(
+            &self.store,
+            &lease,
+            self.idle_poll,
+            &shutdown,
+            |leased_anew| async move {
+                if leased_anew {
+                    runner.saved.forget();
                 }
-            }
-        })
+                match runner.step().await {
+                    // A full batch: more may be waiting. A shorter one reached the head.
+                    Ok(Progress {
+                        handled,
+                        failed: false,
+                    }) if handled >= self.batch_size as usize => Step::Busy,
+                    Ok(Progress { failed: false, .. }) => Step::Idle,
+                    Ok(Progress { failed: true, .. }) => Step::Failed,
+                    Err(error) => {
+                        tracing::warn!(subscriber = name, %error, "subscriber step failed");
+                        Step::Failed
+                    }
+                }
+            },
+        )
         .await;
     }
 }
@@ -374,9 +406,10 @@ impl SubscriberRunner {
 /// What one step of a reader of the log came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// It did work: step again at once.
+    /// It read a full batch: more may be waiting, step again at once.
     Busy,
-    /// Nothing to do: wait for an append (or the idle poll).
+    /// It reached the head of the log (read a shorter batch, or nothing): wait for an
+    /// append (or the idle poll). Stepping again at once would mostly read nothing.
     Idle,
     /// It failed: retry after a backoff that grows with each failure in a row.
     Failed,
@@ -393,7 +426,9 @@ pub const GATHER: Duration = Duration::from_millis(20);
 
 /// Runs `step` until `shutdown` fires, while holding the lease `lease`: one instance at
 /// a time runs it. A holder that finds its session gone (the lock released) stops and
-/// queues for the lease again.
+/// queues for the lease again. `step` is told whether it is the first since the lease
+/// was taken: what it kept from an earlier tenure may have been moved on by another
+/// instance meanwhile.
 pub async fn drive<F, Fut>(
     store: &Store,
     lease: &str,
@@ -401,12 +436,13 @@ pub async fn drive<F, Fut>(
     shutdown: &CancellationToken,
     mut step: F,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(bool) -> Fut,
     Fut: Future<Output = Step>,
 {
     while let Some(mut held) = Lease::acquire(store.database(), lease, shutdown).await {
         tracing::info!(lease, "started");
         let mut appended = store.subscribe_appends();
+        let mut leased_anew = true;
         let mut failures: u32 = 0;
         let mut checked = tokio::time::Instant::now();
         loop {
@@ -421,7 +457,7 @@ pub async fn drive<F, Fut>(
                     break;
                 }
             }
-            let pause = match step().await {
+            let pause = match step(std::mem::take(&mut leased_anew)).await {
                 Step::Busy => {
                     failures = 0;
                     continue;
@@ -523,6 +559,38 @@ pub fn call_outcome<T>(result: &Result<T, shopagent_domain::ports::CallError>) -
 /// Shared by every reader of the log (projections too).
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << failures.min(9))).min(Duration::from_secs(30))
+}
+
+/// The checkpoint as a reader last wrote it, so that its next step starts there without
+/// reading it back: a round trip saved on every batch. Taken at the start of a step and
+/// kept again once the step wrote its checkpoint, so a step that fails leaves it empty
+/// and the next step reads the stored checkpoint. A step that finds nothing after the
+/// kept cursor reads the stored checkpoint too: that is how a reader notices a
+/// checkpoint moved by someone else (a projection rewound by ops), and it costs only
+/// steps that had nothing to do. Forgotten whenever the reader's lease is taken anew.
+#[derive(Debug, Clone, Default)]
+pub struct SavedCursor(Arc<std::sync::Mutex<Option<LogCursor>>>);
+
+impl SavedCursor {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LogCursor>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept cursor, leaving none until the next [`SavedCursor::keep`].
+    pub fn take(&self) -> Option<LogCursor> {
+        self.lock().take()
+    }
+
+    /// Keeps `cursor`, just written as the reader's checkpoint.
+    pub fn keep(&self, cursor: LogCursor) {
+        *self.lock() = Some(cursor);
+    }
+
+    pub fn forget(&self) {
+        *self.lock() = None;
+    }
 }
 
 /// The cursor stored for the reader `name` (projection or subscriber), or the start.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::on_pool;
-use shopagent_commands::subscriber::{Step, Throughput, checkpoint, drive};
+use shopagent_commands::subscriber::{SavedCursor, Step, Throughput, checkpoint, drive};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -173,6 +173,9 @@ pub struct ProjectionRunner {
     batch_size: u32,
     idle_poll: Duration,
     throughput: Arc<std::sync::Mutex<Throughput>>,
+    /// The checkpoint as this runner last committed it. Only a hint: each batch locks
+    /// the stored checkpoint and reads again if it moved.
+    saved: SavedCursor,
 }
 
 impl std::fmt::Debug for ProjectionRunner {
@@ -196,6 +199,7 @@ impl ProjectionRunner {
             // made by other processes on the same database.
             idle_poll: Duration::from_millis(250),
             throughput: Arc::default(),
+            saved: SavedCursor::default(),
         }
     }
 
@@ -215,21 +219,30 @@ impl ProjectionRunner {
     pub async fn run(self, shutdown: CancellationToken) {
         let name = self.name();
         let lease = format!("projection.{name}");
-        let failing = std::sync::atomic::AtomicBool::new(false);
-        drive(&self.store, &lease, self.idle_poll, &shutdown, || async {
-            match self.step().await {
+        let failing = &std::sync::atomic::AtomicBool::new(false);
+        let runner = &self;
+        drive(&self.store, &lease, self.idle_poll, &shutdown, |leased_anew| async move {
+            if leased_anew {
+                runner.saved.forget();
+            }
+            match runner.step().await {
                 Ok(applied) => {
                     if failing.swap(false, std::sync::atomic::Ordering::Relaxed)
-                        && let Err(unrecorded) = self.record_failure(None).await
+                        && let Err(unrecorded) = runner.record_failure(None).await
                     {
                         tracing::warn!(projection = name, %unrecorded, "projection recovery not recorded");
                     }
-                    if applied > 0 { Step::Busy } else { Step::Idle }
+                    // A full batch: more may be waiting. A shorter one reached the head.
+                    if applied >= runner.batch_size as usize {
+                        Step::Busy
+                    } else {
+                        Step::Idle
+                    }
                 }
                 Err(error) => {
                     failing.store(true, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(projection = name, %error, "projection batch failed");
-                    if let Err(unrecorded) = self.record_failure(Some(&error)).await {
+                    if let Err(unrecorded) = runner.record_failure(Some(&error)).await {
                         tracing::warn!(projection = name, %unrecorded, "projection failure not recorded");
                     }
                     Step::Failed
@@ -302,6 +315,7 @@ impl ProjectionRunner {
     /// Empties the read model and rewinds the checkpoint to the start of the log, in one
     /// transaction; the next batches rebuild it.
     pub async fn reset(&self) -> Result<(), ProjectionError> {
+        self.saved.forget();
         let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         self.projection.reset(&mut tx).await?;
         save_checkpoint(&mut tx, self.name(), LogCursor::START, None, 0.0).await?;
@@ -314,9 +328,19 @@ impl ProjectionRunner {
         let name = self.name();
         let started = Instant::now();
         let (tx, events) = loop {
-            let checkpoint = checkpoint(self.store.database(), name).await?;
+            let kept = self.saved.take();
+            let checkpoint = match kept {
+                Some(kept) => kept,
+                None => checkpoint(self.store.database(), name).await?,
+            };
             let events = self.store.read_log(checkpoint, self.batch_size).await?;
             if events.is_empty() {
+                // Nothing after the kept cursor; but ops may have rewound the
+                // checkpoint meanwhile, and then there is work from there.
+                if kept.is_some() && self.checkpoint_moved(checkpoint).await? {
+                    continue;
+                }
+                self.saved.keep(checkpoint);
                 return Ok(0);
             }
             let mut tx = ReadModelTx::begin(self.store.derived()).await?;
@@ -355,6 +379,11 @@ impl ProjectionRunner {
 }
 
 impl ProjectionRunner {
+    /// Whether the stored checkpoint is no longer `kept`.
+    async fn checkpoint_moved(&self, kept: LogCursor) -> Result<bool, ProjectionError> {
+        Ok(checkpoint(self.store.database(), self.name()).await? != kept)
+    }
+
     /// Applies a batch read after the checkpoint locked in `tx`, moves the checkpoint
     /// past it and commits.
     async fn apply_and_save(
@@ -372,6 +401,7 @@ impl ProjectionRunner {
         let last = events[events.len() - 1].cursor;
         save_checkpoint(&mut tx, self.name(), last, Some(events.len() as i64), rate).await?;
         tx.commit().await?;
+        self.saved.keep(last);
         Ok(())
     }
 }

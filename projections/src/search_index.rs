@@ -272,9 +272,14 @@ impl SearchIndexer {
                 return Ok(0);
             };
             *self.scanned() = last.cursor;
+            let at_head = read.len() < self.batch_size as usize;
             let offers: Vec<StoredEvent> = read.into_iter().filter(|e| filter.matches(e)).collect();
             if !offers.is_empty() {
                 break offers;
+            }
+            // A shorter page reached the head: reading again would find nothing.
+            if at_head {
+                return Ok(0);
             }
         };
         let Some(last) = events.last() else {
@@ -454,7 +459,7 @@ impl SearchIndexer {
             &lease,
             Duration::from_millis(250),
             &shutdown,
-            || async {
+            |_| async {
                 match self.step().await {
                     Ok(0) => Step::Idle,
                     Ok(_) => Step::Busy,

@@ -289,6 +289,60 @@ async fn postgres_competing_runners_apply_each_event_once() {
     test.cleanup().await;
 }
 
+/// A runner starts each batch where it last committed, without reading its checkpoint
+/// back; that must not hide a checkpoint moved by another process. Rewound there (ops
+/// rebuilding the projection), this runner rebuilds from the start; moved on there (a
+/// competing runner), it applies nothing twice.
+async fn a_checkpoint_moved_elsewhere_is_followed(test: &TestStore) {
+    let store = &test.store;
+    create_totals_table(store).await;
+    seed(store).await;
+    settle(store).await;
+    let here =
+        ProjectionRunner::new(store.clone(), Arc::new(Totals::default())).with_batch_size(100);
+    let other = test.reopen().await;
+    let elsewhere =
+        ProjectionRunner::new(other.clone(), Arc::new(Totals::default())).with_batch_size(100);
+
+    assert_eq!(here.catch_up().await.expect("catch up") as usize, TOTAL);
+    elsewhere.reset().await.expect("rewound elsewhere");
+    assert!(totals(store).await.is_empty());
+    assert_eq!(
+        here.catch_up().await.expect("rebuild") as usize,
+        TOTAL,
+        "the rewound checkpoint is followed, not the one this runner committed"
+    );
+    assert_eq!(totals(store).await, expected_totals());
+
+    elsewhere.reset().await.expect("rewound again");
+    assert_eq!(here.step().await.expect("one batch here"), 100);
+    assert_eq!(
+        elsewhere.catch_up().await.expect("the rest elsewhere") as usize,
+        TOTAL - 100
+    );
+    assert_eq!(here.catch_up().await.expect("nothing left here"), 0);
+    assert_eq!(
+        totals(store).await,
+        expected_totals(),
+        "nothing applied twice"
+    );
+    other.database().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_checkpoint_moved_elsewhere_is_followed() {
+    let test = TestStore::sqlite().await;
+    a_checkpoint_moved_elsewhere_is_followed(&test).await;
+    test.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_checkpoint_moved_elsewhere_is_followed() {
+    let test = TestStore::postgres().await;
+    a_checkpoint_moved_elsewhere_is_followed(&test).await;
+    test.cleanup().await;
+}
+
 async fn running_catalog_follows_the_log_and_stops_cleanly(store: &Store) {
     let stop = CancellationToken::new();
     let runner = ProjectionRunner::new(store.clone(), Arc::new(AggregateCatalog));
