@@ -291,6 +291,25 @@ impl<A: Aggregate> CommandBus<A> {
         Ok(answer)
     }
 
+    /// The state of `aggregate_id` as of `version` or later, and its version: what a
+    /// reader of the log needs to act on the event at `version` (the state that event
+    /// made, or a newer one). A kept state that far on is answered without reading
+    /// anything; otherwise as [`load`](Self::load). A change made since by another
+    /// process may be missing from it, as it may from any read a moment later: a command
+    /// decided on what it shows still meets the stream's version when it appends.
+    pub async fn load_since(
+        &self,
+        aggregate_id: &str,
+        version: i64,
+    ) -> Result<(A, i64), CommandError<A::Error>> {
+        if let Some(kept) = self.recent.copy(aggregate_id)
+            && kept.version >= version
+        {
+            return Ok((kept.state, kept.version));
+        }
+        self.load(aggregate_id).await
+    }
+
     /// Every event of `aggregate_id`, in sequence order.
     pub async fn events(
         &self,

@@ -182,7 +182,11 @@ impl CheckoutProcess {
         order_id: OrderId,
     ) -> Result<(), HandlerError> {
         let tenant = &event.metadata.tenant;
-        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let (order, _) = self
+            .orders
+            .load_since(&event.aggregate_id, event.sequence)
+            .await
+            .map_err(retry)?;
         let Some(draft) = order.draft.filter(|d| d.path == CheckoutPath::Api) else {
             return Ok(()); // hand-offs are the shopper's; headless runs elsewhere
         };
@@ -222,7 +226,7 @@ impl CheckoutProcess {
     async fn on_card_requested(&self, event: &StoredEvent) -> Result<(), HandlerError> {
         let (payment, _) = self
             .payments
-            .load(&event.aggregate_id)
+            .load_since(&event.aggregate_id, event.sequence)
             .await
             .map_err(retry)?;
         let (Some(payment_id), Some(terms)) = (payment.id, payment.terms) else {
@@ -285,7 +289,7 @@ impl CheckoutProcess {
         let tenant = &event.metadata.tenant;
         let (payment, _) = self
             .payments
-            .load(&event.aggregate_id)
+            .load_since(&event.aggregate_id, event.sequence)
             .await
             .map_err(retry)?;
         let card_display = payment.card_display.clone();
@@ -434,7 +438,11 @@ impl CheckoutProcess {
     }
 
     async fn on_order_placed(&self, event: &StoredEvent) -> Result<(), HandlerError> {
-        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let (order, _) = self
+            .orders
+            .load_since(&event.aggregate_id, event.sequence)
+            .await
+            .map_err(retry)?;
         let Some(draft) = order.draft else {
             return Ok(());
         };
@@ -465,7 +473,11 @@ impl CheckoutProcess {
         reason: ReleaseReason,
     ) -> Result<(), HandlerError> {
         let tenant = &event.metadata.tenant;
-        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let (order, _) = self
+            .orders
+            .load_since(&event.aggregate_id, event.sequence)
+            .await
+            .map_err(retry)?;
         let Some(draft) = order.draft else {
             return Ok(());
         };
@@ -640,7 +652,11 @@ impl CheckoutProcess {
         event: &StoredEvent,
         reason: ReleaseReason,
     ) -> Result<(), HandlerError> {
-        let (order, _) = self.orders.load(&event.aggregate_id).await.map_err(retry)?;
+        let (order, _) = self
+            .orders
+            .load_since(&event.aggregate_id, event.sequence)
+            .await
+            .map_err(retry)?;
         match order.id {
             Some(order_id) => self.on_order_ended(event, order_id, reason).await,
             None => Ok(()),

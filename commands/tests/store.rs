@@ -40,6 +40,7 @@ shopagent_commands::on_both_backends!(
     a_refusal_on_a_state_kept_in_memory_is_checked_against_the_stream,
     an_expected_version_is_checked_against_the_stream_not_the_state_kept,
     a_load_answers_what_the_stream_holds_after_another_process_appended,
+    a_load_since_an_event_answers_that_event_s_state_or_a_later_one,
     a_bus_keeping_no_states_decides_on_the_stream_every_time,
     an_aggregate_expected_new_that_exists_is_decided_on_the_stream,
 );
@@ -748,6 +749,27 @@ async fn a_load_answers_what_the_stream_holds_after_another_process_appended(sto
         .expect("add in the other process");
     let (tally, version) = first.load(&id).await.expect("load");
     assert_eq!((tally.total, version), (11, 4));
+}
+
+async fn a_load_since_an_event_answers_that_event_s_state_or_a_later_one(store: &Store) {
+    let (first, second) = two_processes(store);
+    let id = open_tally(store).await;
+    first
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add: the first process keeps version 2");
+    second
+        .execute(&id, TallyCommand::Add(10), metadata())
+        .await
+        .expect("add in the other process: version 3");
+    // A reader acting on the event at 3 gets no less than that event's state.
+    let (tally, version) = first.load_since(&id, 3).await.expect("load since 3");
+    assert_eq!((tally.total, version), (11, 3));
+    // Acting on the event at 2, the state of 2 or of any later event will do.
+    let (tally, version) = first.load_since(&id, 2).await.expect("load since 2");
+    let total_at = |version| if version == 2 { 1 } else { 11 };
+    assert!(version >= 2, "{version}");
+    assert_eq!(tally.total, total_at(version));
 }
 
 async fn a_bus_keeping_no_states_decides_on_the_stream_every_time(store: &Store) {
