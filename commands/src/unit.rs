@@ -58,8 +58,15 @@ pub struct Unit {
     outcomes: Vec<(&'static str, &'static str)>,
 }
 
-/// How many times a unit is decided again after a conflict.
+/// How many attempts a unit makes that the database refused (a conflict, a stale kept
+/// state) before it gives up.
 const MAX_ATTEMPTS: u32 = 5;
+/// How many times a unit may find a lock of this process taken. Each time it waits for
+/// that command to end, so this is not contention with other processes, and these
+/// waits do not count as attempts: under load a checkout may find a few of its
+/// aggregates' locks taken in a row without anything having gone wrong. The bound only
+/// makes sure a unit ends.
+const MAX_WAITS: u32 = 100;
 
 /// The attempts at one unit, until one commits: each [`next`](Attempts::next) is a new
 /// unit, and [`commit`](Attempts::commit) ends it.
@@ -77,7 +84,9 @@ const MAX_ATTEMPTS: u32 = 5;
 #[derive(Debug)]
 pub struct Attempts {
     store: Store,
+    /// Attempts made, not counting those after a wait for a lock.
     made: u32,
+    waits: u32,
     current: Option<Unit>,
     /// Why the last attempt did not commit.
     retry: Option<Retry>,
@@ -96,12 +105,18 @@ impl Attempts {
     /// The next attempt's unit: fresh (on the streams as stored) after a conflict, after
     /// a short jittered pause; after the last attempt, [`UnitError::Conflict`].
     pub async fn next(&mut self) -> Result<&mut Unit, UnitError> {
-        if self.made == MAX_ATTEMPTS {
+        let waited = matches!(self.retry, Some(Retry::Busy(_)));
+        if waited {
+            self.waits += 1;
+        }
+        if self.made == MAX_ATTEMPTS && !waited || self.waits > MAX_WAITS {
             return Err(UnitError::Conflict {
-                attempts: MAX_ATTEMPTS,
+                attempts: self.made,
             });
         }
-        self.made += 1;
+        if !waited {
+            self.made += 1;
+        }
         let mut unit = Unit {
             store: self.store.clone(),
             fresh: false,
@@ -172,6 +187,7 @@ impl Unit {
         Attempts {
             store: store.clone(),
             made: 0,
+            waits: 0,
             current: None,
             retry: None,
         }
