@@ -389,7 +389,7 @@ impl SubscriberRunner {
                     Ok(Progress {
                         handled,
                         failed: false,
-                    }) if handled >= self.batch_size as usize => Step::Busy,
+                    }) if handled >= runner.batch_size as usize => Step::Busy,
                     Ok(Progress { failed: false, .. }) => Step::Idle,
                     Ok(Progress { failed: true, .. }) => Step::Failed,
                     Err(error) => {
