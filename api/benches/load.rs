@@ -20,8 +20,9 @@
 //! received. Measured per level: commands/s, latency p50/p95/p99/max (also by kind of
 //! request), answers by status, the server's resident memory at the start and the end
 //! of the level and its peak, and the database's transactions and rows written per
-//! command (its own counters, background work included). A last level runs at the concurrency of the highest rate, with all agents
-//! paced together to half that rate: the latency at half of peak throughput.
+//! command (its own counters, background work included). A last level runs at the
+//! concurrency of the highest rate, with all agents paced together to half that rate:
+//! the latency at half of peak throughput.
 //!
 //! The raw baseline, at the same concurrency for the same time: one transaction that
 //! reads a stream's rows and inserts the next one (what a command costs the database
