@@ -285,6 +285,11 @@ impl<A: Aggregate> CommandBus<A> {
             }
             count_recent::<A>("stale");
         }
+        self.load_stored(aggregate_id).await
+    }
+
+    /// The stream as stored, kept for the next command or load.
+    async fn load_stored(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
         let loaded = self.load_state(aggregate_id).await?;
         let answer = (loaded.state.clone(), loaded.version);
         self.recent.keep(aggregate_id, loaded);
@@ -294,7 +299,8 @@ impl<A: Aggregate> CommandBus<A> {
     /// The state of `aggregate_id` as of `version` or later, and its version: what a
     /// reader of the log needs to act on the event at `version` (the state that event
     /// made, or a newer one). A kept state that far on is answered without reading
-    /// anything; otherwise as [`load`](Self::load). A change made since by another
+    /// anything; otherwise the stream is loaded (a kept state older than the event is
+    /// stale for certain: no version read first). A change made since by another
     /// process may be missing from it, as it may from any read a moment later: a command
     /// decided on what it shows still meets the stream's version when it appends.
     pub async fn load_since(
@@ -307,7 +313,7 @@ impl<A: Aggregate> CommandBus<A> {
         {
             return Ok((kept.state, kept.version));
         }
-        self.load(aggregate_id).await
+        self.load_stored(aggregate_id).await
     }
 
     /// Every event of `aggregate_id`, in sequence order.

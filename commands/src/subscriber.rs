@@ -159,19 +159,15 @@ impl SubscriberRunner {
     /// the next write (at the latest, the end of the batch). Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
         let name = self.name();
-        let kept = self.saved.take();
-        let mut cursor = match kept {
-            Some(kept) => kept,
-            None => checkpoint(self.store.database(), name).await?,
-        };
+        let db = self.store.database();
+        let (mut cursor, kept) = self.saved.start(db, name).await?;
         let mut events = self.store.read_log(cursor, self.batch_size).await?;
-        if events.is_empty() && kept.is_some() {
-            // Nothing after the kept cursor: make sure it is still the stored one.
-            let stored = checkpoint(self.store.database(), name).await?;
-            if stored != cursor {
-                cursor = stored;
-                events = self.store.read_log(cursor, self.batch_size).await?;
-            }
+        if events.is_empty()
+            && kept
+            && let Some(stored) = SavedCursor::moved(db, name, cursor).await?
+        {
+            cursor = stored;
+            events = self.store.read_log(cursor, self.batch_size).await?;
         }
         if events.is_empty() {
             self.saved.keep(cursor);
@@ -578,9 +574,26 @@ impl SavedCursor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The kept cursor, leaving none until the next [`SavedCursor::keep`].
-    pub fn take(&self) -> Option<LogCursor> {
-        self.lock().take()
+    /// Where the reader `name`'s next step starts: the kept cursor (leaving none until
+    /// the next [`SavedCursor::keep`]), else the stored checkpoint; and whether it was
+    /// the kept one.
+    pub async fn start(&self, db: &Database, name: &str) -> Result<(LogCursor, bool), sqlx::Error> {
+        let kept = self.lock().take();
+        match kept {
+            Some(kept) => Ok((kept, true)),
+            None => Ok((checkpoint(db, name).await?, false)),
+        }
+    }
+
+    /// The stored checkpoint of `name`, when it is no longer `kept`: for a step that
+    /// found nothing after its kept cursor.
+    pub async fn moved(
+        db: &Database,
+        name: &str,
+        kept: LogCursor,
+    ) -> Result<Option<LogCursor>, sqlx::Error> {
+        let stored = checkpoint(db, name).await?;
+        Ok((stored != kept).then_some(stored))
     }
 
     /// Keeps `cursor`, just written as the reader's checkpoint.

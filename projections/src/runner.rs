@@ -328,16 +328,13 @@ impl ProjectionRunner {
         let name = self.name();
         let started = Instant::now();
         let (tx, events) = loop {
-            let kept = self.saved.take();
-            let checkpoint = match kept {
-                Some(kept) => kept,
-                None => checkpoint(self.store.database(), name).await?,
-            };
+            let db = self.store.database();
+            let (checkpoint, kept) = self.saved.start(db, name).await?;
             let events = self.store.read_log(checkpoint, self.batch_size).await?;
             if events.is_empty() {
                 // Nothing after the kept cursor; but ops may have rewound the
                 // checkpoint meanwhile, and then there is work from there.
-                if kept.is_some() && self.checkpoint_moved(checkpoint).await? {
+                if kept && SavedCursor::moved(db, name, checkpoint).await?.is_some() {
                     continue;
                 }
                 self.saved.keep(checkpoint);
@@ -379,11 +376,6 @@ impl ProjectionRunner {
 }
 
 impl ProjectionRunner {
-    /// Whether the stored checkpoint is no longer `kept`.
-    async fn checkpoint_moved(&self, kept: LogCursor) -> Result<bool, ProjectionError> {
-        Ok(checkpoint(self.store.database(), self.name()).await? != kept)
-    }
-
     /// Applies a batch read after the checkpoint locked in `tx`, moves the checkpoint
     /// past it and commits.
     async fn apply_and_save(
