@@ -72,6 +72,8 @@ pub struct App {
     pub publishing: bool,
     /// Renders what the process counted, for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Writes the HTTP idempotency records, in batches.
+    pub idempotency: crate::idempotency::RecordWriter,
     /// The offers search index, kept from the log by the `search_index` indexer.
     pub offer_index: Arc<dyn OfferIndex>,
     /// The indexer that keeps it, and rebuilds it beside the live generation.
@@ -95,6 +97,8 @@ impl std::fmt::Debug for App {
 }
 
 impl App {
+    /// Must be called within a Tokio runtime: it starts the task that writes the HTTP
+    /// idempotency records.
     pub fn new(store: Store, auth: Authenticator) -> Self {
         // A checkout rush on one mandate queues in process; across processes the
         // conflicts it meets are retried this many times.
@@ -118,6 +122,7 @@ impl App {
             payments: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             offers: Arc::new(CommandBus::new(store.clone())),
             merchants,
+            idempotency: crate::idempotency::RecordWriter::start(store.derived().clone()),
             store,
             auth,
             stripe_webhook_secret: None,

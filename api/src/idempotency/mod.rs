@@ -30,6 +30,11 @@ use crate::auth::Principal;
 use crate::problem::Problem;
 use crate::server::App;
 
+mod writer;
+
+pub use writer::RecordWriter;
+use writer::{Answer, Claim, WriteError};
+
 /// Largest request body accepted on any POST.
 pub const MAX_BODY: usize = 256 * 1024;
 /// The largest body a POST to `path` may carry: a product page for the offer
@@ -209,7 +214,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
 
     let store = &app.store;
     let started = begin(
-        store.derived(),
+        (&app.idempotency, store.derived()),
         &principal.tenant,
         key.as_str(),
         &hash,
@@ -273,16 +278,14 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let (parts, body) = response.into_parts();
     let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
     let headers = stored_headers(&parts.headers);
-    if let Err(error) = finish(
-        store.derived(),
-        &principal.tenant,
-        key.as_str(),
-        parts.status.as_u16(),
-        &headers,
-        &bytes,
-    )
-    .await
-    {
+    let answer = Answer {
+        tenant: principal.tenant.clone(),
+        key: key.as_str().to_owned(),
+        status: i32::from(parts.status.as_u16()),
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    if let Err(error) = app.idempotency.answer(answer).await {
         tracing::warn!(%error, "could not store idempotent response");
     }
     Response::from_parts(parts, Body::from(bytes))
@@ -357,35 +360,43 @@ type Row = (
 );
 
 async fn begin(
-    db: &Database,
+    (records, db): (&RecordWriter, &Database),
     tenant: &str,
     key: &str,
     hash: &str,
     (request, body): (&str, &Bytes),
+) -> Result<Begin, WriteError> {
+    let now = now_ms();
+    let lease = now + LEASE.as_millis() as i64;
+    let claim = Claim {
+        tenant: tenant.to_owned(),
+        key: key.to_owned(),
+        request_hash: hash.to_owned(),
+        lease_until_ms: lease,
+        created_at_ms: now,
+        request: request.to_owned(),
+        request_body: body.clone(),
+    };
+    if records.claim(claim).await? {
+        return Ok(Begin::Fresh);
+    }
+    Ok(claimed_before(db, (tenant, key), hash, (now, lease)).await?)
+}
+
+/// What a request finds when its key was claimed before it: the stored answer, the
+/// request still running, or one whose process died, whose lease it then takes over.
+async fn claimed_before(
+    db: &Database,
+    (tenant, key): (&str, &str),
+    hash: &str,
+    (now, lease): (i64, i64),
 ) -> Result<Begin, sqlx::Error> {
-    const INSERT: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms, request, request_body)
-         VALUES ($1, $2, $3, 'in_flight', $4, $5, $6, $7) ON CONFLICT (tenant, idempotency_key) DO NOTHING";
     const SELECT: &str = "SELECT request_hash, state, lease_until_ms, status, headers, body
          FROM http_idempotency WHERE tenant = $1 AND idempotency_key = $2";
     const TAKE_OVER: &str = "UPDATE http_idempotency SET lease_until_ms = $3
          WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight' AND lease_until_ms = $4";
-    let now = now_ms();
-    let lease = now + LEASE.as_millis() as i64;
     macro_rules! run {
         ($pool:expr) => {{
-            let inserted = sqlx::query(INSERT)
-                .bind(tenant)
-                .bind(key)
-                .bind(hash)
-                .bind(lease)
-                .bind(now)
-                .bind(request)
-                .bind(body.as_ref())
-                .execute($pool)
-                .await?;
-            if inserted.rows_affected() == 1 {
-                return Ok(Begin::Fresh);
-            }
             let row: Option<Row> = sqlx::query_as(SELECT)
                 .bind(tenant)
                 .bind(key)
@@ -427,31 +438,6 @@ async fn begin(
         Database::Postgres(pool) => run!(pool),
         Database::Sqlite(pool) => run!(pool),
     }
-}
-
-async fn finish(
-    db: &Database,
-    tenant: &str,
-    key: &str,
-    status: u16,
-    headers: &str,
-    body: &[u8],
-) -> Result<(), sqlx::Error> {
-    const SQL: &str =
-        "UPDATE http_idempotency SET state = 'done', status = $3, headers = $4, body = $5,
-             request = NULL, request_body = NULL
-         WHERE tenant = $1 AND idempotency_key = $2";
-    let body = String::from_utf8_lossy(body).into_owned();
-    let status = i32::from(status);
-    shopagent_commands::on_pool!(db, pool => sqlx::query(SQL)
-        .bind(tenant)
-        .bind(key)
-        .bind(status)
-        .bind(headers)
-        .bind(&body)
-        .execute(pool)
-        .await
-        .map(drop))
 }
 
 async fn forget(db: &Database, tenant: &str, key: &str) -> Result<(), sqlx::Error> {
@@ -581,7 +567,15 @@ mod tests {
     async fn a_request_keeps_renewing_its_lease_while_it_runs() {
         let test = shopagent_commands::test_support::TestStore::sqlite().await;
         let db = test.store.derived();
-        let started = begin(db, "acme", "slow", "hash", ("{}", &Bytes::new())).await;
+        let records = RecordWriter::start(db.clone());
+        let started = begin(
+            (&records, db),
+            "acme",
+            "slow",
+            "hash",
+            ("{}", &Bytes::new()),
+        )
+        .await;
         assert!(matches!(started, Ok(Begin::Fresh)));
         let first = lease_of(db, "slow").await;
         let answer = holding_lease(db, ("acme", "slow"), Duration::from_millis(20), async {
