@@ -199,7 +199,11 @@ async fn statement(
                 RETURNING tenant, idempotency_key";
             let column =
                 |f: fn(&Claim) -> &str| -> Vec<&str> { claims.iter().map(|c| f(c)).collect() };
+            // Planned for each batch, with its arrays' lengths known: a plan made once for
+            // any length (a prepared statement's generic plan) joined the answers to the
+            // whole table by a scan of it, growing with every request ever answered.
             let rows: Vec<(String, String)> = sqlx::query_as(SQL)
+                .persistent(false)
                 .bind(column(|c| &c.tenant))
                 .bind(column(|c| &c.key))
                 .bind(column(|c| &c.request_hash))
