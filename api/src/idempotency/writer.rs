@@ -313,7 +313,7 @@ mod tests {
 
     /// Many requests at once, four to a key: each key goes to exactly one of them,
     /// whether they share a batch or not.
-    async fn each_key_is_claimed_by_exactly_one_of_its_requests(test: TestStore) {
+    async fn each_key_is_claimed_by_exactly_one_of_its_requests(test: &TestStore) {
         let db = test.store.derived().clone();
         let records = RecordWriter::start(db.clone());
         let claims = (0..40).map(|i| {
@@ -337,11 +337,10 @@ mod tests {
             let row = stored(&db, &format!("key-{i}")).await;
             assert_eq!(row.map(|(state, _)| state).as_deref(), Some("in_flight"));
         }
-        test.cleanup().await;
     }
 
     /// Answers and claims sent together each land on their own row.
-    async fn answers_written_with_claims_land_on_their_own_keys(test: TestStore) {
+    async fn answers_written_with_claims_land_on_their_own_keys(test: &TestStore) {
         let db = test.store.derived().clone();
         let records = RecordWriter::start(db.clone());
         for i in 0..20 {
@@ -372,28 +371,12 @@ mod tests {
             let new = stored(&db, &format!("new-{i}")).await;
             assert_eq!(new, Some(("in_flight".into(), None)));
         }
-        test.cleanup().await;
     }
 
-    #[tokio::test]
-    async fn each_key_is_claimed_by_exactly_one_of_its_requests_sqlite() {
-        each_key_is_claimed_by_exactly_one_of_its_requests(TestStore::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn each_key_is_claimed_by_exactly_one_of_its_requests_postgres() {
-        each_key_is_claimed_by_exactly_one_of_its_requests(TestStore::postgres().await).await;
-    }
-
-    #[tokio::test]
-    async fn answers_written_with_claims_land_on_their_own_keys_sqlite() {
-        answers_written_with_claims_land_on_their_own_keys(TestStore::sqlite().await).await;
-    }
-
-    #[tokio::test]
-    async fn answers_written_with_claims_land_on_their_own_keys_postgres() {
-        answers_written_with_claims_land_on_their_own_keys(TestStore::postgres().await).await;
-    }
+    shopagent_commands::on_both_backends!(
+        each_key_is_claimed_by_exactly_one_of_its_requests,
+        answers_written_with_claims_land_on_their_own_keys,
+    );
 
     /// PostgreSQL refuses a NUL character in text: that answer's write fails, and the
     /// others sent with it are stored.
