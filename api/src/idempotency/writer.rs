@@ -59,15 +59,6 @@ pub struct RecordWriter {
     writes: mpsc::UnboundedSender<Write>,
 }
 
-impl std::fmt::Debug for Write {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Claim(claim, _) => f.debug_tuple("Claim").field(&claim.key).finish(),
-            Self::Answer(answer, _) => f.debug_tuple("Answer").field(&answer.key).finish(),
-        }
-    }
-}
-
 impl RecordWriter {
     /// Starts the writing task on `db`. Must be called within a Tokio runtime.
     pub fn start(db: Database) -> Self {
@@ -197,40 +188,23 @@ async fn statement(
                             created_at_ms, request, request_body)
                 ON CONFLICT (tenant, idempotency_key) DO NOTHING
                 RETURNING tenant, idempotency_key";
-            let column =
-                |f: fn(&Claim) -> &str| -> Vec<&str> { claims.iter().map(|c| f(c)).collect() };
             // Planned for each batch, with its arrays' lengths known: a plan made once for
             // any length (a prepared statement's generic plan) joined the answers to the
             // whole table by a scan of it, growing with every request ever answered.
             let rows: Vec<(String, String)> = sqlx::query_as(SQL)
                 .persistent(false)
-                .bind(column(|c| &c.tenant))
-                .bind(column(|c| &c.key))
-                .bind(column(|c| &c.request_hash))
-                .bind(claims.iter().map(|c| c.lease_until_ms).collect::<Vec<_>>())
-                .bind(claims.iter().map(|c| c.created_at_ms).collect::<Vec<_>>())
-                .bind(column(|c| &c.request))
-                .bind(
-                    claims
-                        .iter()
-                        .map(|c| c.request_body.as_ref())
-                        .collect::<Vec<&[u8]>>(),
-                )
-                .bind(
-                    answers
-                        .iter()
-                        .map(|a| a.tenant.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(answers.iter().map(|a| a.key.as_str()).collect::<Vec<_>>())
-                .bind(answers.iter().map(|a| a.status).collect::<Vec<_>>())
-                .bind(
-                    answers
-                        .iter()
-                        .map(|a| a.headers.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(answers.iter().map(|a| a.body.as_str()).collect::<Vec<_>>())
+                .bind(column(claims, |c| c.tenant.as_str()))
+                .bind(column(claims, |c| c.key.as_str()))
+                .bind(column(claims, |c| c.request_hash.as_str()))
+                .bind(column(claims, |c| c.lease_until_ms))
+                .bind(column(claims, |c| c.created_at_ms))
+                .bind(column(claims, |c| c.request.as_str()))
+                .bind(column(claims, |c| c.request_body.as_ref()))
+                .bind(column(answers, |a| a.tenant.as_str()))
+                .bind(column(answers, |a| a.key.as_str()))
+                .bind(column(answers, |a| a.status))
+                .bind(column(answers, |a| a.headers.as_str()))
+                .bind(column(answers, |a| a.body.as_str()))
                 .fetch_all(pool)
                 .await?;
             Ok(rows.into_iter().collect())
@@ -267,6 +241,11 @@ async fn statement(
             Ok(inserted)
         }
     }
+}
+
+/// One field of every row, as the array bound for its `UNNEST` column.
+fn column<'a, T, V>(rows: &[&'a T], field: impl Fn(&'a T) -> V) -> Vec<V> {
+    rows.iter().map(|row| field(row)).collect()
 }
 
 const ANSWER_SQLITE: &str = "UPDATE http_idempotency SET state = 'done', status = $3, headers = $4,
