@@ -338,6 +338,7 @@ impl Server {
             store = store.backend().as_str(),
             "shopagent listening"
         );
+        let records = app.idempotency.clone();
         let router = crate::http::router(app);
         let resumer = tokio::spawn(crate::idempotency::resume_interrupted(
             store.derived().clone(),
@@ -355,6 +356,8 @@ impl Server {
         background.tasks.wait().await;
         let _ = purger.await;
         let _ = resumer.await;
+        // The answers of the last requests are written behind their responses.
+        records.flush().await;
         let _ = indexer.await;
         for process in [checkout, tracking, publisher].into_iter().flatten() {
             let _ = process.await;

@@ -15,6 +15,7 @@ on_both_backends!(
     read_only_roles_read_across_shoppers_but_change_nothing,
     agents_act_only_under_their_mandate,
     a_retried_post_replays_the_original_response,
+    the_last_answers_are_stored_when_the_server_stops,
     a_reused_key_with_another_body_is_refused,
     a_post_without_an_idempotency_key_is_refused,
     a_key_still_in_flight_is_a_conflict,
@@ -264,6 +265,40 @@ async fn agents_act_only_under_their_mandate(backend: Backend) {
         .await
         .assert_problem(StatusCode::NOT_FOUND, "not_found");
     app.stop().await;
+}
+
+/// Answers are stored behind their responses; a server stopping writes those it still
+/// holds before it closes the store, so a retry after a restart replays them.
+async fn the_last_answers_are_stored_when_the_server_stops(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let keys: Vec<String> = (0..5).map(|i| format!("last-{i}")).collect();
+    for key in &keys {
+        let reply = app
+            .send(
+                Method::POST,
+                "/v1/mandates",
+                Some(&alice),
+                Some(key),
+                Some(&mandate_terms()),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED);
+    }
+    const SQL: &str =
+        "SELECT idempotency_key, state, status FROM http_idempotency ORDER BY idempotency_key";
+    let stored: Vec<(String, String, Option<i32>)> = app
+        .stop_then(async |store| {
+            shopagent_commands::on_pool!(store.database(), pool => sqlx::query_as(SQL).fetch_all(pool).await)
+                .expect("records")
+        })
+        .await;
+    let expected: Vec<(String, String, Option<i32>)> = keys
+        .into_iter()
+        .map(|key| (key, "done".to_owned(), Some(201)))
+        .collect();
+    assert_eq!(stored, expected);
 }
 
 async fn a_retried_post_replays_the_original_response(backend: Backend) {

@@ -254,7 +254,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let mut request = Request::from_parts(parts, Body::from(bytes));
     request.extensions_mut().insert(RequestKey {
         key: key.clone(),
-        digest: hash,
+        digest: hash.clone(),
         traceparent,
     });
     let response = holding_lease(
@@ -281,13 +281,13 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     let answer = Answer {
         tenant: principal.tenant.clone(),
         key: key.as_str().to_owned(),
+        request_hash: hash,
         status: i32::from(parts.status.as_u16()),
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     };
-    if let Err(error) = app.idempotency.answer(answer).await {
-        tracing::warn!(%error, "could not store idempotent response");
-    }
+    // Written behind the response (see `writer`): a failed write is logged there.
+    drop(app.idempotency.answer(answer));
     Response::from_parts(parts, Body::from(bytes))
 }
 
@@ -366,6 +366,13 @@ async fn begin(
     hash: &str,
     (request, body): (&str, &Bytes),
 ) -> Result<Begin, WriteError> {
+    if let Some(answer) = records.unwritten(tenant, key) {
+        return Ok(if answer.request_hash == hash {
+            Begin::Replay(replay(answer.status, &answer.headers, answer.body.clone()))
+        } else {
+            Begin::Mismatch
+        });
+    }
     let now = now_ms();
     let lease = now + LEASE.as_millis() as i64;
     let claim = Claim {
@@ -588,6 +595,40 @@ mod tests {
             lease_of(db, "slow").await >= first + 200,
             "the lease moved on while the request ran"
         );
+    }
+
+    /// The answer is written behind the response: a retry sent meanwhile gets it
+    /// replayed all the same, and the key used for another request is still refused.
+    #[tokio::test]
+    async fn a_retry_before_the_answer_is_written_replays_it() {
+        let test = shopagent_commands::test_support::TestStore::sqlite().await;
+        let db = test.store.derived();
+        let records = RecordWriter::start(db.clone());
+        let request = ("{}", &Bytes::new());
+        let first = begin((&records, db), "acme", "k", "hash", request).await;
+        assert!(matches!(first, Ok(Begin::Fresh)));
+        let written = records.answer(Answer {
+            tenant: "acme".into(),
+            key: "k".into(),
+            request_hash: "hash".into(),
+            status: 201,
+            headers: r#"[["content-type","application/json"]]"#.into(),
+            body: r#"{"id":1}"#.into(),
+        });
+        let Ok(Begin::Replay(replayed)) = begin((&records, db), "acme", "k", "hash", request).await
+        else {
+            panic!("the retry was not replayed");
+        };
+        assert_eq!(replayed.status(), StatusCode::CREATED);
+        assert_eq!(replayed.headers()["content-type"], "application/json");
+        assert_eq!(replayed.headers()[REPLAYED], "true");
+        let body = to_bytes(replayed.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], br#"{"id":1}"#);
+        let other = begin((&records, db), "acme", "k", "other", request).await;
+        assert!(matches!(other, Ok(Begin::Mismatch)));
+        written.await.expect("written");
     }
 
     #[test]

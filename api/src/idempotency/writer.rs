@@ -2,15 +2,23 @@
 //! claim on its key when it starts, its answer when it ends. Each was a transaction of
 //! its own; now one task writes them all, and the claims and answers that arrive while
 //! one batch is being written go together into the next: one statement, one
-//! transaction. A lone request waits for nothing (its batch is written as soon as it
-//! arrives); under load, a batch carries as many writes as requests came meanwhile.
+//! transaction.
 //!
-//! A caller still waits for its own write: a request runs only once its claim is
-//! committed, and its answer is sent only once stored, so a retry sent after an answer
-//! always replays it, whichever process it reaches.
+//! A request waits for its claim: it runs only once its key is taken, whichever process
+//! a retry reaches. Its answer is written behind the response: the request does not
+//! wait for it, and answers wait for the next claim to share its batch (at most
+//! [`ANSWERS_WAIT`]), so that a caller's next request carries its last answer. Until
+//! an answer is written, a retry reaching this process is answered from memory
+//! ([`RecordWriter::unwritten`]); one reaching another process finds the key still
+//! held and is told to retry shortly. A crash before it is written loses nothing the
+//! caller was promised: the request's commands are committed, and a retry (or the
+//! server itself, once the lease ran out) runs the request again, its commands
+//! replaying their recorded outcomes. The answer itself was never flushed to disk
+//! before it was sent either (records are written with `synchronous_commit` off).
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use shopagent_commands::Database;
@@ -34,6 +42,9 @@ pub(super) struct Claim {
 pub(super) struct Answer {
     pub tenant: String,
     pub key: String,
+    /// The answered request's [`super::request_hash`]: a retry is answered from memory
+    /// only when it asks the same.
+    pub request_hash: String,
     pub status: i32,
     /// The stored headers, JSON pairs.
     pub headers: String,
@@ -43,33 +54,55 @@ pub(super) struct Answer {
 /// Why a write failed; shared by every write of a batch the database could not take.
 pub type WriteError = Arc<sqlx::Error>;
 
+/// How one write went.
+type Written<T> = Result<T, WriteError>;
+
 enum Write {
-    Claim(Claim, oneshot::Sender<Result<bool, WriteError>>),
-    Answer(Answer, oneshot::Sender<Result<(), WriteError>>),
+    Claim(Claim, oneshot::Sender<Written<bool>>),
+    Answer(Arc<Answer>, oneshot::Sender<Written<()>>),
+    /// Written once everything sent before it is.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Write {
+    /// A write its sender waits for: its batch is written without waiting for more.
+    fn is_waited_for(&self) -> bool {
+        !matches!(self, Write::Answer(..))
+    }
 }
 
 /// Most writes in one statement: bounds its size (a kept request body is up to
 /// 256 KiB).
 const MOST_PER_BATCH: usize = 128;
 
+/// Longest an answer waits for a claim to share its batch with. Nobody waits for an
+/// answer, so this is only how long a retry reaching another process may find the key
+/// still held (it is told to retry after a second).
+pub(super) const ANSWERS_WAIT: Duration = Duration::from_millis(10);
+
+/// Answers sent to the writer and not yet written, by (tenant, key).
+type Unwritten = Arc<Mutex<HashMap<(String, String), Arc<Answer>>>>;
+
 /// Hands writes to the task that batches them. Cheap to clone; the task ends when the
 /// last clone is dropped, once it has written what it was given.
 #[derive(Debug, Clone)]
 pub struct RecordWriter {
     writes: mpsc::UnboundedSender<Write>,
+    unwritten: Unwritten,
 }
 
 impl RecordWriter {
     /// Starts the writing task on `db`. Must be called within a Tokio runtime.
     pub fn start(db: Database) -> Self {
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(db, queue));
-        Self { writes }
+        let unwritten = Unwritten::default();
+        tokio::spawn(write_batches(db, queue, unwritten.clone()));
+        Self { writes, unwritten }
     }
 
     /// Writes `claim`; true when its row was inserted (the key was free), false when a
     /// row for the key was already there.
-    pub(super) async fn claim(&self, claim: Claim) -> Result<bool, WriteError> {
+    pub(super) async fn claim(&self, claim: Claim) -> Written<bool> {
         let (reply, written) = oneshot::channel();
         self.writes
             .send(Write::Claim(claim, reply))
@@ -77,36 +110,90 @@ impl RecordWriter {
         written.await.map_err(|_| stopped())?
     }
 
-    /// Stores `answer` on its key's row, which stops being in flight.
-    pub(super) async fn answer(&self, answer: Answer) -> Result<(), WriteError> {
+    /// Stores `answer` on its key's row, which stops being in flight. The answer is
+    /// handed over at once (and kept in memory until written); the future returned
+    /// tells how its write went, and need not be awaited: a write nobody awaits that
+    /// fails is logged.
+    pub(super) fn answer(&self, answer: Answer) -> impl Future<Output = Written<()>> + use<> {
+        let answer = Arc::new(answer);
+        let id = (answer.tenant.clone(), answer.key.clone());
+        lock(&self.unwritten).insert(id.clone(), answer.clone());
         let (reply, written) = oneshot::channel();
-        self.writes
-            .send(Write::Answer(answer, reply))
-            .map_err(|_| stopped())?;
-        written.await.map_err(|_| stopped())?
+        if self.writes.send(Write::Answer(answer, reply)).is_err() {
+            lock(&self.unwritten).remove(&id);
+        }
+        async move { written.await.map_err(|_| stopped())? }
     }
+
+    /// The answer on (tenant, key) handed to the writer and not yet written.
+    pub(super) fn unwritten(&self, tenant: &str, key: &str) -> Option<Arc<Answer>> {
+        lock(&self.unwritten)
+            .get(&(tenant.to_owned(), key.to_owned()))
+            .cloned()
+    }
+
+    /// Returns once everything handed over before the call is written (or failed).
+    pub async fn flush(&self) {
+        let (reply, flushed) = oneshot::channel();
+        if self.writes.send(Write::Flush(reply)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// The map of unwritten answers. It is only ever held for a map operation, so a panic
+/// cannot leave it half changed: a poisoned lock is taken as is.
+fn lock(
+    unwritten: &Unwritten,
+) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Answer>>> {
+    unwritten.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn stopped() -> WriteError {
     Arc::new(sqlx::Error::PoolClosed)
 }
 
-async fn write_batches(db: Database, mut queue: mpsc::UnboundedReceiver<Write>) {
+async fn write_batches(
+    db: Database,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    unwritten: Unwritten,
+) {
     let mut batch = Vec::with_capacity(MOST_PER_BATCH);
     while queue.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
-        write(&db, std::mem::take(&mut batch)).await;
+        gather_answers(&mut queue, &mut batch).await;
+        write(&db, &unwritten, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// A batch of answers alone waits, up to [`ANSWERS_WAIT`], for a write someone waits
+/// for (a claim, a flush) to go with, or until it is full.
+async fn gather_answers(queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut Vec<Write>) {
+    let deadline = tokio::time::Instant::now() + ANSWERS_WAIT;
+    let mut seen = 0;
+    while batch.len() < MOST_PER_BATCH {
+        if batch[seen..].iter().any(Write::is_waited_for) {
+            return;
+        }
+        seen = batch.len();
+        tokio::select! {
+            received = queue.recv_many(batch, MOST_PER_BATCH - seen) => if received == 0 {
+                return;
+            },
+            () = tokio::time::sleep_until(deadline) => return,
+        }
     }
 }
 
 /// Writes `batch` and tells each writer how its write went. When the database refuses
 /// the batch's statement, each write is tried again alone, so that a write it refuses
 /// fails only its own request; when it cannot be reached, every write fails at once.
-async fn write(db: &Database, batch: Vec<Write>) {
-    let (mut claims, mut answers) = (Vec::new(), Vec::new());
+async fn write(db: &Database, unwritten: &Unwritten, batch: Vec<Write>) {
+    let (mut claims, mut answers, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
     for write in batch {
         match write {
             Write::Claim(claim, reply) => claims.push((claim, reply)),
             Write::Answer(answer, reply) => answers.push((answer, reply)),
+            Write::Flush(reply) => flushes.push(reply),
         }
     }
     // Two claims on one key in one batch: only the first is written; the second finds
@@ -117,45 +204,76 @@ async fn write(db: &Database, batch: Vec<Write>) {
         .partition(|(claim, _)| keys.insert((claim.tenant.clone(), claim.key.clone())));
 
     let claim_rows: Vec<&Claim> = firsts.iter().map(|(claim, _)| claim).collect();
-    let answer_rows: Vec<&Answer> = answers.iter().map(|(answer, _)| answer).collect();
-    let writes = claim_rows.len() + answer_rows.len();
-    match statement(db, &claim_rows, &answer_rows).await {
-        Ok(inserted) => {
-            for (claim, reply) in firsts {
-                let _ = reply.send(Ok(inserted.contains(&(claim.tenant, claim.key))));
+    let answer_rows: Vec<&Answer> = answers.iter().map(|(answer, _)| answer.as_ref()).collect();
+    let mut unreachable = None;
+    let (claimed, stored): (Vec<Written<bool>>, Vec<Written<()>>) =
+        match statement(db, &claim_rows, &answer_rows).await {
+            Ok(inserted) => (
+                claim_rows
+                    .iter()
+                    .map(|claim| Ok(inserted.contains(&(claim.tenant.clone(), claim.key.clone()))))
+                    .collect(),
+                answer_rows.iter().map(|_| Ok(())).collect(),
+            ),
+            Err(sqlx::Error::Database(_)) if claim_rows.len() + answer_rows.len() > 1 => {
+                let mut claimed = Vec::with_capacity(claim_rows.len());
+                for claim in &claim_rows {
+                    let written = statement(db, &[claim], &[]).await;
+                    claimed.push(
+                        written
+                            .map(|inserted| !inserted.is_empty())
+                            .map_err(Arc::new),
+                    );
+                }
+                let mut stored = Vec::with_capacity(answer_rows.len());
+                for answer in &answer_rows {
+                    let written = statement(db, &[], &[answer]).await;
+                    stored.push(written.map(drop).map_err(Arc::new));
+                }
+                (claimed, stored)
             }
-            for (_, reply) in answers {
-                let _ = reply.send(Ok(()));
+            Err(error) => {
+                let error = Arc::new(error);
+                unreachable = Some(error.clone());
+                (
+                    claim_rows.iter().map(|_| Err(error.clone())).collect(),
+                    answer_rows.iter().map(|_| Err(error.clone())).collect(),
+                )
             }
-        }
-        Err(sqlx::Error::Database(_)) if writes > 1 => {
-            for (claim, reply) in firsts {
-                let written = statement(db, &[&claim], &[]).await;
-                let _ = reply.send(
-                    written
-                        .map(|inserted| !inserted.is_empty())
-                        .map_err(Arc::new),
-                );
+        };
+    // Stored or failed, an answer is no longer kept: from now on a retry finds it in
+    // the database, or its key still held.
+    {
+        let mut unwritten = lock(unwritten);
+        for (answer, _) in &answers {
+            let id = (answer.tenant.clone(), answer.key.clone());
+            if unwritten
+                .get(&id)
+                .is_some_and(|kept| Arc::ptr_eq(kept, answer))
+            {
+                unwritten.remove(&id);
             }
-            for (answer, reply) in answers {
-                let written = statement(db, &[], &[&answer]).await;
-                let _ = reply.send(written.map(drop).map_err(Arc::new));
-            }
-        }
-        Err(error) => {
-            let error = Arc::new(error);
-            let claims = firsts.into_iter().chain(repeats).map(|(_, reply)| reply);
-            for reply in claims {
-                let _ = reply.send(Err(error.clone()));
-            }
-            for (_, reply) in answers {
-                let _ = reply.send(Err(error.clone()));
-            }
-            return;
         }
     }
+    for ((_, reply), claimed) in firsts.into_iter().zip(claimed) {
+        let _ = reply.send(claimed);
+    }
+    for ((_, reply), stored) in answers.into_iter().zip(stored) {
+        answered(reply, stored);
+    }
     for (_, reply) in repeats {
-        let _ = reply.send(Ok(false));
+        let _ = reply.send(unreachable.clone().map_or(Ok(false), Err));
+    }
+    for reply in flushes {
+        let _ = reply.send(());
+    }
+}
+
+/// Tells an answer's sender how its write went; a failure nobody waits for is logged
+/// (the key stays held, and the request is run again once its lease runs out).
+fn answered(reply: oneshot::Sender<Written<()>>, written: Written<()>) {
+    if let Err(Err(error)) = reply.send(written) {
+        tracing::warn!(%error, "could not store idempotent response");
     }
 }
 
@@ -278,6 +396,7 @@ mod tests {
         Answer {
             tenant: "acme".into(),
             key: key.into(),
+            request_hash: "hash".into(),
             status: 201,
             headers: "[]".into(),
             body: body.into(),
@@ -352,9 +471,52 @@ mod tests {
         }
     }
 
+    /// An answer is handed over at once: until its batch is written it is kept in
+    /// memory, for retries reaching this process, and a flush returns once it is
+    /// stored.
+    async fn an_answer_is_kept_in_memory_until_it_is_written(test: &TestStore) {
+        let db = test.store.derived().clone();
+        let records = RecordWriter::start(db.clone());
+        assert!(records.claim(claim("k")).await.expect("claimed"));
+        let written = records.answer(answer("k", "the answer"));
+        let kept = records.unwritten("acme", "k").expect("kept until written");
+        assert_eq!(kept.body, "the answer");
+        assert!(records.unwritten("acme", "other").is_none());
+        // A flush does not wait out the answers' wait for company.
+        records.flush().await;
+        assert!(
+            records.unwritten("acme", "k").is_none(),
+            "dropped once written"
+        );
+        assert_eq!(
+            stored(&db, "k").await,
+            Some(("done".into(), Some("the answer".into())))
+        );
+        written.await.expect("written");
+    }
+
+    /// Nobody waits for an answer: one sent alone is still written, after at most
+    /// [`ANSWERS_WAIT`] of waiting for company.
+    async fn an_answer_nobody_awaits_is_written_on_its_own(test: &TestStore) {
+        let db = test.store.derived().clone();
+        let records = RecordWriter::start(db.clone());
+        assert!(records.claim(claim("alone")).await.expect("claimed"));
+        drop(records.answer(answer("alone", "by itself")));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while records.unwritten("acme", "alone").is_some() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(ANSWERS_WAIT).await;
+        }
+        assert_eq!(
+            stored(&db, "alone").await,
+            Some(("done".into(), Some("by itself".into())))
+        );
+    }
+
     shopagent_commands::on_both_backends!(
         each_key_is_claimed_by_exactly_one_of_its_requests,
         answers_written_with_claims_land_on_their_own_keys,
+        an_answer_is_kept_in_memory_until_it_is_written,
+        an_answer_nobody_awaits_is_written_on_its_own,
     );
 
     /// PostgreSQL refuses a NUL character in text: that answer's write fails, and the

@@ -32,6 +32,8 @@ pub struct TestApp {
     pub store: shopagent_commands::Store,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
+    /// Where the store lives, to open it again once the server stopped.
+    config: StoreConfig,
     _dir: Option<TempDir>,
     pg_database: Option<String>,
 }
@@ -104,6 +106,7 @@ pub async fn spawn_app_with_server(
         store,
         shutdown,
         server: handle,
+        config,
         _dir: dir,
         pg_database,
     }
@@ -220,14 +223,26 @@ impl TestApp {
     }
 
     pub async fn stop(self) {
+        self.stop_then(async |_| ()).await;
+    }
+
+    /// Stops the server, then runs `after` on its store opened again: what the server
+    /// left behind.
+    pub async fn stop_then<T>(self, after: impl AsyncFnOnce(&shopagent_commands::Store) -> T) -> T {
         self.shutdown.cancel();
         self.server
             .await
             .expect("server task")
             .expect("server stops cleanly");
+        let store = shopagent::server::open_store(&self.config)
+            .await
+            .expect("the store opens again");
+        let found = after(&store).await;
+        store.close().await;
         if let Some(name) = self.pg_database {
             drop_pg_database(&name).await;
         }
+        found
     }
 }
 
