@@ -13,7 +13,7 @@
 //! journey, one agent run each (`api/tests/loadgen`): start the run, create a cart,
 //! add two lines, set the address, record the merchant's quote, check out (budget
 //! reserved on the mandate, an order created), and record two actions in the run's
-//! ledger — eight commands, each one HTTP request with a fresh `Idempotency-Key`. Each
+//! ledger — nine commands, each one HTTP request with a fresh `Idempotency-Key`. Each
 //! checkout goes on in the
 //! background: a card issued, the order placed at the merchant, the card authorized
 //! through the issuer's webhook, the spend committed, the merchant's order webhook

@@ -5,7 +5,7 @@
 //! killed, restarted and measured. Each [`Agent`] acts under a mandate and goes round a
 //! shopping journey, one agent run each: start the run, create a cart, add two lines,
 //! set the address, record the merchant's quote, check out (budget reserved on the
-//! mandate, an order created), and record two actions in the run's ledger — eight
+//! mandate, an order created), and record two actions in the run's ledger — nine
 //! commands, each one HTTP request with a fresh `Idempotency-Key`. Every request is written to a [`Journal`]: what was sent,
 //! with which key, and what came back, so a test can send it again.
 #![allow(dead_code)] // Each including target uses part of it.
@@ -373,7 +373,7 @@ impl Agent {
         }
     }
 
-    /// One shopping journey, one agent run: eight commands. It stops at the first that
+    /// One shopping journey, one agent run: nine commands. It stops at the first that
     /// fails, as an agent would rather than build on a step that did not happen.
     pub async fn journey(&self, journal: &Mutex<Journal>) {
         if self.journey_steps(journal).await.is_none() {
