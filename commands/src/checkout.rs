@@ -134,6 +134,21 @@ fn crash_point(point: &str) {
     fail::fail_point!(&format!("checkout/after/{point}"));
 }
 
+/// The metadata of a step's command: caused by `cause`, keyed by the cause and the
+/// step, so that a step run again after a crash replays.
+fn step_metadata(cause: &StoredEvent, step: &str) -> EventMetadata {
+    let mut metadata = EventMetadata::new(cause.metadata.tenant.clone(), "process:checkout")
+        .caused_by(cause.event_id);
+    metadata.correlation_id = cause.metadata.correlation_id;
+    metadata.traceparent = cause.metadata.traceparent.clone();
+    // The cause and the step identify the intent; the command itself carries a fresh
+    // timestamp on every attempt, so it cannot be its own digest.
+    let intent = format!("pm/{}/{step}", cause.event_id);
+    metadata.idempotency_key = IdempotencyKey::parse(&intent).ok();
+    metadata.request_digest = Some(intent);
+    metadata
+}
+
 fn retry(error: impl Display) -> HandlerError {
     HandlerError(error.to_string())
 }
@@ -154,16 +169,10 @@ impl CheckoutProcess {
         step: &str,
         command: A::Command,
     ) -> Result<bool, HandlerError> {
-        let mut metadata = EventMetadata::new(cause.metadata.tenant.clone(), "process:checkout")
-            .caused_by(cause.event_id);
-        metadata.correlation_id = cause.metadata.correlation_id;
-        metadata.traceparent = cause.metadata.traceparent.clone();
-        // The cause and the step identify the intent; the command itself carries a fresh
-        // timestamp on every attempt, so it cannot be its own digest.
-        let intent = format!("pm/{}/{step}", cause.event_id);
-        metadata.idempotency_key = IdempotencyKey::parse(&intent).ok();
-        metadata.request_digest = Some(intent);
-        match bus.execute(target, command, metadata).await {
+        match bus
+            .execute(target, command, step_metadata(cause, step))
+            .await
+        {
             Ok(_) => {
                 crash_point(step);
                 Ok(true)
@@ -171,6 +180,34 @@ impl CheckoutProcess {
             Err(CommandError::Rejected(rejection)) => {
                 tracing::info!(step, target, %rejection, "checkout step not applicable");
                 Ok(false)
+            }
+            Err(error) => Err(retry(error)),
+        }
+    }
+
+    /// Like [`step`](Self::step), and answers the aggregate's state after it: the
+    /// state its command made (no read), or the stream as stored when the command
+    /// appended nothing.
+    async fn step_and_load<A: Aggregate>(
+        &self,
+        bus: &CommandBus<A>,
+        cause: &StoredEvent,
+        target: &str,
+        step: &str,
+        command: A::Command,
+    ) -> Result<A, HandlerError> {
+        let metadata = step_metadata(cause, step);
+        match bus.execute_and_load(target, command, metadata, None).await {
+            Ok((state, _)) => {
+                crash_point(step);
+                Ok(state)
+            }
+            Err(CommandError::Rejected(rejection)) => {
+                tracing::info!(step, target, %rejection, "checkout step not applicable");
+                bus.load(target)
+                    .await
+                    .map(|(state, _)| state)
+                    .map_err(retry)
             }
             Err(error) => Err(retry(error)),
         }
@@ -297,17 +334,17 @@ impl CheckoutProcess {
             return Ok(());
         };
         let order_stream = stream(tenant, terms.order_id);
-        self.step(
-            &self.orders,
-            event,
-            &order_stream,
-            "submit",
-            OrderCommand::Submit {
-                at: OffsetDateTime::now_utc(),
-            },
-        )
-        .await?;
-        let (order, _) = self.orders.load(&order_stream).await.map_err(retry)?;
+        let order = self
+            .step_and_load(
+                &self.orders,
+                event,
+                &order_stream,
+                "submit",
+                OrderCommand::Submit {
+                    at: OffsetDateTime::now_utc(),
+                },
+            )
+            .await?;
         let Some(draft) = order.draft else {
             return Ok(());
         };
