@@ -149,6 +149,27 @@ fn step_metadata(cause: &StoredEvent, step: &str) -> EventMetadata {
     metadata
 }
 
+/// What a step's command came to: its result, once applied; `None` when the business
+/// rules refused it, which is logged and ends the step (it will not change on retry);
+/// anything else is an error the step is retried for.
+fn settled<T, E: std::error::Error>(
+    step: &str,
+    target: &str,
+    ran: Result<T, CommandError<E>>,
+) -> Result<Option<T>, HandlerError> {
+    match ran {
+        Ok(done) => {
+            crash_point(step);
+            Ok(Some(done))
+        }
+        Err(CommandError::Rejected(rejection)) => {
+            tracing::info!(step, target, %rejection, "checkout step not applicable");
+            Ok(None)
+        }
+        Err(error) => Err(retry(error)),
+    }
+}
+
 fn retry(error: impl Display) -> HandlerError {
     HandlerError(error.to_string())
 }
@@ -159,8 +180,8 @@ impl CheckoutProcess {
     /// its statements, and waits mostly on the issuer or the merchant.
     pub const CONCURRENT_ORDERS: usize = 16;
 
-    /// Runs one step's command; a business rejection is logged and ends the step (it
-    /// will not change on retry), anything else is retried.
+    /// Runs one step's command; true when it applied (or had applied before), false
+    /// when it was not applicable (see [`settled`]).
     async fn step<A: Aggregate>(
         &self,
         bus: &CommandBus<A>,
@@ -169,20 +190,8 @@ impl CheckoutProcess {
         step: &str,
         command: A::Command,
     ) -> Result<bool, HandlerError> {
-        match bus
-            .execute(target, command, step_metadata(cause, step))
-            .await
-        {
-            Ok(_) => {
-                crash_point(step);
-                Ok(true)
-            }
-            Err(CommandError::Rejected(rejection)) => {
-                tracing::info!(step, target, %rejection, "checkout step not applicable");
-                Ok(false)
-            }
-            Err(error) => Err(retry(error)),
-        }
+        let ran = bus.execute(target, command, step_metadata(cause, step));
+        Ok(settled(step, target, ran.await)?.is_some())
     }
 
     /// Like [`step`](Self::step), and answers the aggregate's state after it: the
@@ -196,20 +205,14 @@ impl CheckoutProcess {
         step: &str,
         command: A::Command,
     ) -> Result<A, HandlerError> {
-        let metadata = step_metadata(cause, step);
-        match bus.execute_and_load(target, command, metadata, None).await {
-            Ok((state, _)) => {
-                crash_point(step);
-                Ok(state)
-            }
-            Err(CommandError::Rejected(rejection)) => {
-                tracing::info!(step, target, %rejection, "checkout step not applicable");
-                bus.load(target)
-                    .await
-                    .map(|(state, _)| state)
-                    .map_err(retry)
-            }
-            Err(error) => Err(retry(error)),
+        let ran = bus.execute_and_load(target, command, step_metadata(cause, step), None);
+        match settled(step, target, ran.await)? {
+            Some((state, _)) => Ok(state),
+            None => bus
+                .load(target)
+                .await
+                .map(|(state, _)| state)
+                .map_err(retry),
         }
     }
 
