@@ -163,28 +163,16 @@ async fn caught_up_with(runner: &ProjectionRunner) {
 async fn one_rebuild_at_a_time(test: &TestStore) {
     let store = &test.store;
     seed(store, 100, 30).await;
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move {
-            Rebuild::new(store, Arc::new(AggregateCatalog))
-                .with_batch_size(10)
-                .run(&CancellationToken::new(), |_| {})
-                .await
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = status(store, AggregateCatalog::NAME).await.expect("status");
-        if status.state == "rebuilding" {
-            assert!(status.rebuild.is_some());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never seen rebuilding: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The claim is what keeps a second rebuild out: the first is claimed before it
+    // runs, so the second meets it however quickly the first would have finished.
+    let first = Rebuild::new(store.clone(), Arc::new(AggregateCatalog)).with_batch_size(10);
+    first
+        .claim()
+        .await
+        .expect("the first rebuild claims the projection");
+    let status = status(store, AggregateCatalog::NAME).await.expect("status");
+    assert_eq!(status.state, "rebuilding", "{status:?}");
+    assert!(status.rebuild.is_some());
     let second = Rebuild::new(store.clone(), Arc::new(AggregateCatalog))
         .run(&CancellationToken::new(), |_| {})
         .await;
@@ -193,8 +181,8 @@ async fn one_rebuild_at_a_time(test: &TestStore) {
         "{second:?}"
     );
     first
+        .run_claimed(&CancellationToken::new(), |_| {})
         .await
-        .expect("join")
         .expect("the first rebuild completes");
     assert_eq!(catalog(store).await.len(), 100);
 }
