@@ -222,27 +222,39 @@ impl TestApp {
         .await
     }
 
-    pub async fn stop(self) {
-        self.stop_then(async |_| ()).await;
+    pub async fn stop(mut self) {
+        self.stop_server().await;
+        self.drop_database().await;
     }
 
     /// Stops the server, then runs `after` on its store opened again: what the server
     /// left behind.
-    pub async fn stop_then<T>(self, after: impl AsyncFnOnce(&shopagent_commands::Store) -> T) -> T {
-        self.shutdown.cancel();
-        self.server
-            .await
-            .expect("server task")
-            .expect("server stops cleanly");
+    pub async fn stop_then<T>(
+        mut self,
+        after: impl AsyncFnOnce(&shopagent_commands::Store) -> T,
+    ) -> T {
+        self.stop_server().await;
         let store = shopagent::server::open_store(&self.config)
             .await
             .expect("the store opens again");
         let found = after(&store).await;
         store.close().await;
+        self.drop_database().await;
+        found
+    }
+
+    async fn stop_server(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.server)
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+    }
+
+    async fn drop_database(self) {
         if let Some(name) = self.pg_database {
             drop_pg_database(&name).await;
         }
-        found
     }
 }
 
