@@ -5,7 +5,7 @@
 //!
 //! Environment: `TEST_DATABASE_URL` (server; a throwaway database is created and
 //! dropped), `BENCH_CONCURRENCY` (default `8,32`), `BENCH_SECONDS` (per level, default
-//! 20).
+//! 20), `BENCH_MIX` (default `journey,cart_lines`).
 //!
 //! The server is the real `shopagent serve` binary in its own process, on PostgreSQL,
 //! so its memory is its own, with the sandbox card issuer and UCP merchant beside it.
@@ -27,6 +27,13 @@
 //! The raw baseline, at the same concurrency for the same time: one transaction that
 //! reads a stream's rows and inserts the next one (what a command costs the database
 //! at least: load the aggregate, append its event).
+//!
+//! The journey is more than that work: for every nine commands a purchase in the
+//! background appends seven more events, calls the issuer and the merchant and takes
+//! their two webhooks. The second mix, `cart_lines`, is the baseline's own work over
+//! HTTP: each agent creates a cart and adds six lines to it, seven commands that each
+//! load the cart and append one event; beside the baseline it is what the HTTP layer,
+//! the idempotency records and the readers of the log cost.
 
 #[path = "../tests/loadgen/mod.rs"]
 mod loadgen;
@@ -37,7 +44,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use loadgen::{
-    Agent, Caller, Load, Server, create_mandate, free_port, mandate_terms, register_merchant, token,
+    Agent, Caller, Load, Mix, Server, create_mandate, free_port, mandate_terms, register_merchant,
+    token,
 };
 use serde_json::json;
 use shopagent::auth::Role;
@@ -97,6 +105,14 @@ async fn main() {
         .filter_map(|c| c.trim().parse().ok())
         .collect();
     let seconds: u64 = env_or("BENCH_SECONDS", 20);
+    let mixes: Vec<Mix> = std::env::var("BENCH_MIX")
+        .unwrap_or_else(|_| "journey,cart_lines".into())
+        .split(',')
+        .map(|name| {
+            Mix::parse(name.trim())
+                .unwrap_or_else(|| panic!("BENCH_MIX: `{name}` is neither journey nor cart_lines"))
+        })
+        .collect();
     let (url, name) = create_pg_database().await;
     let data = tempfile::tempdir().expect("data directory");
     // The sandbox card issuer and UCP merchant, so that every checkout goes on in the
@@ -127,35 +143,42 @@ async fn main() {
     merchant.charge_cards_with(&issuer_url, ISSUER_KEY, CARD_ACCEPTOR);
     register_merchant(&server.base, &merchant_url, Some(CARD_ACCEPTOR)).await;
 
-    println!(
-        "Raw baseline (load a stream + append, one transaction) and the HTTP command mix, {seconds} s per level:\n"
-    );
-    println!(
-        "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|");
-    // The level with the highest rate, for the paced run at half of it.
-    let mut peak: Option<(usize, f64, f64)> = None;
-    for &clients in &levels {
-        let raw = raw_load_append(&url, clients, seconds / 2).await;
-        let rate = level(&server, &url, clients, seconds, None, raw).await;
-        if peak.is_none_or(|(_, best, _)| rate > best) {
-            peak = Some((clients, rate, raw));
+    for mix in mixes {
+        let title = match mix {
+            Mix::Journey => "the shopping journey (nine commands, a purchase in the background)",
+            Mix::CartLines => "a cart and six lines (seven commands, each a load and an append)",
+        };
+        println!(
+            "\nRaw baseline (load a stream + append, one transaction) and {title} over HTTP, {seconds} s per level:\n"
+        );
+        println!(
+            "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|");
+        // The level with the highest rate, for the paced run at half of it.
+        let mut peak: Option<(usize, f64, f64)> = None;
+        for &clients in &levels {
+            let raw = raw_load_append(&url, clients, seconds / 2).await;
+            let rate = level(&server, &url, mix, clients, seconds, None, raw).await;
+            if peak.is_none_or(|(_, best, _)| rate > best) {
+                peak = Some((clients, rate, raw));
+            }
         }
-    }
-    if let Some((clients, rate, raw)) = peak {
-        level(&server, &url, clients, seconds, Some(rate / 2.0), raw).await;
+        if let Some((clients, rate, raw)) = peak {
+            level(&server, &url, mix, clients, seconds, Some(rate / 2.0), raw).await;
+        }
     }
 
     server.kill().await;
     drop_pg_database(&name).await;
 }
 
-/// Runs `clients` agents for `seconds` (all together at `pace` commands/s when given),
-/// prints the level's row, and answers its commands/s.
+/// Runs `clients` agents on `mix` for `seconds` (all together at `pace` commands/s when
+/// given), prints the level's row, and answers its commands/s.
 async fn level(
     server: &Server,
     url: &str,
+    mix: Mix,
     clients: usize,
     seconds: u64,
     pace: Option<f64>,
@@ -180,7 +203,7 @@ async fn level(
 
     let (rss_start, _) = server.memory_kib();
     let work_before = DatabaseWork::read(url).await;
-    let load = Load::start_paced(agents, pace);
+    let load = Load::start_paced(agents, mix, pace);
     let timeline = run_for(server, &load, Duration::from_secs(seconds)).await;
     let (journal, elapsed) = load.stop().await;
     let (rss_end, peak) = server.memory_kib();

@@ -6,8 +6,10 @@
 //! shopping journey, one agent run each: start the run, create a cart, add two lines,
 //! set the address, record the merchant's quote, check out (budget reserved on the
 //! mandate, an order created), and record two actions in the run's ledger — nine
-//! commands, each one HTTP request with a fresh `Idempotency-Key`. Every request is written to a [`Journal`]: what was sent,
-//! with which key, and what came back, so a test can send it again.
+//! commands, each one HTTP request with a fresh `Idempotency-Key` (or, in the bench's
+//! second [`Mix`], fills carts: a cart and six lines). Every request is written to a
+//! [`Journal`]: what was sent, with which key, and what came back, so a test can send
+//! it again.
 #![allow(dead_code)] // Each including target uses part of it.
 
 use std::collections::BTreeMap;
@@ -373,16 +375,41 @@ impl Agent {
         }
     }
 
-    /// One shopping journey, one agent run: nine commands. It stops at the first that
-    /// fails, as an agent would rather than build on a step that did not happen.
-    pub async fn journey(&self, journal: &Mutex<Journal>) {
-        if self.journey_steps(journal).await.is_none() {
+    /// One round of `mix`. It stops at the first command that fails, as an agent would
+    /// rather than build on a step that did not happen.
+    pub async fn go_round(&self, mix: Mix, journal: &Mutex<Journal>) {
+        let done = match mix {
+            Mix::Journey => self.journey(journal).await,
+            Mix::CartLines => self.cart_lines(journal).await,
+        };
+        if done.is_none() {
             // A moment's pause, so a server that is down is not spun on.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    async fn journey_steps(&self, journal: &Mutex<Journal>) -> Option<()> {
+    /// A cart and six lines added to it: seven commands on one stream, as the raw
+    /// baseline appends seven events to each of its streams.
+    async fn cart_lines(&self, journal: &Mutex<Journal>) -> Option<()> {
+        let caller = &self.caller;
+        let cart = caller
+            .post(
+                "/v1/carts",
+                json!({"currency": "USD", "mandate_id": self.mandate.to_string()}),
+                journal,
+            )
+            .await?;
+        let cart = cart["id"].as_str()?;
+        for n in 0..6 {
+            caller
+                .post(&format!("/v1/carts/{cart}/lines"), gear_line(n), journal)
+                .await?;
+        }
+        Some(())
+    }
+
+    /// One shopping journey, one agent run: nine commands.
+    async fn journey(&self, journal: &Mutex<Journal>) -> Option<()> {
         let caller = &self.caller;
         let run = caller
             .post("/v1/runs", json!({"prompt": "gear for a weekend"}), journal)
@@ -396,11 +423,9 @@ impl Agent {
             )
             .await?;
         let cart = cart["id"].as_str()?;
-        for (sku, price) in [("sku:tent", 12_900), ("sku:stove", 4_500)] {
-            let line = json!({"offer_id": sku, "merchant": "acme", "title": "Gear", "category": "outdoor/camping",
-                              "unit_price": {"minor": price, "currency": "USD"}, "quantity": 1});
+        for n in 0..2 {
             caller
-                .post(&format!("/v1/carts/{cart}/lines"), line, journal)
+                .post(&format!("/v1/carts/{cart}/lines"), gear_line(n), journal)
                 .await?;
         }
         let address = json!({"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
@@ -429,6 +454,34 @@ impl Agent {
     }
 }
 
+/// The `n`th line an agent adds to a cart: a tent, then a stove (the journey's quote
+/// is for these two), then more of them.
+fn gear_line(n: usize) -> Value {
+    let (sku, price) = [("sku:tent", 12_900), ("sku:stove", 4_500)][n % 2];
+    json!({"offer_id": sku, "merchant": "acme", "title": "Gear", "category": "outdoor/camping",
+           "unit_price": {"minor": price, "currency": "USD"}, "quantity": 1})
+}
+
+/// What the agents send, round after round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// The shopping journey: nine commands, and a purchase in the background.
+    Journey,
+    /// A cart and six lines: seven commands, each a load of the cart and an append to
+    /// it, the work of the raw baseline.
+    CartLines,
+}
+
+impl Mix {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "journey" => Some(Self::Journey),
+            "cart_lines" => Some(Self::CartLines),
+            _ => None,
+        }
+    }
+}
+
 /// Agents going round their journeys until stopped.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -438,13 +491,14 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts the agents, each sending as fast as it is answered.
+    /// Starts the agents on their journeys, each sending as fast as it is answered.
     pub fn start(agents: Vec<Agent>) -> Self {
-        Self::start_paced(agents, None)
+        Self::start_paced(agents, Mix::Journey, None)
     }
 
-    /// Starts the agents; with `per_second`, all of them together send at that rate.
-    pub fn start_paced(mut agents: Vec<Agent>, per_second: Option<f64>) -> Self {
+    /// Starts the agents on `mix`; with `per_second`, all of them together send at that
+    /// rate.
+    pub fn start_paced(mut agents: Vec<Agent>, mix: Mix, per_second: Option<f64>) -> Self {
         if let Some(per_second) = per_second {
             let pacer = Arc::new(Pacer::new(per_second));
             for agent in &mut agents {
@@ -459,7 +513,7 @@ impl Load {
                 let (stop, journal) = (Arc::clone(&stop), Arc::clone(&journal));
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        agent.journey(&journal).await;
+                        agent.go_round(mix, &journal).await;
                     }
                 })
             })
