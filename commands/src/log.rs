@@ -12,6 +12,7 @@
 //! `txid` is always 0.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 use shopagent_domain::EventMetadata;
@@ -40,6 +41,37 @@ impl LogCursor {
         txid: 0,
         position: 0,
     };
+}
+
+/// How long a reader of the log's tail waits for another's read before it reads on its
+/// own: a page at the head takes a millisecond or two.
+pub const SHARED_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// A page of the log as one reader read it, for the others: see
+/// [`Store::read_log_tail`].
+#[derive(Debug)]
+pub(crate) struct TailPage {
+    after: LogCursor,
+    limit: u32,
+    events: Vec<StoredEvent>,
+    /// When the read began: a shorter page holds the head as it was then.
+    began: Instant,
+}
+
+impl TailPage {
+    /// The answer to a read of `limit` events after `after` that must hold every event
+    /// committed before `since`, if this page holds it.
+    fn answer(&self, after: LogCursor, limit: u32, since: Instant) -> Option<Vec<StoredEvent>> {
+        if after < self.after {
+            return None;
+        }
+        let reached_head = self.events.len() < self.limit as usize;
+        let limit = limit as usize;
+        let following = self.events.partition_point(|event| event.cursor <= after);
+        let answer = &self.events[following..];
+        let whole = answer.len() >= limit || (reached_head && self.began >= since);
+        whole.then(|| answer.iter().take(limit).cloned().collect())
+    }
 }
 
 /// One event as stored in the global log.
@@ -205,6 +237,59 @@ impl Store {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.read_log_matching(after, limit, &LogFilter::default())
             .await
+    }
+
+    /// [`Store::read_log`] for the readers that follow the log's head (projections,
+    /// processes, the search index), sharing pages: one append wakes every reader, and
+    /// they all ask for the same events. The first to ask reads them; the others take
+    /// them from its page instead of each reading the log again.
+    ///
+    /// `since`: the reader needs every event committed before that instant (when it
+    /// was woken by an append); `None` reads the database and leaves the shared page
+    /// alone, for a reader that is not following the head (a rebuild, a catch-up on
+    /// request). A page is answered from memory only when it is what the database
+    /// would answer now, or could have answered after `since`:
+    /// - a full page (as many events as asked for) holds every event up to its last,
+    ///   final by the reader's rule (nothing can ever sort before a visible event), so a
+    ///   reader whose cursor is in it is answered from it when it has `limit` events
+    ///   after that cursor, whenever it was read;
+    /// - a shorter page reached the head as it was when its read began, so it holds
+    ///   every event committed before then: it answers a reader whose `since` is not
+    ///   later.
+    ///
+    /// Readers wait for one another's reads here (at most [`SHARED_READ_WAIT`]): the one
+    /// that would have read the same page anyway takes it from memory.
+    pub async fn read_log_tail(
+        &self,
+        after: LogCursor,
+        limit: u32,
+        since: Option<Instant>,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(since) = since else {
+            return self.read_log(after, limit).await;
+        };
+        let Ok(mut tail) = tokio::time::timeout(SHARED_READ_WAIT, self.tail.lock()).await else {
+            // The read in flight is slow (a long page, a database in trouble): each reader
+            // reads on its own rather than queue behind it.
+            return self.read_log(after, limit).await;
+        };
+        if let Some(events) = tail
+            .as_ref()
+            .and_then(|page| page.answer(after, limit, since))
+        {
+            metrics::counter!("shopagent_log_pages_total", "from" => "memory").increment(1);
+            return Ok(events);
+        }
+        let began = Instant::now();
+        let events = self.read_log(after, limit).await?;
+        metrics::counter!("shopagent_log_pages_total", "from" => "database").increment(1);
+        *tail = Some(TailPage {
+            after,
+            limit,
+            events: events.clone(),
+            began,
+        });
+        Ok(events)
     }
 
     /// [`Store::read_log`] of the events `filter` selects, selected by the database.
@@ -460,5 +545,93 @@ impl Drop for LogPages {
         if let Some(reading) = self.next.take() {
             reading.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn event(position: i64) -> StoredEvent {
+        StoredEvent {
+            cursor: LogCursor { txid: 7, position },
+            event_id: Uuid::now_v7(),
+            aggregate_type: "tally".into(),
+            aggregate_id: "t-1".into(),
+            sequence: position,
+            event_type: "TallyAdded".into(),
+            event_version: "1".into(),
+            payload: Value::Null,
+            metadata: EventMetadata::new("tenant", "someone"),
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn cursor(position: i64) -> LogCursor {
+        LogCursor { txid: 7, position }
+    }
+
+    /// A page read after position 10 with `limit`, holding events 11..=`last`, read
+    /// `ago` before now.
+    fn page(limit: u32, last: i64, ago: Duration) -> (TailPage, Instant) {
+        let now = Instant::now();
+        let page = TailPage {
+            after: cursor(10),
+            limit,
+            events: (11..=last).map(event).collect(),
+            began: now - ago,
+        };
+        (page, now)
+    }
+
+    fn positions(answer: Option<Vec<StoredEvent>>) -> Option<Vec<i64>> {
+        answer.map(|events| events.iter().map(StoredEvent::position).collect())
+    }
+
+    #[test]
+    fn a_full_page_answers_a_cursor_within_it_whenever_it_was_read() {
+        let (page, now) = page(4, 14, Duration::from_secs(60));
+        assert_eq!(
+            positions(page.answer(cursor(11), 2, now)),
+            Some(vec![12, 13])
+        );
+    }
+
+    #[test]
+    fn a_full_page_does_not_answer_with_fewer_events_than_asked_for() {
+        // Two events left of the page, four asked for: the database may hold more, and a
+        // short answer would tell the reader it is at the head.
+        let (page, now) = page(4, 14, Duration::ZERO);
+        assert_eq!(positions(page.answer(cursor(12), 4, now)), None);
+        assert_eq!(positions(page.answer(cursor(14), 4, now)), None);
+    }
+
+    #[test]
+    fn a_page_that_reached_the_head_answers_a_reader_woken_before_its_read() {
+        let (page, now) = page(64, 13, Duration::from_millis(5));
+        let woken = now - Duration::from_millis(20);
+        assert_eq!(
+            positions(page.answer(cursor(11), 64, woken)),
+            Some(vec![12, 13])
+        );
+        assert_eq!(positions(page.answer(cursor(13), 64, woken)), Some(vec![]));
+    }
+
+    #[test]
+    fn a_page_that_reached_the_head_does_not_answer_a_reader_woken_after_its_read() {
+        // The append that woke the reader may have been committed after this page's read
+        // began: only the database holds it.
+        let (page, now) = page(64, 13, Duration::from_millis(5));
+        assert_eq!(positions(page.answer(cursor(13), 64, now)), None);
+        assert_eq!(positions(page.answer(cursor(11), 64, now)), None);
+    }
+
+    #[test]
+    fn a_page_does_not_answer_a_reader_behind_its_start() {
+        let (page, now) = page(4, 14, Duration::ZERO);
+        let woken = now - Duration::from_secs(1);
+        assert_eq!(positions(page.answer(cursor(9), 1, woken)), None);
     }
 }

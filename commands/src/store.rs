@@ -147,6 +147,8 @@ pub struct Store {
     appended: Arc<watch::Sender<u64>>,
     /// SQLite has one writer; queueing appends here is fairer than its busy handler.
     sqlite_writer: Arc<Mutex<()>>,
+    /// The last page of the log this process's readers read: see [`Store::read_log_tail`].
+    pub(crate) tail: Arc<Mutex<Option<crate::log::TailPage>>>,
 }
 
 /// One validated append: a run of consecutive events of one aggregate.
@@ -267,6 +269,7 @@ impl Store {
             db,
             appended: Arc::new(appended),
             sqlite_writer: Arc::new(Mutex::new(())),
+            tail: Arc::default(),
         }
     }
 

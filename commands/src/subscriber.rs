@@ -158,16 +158,28 @@ impl SubscriberRunner {
     /// each one it acts on as soon as it is handled, and past those it passes over at
     /// the next write (at the latest, the end of the batch). Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
+        self.step_since(None).await
+    }
+
+    /// [`SubscriberRunner::step`]; `since`: when a runner following the head was woken
+    /// (see [`Store::read_log_tail`]).
+    async fn step_since(&self, since: Option<Instant>) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let db = self.store.database();
         let (mut cursor, kept) = self.saved.start(db, name).await?;
-        let mut events = self.store.read_log(cursor, self.batch_size).await?;
+        let mut events = self
+            .store
+            .read_log_tail(cursor, self.batch_size, since)
+            .await?;
         if events.is_empty()
             && kept
             && let Some(stored) = SavedCursor::moved(db, name, cursor).await?
         {
             cursor = stored;
-            events = self.store.read_log(cursor, self.batch_size).await?;
+            events = self
+                .store
+                .read_log_tail(cursor, self.batch_size, since)
+                .await?;
         }
         if events.is_empty() {
             self.saved.keep(cursor);
@@ -376,11 +388,11 @@ impl SubscriberRunner {
             &lease,
             self.idle_poll,
             &shutdown,
-            |leased_anew| async move {
-                if leased_anew {
+            |wake: Wake| async move {
+                if wake.leased_anew {
                     runner.saved.forget();
                 }
-                match runner.step().await {
+                match runner.step_since(Some(wake.since)).await {
                     // A full batch: more may be waiting. A shorter one reached the head.
                     Ok(Progress {
                         handled,
@@ -420,11 +432,20 @@ const LEASE_CHECK: Duration = Duration::from_secs(2);
 /// a few milliseconds of read-model lag for fewer, larger batches.
 pub const GATHER: Duration = Duration::from_millis(20);
 
+/// Why a step of [`drive`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Wake {
+    /// The first step since the lease was taken: what the reader kept from an earlier
+    /// tenure may have been moved on by another instance meanwhile.
+    pub leased_anew: bool,
+    /// The step must see every event committed before this instant (the reader was
+    /// woken then); see [`Store::read_log_tail`].
+    pub since: Instant,
+}
+
 /// Runs `step` until `shutdown` fires, while holding the lease `lease`: one instance at
 /// a time runs it. A holder that finds its session gone (the lock released) stops and
-/// queues for the lease again. `step` is told whether it is the first since the lease
-/// was taken: what it kept from an earlier tenure may have been moved on by another
-/// instance meanwhile.
+/// queues for the lease again.
 pub async fn drive<F, Fut>(
     store: &Store,
     lease: &str,
@@ -432,13 +453,16 @@ pub async fn drive<F, Fut>(
     shutdown: &CancellationToken,
     mut step: F,
 ) where
-    F: FnMut(bool) -> Fut,
+    F: FnMut(Wake) -> Fut,
     Fut: Future<Output = Step>,
 {
     while let Some(mut held) = Lease::acquire(store.database(), lease, shutdown).await {
         tracing::info!(lease, "started");
         let mut appended = store.subscribe_appends();
-        let mut leased_anew = true;
+        let mut wake = Wake {
+            leased_anew: true,
+            since: Instant::now(),
+        };
         let mut failures: u32 = 0;
         let mut checked = tokio::time::Instant::now();
         loop {
@@ -453,7 +477,7 @@ pub async fn drive<F, Fut>(
                     break;
                 }
             }
-            let pause = match step(std::mem::take(&mut leased_anew)).await {
+            let pause = match step(wake).await {
                 Step::Busy => {
                     failures = 0;
                     continue;
@@ -467,12 +491,15 @@ pub async fn drive<F, Fut>(
                     backoff(failures)
                 }
             };
+            wake.leased_anew = false;
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 changed = appended.changed(), if failures == 0 => {
+                    // Told of an append: it was committed before now.
+                    wake.since = Instant::now();
                     tokio::time::sleep(if changed.is_ok() { GATHER } else { pause }).await;
                 }
-                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep(pause) => wake.since = Instant::now(),
             }
         }
     }

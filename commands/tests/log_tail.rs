@@ -1,5 +1,7 @@
 //! A reader tailing the log while many writers append, some of them committing late,
-//! delivers every committed event exactly once, in order, and skips none.
+//! delivers every committed event exactly once, in order, and skips none; so do readers
+//! sharing pages of the log's tail (`Store::read_log_tail`), as the projections and
+//! processes of one instance do.
 
 mod common;
 
@@ -16,6 +18,7 @@ use uuid::Uuid;
 const FAST_WRITERS: usize = 6;
 const SLOW_WRITERS: usize = 4;
 const SLOW_HOLD: Duration = Duration::from_millis(300);
+const SHARING_READERS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_reader_never_skips_a_late_commit() {
@@ -51,6 +54,9 @@ async fn tail_under_late_commits(store: &Store) -> Report {
     let bus = Arc::new(CommandBus::<Tally>::new(store.clone()));
 
     let reader = tokio::spawn(tail(store.clone(), stop.clone()));
+    let sharing: Vec<_> = (0..SHARING_READERS)
+        .map(|_| tokio::spawn(shared_tail(store.clone(), stop.clone())))
+        .collect();
     let naive = tokio::spawn(naive_tail(store.database().clone(), stop.clone()));
 
     let fast: Vec<_> = (0..FAST_WRITERS)
@@ -106,6 +112,19 @@ async fn tail_under_late_commits(store: &Store) -> Report {
     );
     let stored: HashSet<Uuid> = all_event_ids(store.database()).await;
     assert_eq!(ids, stored, "the reader saw exactly what is stored");
+    let order: Vec<Uuid> = delivered.iter().map(|e| e.event_id).collect();
+    for reader in sharing {
+        let shared: Vec<Uuid> = reader
+            .await
+            .expect("sharing reader")
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(
+            shared, order,
+            "a reader sharing pages delivered every event once, in the same order"
+        );
+    }
 
     let position_inversions = delivered
         .windows(2)
@@ -134,6 +153,36 @@ async fn tail(store: Store, stop: Arc<AtomicBool>) -> Vec<StoredEvent> {
                 delivered.extend(page);
             }
             None => idle.wait().await,
+        }
+    }
+    delivered
+}
+
+/// Tails the log as a projection or process runner does, sharing pages with the other
+/// readers of this store: after an empty read it waits to be told of an append (or a
+/// moment, as the late commits here are not told), and then needs every event
+/// committed before it was woken.
+async fn shared_tail(store: Store, stop: Arc<AtomicBool>) -> Vec<StoredEvent> {
+    let mut delivered: Vec<StoredEvent> = Vec::new();
+    let mut cursor = LogCursor::START;
+    let mut appended = store.subscribe_appends();
+    let mut woken = Instant::now();
+    let mut idle = Idle::new(stop);
+    while idle.keep_going() {
+        let page = store
+            .read_log_tail(cursor, 64, Some(woken))
+            .await
+            .expect("read");
+        match page.last() {
+            Some(last) => {
+                cursor = last.cursor;
+                delivered.extend(page);
+            }
+            None => {
+                let _ = tokio::time::timeout(Duration::from_millis(5), appended.changed()).await;
+                woken = Instant::now();
+                idle.wait().await;
+            }
         }
     }
     delivered

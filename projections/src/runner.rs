@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::on_pool;
-use shopagent_commands::subscriber::{SavedCursor, Step, Throughput, checkpoint, drive};
+use shopagent_commands::subscriber::{SavedCursor, Step, Throughput, Wake, checkpoint, drive};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -221,11 +221,11 @@ impl ProjectionRunner {
         let lease = format!("projection.{name}");
         let failing = &std::sync::atomic::AtomicBool::new(false);
         let runner = &self;
-        drive(&self.store, &lease, self.idle_poll, &shutdown, |leased_anew| async move {
-            if leased_anew {
+        drive(&self.store, &lease, self.idle_poll, &shutdown, |wake: Wake| async move {
+            if wake.leased_anew {
                 runner.saved.forget();
             }
-            match runner.step().await {
+            match runner.step_since(Some(wake.since)).await {
                 Ok(applied) => {
                     if failing.swap(false, std::sync::atomic::Ordering::Relaxed)
                         && let Err(unrecorded) = runner.record_failure(None).await
@@ -325,12 +325,21 @@ impl ProjectionRunner {
 
     /// Applies at most one batch. Returns how many events it applied.
     pub async fn step(&self) -> Result<usize, ProjectionError> {
+        self.step_since(None).await
+    }
+
+    /// [`ProjectionRunner::step`]; `since`: when a runner following the head was woken
+    /// (see [`shopagent_commands::Store::read_log_tail`]).
+    async fn step_since(&self, since: Option<Instant>) -> Result<usize, ProjectionError> {
         let name = self.name();
         let started = Instant::now();
         let (tx, events) = loop {
             let db = self.store.database();
             let (checkpoint, kept) = self.saved.start(db, name).await?;
-            let events = self.store.read_log(checkpoint, self.batch_size).await?;
+            let events = self
+                .store
+                .read_log_tail(checkpoint, self.batch_size, since)
+                .await?;
             if events.is_empty() {
                 // Nothing after the kept cursor; but ops may have rewound the
                 // checkpoint meanwhile, and then there is work from there.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shopagent_commands::log::LogFilter;
-use shopagent_commands::subscriber::{Step, drive};
+use shopagent_commands::subscriber::{Step, Wake, drive};
 use shopagent_commands::{LogCursor, Store, StoreError, StoredEvent};
 use shopagent_domain::ids::{MerchantId, OfferId};
 use shopagent_domain::offer::OfferEvent;
@@ -231,8 +231,14 @@ impl SearchIndexer {
 
     /// Indexes the next batch of offer events; how many it indexed.
     pub async fn step(&self) -> Result<usize, IndexerError> {
+        self.step_since(None).await
+    }
+
+    /// [`SearchIndexer::step`]; `since`: when an indexer following the head was woken
+    /// (see [`shopagent_commands::Store::read_log_tail`]).
+    async fn step_since(&self, since: Option<std::time::Instant>) -> Result<usize, IndexerError> {
         let started = std::time::Instant::now();
-        let outcome = self.gated(self.step_ungated()).await;
+        let outcome = self.gated(self.step_ungated(since)).await;
         let mut activity = self.activity();
         match &outcome {
             Ok(0) => activity.error = None,
@@ -249,7 +255,7 @@ impl SearchIndexer {
         outcome
     }
 
-    async fn step_ungated(&self) -> Result<usize, IndexerError> {
+    async fn step_ungated(&self, since: Option<std::time::Instant>) -> Result<usize, IndexerError> {
         let mut after = self.position().await?;
         if after.position > 0 && after.position > self.store.head_position().await? {
             // The index is ahead of the log: it was built from another log (a database
@@ -267,7 +273,10 @@ impl SearchIndexer {
         // Every event is read once; the offer events among them are indexed.
         let events = loop {
             let start = after.max(*self.scanned());
-            let read = self.store.read_log(start, self.batch_size).await?;
+            let read = self
+                .store
+                .read_log_tail(start, self.batch_size, since)
+                .await?;
             let Some(last) = read.last() else {
                 return Ok(0);
             };
@@ -318,7 +327,7 @@ impl SearchIndexer {
             {
                 return Ok(());
             }
-            if self.step_ungated().await? == 0 {
+            if self.step_ungated(None).await? == 0 {
                 // Committed but not yet readable (PostgreSQL): wait for it.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -428,7 +437,7 @@ impl SearchIndexer {
             if stop.is_cancelled() {
                 return Err(RebuildError::Stopped);
             }
-            let indexed = builder.step_ungated().await?;
+            let indexed = builder.step_ungated(None).await?;
             self.activity().rebuild_position = Some(builder.position().await?.position);
             if indexed == 0 {
                 break;
@@ -454,13 +463,14 @@ impl SearchIndexer {
         } else {
             format!("{}.{}", Self::NAME, uuid::Uuid::new_v4())
         };
+        let indexer = &self;
         drive(
             &self.store,
             &lease,
             Duration::from_millis(250),
             &shutdown,
-            |_| async {
-                match self.step().await {
+            |wake: Wake| async move {
+                match indexer.step_since(Some(wake.since)).await {
                     Ok(0) => Step::Idle,
                     Ok(_) => Step::Busy,
                     Err(error) => {
