@@ -391,6 +391,11 @@ impl Agent {
     /// A cart and six lines added to it: seven commands on one stream, as the raw
     /// baseline appends seven events to each of its streams.
     async fn cart_lines(&self, journal: &Mutex<Journal>) -> Option<()> {
+        self.cart_with_lines(6, journal).await.map(drop)
+    }
+
+    /// A cart under the agent's mandate with `lines` lines added; answers its id.
+    async fn cart_with_lines(&self, lines: usize, journal: &Mutex<Journal>) -> Option<String> {
         let caller = &self.caller;
         let cart = caller
             .post(
@@ -399,13 +404,13 @@ impl Agent {
                 journal,
             )
             .await?;
-        let cart = cart["id"].as_str()?;
-        for n in 0..6 {
+        let cart = cart["id"].as_str()?.to_owned();
+        for n in 0..lines {
             caller
                 .post(&format!("/v1/carts/{cart}/lines"), gear_line(n), journal)
                 .await?;
         }
-        Some(())
+        Some(cart)
     }
 
     /// One shopping journey, one agent run: nine commands.
@@ -415,19 +420,7 @@ impl Agent {
             .post("/v1/runs", json!({"prompt": "gear for a weekend"}), journal)
             .await?;
         let run = run["id"].as_str()?;
-        let cart = caller
-            .post(
-                "/v1/carts",
-                json!({"currency": "USD", "mandate_id": self.mandate.to_string()}),
-                journal,
-            )
-            .await?;
-        let cart = cart["id"].as_str()?;
-        for n in 0..2 {
-            caller
-                .post(&format!("/v1/carts/{cart}/lines"), gear_line(n), journal)
-                .await?;
-        }
+        let cart = self.cart_with_lines(2, journal).await?;
         let address = json!({"name": "Ada", "line1": "1 Main St", "city": "Springfield", "postal_code": "62701", "country": "US"});
         caller
             .post(&format!("/v1/carts/{cart}/address"), address, journal)
