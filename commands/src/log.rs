@@ -12,7 +12,7 @@
 //! `txid` is always 0.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shopagent_domain::EventMetadata;
@@ -45,7 +45,7 @@ impl LogCursor {
 
 /// How long a reader of the log's tail waits for another's read before it reads on its
 /// own: a page at the head takes a millisecond or two.
-pub const SHARED_READ_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+pub const SHARED_READ_WAIT: Duration = Duration::from_millis(50);
 
 /// A page of the log as one reader read it, for the others: see
 /// [`Store::read_log_tail`].
@@ -550,8 +550,6 @@ impl Drop for LogPages {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn event(position: i64) -> StoredEvent {

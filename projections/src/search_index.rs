@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shopagent_commands::log::LogFilter;
 use shopagent_commands::subscriber::{Step, Wake, drive};
@@ -236,8 +236,8 @@ impl SearchIndexer {
 
     /// [`SearchIndexer::step`]; `since`: when an indexer following the head was woken
     /// (see [`shopagent_commands::Store::read_log_tail`]).
-    async fn step_since(&self, since: Option<std::time::Instant>) -> Result<usize, IndexerError> {
-        let started = std::time::Instant::now();
+    async fn step_since(&self, since: Option<Instant>) -> Result<usize, IndexerError> {
+        let started = Instant::now();
         let outcome = self.gated(self.step_ungated(since)).await;
         let mut activity = self.activity();
         match &outcome {
@@ -255,7 +255,7 @@ impl SearchIndexer {
         outcome
     }
 
-    async fn step_ungated(&self, since: Option<std::time::Instant>) -> Result<usize, IndexerError> {
+    async fn step_ungated(&self, since: Option<Instant>) -> Result<usize, IndexerError> {
         let mut after = self.position().await?;
         if after.position > 0 && after.position > self.store.head_position().await? {
             // The index is ahead of the log: it was built from another log (a database
