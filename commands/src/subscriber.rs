@@ -156,7 +156,9 @@ impl SubscriberRunner {
 
     /// Handles the events after the checkpoint, in order, moving the checkpoint past
     /// each one it acts on as soon as it is handled, and past those it passes over at
-    /// the next write (at the latest, the end of the batch). Stops at the first failure.
+    /// the next write: at the latest the end of the batch, or for a batch with nothing
+    /// to act on, [`WRITE_PASSED_OVER_WITHIN`] later or at the next step that finds
+    /// nothing new ([`SavedCursor`]). Stops at the first failure.
     pub async fn step(&self) -> Result<Progress, SubscriberError> {
         self.step_since(None).await
     }
@@ -166,38 +168,56 @@ impl SubscriberRunner {
     async fn step_since(&self, since: Option<Instant>) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let db = self.store.database();
-        let (mut cursor, kept) = self.saved.start(db, name).await?;
+        let (mut kept, is_kept) = self.saved.start(db, name).await?;
         let mut events = self
             .store
-            .read_log_tail(cursor, self.batch_size, since)
+            .read_log_tail(kept.next(), self.batch_size, since)
             .await?;
         if events.is_empty()
-            && kept
-            && let Some(stored) = SavedCursor::moved(db, name, cursor).await?
+            && is_kept
+            && let Some(stored) = SavedCursor::moved(db, name, kept.written).await?
         {
-            cursor = stored;
+            kept = Kept::at(stored);
             events = self
                 .store
-                .read_log_tail(cursor, self.batch_size, since)
+                .read_log_tail(stored, self.batch_size, since)
                 .await?;
         }
-        if events.is_empty() {
-            self.saved.keep(cursor);
+        let step_started = Instant::now();
+        let Some(last) = events.last() else {
+            // Nothing new: the time to write what was passed over.
+            match kept.unwritten_place() {
+                Some((cursor, unwritten)) => {
+                    self.advance(step_started, cursor, 0, unwritten).await?;
+                }
+                None => self.saved.keep(kept),
+            }
             return Ok(Progress {
                 handled: 0,
                 failed: false,
             });
+        };
+        if !events.iter().any(|event| self.subscriber.acts_on(event))
+            && let Some(ahead) = kept.pass_over(last.cursor, events.len(), step_started)
+        {
+            self.record(step_started, events.len());
+            self.saved.keep(ahead);
+            return Ok(Progress {
+                handled: events.len(),
+                failed: false,
+            });
         }
         if self.subscriber.batched() {
-            return self.step_batch(&events).await;
+            return self.step_batch(&events, kept.unwritten()).await;
         }
         if self.subscriber.concurrency() > 1 {
-            return self.step_partitioned(&events).await;
+            return self.step_partitioned(&events, kept.unwritten()).await;
         }
-        let step_started = Instant::now();
+        let mut cursor = kept.next();
         let mut handled = 0;
-        // Events passed over since the last checkpoint write.
+        // Events passed over in this step, and before it, since the last checkpoint write.
         let mut passed_over = 0;
+        let mut unwritten = kept.unwritten();
         for event in &events {
             if !self.subscriber.acts_on(event) {
                 cursor = event.cursor;
@@ -207,8 +227,9 @@ impl SubscriberRunner {
             }
             let started = Instant::now();
             if let Err(error) = self.subscriber.handle(event).await {
-                if passed_over > 0 {
-                    self.advance(step_started, cursor, passed_over).await?;
+                if passed_over + unwritten > 0 {
+                    self.advance(step_started, cursor, passed_over, unwritten)
+                        .await?;
                 }
                 tracing::warn!(subscriber = name, position = event.position(), %error, "event handling failed; will retry");
                 self.remember_failure(&error);
@@ -219,13 +240,15 @@ impl SubscriberRunner {
             }
             cursor = event.cursor;
             let rate = self.record(started, 1);
-            let handled_since = (passed_over + 1) as i64;
+            let handled_since = (unwritten + passed_over + 1) as i64;
             self.save(cursor, rate, handled_since).await?;
             passed_over = 0;
+            unwritten = 0;
             handled += 1;
         }
-        if passed_over > 0 {
-            self.advance(step_started, cursor, passed_over).await?;
+        if passed_over + unwritten > 0 {
+            self.advance(step_started, cursor, passed_over, unwritten)
+                .await?;
         }
         Ok(Progress {
             handled,
@@ -251,8 +274,13 @@ impl SubscriberRunner {
 
     /// One batch handled partition by partition, the partitions at the same time: each
     /// in log order, stopping at its first failure. The checkpoint then moves once, to
-    /// just before the earliest event that failed (past the whole batch if none did).
-    async fn step_partitioned(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
+    /// just before the earliest event that failed (past the whole batch if none did),
+    /// counting the `unwritten` events passed over before the batch.
+    async fn step_partitioned(
+        &self,
+        events: &[StoredEvent],
+        unwritten: usize,
+    ) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let last = &events[events.len() - 1]; // `step` hands over no empty batch
         let started = Instant::now();
@@ -290,7 +318,8 @@ impl SubscriberRunner {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clear();
-            self.advance(started, last.cursor, events.len()).await?;
+            self.advance(started, last.cursor, events.len(), unwritten)
+                .await?;
             return Ok(Progress {
                 handled: events.len(),
                 failed: false,
@@ -303,7 +332,8 @@ impl SubscriberRunner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain(|id| ahead.contains(id));
         if let Some(before) = failed_at.checked_sub(1).map(|index| &events[index]) {
-            self.advance(started, before.cursor, failed_at).await?;
+            self.advance(started, before.cursor, failed_at, unwritten)
+                .await?;
         }
         tracing::warn!(subscriber = name, position = events[failed_at].position(), %error, "event handling failed; will retry");
         self.remember_failure(&error);
@@ -333,8 +363,13 @@ impl SubscriberRunner {
         None
     }
 
-    /// One batch handled as a whole; the checkpoint moves past it once it is.
-    async fn step_batch(&self, events: &[StoredEvent]) -> Result<Progress, SubscriberError> {
+    /// One batch handled as a whole; the checkpoint moves past it once it is (and past
+    /// the `unwritten` events passed over before it).
+    async fn step_batch(
+        &self,
+        events: &[StoredEvent],
+        unwritten: usize,
+    ) -> Result<Progress, SubscriberError> {
         let name = self.name();
         let last = &events[events.len() - 1]; // `step` hands over no empty batch
         let started = Instant::now();
@@ -346,7 +381,8 @@ impl SubscriberRunner {
                 failed: true,
             });
         }
-        self.advance(started, last.cursor, events.len()).await?;
+        self.advance(started, last.cursor, events.len(), unwritten)
+            .await?;
         Ok(Progress {
             handled: events.len(),
             failed: false,
@@ -354,15 +390,16 @@ impl SubscriberRunner {
     }
 
     /// Moves the checkpoint to `cursor`, past `events` more events handled since
-    /// `started`.
+    /// `started` and `unwritten` passed over (and counted) in earlier steps.
     async fn advance(
         &self,
         started: Instant,
         cursor: LogCursor,
         events: usize,
+        unwritten: usize,
     ) -> Result<(), SubscriberError> {
         let rate = self.record(started, events);
-        self.save(cursor, rate, events as i64).await
+        self.save(cursor, rate, (events + unwritten) as i64).await
     }
 
     /// Moves the checkpoint to `cursor` and keeps it for the next step.
@@ -373,7 +410,7 @@ impl SubscriberRunner {
         handled: i64,
     ) -> Result<(), SubscriberError> {
         save(self.store.derived(), self.name(), cursor, rate, handled).await?;
-        self.saved.keep(cursor);
+        self.saved.keep_written(cursor);
         Ok(())
     }
 
@@ -591,41 +628,120 @@ pub fn backoff(failures: u32) -> Duration {
 /// kept cursor reads the stored checkpoint too: that is how a reader notices a
 /// checkpoint moved by someone else (a projection rewound by ops), and it costs only
 /// steps that had nothing to do. Forgotten whenever the reader's lease is taken anew.
+///
+/// It also keeps how far the reader has read past that checkpoint over events it passes
+/// over ([`Kept::pass_over`]): a batch with nothing for the reader moves it on without
+/// a write, and the checkpoint is written past those events with the reader's next
+/// write, at the latest [`WRITE_PASSED_OVER_WITHIN`] after the first of them, or at its
+/// next step that finds nothing new. Under a load of events a reader does not act on
+/// (a cart's lines, for the orders hub), that saves a transaction per batch and
+/// reader; a crash meanwhile only makes the next holder read those events again.
 #[derive(Debug, Clone, Default)]
-pub struct SavedCursor(Arc<std::sync::Mutex<Option<LogCursor>>>);
+pub struct SavedCursor(Arc<std::sync::Mutex<Option<Kept>>>);
+
+/// What a reader keeps of its place in the log between steps ([`SavedCursor`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    /// The checkpoint as the reader last wrote (or read) it.
+    pub written: LogCursor,
+    /// Read past `written` over events the reader passes over, not yet written.
+    passed: Option<PassedOver>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassedOver {
+    cursor: LogCursor,
+    events: usize,
+    /// When the first of them was passed over without a write.
+    since: Instant,
+}
+
+/// How long a reader may keep events it passed over unwritten in its checkpoint: how
+/// far the stored checkpoint (what ops see, where another instance would start) may
+/// trail the reader under a load of events it does not act on.
+pub const WRITE_PASSED_OVER_WITHIN: Duration = Duration::from_secs(1);
+
+impl Kept {
+    /// At the checkpoint `written`, with nothing passed over since.
+    pub fn at(written: LogCursor) -> Self {
+        Self {
+            written,
+            passed: None,
+        }
+    }
+
+    /// Where the reader's next read starts.
+    pub fn next(&self) -> LogCursor {
+        self.passed.map_or(self.written, |passed| passed.cursor)
+    }
+
+    /// How many events the reader passed over that its stored checkpoint does not count
+    /// yet.
+    pub fn unwritten(&self) -> usize {
+        self.passed.map_or(0, |passed| passed.events)
+    }
+
+    /// The place past the unwritten events, if there are any: what the checkpoint must
+    /// be moved to when the reader next finds nothing new.
+    pub fn unwritten_place(&self) -> Option<(LogCursor, usize)> {
+        self.passed.map(|passed| (passed.cursor, passed.events))
+    }
+
+    /// `self` moved past `events` more events, to `cursor`, none of which the reader
+    /// acts on; `None` when the checkpoint must be written now instead (the first
+    /// events passed over have waited [`WRITE_PASSED_OVER_WITHIN`]).
+    pub fn pass_over(self, cursor: LogCursor, events: usize, now: Instant) -> Option<Self> {
+        let (before, since) = self
+            .passed
+            .map_or((0, now), |passed| (passed.events, passed.since));
+        (now.saturating_duration_since(since) < WRITE_PASSED_OVER_WITHIN).then_some(Self {
+            written: self.written,
+            passed: Some(PassedOver {
+                cursor,
+                events: before + events,
+                since,
+            }),
+        })
+    }
+}
 
 impl SavedCursor {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<LogCursor>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Where the reader `name`'s next step starts: the kept cursor (leaving none until
+    /// Where the reader `name`'s next step starts: what it kept (leaving nothing until
     /// the next [`SavedCursor::keep`]), else the stored checkpoint; and whether it was
     /// the kept one.
-    pub async fn start(&self, db: &Database, name: &str) -> Result<(LogCursor, bool), sqlx::Error> {
+    pub async fn start(&self, db: &Database, name: &str) -> Result<(Kept, bool), sqlx::Error> {
         let kept = self.lock().take();
         match kept {
             Some(kept) => Ok((kept, true)),
-            None => Ok((checkpoint(db, name).await?, false)),
+            None => Ok((Kept::at(checkpoint(db, name).await?), false)),
         }
     }
 
-    /// The stored checkpoint of `name`, when it is no longer `kept`: for a step that
+    /// The stored checkpoint of `name`, when it is no longer `written`: for a step that
     /// found nothing after its kept cursor.
     pub async fn moved(
         db: &Database,
         name: &str,
-        kept: LogCursor,
+        written: LogCursor,
     ) -> Result<Option<LogCursor>, sqlx::Error> {
         let stored = checkpoint(db, name).await?;
-        Ok((stored != kept).then_some(stored))
+        Ok((stored != written).then_some(stored))
+    }
+
+    /// Keeps `kept` for the next step.
+    pub fn keep(&self, kept: Kept) {
+        *self.lock() = Some(kept);
     }
 
     /// Keeps `cursor`, just written as the reader's checkpoint.
-    pub fn keep(&self, cursor: LogCursor) {
-        *self.lock() = Some(cursor);
+    pub fn keep_written(&self, cursor: LogCursor) {
+        self.keep(Kept::at(cursor));
     }
 
     pub fn forget(&self) {
@@ -769,5 +885,47 @@ impl Lease {
                 .is_ok(),
             None => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(position: i64) -> LogCursor {
+        LogCursor { txid: 1, position }
+    }
+
+    #[test]
+    fn events_passed_over_are_kept_unwritten_and_counted_together() {
+        let now = Instant::now();
+        let kept = Kept::at(at(10));
+        let once = kept.pass_over(at(20), 10, now).expect("kept unwritten");
+        let twice = once
+            .pass_over(at(25), 5, now + Duration::from_millis(500))
+            .expect("kept unwritten");
+        assert_eq!(twice.written, at(10));
+        assert_eq!(twice.next(), at(25));
+        assert_eq!(twice.unwritten_place(), Some((at(25), 15)));
+    }
+
+    #[test]
+    fn events_passed_over_are_written_within_the_limit_of_the_first() {
+        let first = Instant::now();
+        let kept = Kept::at(at(10))
+            .pass_over(at(20), 10, first)
+            .expect("kept unwritten");
+        assert_eq!(
+            kept.pass_over(at(30), 10, first + WRITE_PASSED_OVER_WITHIN),
+            None,
+            "the checkpoint must be written now"
+        );
+    }
+
+    #[test]
+    fn a_reader_with_nothing_passed_over_starts_at_its_checkpoint() {
+        let kept = Kept::at(at(10));
+        assert_eq!(kept.next(), at(10));
+        assert_eq!((kept.unwritten(), kept.unwritten_place()), (0, None));
     }
 }

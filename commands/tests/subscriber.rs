@@ -120,6 +120,8 @@ shopagent_commands::on_both_backends!(
     a_failed_event_is_retried_and_nothing_after_it_is_skipped,
     a_crash_after_the_side_effect_repeats_the_event_but_loses_none,
     events_passed_over_move_the_checkpoint_and_are_not_handled,
+    a_batch_with_nothing_to_act_on_is_written_when_the_reader_next_finds_nothing,
+    events_passed_over_in_earlier_batches_are_written_with_the_next_event_acted_on,
     partitions_are_handled_at_the_same_time_each_in_log_order,
     a_failure_in_one_partition_repeats_only_that_event,
 );
@@ -301,6 +303,82 @@ async fn events_passed_over_move_the_checkpoint_and_are_not_handled(test: &TestS
     let progress = again.step().await.expect("step");
     assert_eq!((progress.handled, progress.failed), (0, false));
     assert_eq!(picky.seen.lock().expect("lock").len(), 2);
+}
+
+/// The stored checkpoint of `name` and how many events it counts; the start and 0
+/// before its first write.
+async fn stored_checkpoint(store: &Store, name: &str) -> (LogCursor, i64) {
+    const SQL: &str = "SELECT events_applied FROM projection_checkpoints WHERE name = $1";
+    let counted: Option<i64> = match store.database() {
+        shopagent_commands::Database::Postgres(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+        }
+        shopagent_commands::Database::Sqlite(pool) => {
+            sqlx::query_scalar(SQL)
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+        }
+    }
+    .expect("checkpoint");
+    let cursor = shopagent_commands::subscriber::checkpoint(store.database(), name)
+        .await
+        .expect("checkpoint");
+    (cursor, counted.unwrap_or(0))
+}
+
+async fn a_batch_with_nothing_to_act_on_is_written_when_the_reader_next_finds_nothing(
+    test: &TestStore,
+) {
+    seed(&test.store, 10).await;
+    let log = readable_log(&test.store, 10).await;
+    let picky = Arc::new(Picky {
+        tallies: vec!["t-none".into()],
+        seen: Mutex::default(),
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), picky.clone());
+    let passed = runner.step().await.expect("step");
+    assert_eq!((passed.handled, passed.failed), (10, false));
+    assert_eq!(
+        stored_checkpoint(&test.store, "test_picky").await,
+        (LogCursor::START, 0),
+        "passed over without a write"
+    );
+    let idle = runner.step().await.expect("step");
+    assert_eq!((idle.handled, idle.failed), (0, false));
+    assert_eq!(
+        stored_checkpoint(&test.store, "test_picky").await,
+        (log[9].cursor, 10),
+        "written once nothing new came"
+    );
+}
+
+async fn events_passed_over_in_earlier_batches_are_written_with_the_next_event_acted_on(
+    test: &TestStore,
+) {
+    seed(&test.store, 10).await;
+    let log = readable_log(&test.store, 10).await;
+    let picky = Arc::new(Picky {
+        tallies: vec!["t-7".into()],
+        seen: Mutex::default(),
+    });
+    let runner = SubscriberRunner::new(test.store.clone(), picky.clone()).with_batch_size(5);
+    runner.step().await.expect("step");
+    assert_eq!(
+        stored_checkpoint(&test.store, "test_picky").await,
+        (LogCursor::START, 0)
+    );
+    let second = runner.step().await.expect("step");
+    assert_eq!((second.handled, second.failed), (5, false));
+    assert_eq!(*picky.seen.lock().expect("lock"), [log[7].event_id]);
+    assert_eq!(
+        stored_checkpoint(&test.store, "test_picky").await,
+        (log[9].cursor, 10),
+        "every event counted once, the first five with the batch after them"
+    );
 }
 
 async fn every_event_is_handled_once_in_log_order(test: &TestStore) {

@@ -243,6 +243,11 @@ impl Projection for OrdersHub {
         &["orders_hub"]
     }
 
+    /// An order's events, and only those.
+    fn projects(&self, event: &StoredEvent) -> bool {
+        event.aggregate_type == "order"
+    }
+
     async fn apply(
         &self,
         tx: &mut ReadModelTx<'_>,
@@ -262,7 +267,7 @@ impl Projection for OrdersHub {
         for pass in events.chunks(ROWS_PER_STATEMENT) {
             let mut decoded = Vec::new();
             let mut wanted = Wanted::default();
-            for event in pass.iter().filter(|e| e.aggregate_type == "order") {
+            for event in pass.iter().filter(|e| self.projects(e)) {
                 let order = OrderEvent::deserialize(&event.payload)
                     .map_err(|error| ProjectionError::unreadable(event, &error))?;
                 let order_id = match &order {

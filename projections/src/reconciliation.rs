@@ -85,9 +85,21 @@ enum Decoded {
     SpendCommitted { reservation: String, amount: Money },
 }
 
+/// Whether this model acts on `event`: an order's, a payment's, or the spend a
+/// mandate committed.
+fn projected(event: &StoredEvent) -> bool {
+    matches!(
+        (event.aggregate_type.as_str(), event.event_type.as_str()),
+        ("order" | "payment", _) | ("mandate", "SpendCommitted")
+    )
+}
+
 impl Decoded {
     /// Decodes `event` if this model acts on it, and names the row it needs.
     fn read(event: &StoredEvent, wanted: &mut Wanted) -> Result<Option<Self>, ProjectionError> {
+        if !projected(event) {
+            return Ok(None);
+        }
         let tenant = &event.metadata.tenant;
         let key = stream_key(&event.aggregate_id);
         Ok(Some(match event.aggregate_type.as_str() {
@@ -388,6 +400,10 @@ impl Projection for Reconciliation {
 
     fn tables(&self) -> &'static [&'static str] {
         &["reconciliation_orders", "reconciliation_entries"]
+    }
+
+    fn projects(&self, event: &StoredEvent) -> bool {
+        projected(event)
     }
 
     async fn apply(

@@ -93,6 +93,15 @@ pub trait Projection: Send + Sync + 'static {
     /// unqualified (the rebuild points the names at the new versions).
     fn tables(&self) -> &'static [&'static str];
 
+    /// Whether [`Projection::apply`] may change the read model for `event`. A batch of
+    /// events it does not project moves the checkpoint without a transaction of its
+    /// own (see [`SavedCursor`]), so a projection that names what it projects keeps up
+    /// with a busy log of other events at little cost. Must be true for every event
+    /// `apply` acts on; the default, true for all, is always right.
+    fn projects(&self, _event: &StoredEvent) -> bool {
+        true
+    }
+
     /// Applies one event inside the batch's transaction. Events the projection does
     /// not care about are ignored. Must not call the outside world.
     async fn apply(
@@ -333,21 +342,43 @@ impl ProjectionRunner {
     async fn step_since(&self, since: Option<Instant>) -> Result<usize, ProjectionError> {
         let name = self.name();
         let started = Instant::now();
-        let (tx, events) = loop {
+        let (tx, events, unwritten) = loop {
             let db = self.store.database();
-            let (checkpoint, kept) = self.saved.start(db, name).await?;
+            let (kept, is_kept) = self.saved.start(db, name).await?;
             let events = self
                 .store
-                .read_log_tail(checkpoint, self.batch_size, since)
+                .read_log_tail(kept.next(), self.batch_size, since)
                 .await?;
             if events.is_empty() {
                 // Nothing after the kept cursor; but ops may have rewound the
                 // checkpoint meanwhile, and then there is work from there.
-                if kept && SavedCursor::moved(db, name, checkpoint).await?.is_some() {
+                if is_kept && SavedCursor::moved(db, name, kept.written).await?.is_some() {
                     continue;
                 }
-                self.saved.keep(checkpoint);
+                // The time to write what was passed over.
+                if let Some((cursor, unwritten)) = kept.unwritten_place() {
+                    let mut tx = ReadModelTx::begin(self.store.derived()).await?;
+                    let (locked, paused) = lock_checkpoint(&mut tx, name).await?;
+                    if paused {
+                        return Ok(0);
+                    }
+                    if locked != kept.written {
+                        continue;
+                    }
+                    let rate = self.record(started, 0);
+                    self.save(tx, cursor, unwritten, rate).await?;
+                    return Ok(0);
+                }
+                self.saved.keep(kept);
                 return Ok(0);
+            }
+            let last = events[events.len() - 1].cursor;
+            if !events.iter().any(|event| self.projection.projects(event))
+                && let Some(ahead) = kept.pass_over(last, events.len(), started)
+            {
+                self.record(started, events.len());
+                self.saved.keep(ahead);
+                return Ok(events.len());
             }
             let mut tx = ReadModelTx::begin(self.store.derived()).await?;
             // Another instance may have applied this batch meanwhile: the row lock taken
@@ -357,8 +388,8 @@ impl ProjectionRunner {
             if paused {
                 return Ok(0);
             }
-            if locked == checkpoint {
-                break (tx, events);
+            if locked == kept.written {
+                break (tx, events, kept.unwritten());
             }
         };
         let last = events[events.len() - 1].cursor;
@@ -371,7 +402,7 @@ impl ProjectionRunner {
             last_position = last.position,
         );
         shopagent_commands::trace::join_batch(&span, &events);
-        self.apply_and_save(tx, &events, started)
+        self.apply_and_save(tx, &events, unwritten, started)
             .instrument(span)
             .await?;
         tracing::debug!(
@@ -385,24 +416,41 @@ impl ProjectionRunner {
 }
 
 impl ProjectionRunner {
-    /// Applies a batch read after the checkpoint locked in `tx`, moves the checkpoint
-    /// past it and commits.
+    /// Applies a batch read after the checkpoint locked in `tx` (and `unwritten` events
+    /// passed over before it), moves the checkpoint past it and commits.
     async fn apply_and_save(
         &self,
         mut tx: ReadModelTx<'_>,
         events: &[StoredEvent],
+        unwritten: usize,
         started: Instant,
     ) -> Result<(), ProjectionError> {
         self.projection.apply_batch(&mut tx, events).await?;
-        let rate = self
-            .throughput
+        let rate = self.record(started, events.len());
+        let last = events[events.len() - 1].cursor;
+        self.save(tx, last, unwritten + events.len(), rate).await
+    }
+
+    /// Counts `events` applied since `started`; answers the recent rate.
+    fn record(&self, started: Instant, events: usize) -> f64 {
+        self.throughput
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(started, events.len());
-        let last = events[events.len() - 1].cursor;
-        save_checkpoint(&mut tx, self.name(), last, Some(events.len() as i64), rate).await?;
+            .record(started, events)
+    }
+
+    /// Moves the checkpoint locked in `tx` to `cursor`, past `events` more events, and
+    /// commits.
+    async fn save(
+        &self,
+        mut tx: ReadModelTx<'_>,
+        cursor: LogCursor,
+        events: usize,
+        rate: f64,
+    ) -> Result<(), ProjectionError> {
+        save_checkpoint(&mut tx, self.name(), cursor, Some(events as i64), rate).await?;
         tx.commit().await?;
-        self.saved.keep(last);
+        self.saved.keep_written(cursor);
         Ok(())
     }
 }

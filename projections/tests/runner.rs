@@ -22,6 +22,8 @@ const TOTAL: usize = STREAMS * EVENTS_PER_STREAM;
 #[derive(Debug, Default)]
 struct Totals {
     fault: Option<Fault>,
+    /// The one stream it projects, when not every one.
+    only: Option<&'static str>,
     applied: AtomicUsize,
     hanging: Notify,
 }
@@ -56,11 +58,18 @@ impl Projection for Totals {
         &["test_totals"]
     }
 
+    fn projects(&self, event: &StoredEvent) -> bool {
+        self.only.is_none_or(|only| event.aggregate_id == only)
+    }
+
     async fn apply(
         &self,
         tx: &mut ReadModelTx<'_>,
         event: &StoredEvent,
     ) -> Result<(), ProjectionError> {
+        if !self.projects(event) {
+            return Ok(());
+        }
         let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
         match self.fault {
             Some(Fault::Error(at)) if at == n => {
@@ -342,6 +351,71 @@ async fn postgres_a_checkpoint_moved_elsewhere_is_followed() {
     a_checkpoint_moved_elsewhere_is_followed(&test).await;
     test.cleanup().await;
 }
+
+/// How many events are after the stored checkpoint of the test projection, and how
+/// many it counts as applied.
+async fn stored(store: &Store) -> (i64, i64) {
+    let status = status(store, "test_totals").await.expect("status");
+    (status.lag_events, status.events_applied)
+}
+
+async fn batches_it_does_not_project_are_written_with_the_next_it_does(test: &TestStore) {
+    let store = &test.store;
+    create_totals_table(store).await;
+    seed(store).await;
+    settle(store).await;
+    let last = Arc::new(Totals {
+        only: Some("stream-029"),
+        ..Totals::default()
+    });
+    let runner = ProjectionRunner::new(store.clone(), last).with_batch_size(100);
+    assert_eq!(runner.step().await.expect("first batch"), 100);
+    assert_eq!(runner.step().await.expect("second batch"), 100);
+    assert_eq!(
+        stored(store).await,
+        (TOTAL as i64, 0),
+        "passed over without a write"
+    );
+    assert_eq!(runner.step().await.expect("third batch"), 100);
+    assert_eq!(
+        stored(store).await,
+        (0, TOTAL as i64),
+        "written past all three batches, each event counted once"
+    );
+    let expected: Vec<_> = expected_totals()
+        .into_iter()
+        .filter(|(id, _, _)| id == "stream-029")
+        .collect();
+    assert_eq!(totals(store).await, expected);
+}
+
+async fn batches_it_does_not_project_are_written_once_it_finds_nothing_new(test: &TestStore) {
+    let store = &test.store;
+    create_totals_table(store).await;
+    seed(store).await;
+    settle(store).await;
+    let none = Arc::new(Totals {
+        only: Some("no such stream"),
+        ..Totals::default()
+    });
+    let runner = ProjectionRunner::new(store.clone(), none).with_batch_size(100);
+    for _ in 0..3 {
+        assert_eq!(runner.step().await.expect("batch"), 100);
+    }
+    assert_eq!(
+        stored(store).await,
+        (TOTAL as i64, 0),
+        "passed over without a write"
+    );
+    assert_eq!(runner.step().await.expect("nothing new"), 0);
+    assert_eq!(stored(store).await, (0, TOTAL as i64));
+    assert!(totals(store).await.is_empty());
+}
+
+shopagent_commands::on_both_backends!(
+    batches_it_does_not_project_are_written_with_the_next_it_does,
+    batches_it_does_not_project_are_written_once_it_finds_nothing_new,
+);
 
 async fn running_catalog_follows_the_log_and_stops_cleanly(store: &Store) {
     let stop = CancellationToken::new();
