@@ -41,9 +41,28 @@ pub fn pseudonym_key(token_secret: &[u8]) -> Vec<u8> {
 /// Our platform profile URI, sent to UCP merchants in `UCP-Agent`.
 const AGENT_PROFILE: &str = "https://shopagent.invalid/.well-known/ucp";
 
-/// What request handlers share. Cheap to clone.
-#[derive(Clone)]
-pub struct App {
+/// What request handlers share: one reference to an [`AppState`], so that a clone
+/// (axum makes one per request for each middleware's state and for the handler's) is
+/// one count, not one per part.
+#[derive(Debug, Clone)]
+pub struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+impl From<AppState> for App {
+    fn from(state: AppState) -> Self {
+        Self(Arc::new(state))
+    }
+}
+
+/// The parts of [`App`].
+pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
     pub mandates: Arc<CommandBus<Mandate>>,
@@ -88,15 +107,15 @@ pub struct Background {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
-impl std::fmt::Debug for App {
+impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
+        f.debug_struct("AppState")
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
 
-impl App {
+impl AppState {
     /// Must be called within a Tokio runtime: it starts the task that writes the HTTP
     /// idempotency records.
     pub fn new(store: Store, auth: Authenticator) -> Self {
@@ -165,7 +184,7 @@ pub async fn open_store(config: &StoreConfig) -> anyhow::Result<Store> {
 
 /// A server bound to its address, ready to run.
 pub struct Server {
-    app: App,
+    app: AppState,
     listener: TcpListener,
     /// The card issuer the checkout process uses; without one it does not run.
     card_issuer: Option<Arc<dyn CardIssuer>>,
@@ -196,7 +215,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         Ok(Self {
-            app: App::new(store, auth),
+            app: AppState::new(store, auth),
             listener,
             card_issuer: None,
             tracking: None,
@@ -273,7 +292,7 @@ impl Server {
         self.listener.local_addr()
     }
 
-    pub fn app(&self) -> &App {
+    pub fn app(&self) -> &AppState {
         &self.app
     }
 
@@ -288,6 +307,7 @@ impl Server {
             event_stream,
             resume_after,
         } = self;
+        let app = App::from(app);
         let store = app.store.clone();
         let background = app.background.clone();
         let runners_stop = CancellationToken::new();
