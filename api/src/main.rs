@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The server allocates and frees many small buffers per request on every worker
-/// thread; glibc's allocator spent a fifth of the server's CPU on them under load
+/// thread; glibc's allocator spent a quarter of the server's CPU on them under load
 /// (`docs/PERFORMANCE.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
