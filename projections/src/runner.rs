@@ -357,17 +357,15 @@ impl ProjectionRunner {
                 }
                 // The time to write what was passed over.
                 if let Some((cursor, unwritten)) = kept.unwritten_place() {
-                    let mut tx = ReadModelTx::begin(self.store.derived()).await?;
-                    let (locked, paused) = lock_checkpoint(&mut tx, name).await?;
-                    if paused {
-                        return Ok(0);
+                    match self.lock_at(kept.written).await? {
+                        Locked::At(tx) => {
+                            let rate = self.record(started, 0);
+                            self.save(tx, cursor, unwritten, rate).await?;
+                            return Ok(0);
+                        }
+                        Locked::Paused => return Ok(0),
+                        Locked::Moved => continue,
                     }
-                    if locked != kept.written {
-                        continue;
-                    }
-                    let rate = self.record(started, 0);
-                    self.save(tx, cursor, unwritten, rate).await?;
-                    return Ok(0);
                 }
                 self.saved.keep(kept);
                 return Ok(0);
@@ -380,16 +378,10 @@ impl ProjectionRunner {
                 self.saved.keep(ahead);
                 return Ok(events.len());
             }
-            let mut tx = ReadModelTx::begin(self.store.derived()).await?;
-            // Another instance may have applied this batch meanwhile: the row lock taken
-            // here serialises runners, and a moved checkpoint means read again. A paused
-            // projection applies nothing (the transaction rolls back on drop).
-            let (locked, paused) = lock_checkpoint(&mut tx, name).await?;
-            if paused {
-                return Ok(0);
-            }
-            if locked == kept.written {
-                break (tx, events, kept.unwritten());
+            match self.lock_at(kept.written).await? {
+                Locked::At(tx) => break (tx, events, kept.unwritten()),
+                Locked::Paused => return Ok(0),
+                Locked::Moved => {}
             }
         };
         let last = events[events.len() - 1].cursor;
@@ -415,7 +407,34 @@ impl ProjectionRunner {
     }
 }
 
+/// What a batch found when it locked the projection's checkpoint row.
+enum Locked {
+    /// The checkpoint is where the runner wrote it: the batch goes on in this
+    /// transaction.
+    At(ReadModelTx<'static>),
+    /// Ops paused the projection: nothing is applied (the transaction rolls back on
+    /// drop).
+    Paused,
+    /// Another instance, or ops, moved the checkpoint: read again from the stored one.
+    Moved,
+}
+
 impl ProjectionRunner {
+    /// Begins a batch's transaction and locks the checkpoint row, expecting it at
+    /// `written`. Another instance may have applied the batch meanwhile: the row lock
+    /// serialises runners, and a moved checkpoint means read again.
+    async fn lock_at(&self, written: LogCursor) -> Result<Locked, ProjectionError> {
+        let mut tx = ReadModelTx::begin(self.store.derived()).await?;
+        let (locked, paused) = lock_checkpoint(&mut tx, self.name()).await?;
+        Ok(if paused {
+            Locked::Paused
+        } else if locked == written {
+            Locked::At(tx)
+        } else {
+            Locked::Moved
+        })
+    }
+
     /// Applies a batch read after the checkpoint locked in `tx` (and `unwritten` events
     /// passed over before it), moves the checkpoint past it and commits.
     async fn apply_and_save(
