@@ -83,6 +83,32 @@ pub enum Database {
     Sqlite(SqlitePool),
 }
 
+/// A connection idle for longer than this is pinged before it is lent out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The pool of every PostgreSQL connection of the store.
+///
+/// sqlx pings a connection (a round trip) each time it goes back to the pool, and by
+/// default again each time it is taken out: two round trips beside every statement.
+/// One that was in use a moment ago has just answered its ping on the way back, so
+/// only a connection idle for longer than [`PING_IF_IDLE_FOR`] is pinged first (after a
+/// quiet spell, an outage, a restart of the database); a failed ping closes it and the
+/// pool lends another.
+fn pg_pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl Database {
     /// Opens the configured database. Nothing is created in PostgreSQL; the embedded
     /// store's directory and file are created when missing.
@@ -123,9 +149,7 @@ impl Database {
             .map_err(|_| unreachable("no answer within the connect timeout".to_owned()))?
             .map_err(|error| unreachable(first_line(&error.to_string())))?;
         probe.close().await.ok();
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.acquire_timeout)
+        let pool = pg_pool_options(config.max_connections, config.acquire_timeout)
             .connect_lazy_with(options);
         Ok(Self::Postgres(pool))
     }
@@ -168,10 +192,11 @@ impl Database {
                     .options([("synchronous_commit", "off")]);
                 let pool_options = pool.options();
                 Self::Postgres(
-                    PgPoolOptions::new()
-                        .max_connections(pool_options.get_max_connections().div_ceil(2))
-                        .acquire_timeout(pool_options.get_acquire_timeout())
-                        .connect_lazy_with(options),
+                    pg_pool_options(
+                        pool_options.get_max_connections().div_ceil(2),
+                        pool_options.get_acquire_timeout(),
+                    )
+                    .connect_lazy_with(options),
                 )
             }
             Self::Sqlite(_) => self.clone(),
@@ -253,4 +278,53 @@ macro_rules! on_pool {
             $crate::Database::Sqlite($pool) => $body,
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{TestStore, admin_url};
+
+    async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_past_the_limit_is_checked_and_replaced_when_the_database_closed_it()
+    {
+        let test = TestStore::postgres().await;
+        // One connection, so that the second statement can only be lent that one or
+        // its replacement.
+        let config = StoreConfig {
+            max_connections: 1,
+            ..test.config.clone()
+        };
+        let Ok(Database::Postgres(pool)) = Database::connect(&config).await else {
+            unreachable!("a PostgreSQL pool")
+        };
+        let first = backend_pid(&pool).await.expect("a connection");
+        // Back in the pool once its ping on the way back has answered.
+        while pool.num_idle() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Closed from the database's side, as a restart of the database would.
+        let admin = PgPool::connect(&admin_url()).await.expect("admin pool");
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_one(&admin)
+            .await
+            .expect("terminate");
+        assert!(terminated);
+        admin.close().await;
+
+        tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(200)).await;
+        let second = backend_pid(&pool)
+            .await
+            .expect("the closed connection is replaced, not lent");
+        assert_ne!(first, second);
+        pool.close().await;
+        test.cleanup().await;
+    }
 }

@@ -34,8 +34,11 @@ pub struct RawLog {
 impl RawLog {
     /// A pool of `connections` on `url`, with the table created.
     pub async fn open(url: &str, connections: usize) -> Self {
+        // Its connections never idle, so, as the store's pool does, it lends them
+        // without a ping first (sqlx still pings each on its way back).
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(connections as u32)
+            .test_before_acquire(false)
             .connect(url)
             .await
             .expect("raw pool");
