@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use shopagent_commands::Database;
+use sqlx::Postgres;
+use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 /// The row a request writes when it starts: its key, taken while it runs.
@@ -79,6 +81,9 @@ const MOST_PER_BATCH: usize = 128;
 /// answer, so this is only how long a retry reaching another process may find the key
 /// still held (it is told to retry after a second).
 pub(super) const ANSWERS_WAIT: Duration = Duration::from_millis(10);
+
+/// How long the writer keeps its connection with nothing to write (see [`Target`]).
+const HOLD_WHILE_QUIET_FOR: Duration = Duration::from_millis(100);
 
 /// Answers sent to the writer and not yet written, by (tenant, key).
 type Unwritten = Arc<Mutex<HashMap<(String, String), Arc<Answer>>>>;
@@ -158,11 +163,38 @@ async fn write_batches(
     mut queue: mpsc::UnboundedReceiver<Write>,
     unwritten: Unwritten,
 ) {
+    let mut target = Target { db, held: None };
     let mut batch = Vec::with_capacity(MOST_PER_BATCH);
-    while queue.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
+    loop {
+        let received = if target.held.is_some() {
+            // `recv_many` is cancel-safe: nothing is lost when the wait runs out.
+            let next = queue.recv_many(&mut batch, MOST_PER_BATCH);
+            match tokio::time::timeout(HOLD_WHILE_QUIET_FOR, next).await {
+                Ok(received) => received,
+                Err(_quiet) => {
+                    target.held = None;
+                    continue;
+                }
+            }
+        } else {
+            queue.recv_many(&mut batch, MOST_PER_BATCH).await
+        };
+        if received == 0 {
+            return;
+        }
         gather_answers(&mut queue, &mut batch).await;
-        write(&db, &unwritten, std::mem::take(&mut batch)).await;
+        write(&mut target, &unwritten, std::mem::take(&mut batch)).await;
     }
+}
+
+/// Where batches are written: the database and, on PostgreSQL, the connection the last
+/// batch was written on. sqlx pings each connection on its way back to the pool (a
+/// round trip), so the writer keeps its connection from one batch to the next, and
+/// gives it back once no write has come for [`HOLD_WHILE_QUIET_FOR`] or a statement on
+/// it failed.
+struct Target {
+    db: Database,
+    held: Option<PoolConnection<Postgres>>,
 }
 
 /// A batch of answers alone waits, up to [`ANSWERS_WAIT`], for a write someone waits
@@ -187,7 +219,7 @@ async fn gather_answers(queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut 
 /// Writes `batch` and tells each writer how its write went. When the database refuses
 /// the batch's statement, each write is tried again alone, so that a write it refuses
 /// fails only its own request; when it cannot be reached, every write fails at once.
-async fn write(db: &Database, unwritten: &Unwritten, batch: Vec<Write>) {
+async fn write(target: &mut Target, unwritten: &Unwritten, batch: Vec<Write>) {
     let (mut claims, mut answers, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
     for write in batch {
         match write {
@@ -207,7 +239,7 @@ async fn write(db: &Database, unwritten: &Unwritten, batch: Vec<Write>) {
     let answer_rows: Vec<&Answer> = answers.iter().map(|(answer, _)| answer.as_ref()).collect();
     let mut unreachable = None;
     let (claimed, stored): (Vec<Written<bool>>, Vec<Written<()>>) =
-        match statement(db, &claim_rows, &answer_rows).await {
+        match statement(target, &claim_rows, &answer_rows).await {
             Ok(inserted) => (
                 claim_rows
                     .iter()
@@ -218,7 +250,7 @@ async fn write(db: &Database, unwritten: &Unwritten, batch: Vec<Write>) {
             Err(sqlx::Error::Database(_)) if claim_rows.len() + answer_rows.len() > 1 => {
                 let mut claimed = Vec::with_capacity(claim_rows.len());
                 for claim in &claim_rows {
-                    let written = statement(db, &[claim], &[]).await;
+                    let written = statement(target, &[claim], &[]).await;
                     claimed.push(
                         written
                             .map(|inserted| !inserted.is_empty())
@@ -227,7 +259,7 @@ async fn write(db: &Database, unwritten: &Unwritten, batch: Vec<Write>) {
                 }
                 let mut stored = Vec::with_capacity(answer_rows.len());
                 for answer in &answer_rows {
-                    let written = statement(db, &[], &[answer]).await;
+                    let written = statement(target, &[], &[answer]).await;
                     stored.push(written.map(drop).map_err(Arc::new));
                 }
                 (claimed, stored)
@@ -280,11 +312,11 @@ fn answered(reply: oneshot::Sender<Written<()>>, written: Written<()>) {
 /// Writes `answers` and `claims` in one transaction; answers the (tenant, key) of
 /// the claims inserted.
 async fn statement(
-    db: &Database,
+    target: &mut Target,
     claims: &[&Claim],
     answers: &[&Answer],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
-    match db {
+    match &target.db {
         Database::Postgres(pool) => {
             // An upsert may change a row once: of two answers to one key (a request
             // and the retry that took its key over), the later is kept.
@@ -297,7 +329,7 @@ async fn statement(
                 .collect();
             answers.reverse();
             let answers = answers.as_slice();
-            let rows: Vec<(String, String)> = sqlx::query_as(BATCH_POSTGRES)
+            let rows = sqlx::query_as(BATCH_POSTGRES)
                 .bind(column(claims, |c| c.tenant.as_str()))
                 .bind(column(claims, |c| c.key.as_str()))
                 .bind(column(claims, |c| c.request_hash.as_str()))
@@ -311,10 +343,18 @@ async fn statement(
                 .bind(column(answers, |a| a.status))
                 .bind(column(answers, |a| a.headers.as_str()))
                 .bind(column(answers, |a| a.body.as_str()))
-                .bind(super::now_ms())
-                .fetch_all(pool)
-                .await?;
-            Ok(rows.into_iter().collect())
+                .bind(super::now_ms());
+            let connection = match &mut target.held {
+                Some(connection) => connection,
+                None => target.held.insert(pool.acquire().await?),
+            };
+            let rows: Result<Vec<(String, String)>, _> = rows.fetch_all(&mut **connection).await;
+            // After a failure the connection goes back to the pool, which tests it
+            // (the database may have closed the session: a restart, an operator).
+            if rows.is_err() {
+                target.held = None;
+            }
+            Ok(rows?.into_iter().collect())
         }
         Database::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
@@ -628,6 +668,59 @@ mod tests {
             stored(&test.store.derived().clone(), "key-7").await,
             Some(("done".into(), Some("answered".into())))
         );
+        test.cleanup().await;
+    }
+
+    /// The backends that wrote the batch statement last, seen from another pool.
+    async fn writers_backends(admin: &sqlx::PgPool) -> Vec<i32> {
+        sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+              WHERE query LIKE 'WITH answered AS%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(admin)
+        .await
+        .expect("backends")
+    }
+
+    /// The writer keeps its connection from one batch to the next; one the database
+    /// closed meanwhile (a restart) fails at most the batch that finds it closed, and
+    /// the writer goes on on another. Quiet, it keeps none.
+    #[tokio::test]
+    async fn a_kept_connection_the_database_closed_is_replaced_and_none_is_kept_when_quiet() {
+        let test = TestStore::postgres().await;
+        let db = test.store.derived().clone();
+        let Database::Postgres(pool) = &db else {
+            unreachable!("a PostgreSQL test store");
+        };
+        let admin = sqlx::PgPool::connect(test.config.database_url.as_deref().expect("url"))
+            .await
+            .expect("admin pool");
+        let records = RecordWriter::start(db.clone());
+        assert!(records.claim(claim("first")).await.expect("claimed"));
+        let [closed] = writers_backends(&admin).await[..] else {
+            panic!("one backend wrote the batch");
+        };
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(closed)
+            .fetch_one(&admin)
+            .await
+            .expect("terminate");
+        assert!(terminated);
+
+        // Fails or not, depending on whether the writer still kept the closed one.
+        let _ = records.claim(claim("second")).await;
+        assert!(records.claim(claim("third")).await.expect("claimed"));
+        assert!(!writers_backends(&admin).await.contains(&closed));
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.num_idle() < pool.size() as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer kept a connection while quiet"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin.close().await;
         test.cleanup().await;
     }
 
