@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -107,6 +109,127 @@ fn pg_pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOpt
                 Ok(true)
             })
         })
+}
+
+/// At most this many connections are kept out of the pool between statements.
+const KEPT_AT_MOST: usize = 4;
+
+/// How long a kept connection may wait unused before it goes back to the pool.
+const KEEP_UNUSED_FOR: Duration = Duration::from_millis(250);
+
+/// PostgreSQL connections kept out of the pool from one statement to the next.
+///
+/// sqlx pings every connection on its way back to the pool: a round trip beside each
+/// statement. The store's statements on the path of a command (appends, loads, version
+/// reads) borrow a kept connection when there is one and keep it again after, so that
+/// under load they follow one another on a few connections with no ping between. A kept connection unused for [`KEEP_UNUSED_FOR`] goes back to the pool
+/// (a task looks every [`KEEP_UNUSED_FOR`]), so a quiet store holds none for long and
+/// other users of the pool are never kept waiting by idle ones. Only a connection whose
+/// statement ran to its end is kept: one whose future was dropped half way, or whose
+/// statement failed, goes back to the pool, which drains and tests it.
+#[derive(Debug, Default)]
+pub(crate) struct KeptConnections {
+    kept: std::sync::Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl KeptConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+        // Only ever held for a push, a pop or a sweep: a panic cannot leave it half done.
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The connection kept last, or one from the pool. Dropped, it goes back to the
+    /// pool; [`Lent::keep`] keeps it.
+    pub(crate) async fn lend(self: &Arc<Self>, pool: &PgPool) -> Result<Lent, sqlx::Error> {
+        let kept = self.lock().pop();
+        let connection = match kept {
+            Some((connection, _)) => connection,
+            None => pool.acquire().await?,
+        };
+        Ok(Lent {
+            connection,
+            home: Arc::clone(self),
+        })
+    }
+
+    /// Keeps `connection` for the next statement (or gives it back when enough are
+    /// kept).
+    fn keep(self: &Arc<Self>, connection: PoolConnection<Postgres>) {
+        let mut kept = self.lock();
+        if kept.len() >= KEPT_AT_MOST {
+            return;
+        }
+        kept.push((connection, Instant::now()));
+        drop(kept);
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Gives every kept connection back to the pool.
+    pub(crate) fn give_back(&self) {
+        drop(std::mem::take(&mut *self.lock()));
+    }
+}
+
+/// A connection lent by [`KeptConnections`]: dropped, it goes back to the pool.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    connection: PoolConnection<Postgres>,
+    home: Arc<KeptConnections>,
+}
+
+impl Lent {
+    /// Keeps the connection for the next statement: call once its statement ran to its
+    /// end.
+    pub(crate) fn keep(self) {
+        self.home.keep(self.connection);
+    }
+}
+
+impl std::ops::Deref for Lent {
+    type Target = sqlx::PgConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.connection
+    }
+}
+
+/// Gives back the connections kept unused for [`KEEP_UNUSED_FOR`], until none is kept
+/// (the next `keep` starts another) or the store is gone.
+async fn sweep(kept: std::sync::Weak<KeptConnections>) {
+    loop {
+        tokio::time::sleep(KEEP_UNUSED_FOR).await;
+        let Some(kept) = kept.upgrade() else {
+            return;
+        };
+        let mut connections = kept.lock();
+        let stale: Vec<_> = connections
+            .extract_if(.., |(_, since)| since.elapsed() >= KEEP_UNUSED_FOR)
+            .collect();
+        let empty = connections.is_empty();
+        if empty {
+            kept.sweeping
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        drop(connections);
+        drop(stale);
+        if empty {
+            return;
+        }
+    }
 }
 
 impl Database {

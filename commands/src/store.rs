@@ -22,7 +22,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::database::{Backend, Database};
+use crate::database::{Backend, Database, KeptConnections};
 use crate::log::format_timestamp;
 
 /// Why a store operation failed, apart from the append-specific outcomes.
@@ -149,6 +149,8 @@ pub struct Store {
     sqlite_writer: Arc<Mutex<()>>,
     /// The last page of the log this process's readers read: see [`Store::read_log_tail`].
     pub(crate) tail: Arc<Mutex<Option<crate::log::TailPage>>>,
+    /// PostgreSQL connections kept from one append to the next.
+    kept: Arc<KeptConnections>,
 }
 
 /// One validated append: a run of consecutive events of one aggregate.
@@ -270,6 +272,7 @@ impl Store {
             appended: Arc::new(appended),
             sqlite_writer: Arc::new(Mutex::new(())),
             tail: Arc::default(),
+            kept: Arc::default(),
         }
     }
 
@@ -292,6 +295,7 @@ impl Store {
 
     /// Closes both pools, waiting for the connections in use to be returned.
     pub async fn close(&self) {
+        self.kept.give_back();
         self.db.close().await;
         self.derived.close().await;
     }
@@ -365,7 +369,14 @@ impl Store {
                     positions
                 } else {
                     // One statement is one implicit transaction: a single round trip.
-                    pg_append(pool, &batches).await?
+                    let mut connection = self.kept.lend(pool).await.map_err(StoreError::from)?;
+                    let appended = pg_append(&mut *connection, &batches).await;
+                    if let Ok(_) | Err(AppendError::Conflict | AppendError::DuplicateCommand) =
+                        appended
+                    {
+                        connection.keep();
+                    }
+                    appended?
                 }
             }
             Database::Sqlite(pool) => {
@@ -432,11 +443,25 @@ impl Store {
     ) -> Result<i64, StoreError> {
         const SQL: &str = "SELECT COALESCE(MAX(sequence), 0) FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2";
-        let version = crate::on_pool!(&self.db, pool => sqlx::query_scalar(SQL)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .fetch_one(pool)
-            .await?);
+        let version = match &self.db {
+            Database::Postgres(pool) => {
+                let mut connection = self.kept.lend(pool).await?;
+                let version = sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(&mut *connection)
+                    .await?;
+                connection.keep();
+                version
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
         Ok(version)
     }
 
@@ -550,11 +575,13 @@ impl Store {
         }
         match &self.db {
             Database::Postgres(pool) => {
+                let mut connection = self.kept.lend(pool).await?;
                 let rows = sqlx::query(SNAPSHOT_AND_EVENTS)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
-                    .fetch_all(pool)
+                    .fetch_all(&mut *connection)
                     .await?;
+                connection.keep();
                 split(
                     &rows,
                     |row| Ok(row.try_get("snapshot")?),
@@ -1014,6 +1041,60 @@ mod tests {
         drop(connection);
         assert_eq!(events_rows_read(&plan[0]["Plan"]), 10.0, "{plan:#}");
 
+        test.cleanup().await;
+    }
+
+    /// Appends follow one another on a kept connection; one the database closed
+    /// meanwhile (a restart) fails at most the append that finds it closed, and the
+    /// next goes on on another. Quiet, the store keeps none, and closes at once.
+    #[tokio::test]
+    async fn a_kept_connection_the_database_closed_is_replaced_and_none_is_kept_when_quiet() {
+        use crate::test_support::{admin_url, append_amounts};
+        let test = TestStore::postgres().await;
+        let Database::Postgres(pool) = test.store.database().clone() else {
+            unreachable!("a PostgreSQL test store");
+        };
+        let admin = sqlx::PgPool::connect(&admin_url())
+            .await
+            .expect("admin pool");
+        let appenders = || async {
+            sqlx::query_scalar::<_, i32>(
+                "SELECT pid FROM pg_stat_activity
+                  WHERE query LIKE '%INSERT INTO events%' AND pid <> pg_backend_pid()",
+            )
+            .fetch_all(&admin)
+            .await
+            .expect("backends")
+        };
+        let version = append_amounts(&test.store, "tally", "kept", 0, &[1]).await;
+        let [closed] = appenders().await[..] else {
+            panic!("one backend appended");
+        };
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(closed)
+            .fetch_one(&admin)
+            .await
+            .expect("terminate");
+        assert!(terminated);
+
+        let mut events = crate::test_support::amounts_events("tally", "kept", version, &[2]);
+        // Fails or not, depending on whether the store still kept the closed one.
+        let version = match test.store.append(&events, None).await {
+            Ok(_) => version + 1,
+            Err(_) => version,
+        };
+        events = crate::test_support::amounts_events("tally", "kept", version, &[3]);
+        test.store.append(&events, None).await.expect("appended");
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while pool.num_idle() < pool.size() as usize {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store kept a connection while quiet"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        admin.close().await;
         test.cleanup().await;
     }
 }

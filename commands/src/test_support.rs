@@ -150,10 +150,22 @@ pub async fn append_amounts(
     version: usize,
     amounts: &[i64],
 ) -> usize {
+    let events = amounts_events(aggregate_type, aggregate_id, version, amounts);
+    store.append(&events, None).await.expect("append");
+    version + amounts.len()
+}
+
+/// The events [`append_amounts`] appends.
+pub fn amounts_events(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    version: usize,
+    amounts: &[i64],
+) -> Vec<cqrs_es::persist::SerializedEvent> {
     let metadata =
         serde_json::to_value(shopagent_domain::EventMetadata::new("tenant-a", "user:1").to_map())
             .expect("serialize metadata");
-    let events: Vec<_> = amounts
+    amounts
         .iter()
         .enumerate()
         .map(|(offset, amount)| cqrs_es::persist::SerializedEvent {
@@ -165,7 +177,5 @@ pub async fn append_amounts(
             payload: serde_json::json!({ "amount": amount }),
             metadata: metadata.clone(),
         })
-        .collect();
-    store.append(&events, None).await.expect("append");
-    version + amounts.len()
+        .collect()
 }
