@@ -671,11 +671,13 @@ mod tests {
         test.cleanup().await;
     }
 
-    /// The backends that wrote the batch statement last, seen from another pool.
+    /// The backends of the test's database that wrote the batch statement last, seen
+    /// from another pool on it (other tests write batches in their own databases).
     async fn writers_backends(admin: &sqlx::PgPool) -> Vec<i32> {
         sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity
-              WHERE query LIKE 'WITH answered AS%' AND pid <> pg_backend_pid()",
+              WHERE datname = current_database() AND query LIKE 'WITH answered AS%'
+                AND pid <> pg_backend_pid()",
         )
         .fetch_all(admin)
         .await
