@@ -407,7 +407,7 @@ macro_rules! on_pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::{TestStore, admin_url};
+    use crate::test_support::{TestStore, admin_url, terminate_backend};
 
     async fn backend_pid(pool: &PgPool) -> Result<i32, sqlx::Error> {
         sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -435,12 +435,7 @@ mod tests {
         }
         // Closed from the database's side, as a restart of the database would.
         let admin = PgPool::connect(&admin_url()).await.expect("admin pool");
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(first)
-            .fetch_one(&admin)
-            .await
-            .expect("terminate");
-        assert!(terminated);
+        terminate_backend(&admin, first).await;
         admin.close().await;
 
         tokio::time::sleep(PING_IF_IDLE_FOR + Duration::from_millis(200)).await;

@@ -1049,7 +1049,7 @@ mod tests {
     /// next goes on on another. Quiet, the store keeps none.
     #[tokio::test]
     async fn a_kept_connection_the_database_closed_is_replaced_and_none_is_kept_when_quiet() {
-        use crate::test_support::append_amounts;
+        use crate::test_support::{append_amounts, backend_that_ran, terminate_backend};
         let test = TestStore::postgres().await;
         let Database::Postgres(pool) = test.store.database().clone() else {
             unreachable!("a PostgreSQL test store");
@@ -1061,26 +1061,9 @@ mod tests {
             .as_deref()
             .expect("a PostgreSQL url");
         let admin = sqlx::PgPool::connect(url).await.expect("admin pool");
-        let appenders = || async {
-            sqlx::query_scalar::<_, i32>(
-                "SELECT pid FROM pg_stat_activity
-                  WHERE datname = current_database() AND query LIKE '%INSERT INTO events%'
-                    AND pid <> pg_backend_pid()",
-            )
-            .fetch_all(&admin)
-            .await
-            .expect("backends")
-        };
         let version = append_amounts(&test.store, "tally", "kept", 0, &[1]).await;
-        let [closed] = appenders().await[..] else {
-            panic!("one backend appended");
-        };
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(closed)
-            .fetch_one(&admin)
-            .await
-            .expect("terminate");
-        assert!(terminated);
+        let closed = backend_that_ran(&admin, "%WITH appended AS%").await;
+        terminate_backend(&admin, closed).await;
 
         let mut events = crate::test_support::amounts_events("tally", "kept", version, &[2]);
         // Fails or not, depending on whether the store still kept the closed one.

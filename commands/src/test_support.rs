@@ -179,3 +179,30 @@ pub fn amounts_events(
         })
         .collect()
 }
+
+/// The one backend of `pool`'s database, other than `pool`'s own, whose last statement
+/// matches `statement` (a `LIKE` pattern): the connection a part of the store keeps.
+pub async fn backend_that_ran(pool: &sqlx::PgPool, statement: &str) -> i32 {
+    let backends: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(statement)
+    .fetch_all(pool)
+    .await
+    .expect("backends");
+    match backends[..] {
+        [backend] => backend,
+        _ => panic!("not one backend ran {statement:?}: {backends:?}"),
+    }
+}
+
+/// Closes backend `pid` from the database's side, as a restart of the database would.
+pub async fn terminate_backend(pool: &sqlx::PgPool, pid: i32) {
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(pool)
+        .await
+        .expect("terminate");
+    assert!(terminated, "backend {pid} is gone already");
+}

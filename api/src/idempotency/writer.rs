@@ -442,7 +442,7 @@ const CLAIM_SQLITE: &str = "INSERT INTO http_idempotency (tenant, idempotency_ke
 
 #[cfg(test)]
 mod tests {
-    use shopagent_commands::test_support::TestStore;
+    use shopagent_commands::test_support::{TestStore, backend_that_ran, terminate_backend};
 
     use super::*;
 
@@ -671,19 +671,6 @@ mod tests {
         test.cleanup().await;
     }
 
-    /// The backends of the test's database that wrote the batch statement last, seen
-    /// from another pool on it (other tests write batches in their own databases).
-    async fn writers_backends(admin: &sqlx::PgPool) -> Vec<i32> {
-        sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity
-              WHERE datname = current_database() AND query LIKE 'WITH answered AS%'
-                AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(admin)
-        .await
-        .expect("backends")
-    }
-
     /// The writer keeps its connection from one batch to the next; one the database
     /// closed meanwhile (a restart) fails at most the batch that finds it closed, and
     /// the writer goes on on another. Quiet, it keeps none.
@@ -699,15 +686,8 @@ mod tests {
             .expect("admin pool");
         let records = RecordWriter::start(db.clone());
         assert!(records.claim(claim("first")).await.expect("claimed"));
-        let [closed] = writers_backends(&admin).await[..] else {
-            panic!("one backend wrote the batch");
-        };
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-            .bind(closed)
-            .fetch_one(&admin)
-            .await
-            .expect("terminate");
-        assert!(terminated);
+        let closed = backend_that_ran(&admin, "%WITH answered AS%").await;
+        terminate_backend(&admin, closed).await;
 
         // Fails or not, depending on whether the writer still kept the closed one.
         let _ = records.claim(claim("second")).await;
