@@ -17,12 +17,6 @@ use shopagent_domain::ports::{CardIssuer, IndexGenerations, OfferIndex, Tracking
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// The server allocates and frees many small buffers per request on every worker
-/// thread; glibc's allocator spent a quarter of the server's CPU on them under load
-/// (`docs/PERFORMANCE.md`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
