@@ -138,6 +138,15 @@ const SNAPSHOT_AND_EVENTS: &str = "SELECT s.last_sequence, s.current_snapshot,
                             WHERE aggregate_type = $1 AND aggregate_id = $2)
   ORDER BY e.sequence";
 
+/// A stream's last sequence: the last entry of the primary key under the stream, and
+/// no other, whatever the plan. Written as `MAX(sequence)`, a prepared statement's
+/// generic plan made while the table was small aggregated every entry of the stream
+/// (each with a visit to its row), so that a version read cost as much as the stream
+/// was long.
+const STREAM_VERSION: &str = "SELECT sequence FROM events
+  WHERE aggregate_type = $1 AND aggregate_id = $2
+  ORDER BY sequence DESC LIMIT 1";
+
 /// The event store over one database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -441,28 +450,26 @@ impl Store {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<i64, StoreError> {
-        const SQL: &str = "SELECT COALESCE(MAX(sequence), 0) FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2";
         let version = match &self.db {
             Database::Postgres(pool) => {
                 let mut connection = self.kept.lend(pool).await?;
-                let version = sqlx::query_scalar(SQL)
+                let version = sqlx::query_scalar(STREAM_VERSION)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
-                    .fetch_one(&mut *connection)
+                    .fetch_optional(&mut *connection)
                     .await?;
                 connection.keep();
                 version
             }
             Database::Sqlite(pool) => {
-                sqlx::query_scalar(SQL)
+                sqlx::query_scalar(STREAM_VERSION)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
-                    .fetch_one(pool)
+                    .fetch_optional(pool)
                     .await?
             }
         };
-        Ok(version)
+        Ok(version.unwrap_or(0))
     }
 
     pub(crate) async fn select_events(
@@ -1083,6 +1090,57 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         admin.close().await;
+        test.cleanup().await;
+    }
+
+    /// Planned while the table was empty, the version read still reads one entry of a
+    /// long stream.
+    #[tokio::test]
+    async fn a_version_read_reads_one_entry_of_a_long_stream_whatever_the_plan() {
+        let test = TestStore::postgres().await;
+        let Database::Postgres(pool) = test.store.database() else {
+            unreachable!("a PostgreSQL test store");
+        };
+        sqlx::raw_sql("ANALYZE events")
+            .execute(pool)
+            .await
+            .expect("analyze the empty table");
+        let amounts: Vec<i64> = (1..=500).collect();
+        crate::test_support::append_amounts(&test.store, "tally", "long", 0, &amounts).await;
+        assert_eq!(
+            test.store
+                .stream_version("tally", "long")
+                .await
+                .expect("read"),
+            500
+        );
+        assert_eq!(
+            test.store
+                .stream_version("tally", "none")
+                .await
+                .expect("read"),
+            0
+        );
+
+        let mut connection = pool.acquire().await.expect("a connection");
+        sqlx::raw_sql(&format!(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE version (text, text) AS {STREAM_VERSION};"
+        ))
+        .execute(&mut *connection)
+        .await
+        .expect("prepare the version read");
+        let plan: Value =
+            sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE version ('tally', 'long')")
+                .fetch_one(&mut *connection)
+                .await
+                .expect("explain the version read");
+        sqlx::raw_sql("DEALLOCATE version; RESET plan_cache_mode;")
+            .execute(&mut *connection)
+            .await
+            .expect("reset the connection");
+        drop(connection);
+        assert_eq!(events_rows_read(&plan[0]["Plan"]), 1.0, "{plan:#}");
         test.cleanup().await;
     }
 }
