@@ -982,7 +982,7 @@ impl PersistedEventRepository for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::TestStore;
+    use crate::test_support::{TestStore, explain_generic_plan};
 
     /// Rows read from `events` by every node of an `EXPLAIN (ANALYZE, FORMAT JSON)` plan.
     fn events_rows_read(plan: &Value) -> f64 {
@@ -1028,24 +1028,8 @@ mod tests {
 
         // A prepared statement's cached generic plan, which the server may choose after
         // a few runs of the statement, is no different.
-        let mut connection = pool.acquire().await.expect("a connection");
-        sqlx::raw_sql(&format!(
-            "SET plan_cache_mode = force_generic_plan;
-             PREPARE load (text, text) AS {SNAPSHOT_AND_EVENTS};"
-        ))
-        .execute(&mut *connection)
-        .await
-        .expect("prepare the load");
-        let plan: Value =
-            sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE load ('tally', 'long')")
-                .fetch_one(&mut *connection)
-                .await
-                .expect("explain the load");
-        sqlx::raw_sql("DEALLOCATE load; RESET plan_cache_mode;")
-            .execute(&mut *connection)
-            .await
-            .expect("reset the connection");
-        drop(connection);
+        let plan =
+            explain_generic_plan(pool, "text, text", SNAPSHOT_AND_EVENTS, "'tally', 'long'").await;
         assert_eq!(events_rows_read(&plan[0]["Plan"]), 10.0, "{plan:#}");
 
         test.cleanup().await;
@@ -1122,24 +1106,8 @@ mod tests {
             0
         );
 
-        let mut connection = pool.acquire().await.expect("a connection");
-        sqlx::raw_sql(&format!(
-            "SET plan_cache_mode = force_generic_plan;
-             PREPARE version (text, text) AS {STREAM_VERSION};"
-        ))
-        .execute(&mut *connection)
-        .await
-        .expect("prepare the version read");
-        let plan: Value =
-            sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE version ('tally', 'long')")
-                .fetch_one(&mut *connection)
-                .await
-                .expect("explain the version read");
-        sqlx::raw_sql("DEALLOCATE version; RESET plan_cache_mode;")
-            .execute(&mut *connection)
-            .await
-            .expect("reset the connection");
-        drop(connection);
+        let plan =
+            explain_generic_plan(pool, "text, text", STREAM_VERSION, "'tally', 'long'").await;
         assert_eq!(events_rows_read(&plan[0]["Plan"]), 1.0, "{plan:#}");
         test.cleanup().await;
     }

@@ -206,3 +206,33 @@ pub async fn terminate_backend(pool: &sqlx::PgPool, pid: i32) {
         .expect("terminate");
     assert!(terminated, "backend {pid} is gone already");
 }
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of `statement` prepared with `parameter_types` and run
+/// with `arguments` under its generic plan: the plan a prepared statement may settle on
+/// after a few runs, whatever its parameters. The connection is left as it was.
+pub async fn explain_generic_plan(
+    pool: &sqlx::PgPool,
+    parameter_types: &str,
+    statement: &str,
+    arguments: &str,
+) -> serde_json::Value {
+    let mut connection = pool.acquire().await.expect("a connection");
+    sqlx::raw_sql(&format!(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE explained ({parameter_types}) AS {statement};"
+    ))
+    .execute(&mut *connection)
+    .await
+    .expect("prepare the statement");
+    let plan = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE explained ({arguments})"
+    ))
+    .fetch_one(&mut *connection)
+    .await
+    .expect("explain the statement");
+    sqlx::raw_sql("DEALLOCATE explained; RESET plan_cache_mode;")
+        .execute(&mut *connection)
+        .await
+        .expect("reset the connection");
+    plan
+}

@@ -442,7 +442,9 @@ const CLAIM_SQLITE: &str = "INSERT INTO http_idempotency (tenant, idempotency_ke
 
 #[cfg(test)]
 mod tests {
-    use shopagent_commands::test_support::{TestStore, backend_that_ran, terminate_backend};
+    use shopagent_commands::test_support::{
+        TestStore, backend_that_ran, explain_generic_plan, terminate_backend,
+    };
 
     use super::*;
 
@@ -639,30 +641,16 @@ mod tests {
         .execute(pool)
         .await
         .expect("a table of answers");
-        let mut connection = pool.acquire().await.expect("a connection");
-        sqlx::raw_sql(&format!(
-            "SET plan_cache_mode = force_generic_plan;
-             PREPARE batch (text[], text[], text[], int8[], int8[], text[], bytea[],
-                            text[], text[], text[], int4[], text[], text[], int8) AS
-                 {BATCH_POSTGRES};"
-        ))
-        .execute(&mut *connection)
-        .await
-        .expect("prepare the batch");
-        let plan: serde_json::Value = sqlx::query_scalar(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE batch (
-                 ARRAY['acme'], ARRAY['new'], ARRAY['hash'], ARRAY[1], ARRAY[1], ARRAY['{}'],
-                 ARRAY['body'::bytea], ARRAY['acme'], ARRAY['key-7'], ARRAY['hash'],
-                 ARRAY[201], ARRAY['[]'], ARRAY['answered'], 1)",
+        let plan = explain_generic_plan(
+            pool,
+            "text[], text[], text[], int8[], int8[], text[], bytea[],
+             text[], text[], text[], int4[], text[], text[], int8",
+            BATCH_POSTGRES,
+            "ARRAY['acme'], ARRAY['new'], ARRAY['hash'], ARRAY[1], ARRAY[1], ARRAY['{}'],
+             ARRAY['body'::bytea], ARRAY['acme'], ARRAY['key-7'], ARRAY['hash'],
+             ARRAY[201], ARRAY['[]'], ARRAY['answered'], 1",
         )
-        .fetch_one(&mut *connection)
-        .await
-        .expect("explain the batch");
-        sqlx::raw_sql("DEALLOCATE batch; RESET plan_cache_mode;")
-            .execute(&mut *connection)
-            .await
-            .expect("reset the connection");
-        drop(connection);
+        .await;
         assert!(!plan.to_string().contains("Seq Scan"), "{plan:#}");
         assert_eq!(
             stored(&test.store.derived().clone(), "key-7").await,
