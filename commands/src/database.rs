@@ -120,16 +120,17 @@ const KEEP_UNUSED_FOR: Duration = Duration::from_millis(250);
 /// PostgreSQL connections kept out of the pool from one statement to the next.
 ///
 /// sqlx pings every connection on its way back to the pool: a round trip beside each
-/// statement. The store's statements on the path of a command (appends, loads, version
-/// reads) borrow a kept connection when there is one and keep it again after, so that
-/// under load they follow one another on a few connections with no ping between. A
+/// statement. Statements that follow one another under load — the store's on the path
+/// of a command (appends, loads, version reads), the HTTP idempotency writer's batches —
+/// borrow a kept connection when there is one and keep it again after, so that they run
+/// on a few connections with no ping between. A
 /// kept connection unused for [`KEEP_UNUSED_FOR`] goes back to the pool (a task looks
 /// every [`KEEP_UNUSED_FOR`]), so a quiet store holds none for long and other users of
 /// the pool are never kept waiting by idle ones. Only a connection whose statement ran
 /// to its end is kept: one whose future was dropped half way, or whose statement
 /// failed, goes back to the pool, which drains and tests it.
 #[derive(Debug, Default)]
-pub(crate) struct KeptConnections {
+pub struct KeptConnections {
     kept: std::sync::Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     sweeping: std::sync::atomic::AtomicBool,
 }
@@ -144,7 +145,7 @@ impl KeptConnections {
 
     /// The connection kept last, or one from the pool. Dropped, it goes back to the
     /// pool; [`Lent::keep`] keeps it.
-    pub(crate) async fn lend(self: &Arc<Self>, pool: &PgPool) -> Result<Lent, sqlx::Error> {
+    pub async fn lend(self: &Arc<Self>, pool: &PgPool) -> Result<Lent, sqlx::Error> {
         let kept = self.lock().pop();
         let connection = match kept {
             Some((connection, _)) => connection,
@@ -181,7 +182,7 @@ impl KeptConnections {
 
 /// A connection lent by [`KeptConnections`]: dropped, it goes back to the pool.
 #[derive(Debug)]
-pub(crate) struct Lent {
+pub struct Lent {
     connection: PoolConnection<Postgres>,
     home: Arc<KeptConnections>,
 }
@@ -189,7 +190,7 @@ pub(crate) struct Lent {
 impl Lent {
     /// Keeps the connection for the next statement: call once its statement ran to its
     /// end.
-    pub(crate) fn keep(self) {
+    pub fn keep(self) {
         self.home.keep(self.connection);
     }
 }

@@ -26,7 +26,7 @@ pub mod tracking;
 pub mod unit;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
-pub use database::{Backend, ConnectError, Database, StoreConfig};
+pub use database::{Backend, ConnectError, Database, KeptConnections, Lent, StoreConfig};
 pub use log::{LogCursor, StoredEvent};
 pub use store::{AppendError, Store, StoreError, StreamAppend};
 pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};

@@ -21,9 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use shopagent_commands::Database;
-use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
+use shopagent_commands::{Database, KeptConnections};
 use tokio::sync::{mpsc, oneshot};
 
 /// The row a request writes when it starts: its key, taken while it runs.
@@ -81,9 +79,6 @@ const MOST_PER_BATCH: usize = 128;
 /// answer, so this is only how long a retry reaching another process may find the key
 /// still held (it is told to retry after a second).
 pub(super) const ANSWERS_WAIT: Duration = Duration::from_millis(10);
-
-/// How long the writer keeps its connection with nothing to write (see [`Target`]).
-const HOLD_WHILE_QUIET_FOR: Duration = Duration::from_millis(100);
 
 /// Answers sent to the writer and not yet written, by (tenant, key).
 type Unwritten = Arc<Mutex<HashMap<(String, String), Arc<Answer>>>>;
@@ -163,38 +158,23 @@ async fn write_batches(
     mut queue: mpsc::UnboundedReceiver<Write>,
     unwritten: Unwritten,
 ) {
-    let mut target = Target { db, held: None };
+    let target = Target {
+        db,
+        kept: Arc::default(),
+    };
     let mut batch = Vec::with_capacity(MOST_PER_BATCH);
-    loop {
-        let received = if target.held.is_some() {
-            // `recv_many` is cancel-safe: nothing is lost when the wait runs out.
-            let next = queue.recv_many(&mut batch, MOST_PER_BATCH);
-            match tokio::time::timeout(HOLD_WHILE_QUIET_FOR, next).await {
-                Ok(received) => received,
-                Err(_quiet) => {
-                    target.held = None;
-                    continue;
-                }
-            }
-        } else {
-            queue.recv_many(&mut batch, MOST_PER_BATCH).await
-        };
-        if received == 0 {
-            return;
-        }
+    while queue.recv_many(&mut batch, MOST_PER_BATCH).await > 0 {
         gather_answers(&mut queue, &mut batch).await;
-        write(&mut target, &unwritten, std::mem::take(&mut batch)).await;
+        write(&target, &unwritten, std::mem::take(&mut batch)).await;
     }
 }
 
-/// Where batches are written: the database and, on PostgreSQL, the connection the last
-/// batch was written on. sqlx pings each connection on its way back to the pool (a
-/// round trip), so the writer keeps its connection from one batch to the next, and
-/// gives it back once no write has come for [`HOLD_WHILE_QUIET_FOR`] or a statement on
-/// it failed.
+/// Where batches are written: the database and, on PostgreSQL, the connection kept from
+/// one batch to the next ([`KeptConnections`]: given back once quiet, or after a
+/// statement on it failed).
 struct Target {
     db: Database,
-    held: Option<PoolConnection<Postgres>>,
+    kept: Arc<KeptConnections>,
 }
 
 /// A batch of answers alone waits, up to [`ANSWERS_WAIT`], for a write someone waits
@@ -219,7 +199,7 @@ async fn gather_answers(queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut 
 /// Writes `batch` and tells each writer how its write went. When the database refuses
 /// the batch's statement, each write is tried again alone, so that a write it refuses
 /// fails only its own request; when it cannot be reached, every write fails at once.
-async fn write(target: &mut Target, unwritten: &Unwritten, batch: Vec<Write>) {
+async fn write(target: &Target, unwritten: &Unwritten, batch: Vec<Write>) {
     let (mut claims, mut answers, mut flushes) = (Vec::new(), Vec::new(), Vec::new());
     for write in batch {
         match write {
@@ -312,7 +292,7 @@ fn answered(reply: oneshot::Sender<Written<()>>, written: Written<()>) {
 /// Writes `answers` and `claims` in one transaction; answers the (tenant, key) of
 /// the claims inserted.
 async fn statement(
-    target: &mut Target,
+    target: &Target,
     claims: &[&Claim],
     answers: &[&Answer],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
@@ -344,17 +324,12 @@ async fn statement(
                 .bind(column(answers, |a| a.headers.as_str()))
                 .bind(column(answers, |a| a.body.as_str()))
                 .bind(super::now_ms());
-            let connection = match &mut target.held {
-                Some(connection) => connection,
-                None => target.held.insert(pool.acquire().await?),
-            };
-            let rows: Result<Vec<(String, String)>, _> = rows.fetch_all(&mut **connection).await;
             // After a failure the connection goes back to the pool, which tests it
             // (the database may have closed the session: a restart, an operator).
-            if rows.is_err() {
-                target.held = None;
-            }
-            Ok(rows?.into_iter().collect())
+            let mut connection = target.kept.lend(pool).await?;
+            let rows: Vec<(String, String)> = rows.fetch_all(&mut *connection).await?;
+            connection.keep();
+            Ok(rows.into_iter().collect())
         }
         Database::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
