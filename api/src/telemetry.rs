@@ -6,14 +6,16 @@
 //!   batches, process-manager steps, connector calls and Kafka publishes. They are
 //!   always made — their ids go into the logs and into the metadata of appended events,
 //!   which the readers of the log continue — and exported over OTLP/HTTP (protobuf)
-//!   when an endpoint is configured.
+//!   when an endpoint is configured. Without one, a trace this process starts is made
+//!   unsampled (its spans keep their ids but record nothing, and say so to whoever
+//!   continues them); a caller's sampled trace is still recorded.
 //! * Metrics: a Prometheus recorder, rendered at `GET /metrics`.
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,7 +27,8 @@ pub struct TelemetryConfig {
     /// `tracing`'s EnvFilter syntax; an invalid filter falls back to `info`. Filters the
     /// logs only: spans are recorded at `info` whatever the log level.
     pub log_filter: String,
-    /// The OTLP/HTTP traces URL (`…/v1/traces`). None: spans are made but not exported.
+    /// The OTLP/HTTP traces URL (`…/v1/traces`). None: spans are made but not exported,
+    /// and the traces this process starts are unsampled.
     pub traces_endpoint: Option<String>,
     /// The `service.name` of exported spans.
     pub service_name: String,
@@ -85,6 +88,15 @@ impl Telemetry {
 /// host embedding shopagent, a second call) that one stays, and spans are recorded
 /// only if it records them.
 pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let (subscriber, telemetry) = subscriber(config)?;
+    let _ = subscriber.try_init();
+    Ok(telemetry)
+}
+
+/// The subscriber [`init`] installs, and its tracer provider.
+fn subscriber(
+    config: &TelemetryConfig,
+) -> anyhow::Result<(impl tracing::Subscriber + Send + Sync, Telemetry)> {
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
@@ -97,6 +109,10 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
             .build()
             .with_context(|| format!("OTLP traces endpoint {endpoint:?}"))?;
         provider = provider.with_batch_exporter(exporter);
+    } else {
+        // Nothing would export what a sampled span records: its attributes, events and
+        // timings were gathered, then dropped, for every span under load.
+        provider = provider.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
     let provider = provider.build();
     let tracer = provider.tracer("shopagent");
@@ -114,9 +130,16 @@ pub fn init(config: &TelemetryConfig) -> anyhow::Result<Telemetry> {
     // the log level: a quiet log must not mean no traces.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
+        // Nothing here reads OpenTelemetry's current context (the spans' own contexts
+        // are read through `tracing`), so entering a span need not make its context
+        // current; nor need each span time its idle stretches or name its thread: both
+        // were paid on every poll of every instrumented future.
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(Targets::new().with_target("shopagent", LevelFilter::INFO));
-    let _ = Registry::default().with(spans).with(logs).try_init();
-    Ok(Telemetry { provider })
+    let subscriber = Registry::default().with(spans).with(logs);
+    Ok((subscriber, Telemetry { provider }))
 }
 
 /// The process's Prometheus recorder: installed on first use, shared by every server
@@ -143,4 +166,66 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use shopagent_commands::trace::{continue_trace, current_traceparent};
+
+    use super::*;
+
+    /// The traceparent of a span made under the subscriber `config` makes, continuing
+    /// `parent` when given.
+    fn traceparent_under(config: &TelemetryConfig, parent: Option<&str>) -> String {
+        let (subscriber, _telemetry) = subscriber(config).expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            continue_trace(&span, parent);
+            span.in_scope(current_traceparent)
+                .expect("a span has a trace context")
+        })
+    }
+
+    fn without_exporter() -> TelemetryConfig {
+        TelemetryConfig {
+            log_filter: "off".into(),
+            traces_endpoint: None,
+            service_name: "shopagent-test".into(),
+        }
+    }
+
+    #[test]
+    fn without_an_exporter_a_trace_started_here_has_ids_and_is_not_sampled() {
+        let traceparent = traceparent_under(&without_exporter(), None);
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_ne!(parts[1], "0".repeat(32), "a trace id: {traceparent}");
+        assert_eq!(parts[3], "00", "not sampled: {traceparent}");
+    }
+
+    #[test]
+    fn without_an_exporter_a_callers_sampled_trace_stays_sampled() {
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traceparent = traceparent_under(&without_exporter(), Some(caller));
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "the caller's trace: {traceparent}"
+        );
+        assert!(traceparent.ends_with("-01"), "sampled: {traceparent}");
+        assert!(
+            !traceparent.contains("00f067aa0ba902b7"),
+            "a span of its own"
+        );
+    }
+
+    #[test]
+    fn with_an_exporter_a_trace_started_here_is_sampled() {
+        let config = TelemetryConfig {
+            // Nothing listens there: the spans of this test are never sent.
+            traces_endpoint: Some("http://127.0.0.1:9/v1/traces".into()),
+            ..without_exporter()
+        };
+        let traceparent = traceparent_under(&config, None);
+        assert!(traceparent.ends_with("-01"), "sampled: {traceparent}");
+    }
 }
