@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn with_an_exporter_a_trace_started_here_is_sampled() {
         let config = TelemetryConfig {
-            // Nothing listens there: the spans of this test are never sent.
+            // Nothing listens there: whatever the batch processor sends is refused.
             traces_endpoint: Some("http://127.0.0.1:9/v1/traces".into()),
             ..without_exporter()
         };
