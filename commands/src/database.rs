@@ -123,12 +123,12 @@ const KEEP_UNUSED_FOR: Duration = Duration::from_millis(250);
 /// statement. Statements that follow one another under load — the store's on the path
 /// of a command (appends, loads, version reads), the HTTP idempotency writer's batches —
 /// borrow a kept connection when there is one and keep it again after, so that they run
-/// on a few connections with no ping between. A
-/// kept connection unused for [`KEEP_UNUSED_FOR`] goes back to the pool (a task looks
-/// every [`KEEP_UNUSED_FOR`]), so a quiet store holds none for long and other users of
-/// the pool are never kept waiting by idle ones. Only a connection whose statement ran
-/// to its end is kept: one whose future was dropped half way, or whose statement
-/// failed, goes back to the pool, which drains and tests it.
+/// on a few connections with no ping between. A kept connection unused for
+/// [`KEEP_UNUSED_FOR`] goes back to the pool (a task looks every [`KEEP_UNUSED_FOR`]),
+/// so a quiet store holds none for long and other users of the pool are never kept
+/// waiting by idle ones. Only a connection whose statement ran to its end is kept: one
+/// whose future was dropped half way, or whose statement failed, goes back to the pool,
+/// which drains and tests it.
 #[derive(Debug, Default)]
 pub struct KeptConnections {
     kept: std::sync::Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
