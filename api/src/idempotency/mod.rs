@@ -294,33 +294,43 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
 /// Runs `work`, a request that holds its key, renewing the key's lease `every` while it
 /// runs: however long a request runs, no retry and no resumer takes it over meanwhile;
 /// only a request whose process died lets its lease run out.
+///
+/// Each renewal is written by a task of its own, beside the request: `work` is polled
+/// all along. (Written in its way, a renewal that waited for a connection the request
+/// held would wait for good: the request could not go on to give it back.)
 async fn holding_lease<T>(
     db: &Database,
     (tenant, key): (&str, &str),
     every: Duration,
     work: impl Future<Output = T>,
 ) -> T {
-    const RENEW: &str = "UPDATE http_idempotency SET lease_until_ms = $3
-         WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight'";
     let mut work = std::pin::pin!(work);
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             done = &mut work => return done,
             _ = renew.tick() => {
-                let lease = now_ms() + LEASE.as_millis() as i64;
-                let renewed = shopagent_commands::on_pool!(db, pool => sqlx::query(RENEW)
-                    .bind(tenant)
-                    .bind(key)
-                    .bind(lease)
-                    .execute(pool)
-                    .await
-                    .map(drop));
-                if let Err(error) = renewed {
-                    tracing::warn!(%error, "could not renew a running request's lease");
-                }
+                tokio::spawn(renew_lease(db.clone(), tenant.to_owned(), key.to_owned()));
             }
         }
+    }
+}
+
+/// Moves the lease of a request still in flight on (tenant, key) to [`LEASE`] from now.
+/// A request answered or let go meanwhile is left as it is.
+async fn renew_lease(db: Database, tenant: String, key: String) {
+    const RENEW: &str = "UPDATE http_idempotency SET lease_until_ms = $3
+         WHERE tenant = $1 AND idempotency_key = $2 AND state = 'in_flight'";
+    let lease = now_ms() + LEASE.as_millis() as i64;
+    let renewed = shopagent_commands::on_pool!(&db, pool => sqlx::query(RENEW)
+        .bind(&tenant)
+        .bind(&key)
+        .bind(lease)
+        .execute(pool)
+        .await
+        .map(drop));
+    if let Err(error) = renewed {
+        tracing::warn!(%error, "could not renew a running request's lease");
     }
 }
 
@@ -595,6 +605,60 @@ mod tests {
             lease_of(db, "slow").await >= first + 200,
             "the lease moved on while the request ran"
         );
+    }
+
+    /// A renewal is written beside the request, never in its way: it may wait for a
+    /// connection the request itself holds (here the pool's only one), and the request
+    /// goes on meanwhile.
+    #[tokio::test]
+    async fn a_request_is_not_held_up_by_its_lease_renewal() {
+        let test = shopagent_commands::test_support::TestStore::postgres().await;
+        let url = test.config.database_url.as_deref().expect("url");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(300))
+            .connect(url)
+            .await
+            .expect("a pool of one connection");
+        let db = Database::Postgres(pool.clone());
+        let records = RecordWriter::start(test.store.derived().clone());
+        let started = begin(
+            (&records, test.store.derived()),
+            "acme",
+            "held",
+            "hash",
+            ("{}", &Bytes::new()),
+        )
+        .await;
+        assert!(matches!(started, Ok(Begin::Fresh)));
+        let first = lease_of(&db, "held").await;
+
+        let work = async {
+            let connection = pool.acquire().await.expect("the only connection");
+            // Across several renewals.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(connection);
+            "done"
+        };
+        let renewing = holding_lease(&db, ("acme", "held"), Duration::from_millis(20), work);
+        let done = tokio::time::timeout(Duration::from_secs(60), renewing).await;
+        assert_eq!(
+            done.ok(),
+            Some("done"),
+            "the request waited for its renewal"
+        );
+
+        // The renewals waited for the connection, and were written once it was free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lease_of(&db, "held").await == first {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lease was never renewed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pool.close().await;
+        test.cleanup().await;
     }
 
     /// The answer is written behind the response: a retry sent meanwhile gets it
