@@ -80,6 +80,8 @@ impl<E: Rejection> From<CommandError<E>> for Problem {
                 "idempotency_key_reused",
                 "this Idempotency-Key was used with a different request",
             ),
+            // The idempotency layer answers such a request from what its key holds.
+            CommandError::RequestKeyTaken => Problem::request_in_progress(),
             CommandError::Conflict { .. } => concurrent_update(),
             CommandError::VersionMismatch { expected, actual } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -116,6 +118,7 @@ impl From<UnitError> for Problem {
     fn from(error: UnitError) -> Self {
         match error {
             UnitError::Conflict { .. } => concurrent_update(),
+            UnitError::RequestKeyTaken => Problem::request_in_progress(),
             UnitError::Store(error) => error.into(),
             UnitError::Internal(error) => {
                 tracing::error!(%error, "unit failed");

@@ -65,6 +65,16 @@ impl Problem {
         .with_retry_after(1)
     }
 
+    /// Another request with the same `Idempotency-Key` still runs.
+    pub fn request_in_progress() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "request_in_progress",
+            "A request with this Idempotency-Key is still running",
+        )
+        .with_retry_after(1)
+    }
+
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, "Bad request").with_detail(detail)
     }

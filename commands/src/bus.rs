@@ -35,6 +35,10 @@ pub enum CommandError<E: std::error::Error> {
     /// The idempotency key was used before for a different command.
     #[error("idempotency key already used for a different request")]
     IdempotencyKeyReused,
+    /// The command's request found its key held by another request (or answered
+    /// before): its answer is what the key holds (see [`crate::request_claim`]).
+    #[error("the request's idempotency key is held already")]
+    RequestKeyTaken,
     /// Concurrent writers kept winning the race for this aggregate.
     #[error("aggregate changed concurrently {attempts} times; giving up")]
     Conflict { attempts: u32 },
@@ -466,6 +470,7 @@ impl<A: Aggregate> CommandBus<A> {
             Ok(Ran::Applied(..)) => "ok",
             Ok(Ran::Refused(_)) => "refused",
             Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => "rejected",
+            Err(CommandError::RequestKeyTaken) => "replayed",
             Err(CommandError::Conflict { .. } | CommandError::VersionMismatch { .. }) => "conflict",
             Err(CommandError::Unavailable(_)) => "unavailable",
             Err(CommandError::Internal(_)) => "error",
@@ -477,8 +482,13 @@ impl<A: Aggregate> CommandBus<A> {
                 span.record("events_appended", done.events_appended);
             }
             Ok(Ran::Refused(_)) => {}
-            // A rejection is the caller's mistake, not a fault of this service.
-            Err(CommandError::Rejected(_) | CommandError::IdempotencyKeyReused) => {}
+            // A rejection is the caller's mistake, not a fault of this service; a key
+            // held already is a retry, answered from what the key holds.
+            Err(
+                CommandError::Rejected(_)
+                | CommandError::IdempotencyKeyReused
+                | CommandError::RequestKeyTaken,
+            ) => {}
             Err(_) => {
                 span.record("otel.status_code", "ERROR");
             }
@@ -565,6 +575,7 @@ impl<A: Aggregate> CommandBus<A> {
                     );
                     tokio::time::sleep(conflict_backoff(attempt)).await;
                 }
+                Err(AppendError::RequestKeyTaken) => return Err(CommandError::RequestKeyTaken),
                 Err(AppendError::Store(error)) => return Err(error.into()),
                 Err(error @ AppendError::Invalid(_)) => {
                     return Err(CommandError::Internal(error.to_string()));

@@ -17,6 +17,7 @@ pub mod export;
 pub mod fulfillment;
 pub mod log;
 pub mod publisher;
+pub mod request_claim;
 pub mod store;
 pub mod subscriber;
 #[doc(hidden)]
@@ -28,6 +29,7 @@ pub mod unit;
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, KeptConnections, Lent, StoreConfig};
 pub use log::{LogCursor, StoredEvent};
+pub use request_claim::{ClaimOutcome, RequestClaim, with_request_claim};
 pub use store::{AppendError, Store, StoreError, StreamAppend};
 pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};
 pub use unit::{Unit, UnitError};

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::database::{Backend, Database, KeptConnections};
 use crate::log::format_timestamp;
+use crate::request_claim::{ClaimInUse, RequestClaim};
 
 /// Why a store operation failed, apart from the append-specific outcomes.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +61,10 @@ pub enum AppendError {
     /// A command with the same tenant and idempotency key has already committed.
     #[error("a command with this idempotency key was already recorded")]
     DuplicateCommand,
+    /// The append carried its request's claim on the request's key, and the key was
+    /// held already (see [`crate::request_claim`]).
+    #[error("the request's idempotency key is held already")]
+    RequestKeyTaken,
     /// The events do not form one well-formed append (a caller bug).
     #[error("invalid append: {0}")]
     Invalid(String),
@@ -243,8 +248,10 @@ impl<'a> AppendBatch<'a> {
     }
 }
 
-/// Every event of an append, of one stream or several, and the idempotency record of
-/// each command that made them: one statement, so one round trip and one commit.
+/// Every event of an append, of one stream or several, the idempotency record of each
+/// command that made them, and the claim of the request that made them when it is its
+/// first (zero or one row): one statement, so one round trip and one commit. The claim
+/// is a plain insert: a key held already fails the statement, and nothing is stored.
 const PG_APPEND: &str = "
 WITH appended AS (
     INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
@@ -266,6 +273,15 @@ WITH appended AS (
                   $15::bigint[], $16::bigint[])
            AS o(tenant, idempotency_key, request_digest, aggregate_type, aggregate_id,
                 first_sequence, last_sequence)
+), claim AS (
+    INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state,
+                                  lease_until_ms, created_at_ms, request, request_body)
+    SELECT c.tenant, c.idempotency_key, c.request_hash, 'in_flight', c.lease_until_ms,
+           c.created_at_ms, c.request, c.request_body
+      FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[],
+                  $22::text[], $23::bytea[])
+           AS c(tenant, idempotency_key, request_hash, lease_until_ms, created_at_ms,
+                request, request_body)
 )
 SELECT position FROM appended ORDER BY position";
 
@@ -360,51 +376,14 @@ impl Store {
         if batches.is_empty() {
             return Err(AppendError::Invalid("no events to append".to_owned()));
         }
-        let snapshots = || {
-            batches
-                .iter()
-                .zip(parts)
-                .filter_map(|(batch, part)| Some((batch, part.snapshot.as_ref()?)))
-        };
-        let positions = match &self.db {
-            Database::Postgres(pool) => {
-                if snapshots().next().is_some() {
-                    let mut tx = pool.begin().await.map_err(StoreError::from)?;
-                    let positions = pg_append(&mut *tx, &batches).await?;
-                    for (batch, snapshot) in snapshots() {
-                        pg_store_snapshot(&mut tx, batch, snapshot).await?;
-                    }
-                    tx.commit().await.map_err(StoreError::from)?;
-                    positions
-                } else {
-                    // One statement is one implicit transaction: a single round trip.
-                    let mut connection = self.kept.lend(pool).await.map_err(StoreError::from)?;
-                    let appended = pg_append(&mut *connection, &batches).await;
-                    if let Ok(_) | Err(AppendError::Conflict | AppendError::DuplicateCommand) =
-                        appended
-                    {
-                        connection.keep();
-                    }
-                    appended?
-                }
-            }
-            Database::Sqlite(pool) => {
-                let _writer = self.sqlite_writer.lock().await;
-                let mut tx = pool
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(StoreError::from)?;
-                let mut positions = Vec::new();
-                for batch in &batches {
-                    positions.extend(sqlite_append(&mut tx, batch).await?);
-                }
-                for (batch, snapshot) in snapshots() {
-                    sqlite_store_snapshot(&mut tx, batch, snapshot).await?;
-                }
-                tx.commit().await.map_err(StoreError::from)?;
-                positions
-            }
-        };
+        let claim = crate::request_claim::for_append()?;
+        let appended = self
+            .append_with_claim(&batches, parts, claim.as_ref().map(ClaimInUse::claim))
+            .await;
+        if let Some(claim) = claim {
+            claim.settle(&appended);
+        }
+        let positions = appended?;
         self.appended
             .send_modify(|count| *count = count.wrapping_add(1));
         metrics::counter!("shopagent_events_appended_total").increment(positions.len() as u64);
@@ -415,6 +394,67 @@ impl Store {
                 .flat_map(|batch| batch.event_ids)
                 .collect(),
         })
+    }
+
+    /// Stores `batches` (with their parts' snapshots) and `claim`, all or nothing.
+    async fn append_with_claim(
+        &self,
+        batches: &[AppendBatch<'_>],
+        parts: &[StreamAppend<'_>],
+        claim: Option<&RequestClaim>,
+    ) -> Result<Vec<i64>, AppendError> {
+        let snapshots = || {
+            batches
+                .iter()
+                .zip(parts)
+                .filter_map(|(batch, part)| Some((batch, part.snapshot.as_ref()?)))
+        };
+        match &self.db {
+            Database::Postgres(pool) => {
+                if snapshots().next().is_some() {
+                    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+                    let positions = pg_append(&mut *tx, batches, claim).await?;
+                    for (batch, snapshot) in snapshots() {
+                        pg_store_snapshot(&mut tx, batch, snapshot).await?;
+                    }
+                    tx.commit().await.map_err(StoreError::from)?;
+                    Ok(positions)
+                } else {
+                    // One statement is one implicit transaction: a single round trip.
+                    let mut connection = self.kept.lend(pool).await.map_err(StoreError::from)?;
+                    let appended = pg_append(&mut *connection, batches, claim).await;
+                    if let Ok(_)
+                    | Err(
+                        AppendError::Conflict
+                        | AppendError::DuplicateCommand
+                        | AppendError::RequestKeyTaken,
+                    ) = appended
+                    {
+                        connection.keep();
+                    }
+                    appended
+                }
+            }
+            Database::Sqlite(pool) => {
+                let _writer = self.sqlite_writer.lock().await;
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(StoreError::from)?;
+                if let Some(claim) = claim {
+                    sqlite_claim(&mut tx, claim).await?;
+                }
+                let mut positions = Vec::new();
+                for batch in batches {
+                    positions.extend(sqlite_append(&mut tx, batch).await?);
+                }
+                for (batch, snapshot) in snapshots() {
+                    sqlite_store_snapshot(&mut tx, batch, snapshot).await?;
+                }
+                tx.commit().await.map_err(StoreError::from)?;
+                Ok(positions)
+            }
+        }
     }
 
     /// The recorded outcome of the command `tenant` sent with `idempotency_key`, if any.
@@ -696,7 +736,9 @@ impl RecordedOutcome {
 async fn pg_append<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     batches: &[AppendBatch<'_>],
+    claim: Option<&RequestClaim>,
 ) -> Result<Vec<i64>, AppendError> {
+    let claims = || claim.into_iter();
     let events = || batches.iter().flat_map(|batch| batch.events());
     let recorded = || {
         batches
@@ -760,11 +802,27 @@ async fn pg_append<'e>(
                 .map(|(b, _)| b.last_sequence())
                 .collect::<Vec<_>>(),
         )
+        .bind(claims().map(|c| c.tenant.as_str()).collect::<Vec<_>>())
+        .bind(claims().map(|c| c.key.as_str()).collect::<Vec<_>>())
+        .bind(
+            claims()
+                .map(|c| c.request_hash.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(claims().map(|c| c.lease_until_ms).collect::<Vec<_>>())
+        .bind(claims().map(|c| c.created_at_ms).collect::<Vec<_>>())
+        .bind(claims().map(|c| c.request.as_str()).collect::<Vec<_>>())
+        .bind(
+            claims()
+                .map(|c| c.request_body.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(executor)
         .await;
     result.map_err(|error| match constraint_of(&error) {
         Some("events_pkey") => AppendError::Conflict,
         Some("command_outcomes_pkey") => AppendError::DuplicateCommand,
+        Some("http_idempotency_pkey") => AppendError::RequestKeyTaken,
         _ => AppendError::Store(error.into()),
     })
 }
@@ -802,6 +860,36 @@ async fn pg_store_snapshot(
     } else {
         Err(AppendError::Conflict)
     }
+}
+
+/// Writes a request's claim on its key, first in the append's transaction: a unique
+/// violation here is the key held already.
+async fn sqlite_claim(
+    tx: &mut sqlx::SqliteConnection,
+    claim: &RequestClaim,
+) -> Result<(), AppendError> {
+    sqlx::query(
+        "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state,
+                                       lease_until_ms, created_at_ms, request, request_body)
+         VALUES ($1, $2, $3, 'in_flight', $4, $5, $6, $7)",
+    )
+    .bind(&claim.tenant)
+    .bind(&claim.key)
+    .bind(&claim.request_hash)
+    .bind(claim.lease_until_ms)
+    .bind(claim.created_at_ms)
+    .bind(&claim.request)
+    .bind(claim.request_body.as_slice())
+    .execute(tx)
+    .await
+    .map_err(|error| {
+        if is_sqlite_unique_violation(&error) {
+            AppendError::RequestKeyTaken
+        } else {
+            AppendError::Store(error.into())
+        }
+    })?;
+    Ok(())
 }
 
 async fn sqlite_append(

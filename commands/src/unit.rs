@@ -21,6 +21,10 @@ pub enum UnitError {
     /// Concurrent writers kept changing the unit's aggregates first.
     #[error("the aggregates changed concurrently {attempts} times; giving up")]
     Conflict { attempts: u32 },
+    /// The unit's request found its key held by another request (or answered before):
+    /// its answer is what the key holds (see [`crate::request_claim`]).
+    #[error("the request's idempotency key is held already")]
+    RequestKeyTaken,
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A fault on our side: events that cannot be stored as made.
@@ -359,6 +363,7 @@ impl Unit {
                 Err(AppendError::Conflict | AppendError::DuplicateCommand) => {
                     return Err(UnitError::Conflict { attempts: 1 });
                 }
+                Err(AppendError::RequestKeyTaken) => return Err(UnitError::RequestKeyTaken),
                 Err(AppendError::Store(error)) => return Err(error.into()),
                 Err(error @ AppendError::Invalid(_)) => {
                     return Err(UnitError::Internal(error.to_string()));

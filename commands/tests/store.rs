@@ -12,7 +12,10 @@ use cqrs_es::{AggregateError, CqrsFramework};
 use shopagent_commands::bridge::Stream;
 use shopagent_commands::bus::SNAPSHOT_EVERY;
 use shopagent_commands::store::SnapshotUpdate;
-use shopagent_commands::{AppendError, CommandBus, CommandError, LogCursor, Store};
+use shopagent_commands::{
+    AppendError, ClaimOutcome, CommandBus, CommandError, LogCursor, RequestClaim, Store,
+    with_request_claim,
+};
 use shopagent_domain::{EventMetadata, IdempotencyKey};
 use uuid::Uuid;
 
@@ -43,6 +46,7 @@ shopagent_commands::on_both_backends!(
     a_load_since_an_event_answers_that_event_s_state_or_a_later_one,
     a_bus_keeping_no_states_decides_on_the_stream_every_time,
     an_aggregate_expected_new_that_exists_is_decided_on_the_stream,
+    a_request_s_first_append_holds_its_key_and_a_key_held_already_stores_nothing,
 );
 
 fn bus(store: &Store) -> CommandBus<Tally> {
@@ -817,4 +821,93 @@ async fn an_aggregate_expected_new_that_exists_is_decided_on_the_stream(store: &
         "{again:?}"
     );
     assert_eq!(stream_len(store, &existing).await, 1);
+}
+
+fn request_claim(key: &str, hash: &str) -> RequestClaim {
+    RequestClaim {
+        tenant: metadata().tenant,
+        key: key.to_owned(),
+        request_hash: hash.to_owned(),
+        lease_until_ms: 2_000,
+        created_at_ms: 1_000,
+        request: "{}".to_owned(),
+        request_body: b"the request".to_vec(),
+    }
+}
+
+/// (request hash, state, request body) of the key's row, if it has one.
+async fn key_row(store: &Store, key: &str) -> Option<(String, String, Option<Vec<u8>>)> {
+    const SQL: &str = "SELECT request_hash, state, request_body FROM http_idempotency
+         WHERE tenant = 'tenant-a' AND idempotency_key = $1";
+    shopagent_commands::on_pool!(store.database(), pool => sqlx::query_as(SQL).bind(key).fetch_optional(pool).await)
+        .expect("read the key's row")
+}
+
+/// A request's claim on its key is written by its first append, in the same commit;
+/// a request that finds the key held (by another request, or answered) stores nothing
+/// at all, and neither does any later append of its.
+async fn a_request_s_first_append_holds_its_key_and_a_key_held_already_stores_nothing(
+    store: &Store,
+) {
+    let id = open_tally(store).await;
+    let bus = bus(store);
+    let ((first, second), claim) = with_request_claim(request_claim("req-1", "a"), async {
+        let first = bus.execute(&id, TallyCommand::Add(1), keyed("req-1")).await;
+        let second = bus
+            .execute(&id, TallyCommand::Add(2), keyed("req-1/second"))
+            .await;
+        (first, second)
+    })
+    .await;
+    assert_eq!(claim, ClaimOutcome::Written);
+    assert_eq!(first.expect("first command").version, 2);
+    assert_eq!(second.expect("second command").version, 3);
+    assert_eq!(
+        key_row(store, "req-1").await,
+        Some((
+            "a".into(),
+            "in_flight".into(),
+            Some(b"the request".to_vec())
+        ))
+    );
+
+    // Another request under the same key: nothing of it is stored, not even a
+    // command under a key of its own.
+    let ((refused, after), claim) = with_request_claim(request_claim("req-1", "b"), async {
+        let refused = bus.execute(&id, TallyCommand::Add(5), keyed("other")).await;
+        let after = bus.execute(&id, TallyCommand::Add(6), metadata()).await;
+        (refused, after)
+    })
+    .await;
+    assert_eq!(claim, ClaimOutcome::Refused);
+    assert!(
+        matches!(refused, Err(CommandError::RequestKeyTaken)),
+        "{refused:?}"
+    );
+    assert!(
+        matches!(after, Err(CommandError::RequestKeyTaken)),
+        "{after:?}"
+    );
+    assert_eq!(stream_len(store, &id).await, 3);
+    assert_eq!(
+        key_row(store, "req-1").await.map(|row| row.0),
+        Some("a".into())
+    );
+    assert_eq!(
+        store
+            .recorded_outcome(&metadata().tenant, "other")
+            .await
+            .expect("read"),
+        None
+    );
+
+    // A request that appends nothing leaves its claim unwritten.
+    let (touched, claim) = with_request_claim(
+        request_claim("req-2", "c"),
+        bus.execute(&id, TallyCommand::Touch, keyed("req-2")),
+    )
+    .await;
+    assert_eq!(claim, ClaimOutcome::Unused);
+    assert_eq!(touched.expect("touch").events_appended, 0);
+    assert_eq!(key_row(store, "req-2").await, None);
 }
