@@ -19,6 +19,9 @@ on_both_backends!(
     a_reused_key_with_another_body_is_refused,
     a_post_without_an_idempotency_key_is_refused,
     a_key_still_in_flight_is_a_conflict,
+    a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass,
+    copies_of_one_request_sent_at_once_are_performed_once,
+    a_key_held_by_a_request_whose_process_died_is_taken_over_by_its_retry,
     a_checkout_interrupted_between_its_commands_is_finished_by_the_server,
     a_stale_if_match_is_a_precondition_failure,
     bad_input_is_a_clear_problem_and_changes_nothing,
@@ -548,6 +551,206 @@ async fn a_key_still_in_flight_is_a_conflict(backend: Backend) {
     let problem: Value = reply.json().await.expect("json");
     assert_eq!(problem["code"], "request_in_progress");
     assert_eq!(events_in_log(&app).await, 0);
+    app.stop().await;
+}
+
+/// A request that appended nothing (here refused: the cart is not at the version it
+/// names) keeps its answer: its retry gets that answer, even once the cart reached that
+/// version, and does not add the line.
+async fn a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = app
+        .post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    let cart = cart.body["id"].as_str().expect("id").to_owned();
+    let lines = format!("/v1/carts/{cart}/lines");
+    let line = |offer: &str| json!({"offer_id": offer, "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(500), "quantity": 1});
+    let ahead = Some("\"2\"");
+    let refused = app
+        .send(
+            Method::POST,
+            &lines,
+            Some(&alice),
+            Some("ahead"),
+            Some(&line("sku:1")),
+            ahead,
+        )
+        .await;
+    refused.assert_problem(StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    // The cart reaches version 2.
+    let other = app.post(&lines, &alice, line("sku:2")).await;
+    assert_eq!(other.etag(), "\"2\"", "{:?}", other.body);
+
+    let retry = app
+        .send(
+            Method::POST,
+            &lines,
+            Some(&alice),
+            Some("ahead"),
+            Some(&line("sku:1")),
+            ahead,
+        )
+        .await;
+    retry.assert_problem(StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    let read = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(
+        read.etag(),
+        "\"2\"",
+        "the retry added nothing: {:?}",
+        read.body
+    );
+    app.stop().await;
+}
+
+/// Copies of one request sent at once: one is performed; each other copy is told the
+/// request still runs or gets its answer, and nothing is done twice.
+async fn copies_of_one_request_sent_at_once_are_performed_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let cart = app
+        .post("/v1/carts", &alice, json!({"currency": "USD"}))
+        .await;
+    let cart = cart.body["id"].as_str().expect("id").to_owned();
+    let lines = format!("/v1/carts/{cart}/lines");
+    let line = json!({"offer_id": "sku:1", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(500), "quantity": 1});
+    let copies = (0..8).map(|_| {
+        app.send(
+            Method::POST,
+            &lines,
+            Some(&alice),
+            Some("once"),
+            Some(&line),
+            None,
+        )
+    });
+    let replies = futures::future::join_all(copies).await;
+    let mut performed = Vec::new();
+    for reply in &replies {
+        match reply.status {
+            StatusCode::OK => performed.push(&reply.body),
+            _ => reply.assert_problem(StatusCode::CONFLICT, "request_in_progress"),
+        }
+    }
+    assert!(!performed.is_empty(), "no copy was answered");
+    assert!(
+        performed.iter().all(|body| *body == performed[0]),
+        "{performed:?}"
+    );
+    let read = app.get(&format!("/v1/carts/{cart}"), &alice).await;
+    assert_eq!(
+        read.etag(),
+        "\"2\"",
+        "the line was added once: {:?}",
+        read.body
+    );
+    // And the stored answer is the one given.
+    let retry = app
+        .send(
+            Method::POST,
+            &lines,
+            Some(&alice),
+            Some("once"),
+            Some(&line),
+            None,
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(&retry.body, performed[0]);
+    app.stop().await;
+}
+
+/// Holds `key` for the request asking `hash`, as a process that died while running it
+/// left it: in flight, its lease run out.
+async fn held_by_a_dead_process(app: &TestApp, key: &str, hash: &str) {
+    let expired = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 - 1_000;
+    const SQL: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state, lease_until_ms, created_at_ms) VALUES ('acme', $1, $2, 'in_flight', $3, $3)";
+    shopagent_commands::on_pool!(app.store.database(), pool => sqlx::query(SQL)
+        .bind(key)
+        .bind(hash)
+        .bind(expired)
+        .execute(pool)
+        .await
+        .map(drop))
+    .expect("insert");
+}
+
+/// A key left held by a request whose process died is taken over by the request's
+/// retry: whether the first attempt had committed nothing (the retry does it all) or
+/// everything (the retry answers what was done), the mandate is created once, and the
+/// retry's answer is stored.
+async fn a_key_held_by_a_request_whose_process_died_is_taken_over_by_its_retry(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let alice = app.shopper("alice");
+    let body = serde_json::to_vec(&mandate_terms()).expect("json");
+    let hash = shopagent::idempotency::request_hash("POST", "/v1/mandates", &body);
+
+    held_by_a_dead_process(&app, "nothing-done", &hash).await;
+    let retry = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("nothing-done"),
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    assert_eq!(events_in_log(&app).await, 1);
+
+    // The second request's mandate is created by its first attempt; its key stays held.
+    let done = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("all-done"),
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
+    // Once its answer is stored (behind the response), back to held by a dead process.
+    const FORGET: &str =
+        "DELETE FROM http_idempotency WHERE idempotency_key = 'all-done' AND state = 'done'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while shopagent_commands::on_pool!(app.store.database(), pool => sqlx::query(FORGET).execute(pool).await.map(|done| done.rows_affected()))
+        .expect("delete")
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the answer was never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    held_by_a_dead_process(&app, "all-done", &hash).await;
+    let retry = app
+        .send(
+            Method::POST,
+            "/v1/mandates",
+            Some(&alice),
+            Some("all-done"),
+            Some(&mandate_terms()),
+            None,
+        )
+        .await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    assert_eq!(retry.body["id"], done.body["id"]);
+    assert_eq!(events_in_log(&app).await, 2, "each mandate created once");
+
+    for key in ["nothing-done", "all-done"] {
+        let again = app
+            .send(
+                Method::POST,
+                "/v1/mandates",
+                Some(&alice),
+                Some(key),
+                Some(&mandate_terms()),
+                None,
+            )
+            .await;
+        assert_eq!(again.header("idempotent-replayed"), Some("true"), "{key}");
+    }
     app.stop().await;
 }
 

@@ -9,18 +9,23 @@
 //! stored for the caller's retry: a request is never left undone, nor its answer lost,
 //! because its caller went away. (A request of several commands commits them as one
 //! `Unit`, as checkout does, so none is ever half done.)
+//!
+//! A request takes its key before it runs, unless its route's only effects are its
+//! commands ([`crate::routes::COMMANDS_ONLY`]): then its first append takes it, in the
+//! same statement ([`Held::claiming_with_first_append`]), and the request waits for no
+//! write of its record before it runs.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shopagent_commands::Database;
+use shopagent_commands::{ClaimOutcome, Database, RequestClaim, with_request_claim};
 use shopagent_domain::IdempotencyKey;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -147,6 +152,25 @@ enum Begin {
     Mismatch,
 }
 
+impl Begin {
+    /// The answer to a request its key does not let run; `None` when it may run.
+    fn into_answer(self) -> Option<Response> {
+        match self {
+            Begin::Fresh => None,
+            Begin::Replay(response) => Some(response),
+            Begin::InFlight => Some(Problem::request_in_progress().into_response()),
+            Begin::Mismatch => Some(
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request",
+                )
+                .into_response(),
+            ),
+        }
+    }
+}
+
 /// Middleware for POST routes; runs after authentication.
 pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
@@ -212,83 +236,188 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
     };
     let kept = serde_json::to_string(&kept).unwrap_or_default();
 
-    let store = &app.store;
+    let traceparent = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(valid_traceparent);
+    let commands_only = parts
+        .extensions
+        .get::<MatchedPath>()
+        .is_some_and(|path| crate::routes::COMMANDS_ONLY.contains(&path.as_str()));
+    let mut request = Request::from_parts(parts, Body::from(bytes.clone()));
+    request.extensions_mut().insert(RequestKey {
+        key: key.clone(),
+        digest: hash.clone(),
+        traceparent,
+    });
+    let held = Held {
+        app: &app,
+        tenant: &principal.tenant,
+        key: key.as_str(),
+        hash: &hash,
+        resumed,
+    };
+    if commands_only {
+        if let Some(answer) = from_memory(&app.idempotency, held.tenant, held.key, &hash) {
+            return answer;
+        }
+        let now = now_ms();
+        let claim = RequestClaim {
+            tenant: principal.tenant.clone(),
+            key: key.as_str().to_owned(),
+            request_hash: hash.clone(),
+            lease_until_ms: now + LEASE.as_millis() as i64,
+            created_at_ms: now,
+            request: kept,
+            request_body: bytes.to_vec(),
+        };
+        let again = copy(&request, bytes);
+        return held
+            .claiming_with_first_append(claim, (request, again), next)
+            .await;
+    }
+
     let started = begin(
-        (&app.idempotency, store.derived()),
-        &principal.tenant,
-        key.as_str(),
+        (&app.idempotency, app.store.derived()),
+        held.tenant,
+        held.key,
         &hash,
         (&kept, &bytes),
     );
     match started.await {
         Err(error) => {
             tracing::warn!(%error, "idempotency store unavailable");
-            return Problem::store_unavailable().into_response();
+            Problem::store_unavailable().into_response()
         }
-        Ok(Begin::Replay(response)) => return response,
-        Ok(Begin::InFlight) => {
-            return Problem::new(
-                StatusCode::CONFLICT,
-                "request_in_progress",
-                "A request with this Idempotency-Key is still running",
-            )
-            .with_retry_after(1)
-            .into_response();
-        }
-        Ok(Begin::Mismatch) => {
-            return Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "This Idempotency-Key was used with a different request",
-            )
-            .into_response();
-        }
-        Ok(Begin::Fresh) => {}
+        Ok(begun) => match begun.into_answer() {
+            None => held.run(request, next).await,
+            Some(answer) => answer,
+        },
+    }
+}
+
+/// A request holding (or about to hold) its key: what it needs to run and be answered.
+struct Held<'a> {
+    app: &'a App,
+    tenant: &'a str,
+    key: &'a str,
+    hash: &'a str,
+    /// Run again by the server ([`resume_interrupted`]), not by its caller.
+    resumed: bool,
+}
+
+impl Held<'_> {
+    /// Runs a request whose key it holds, and stores its answer.
+    async fn run(&self, request: Request, next: Next) -> Response {
+        let db = self.app.store.derived();
+        let response = holding_lease(db, (self.tenant, self.key), LEASE / 3, next.run(request));
+        self.store(response.await).await
     }
 
-    let traceparent = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(valid_traceparent);
-    let mut request = Request::from_parts(parts, Body::from(bytes));
-    request.extensions_mut().insert(RequestKey {
-        key: key.clone(),
-        digest: hash.clone(),
-        traceparent,
-    });
-    let response = holding_lease(
-        store.derived(),
-        (&principal.tenant, key.as_str()),
-        LEASE / 3,
-        next.run(request),
-    )
-    .await;
-
-    // A server fault is not an outcome: forget the key so a retry runs again (a request
-    // the server itself runs again keeps it in flight, to be run once more later).
-    if response.status().is_server_error() {
-        if !resumed
-            && let Err(error) = forget(store.derived(), &principal.tenant, key.as_str()).await
-        {
-            tracing::warn!(%error, "could not release idempotency key");
+    /// Runs a request of a [`crate::routes::COMMANDS_ONLY`] route, its key taken by its
+    /// first append rather than before it runs (a round trip saved). The request ends
+    /// in one of three ways:
+    /// - an append of its wrote the claim: it held its key, its answer is stored;
+    /// - none did, the request appended nothing: its answer is stored now unless the
+    ///   key holds something already, which is then the answer;
+    /// - an append found the key held: nothing of it was stored, and the answer is
+    ///   what the key holds.
+    ///
+    /// A key held by a request whose process died (its lease ran out) is taken over;
+    /// one found held by an append is then run again, holding its key.
+    async fn claiming_with_first_append(
+        &self,
+        claim: RequestClaim,
+        (request, again): (Request, Request),
+        next: Next,
+    ) -> Response {
+        let db = self.app.store.derived();
+        let running = holding_lease(
+            db,
+            (self.tenant, self.key),
+            LEASE / 3,
+            next.clone().run(request),
+        );
+        let (response, claim) = with_request_claim(claim, running).await;
+        let ours = match claim {
+            ClaimOutcome::Written => return self.store(response).await,
+            // Nothing stored, nothing held: a retry runs it again.
+            ClaimOutcome::Unused if response.status().is_server_error() => return response,
+            ClaimOutcome::Unused => {
+                let (parts, body) = response.into_parts();
+                let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+                let answer = self.answer_of(&parts, &body);
+                match store_if_free(db, &answer).await {
+                    Ok(true) => return Response::from_parts(parts, Body::from(body)),
+                    Ok(false) => Some(Response::from_parts(parts, Body::from(body))),
+                    Err(error) => {
+                        tracing::warn!(%error, "idempotency store unavailable");
+                        return Problem::store_unavailable().into_response();
+                    }
+                }
+            }
+            ClaimOutcome::Refused => None,
+        };
+        let now = now_ms();
+        let lease = now + LEASE.as_millis() as i64;
+        match claimed_before(db, (self.tenant, self.key), self.hash, (now, lease)).await {
+            Err(error) => {
+                tracing::warn!(%error, "idempotency store unavailable");
+                Problem::store_unavailable().into_response()
+            }
+            Ok(found) => match found.into_answer() {
+                Some(answer) => answer,
+                // Taken over from a request whose process died. An answer made without
+                // appending holds: each command it ran was done before, or did nothing.
+                None => match ours {
+                    Some(response) => self.store(response).await,
+                    None => self.run(again, next).await,
+                },
+            },
         }
-        return response;
     }
-    let (parts, body) = response.into_parts();
-    let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let headers = stored_headers(&parts.headers);
-    let answer = Answer {
-        tenant: principal.tenant.clone(),
-        key: key.as_str().to_owned(),
-        request_hash: hash,
-        status: i32::from(parts.status.as_u16()),
-        headers,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
-    };
-    // Written behind the response (see `writer`): a failed write is logged there.
-    drop(app.idempotency.answer(answer));
-    Response::from_parts(parts, Body::from(bytes))
+
+    /// Stores the answer of a request that held its key, behind the response. A server
+    /// fault is not an outcome: the key is let go so that a retry runs again (a request
+    /// the server itself runs again keeps it in flight, to be run once more later).
+    async fn store(&self, response: Response) -> Response {
+        if response.status().is_server_error() {
+            if !self.resumed
+                && let Err(error) = forget(self.app.store.derived(), self.tenant, self.key).await
+            {
+                tracing::warn!(%error, "could not release idempotency key");
+            }
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+        // Written behind the response (see `writer`): a failed write is logged there.
+        drop(self.app.idempotency.answer(self.answer_of(&parts, &body)));
+        Response::from_parts(parts, Body::from(body))
+    }
+
+    fn answer_of(&self, parts: &axum::http::response::Parts, body: &Bytes) -> Answer {
+        Answer {
+            tenant: self.tenant.to_owned(),
+            key: self.key.to_owned(),
+            request_hash: self.hash.to_owned(),
+            status: i32::from(parts.status.as_u16()),
+            headers: stored_headers(&parts.headers),
+            body: String::from_utf8_lossy(body).into_owned(),
+        }
+    }
+}
+
+/// The same request again (its body is `body`), to be run a second time.
+fn copy(request: &Request, body: Bytes) -> Request {
+    let mut again = Request::new(Body::from(body));
+    *again.method_mut() = request.method().clone();
+    *again.uri_mut() = request.uri().clone();
+    *again.version_mut() = request.version();
+    *again.headers_mut() = request.headers().clone();
+    *again.extensions_mut() = request.extensions().clone();
+    again
 }
 
 /// Runs `work`, a request that holds its key, renewing the key's lease `every` while it
@@ -369,6 +498,43 @@ type Row = (
     Option<String>,
 );
 
+/// What the answer handed to the writer and not yet written on (tenant, key) says of a
+/// request asking `hash`.
+fn known_unwritten(records: &RecordWriter, tenant: &str, key: &str, hash: &str) -> Option<Begin> {
+    let answer = records.unwritten(tenant, key)?;
+    Some(if answer.request_hash == hash {
+        Begin::Replay(replay(answer.status, &answer.headers, answer.body.clone()))
+    } else {
+        Begin::Mismatch
+    })
+}
+
+/// The answer to a request whose key's answer is still on its way to the database.
+fn from_memory(records: &RecordWriter, tenant: &str, key: &str, hash: &str) -> Option<Response> {
+    known_unwritten(records, tenant, key, hash).and_then(Begin::into_answer)
+}
+
+/// Stores `answer`, the answer of a request that appended nothing, unless its key holds
+/// something already; true when stored. Awaited: a request run twice at once must not
+/// answer both times.
+async fn store_if_free(db: &Database, answer: &Answer) -> Result<bool, sqlx::Error> {
+    const SQL: &str = "INSERT INTO http_idempotency (tenant, idempotency_key, request_hash,
+             state, lease_until_ms, created_at_ms, status, headers, body)
+         VALUES ($1, $2, $3, 'done', 0, $4, $5, $6, $7)
+         ON CONFLICT (tenant, idempotency_key) DO NOTHING";
+    shopagent_commands::on_pool!(db, pool => sqlx::query(SQL)
+        .bind(&answer.tenant)
+        .bind(&answer.key)
+        .bind(&answer.request_hash)
+        .bind(now_ms())
+        .bind(answer.status)
+        .bind(&answer.headers)
+        .bind(&answer.body)
+        .execute(pool)
+        .await
+        .map(|done| done.rows_affected() == 1))
+}
+
 async fn begin(
     (records, db): (&RecordWriter, &Database),
     tenant: &str,
@@ -376,12 +542,8 @@ async fn begin(
     hash: &str,
     (request, body): (&str, &Bytes),
 ) -> Result<Begin, WriteError> {
-    if let Some(answer) = records.unwritten(tenant, key) {
-        return Ok(if answer.request_hash == hash {
-            Begin::Replay(replay(answer.status, &answer.headers, answer.body.clone()))
-        } else {
-            Begin::Mismatch
-        });
+    if let Some(known) = known_unwritten(records, tenant, key, hash) {
+        return Ok(known);
     }
     let now = now_ms();
     let lease = now + LEASE.as_millis() as i64;

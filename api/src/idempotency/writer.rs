@@ -1,5 +1,7 @@
-//! The idempotency records' writes, gathered. Every POST writes its record twice: a
-//! claim on its key when it starts, its answer when it ends. Each was a transaction of
+//! The idempotency records' writes, gathered. A POST writes its record twice: a claim
+//! on its key when it starts, its answer when it ends. (A request of a route whose only
+//! effects are its commands has its claim written by its first append instead, see
+//! `commands::request_claim`; only its answer comes here.) Each was a transaction of
 //! its own; now one task writes them all, and the claims and answers that arrive while
 //! one batch is being written go together into the next: one statement, one
 //! transaction.

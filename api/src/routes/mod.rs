@@ -34,6 +34,41 @@ use crate::error::Rejection;
 use crate::idempotency::RequestKey;
 use crate::problem::Problem;
 
+/// The POST routes whose only effects are the commands they run (appends to the log,
+/// each under the request's key). Their requests take their key with their first append
+/// instead of before they run ([`shopagent_commands::request_claim`]): run twice at
+/// once, or run again after they answered, they store nothing the second time. Every
+/// other POST takes its key before it runs: what it does outside the log (a merchant's
+/// connector called, a projection paused or rebuilt) must never be done twice.
+pub const COMMANDS_ONLY: &[&str] = &[
+    "/v1/carts",
+    "/v1/carts/{id}/lines",
+    "/v1/carts/{id}/lines/{line_id}/quantity",
+    "/v1/carts/{id}/lines/{line_id}/remove",
+    "/v1/carts/{id}/address",
+    "/v1/carts/{id}/quotes",
+    "/v1/carts/{id}/checkout",
+    "/v1/mandates",
+    "/v1/mandates/{id}/revoke",
+    "/v1/mandates/{id}/reservations/{reservation_id}/approve",
+    "/v1/mandates/{id}/reservations/{reservation_id}/deny",
+    "/v1/merchants",
+    "/v1/merchants/{merchant}/profile",
+    "/v1/merchants/{merchant}/health",
+    "/v1/merchants/{merchant}/headless",
+    "/v1/orders/{id}/cancel",
+    "/v1/orders/{id}/returns",
+    "/v1/runs",
+    "/v1/runs/{id}/actions",
+    "/v1/runs/{id}/guardrail-decisions",
+    "/v1/runs/{id}/approvals",
+    "/v1/runs/{id}/approvals/{approval_id}/grant",
+    "/v1/runs/{id}/approvals/{approval_id}/deny",
+    "/v1/runs/{id}/complete",
+    "/v1/runs/{id}/fail",
+    "/v1/runs/{id}/cancel",
+];
+
 /// Namespace of ids derived from idempotency keys.
 const ID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0c_9d62_7a41_4b0e_9a57_2cf1_b0d3_e611);
 
@@ -365,4 +400,23 @@ pub fn query<T>(
 
 pub fn invalid(field: &str, error: impl std::fmt::Display) -> Problem {
     Problem::unprocessable("invalid_field", format!("{field}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::COMMANDS_ONLY;
+
+    /// A route renamed must be renamed in the list too: under its old name its requests
+    /// would quietly go back to claiming their key before they run.
+    #[test]
+    fn every_route_that_only_runs_commands_is_a_documented_post() {
+        let document = crate::openapi::document();
+        for path in COMMANDS_ONLY {
+            let item = document.paths.paths.get(*path);
+            assert!(
+                item.is_some_and(|item| item.post.is_some()),
+                "{path} is not a POST route"
+            );
+        }
+    }
 }
