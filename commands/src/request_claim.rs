@@ -96,6 +96,7 @@ pub(crate) fn for_append() -> Result<Option<ClaimInUse>, AppendError> {
             slot.state.set(State::Appending);
             Ok(Some(ClaimInUse {
                 claim: slot.claim.clone(),
+                settled: false,
             }))
         }
         State::Appending => Err(AppendError::Conflict),
@@ -106,10 +107,11 @@ pub(crate) fn for_append() -> Result<Option<ClaimInUse>, AppendError> {
 }
 
 /// A claim carried by an append being made. Dropped without [`ClaimInUse::settle`] (the
-/// append failed otherwise, or was given up), the claim is still to be written.
+/// append was given up), the claim is still to be written.
 #[derive(Debug)]
 pub(crate) struct ClaimInUse {
     claim: Arc<RequestClaim>,
+    settled: bool,
 }
 
 impl ClaimInUse {
@@ -118,20 +120,22 @@ impl ClaimInUse {
     }
 
     /// Records how the append that carried the claim went.
-    pub(crate) fn settle<T>(self, appended: &Result<T, AppendError>) {
+    pub(crate) fn settle<T>(mut self, appended: &Result<T, AppendError>) {
         let state = match appended {
             Ok(_) => State::Written,
             Err(AppendError::RequestKeyTaken) => State::Refused,
             Err(_) => State::Unused,
         };
         set(state);
-        std::mem::forget(self);
+        self.settled = true;
     }
 }
 
 impl Drop for ClaimInUse {
     fn drop(&mut self) {
-        set(State::Unused);
+        if !self.settled {
+            set(State::Unused);
+        }
     }
 }
 
@@ -187,6 +191,23 @@ mod tests {
         })
         .await;
         assert_eq!(outcome, ClaimOutcome::Refused);
+    }
+
+    /// Every append borrows the request's claim, body and all: each must give it back.
+    #[tokio::test]
+    async fn a_request_s_claim_is_held_by_nothing_once_its_appends_are_made() {
+        let held = || SLOT.with(|slot| Arc::strong_count(&slot.claim));
+        with_request_claim(claim(), async {
+            let failed = for_append().expect("claim").expect("carried");
+            failed.settle(&Err::<(), _>(AppendError::Conflict));
+            assert_eq!(held(), 1, "after a failed append");
+            drop(for_append());
+            assert_eq!(held(), 1, "after an append given up");
+            let written = for_append().expect("claim").expect("carried");
+            written.settle(&Ok(()));
+            assert_eq!(held(), 1, "after the append that wrote it");
+        })
+        .await;
     }
 
     #[tokio::test]
