@@ -38,7 +38,7 @@ use crate::server::App;
 mod writer;
 
 pub use writer::RecordWriter;
-use writer::{Answer, Claim, WriteError};
+use writer::{Answer, WriteError};
 
 /// Largest request body accepted on any POST.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -547,14 +547,14 @@ async fn begin(
     }
     let now = now_ms();
     let lease = now + LEASE.as_millis() as i64;
-    let claim = Claim {
+    let claim = RequestClaim {
         tenant: tenant.to_owned(),
         key: key.to_owned(),
         request_hash: hash.to_owned(),
         lease_until_ms: lease,
         created_at_ms: now,
         request: request.to_owned(),
-        request_body: body.clone(),
+        request_body: body.to_vec(),
     };
     if records.claim(claim).await? {
         return Ok(Begin::Fresh);

@@ -22,22 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use shopagent_commands::{Database, KeptConnections};
+use shopagent_commands::{Database, KeptConnections, RequestClaim as Claim};
 use tokio::sync::{mpsc, oneshot};
-
-/// The row a request writes when it starts: its key, taken while it runs.
-#[derive(Debug)]
-pub(super) struct Claim {
-    pub tenant: String,
-    pub key: String,
-    pub request_hash: String,
-    pub lease_until_ms: i64,
-    pub created_at_ms: i64,
-    /// What is kept of the request to run it again ([`super::KeptRequest`], JSON).
-    pub request: String,
-    pub request_body: Bytes,
-}
 
 /// A request's answer, stored for its retries.
 #[derive(Debug)]
@@ -318,7 +304,7 @@ async fn statement(
                 .bind(column(claims, |c| c.lease_until_ms))
                 .bind(column(claims, |c| c.created_at_ms))
                 .bind(column(claims, |c| c.request.as_str()))
-                .bind(column(claims, |c| c.request_body.as_ref()))
+                .bind(column(claims, |c| c.request_body.as_slice()))
                 .bind(column(answers, |a| a.tenant.as_str()))
                 .bind(column(answers, |a| a.key.as_str()))
                 .bind(column(answers, |a| a.request_hash.as_str()))
@@ -356,7 +342,7 @@ async fn statement(
                     .bind(claim.lease_until_ms)
                     .bind(claim.created_at_ms)
                     .bind(&claim.request)
-                    .bind(claim.request_body.as_ref())
+                    .bind(claim.request_body.as_slice())
                     .execute(&mut *tx)
                     .await?;
                 if done.rows_affected() == 1 {
@@ -433,7 +419,7 @@ mod tests {
             lease_until_ms: 2,
             created_at_ms: 1,
             request: "{}".into(),
-            request_body: Bytes::from_static(b"body"),
+            request_body: b"body".to_vec(),
         }
     }
 
