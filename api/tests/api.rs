@@ -118,6 +118,19 @@ async fn ready_cart(
     cart
 }
 
+/// A new cart of `token`'s, with nothing in it: its id.
+async fn empty_cart(app: &TestApp, token: &str) -> String {
+    let cart = app
+        .post("/v1/carts", token, json!({"currency": "USD"}))
+        .await;
+    cart.body["id"].as_str().expect("id").to_owned()
+}
+
+/// A line of one tent at 5.00 USD, offered as `offer` by acme.
+fn tent(offer: &str) -> Value {
+    json!({"offer_id": offer, "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(500), "quantity": 1})
+}
+
 async fn events_in_log(app: &TestApp) -> i64 {
     app.store
         .count_after(LogCursor::START)
@@ -560,12 +573,8 @@ async fn a_key_still_in_flight_is_a_conflict(backend: Backend) {
 async fn a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass(backend: Backend) {
     let app = spawn_app(backend).await;
     let alice = app.shopper("alice");
-    let cart = app
-        .post("/v1/carts", &alice, json!({"currency": "USD"}))
-        .await;
-    let cart = cart.body["id"].as_str().expect("id").to_owned();
+    let cart = empty_cart(&app, &alice).await;
     let lines = format!("/v1/carts/{cart}/lines");
-    let line = |offer: &str| json!({"offer_id": offer, "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(500), "quantity": 1});
     let ahead = Some("\"2\"");
     let refused = app
         .send(
@@ -573,13 +582,13 @@ async fn a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass(backe
             &lines,
             Some(&alice),
             Some("ahead"),
-            Some(&line("sku:1")),
+            Some(&tent("sku:1")),
             ahead,
         )
         .await;
     refused.assert_problem(StatusCode::PRECONDITION_FAILED, "version_mismatch");
     // The cart reaches version 2.
-    let other = app.post(&lines, &alice, line("sku:2")).await;
+    let other = app.post(&lines, &alice, tent("sku:2")).await;
     assert_eq!(other.etag(), "\"2\"", "{:?}", other.body);
 
     let retry = app
@@ -588,7 +597,7 @@ async fn a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass(backe
             &lines,
             Some(&alice),
             Some("ahead"),
-            Some(&line("sku:1")),
+            Some(&tent("sku:1")),
             ahead,
         )
         .await;
@@ -609,12 +618,9 @@ async fn a_refusal_is_what_its_retry_gets_even_once_the_request_would_pass(backe
 async fn copies_of_one_request_sent_at_once_are_performed_once(backend: Backend) {
     let app = spawn_app(backend).await;
     let alice = app.shopper("alice");
-    let cart = app
-        .post("/v1/carts", &alice, json!({"currency": "USD"}))
-        .await;
-    let cart = cart.body["id"].as_str().expect("id").to_owned();
+    let cart = empty_cart(&app, &alice).await;
     let lines = format!("/v1/carts/{cart}/lines");
-    let line = json!({"offer_id": "sku:1", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": usd(500), "quantity": 1});
+    let line = tent("sku:1");
     let copies = (0..8).map(|_| {
         app.send(
             Method::POST,
@@ -806,10 +812,7 @@ async fn a_stale_if_match_is_a_precondition_failure(backend: Backend) {
 async fn bad_input_is_a_clear_problem_and_changes_nothing(backend: Backend) {
     let app = spawn_app(backend).await;
     let alice = app.shopper("alice");
-    let cart = app
-        .post("/v1/carts", &alice, json!({"currency": "USD"}))
-        .await;
-    let cart_id = cart.body["id"].as_str().expect("id").to_owned();
+    let cart_id = empty_cart(&app, &alice).await;
     let lines = format!("/v1/carts/{cart_id}/lines");
     let before = events_in_log(&app).await;
     let line = |quantity: Value, price: Value| json!({"offer_id": "sku:1", "merchant": "acme", "title": "Tent", "category": "outdoor", "unit_price": price, "quantity": quantity});
