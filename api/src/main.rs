@@ -17,6 +17,12 @@ use shopagent_domain::ports::{CardIssuer, IndexGenerations, OfferIndex, Tracking
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// The server allocates and frees many small buffers per request on every worker
+/// thread; jemalloc's thread caches take a fraction of glibc's time on them, and its
+/// decay gives freed pages back, so resident memory stays flat (`docs/PERFORMANCE.md`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
