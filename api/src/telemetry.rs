@@ -163,10 +163,34 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder already installed (a host embedding us) keeps its own.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                keep_up(handle.clone());
+            }
             handle
         })
         .clone()
+}
+
+/// How often the recorder's histograms are folded: between two folds, each request's
+/// duration is kept as a sample of its own.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples into their buckets every
+/// [`METRICS_UPKEEP_EVERY`], on a thread of its own for the life of the process. A
+/// recorder built by `build_recorder` does this only when `/metrics` is rendered: a
+/// server nobody scrapes kept eight bytes per request, for good.
+fn keep_up(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let upkeep = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = upkeep {
+        tracing::warn!(%error, "the metrics' upkeep thread could not start; histograms are folded only when /metrics is read");
+    }
 }
 
 #[cfg(test)]
