@@ -18,8 +18,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The server allocates and frees many small buffers per request on every worker
-/// thread; jemalloc's thread caches take a fraction of glibc's time on them, and its
-/// decay gives freed pages back, so resident memory stays flat (`docs/PERFORMANCE.md`).
+/// thread: with jemalloc's thread caches the server takes 13–16 % less CPU per command
+/// than with glibc's allocator, and its decay gives freed pages back within seconds
+/// (`docs/PERFORMANCE.md`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
