@@ -28,7 +28,7 @@ pub struct RequestClaim {
     pub created_at_ms: i64,
     /// What is kept of the request to run it again, should its process die.
     pub request: String,
-    pub request_body: Vec<u8>,
+    pub request_body: bytes::Bytes,
 }
 
 /// What became of a request's claim once the request ran.
@@ -156,7 +156,7 @@ mod tests {
             lease_until_ms: 2,
             created_at_ms: 1,
             request: "{}".into(),
-            request_body: Vec::new(),
+            request_body: bytes::Bytes::new(),
         }
     }
 

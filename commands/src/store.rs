@@ -814,7 +814,7 @@ async fn pg_append<'e>(
         .bind(claims().map(|c| c.request.as_str()).collect::<Vec<_>>())
         .bind(
             claims()
-                .map(|c| c.request_body.as_slice())
+                .map(|c| c.request_body.as_ref())
                 .collect::<Vec<_>>(),
         )
         .fetch_all(executor)
@@ -879,7 +879,7 @@ async fn sqlite_claim(
     .bind(claim.lease_until_ms)
     .bind(claim.created_at_ms)
     .bind(&claim.request)
-    .bind(claim.request_body.as_slice())
+    .bind(claim.request_body.as_ref())
     .execute(tx)
     .await
     .map_err(|error| {

@@ -831,7 +831,7 @@ fn request_claim(key: &str, hash: &str) -> RequestClaim {
         lease_until_ms: 2_000,
         created_at_ms: 1_000,
         request: "{}".to_owned(),
-        request_body: b"the request".to_vec(),
+        request_body: bytes::Bytes::from_static(b"the request"),
     }
 }
 

@@ -270,7 +270,7 @@ pub async fn enforce(State(app): State<App>, request: Request, next: Next) -> Re
             lease_until_ms: now + LEASE.as_millis() as i64,
             created_at_ms: now,
             request: kept,
-            request_body: bytes.to_vec(),
+            request_body: bytes.clone(),
         };
         let again = copy(&request, bytes);
         return held
@@ -554,7 +554,7 @@ async fn begin(
         lease_until_ms: lease,
         created_at_ms: now,
         request: request.to_owned(),
-        request_body: body.to_vec(),
+        request_body: body.clone(),
     };
     if records.claim(claim).await? {
         return Ok(Begin::Fresh);

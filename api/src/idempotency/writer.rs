@@ -304,7 +304,7 @@ async fn statement(
                 .bind(column(claims, |c| c.lease_until_ms))
                 .bind(column(claims, |c| c.created_at_ms))
                 .bind(column(claims, |c| c.request.as_str()))
-                .bind(column(claims, |c| c.request_body.as_slice()))
+                .bind(column(claims, |c| c.request_body.as_ref()))
                 .bind(column(answers, |a| a.tenant.as_str()))
                 .bind(column(answers, |a| a.key.as_str()))
                 .bind(column(answers, |a| a.request_hash.as_str()))
@@ -342,7 +342,7 @@ async fn statement(
                     .bind(claim.lease_until_ms)
                     .bind(claim.created_at_ms)
                     .bind(&claim.request)
-                    .bind(claim.request_body.as_slice())
+                    .bind(claim.request_body.as_ref())
                     .execute(&mut *tx)
                     .await?;
                 if done.rows_affected() == 1 {
@@ -419,7 +419,7 @@ mod tests {
             lease_until_ms: 2,
             created_at_ms: 1,
             request: "{}".into(),
-            request_body: b"body".to_vec(),
+            request_body: axum::body::Bytes::from_static(b"body"),
         }
     }
 
