@@ -71,6 +71,11 @@ pub struct Cli {
     /// checkout process manager runs and places `api` orders.
     #[arg(long, env = "SHOPAGENT_CARD_ISSUER_URL", global = true)]
     pub card_issuer_url: Option<String>,
+    /// Seconds the purchases accepted may wait behind the log (the checkout process's
+    /// delay) before autopilot checkouts are refused with 503 and `Retry-After`; 0 never
+    /// refuses them. Applies where the checkout process runs.
+    #[arg(long, env = "SHOPAGENT_MAX_PURCHASE_DELAY", global = true, default_value_t = crate::server::DEFAULT_MAX_PURCHASE_DELAY.as_secs())]
+    pub max_purchase_delay: u64,
     /// Secret key for the card issuer.
     #[arg(
         long,

@@ -120,6 +120,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_stripe_webhook_secret(cli.stripe_webhook_secret.clone())
                 .with_tracking_webhook_secret(cli.tracking_webhook_secret.clone())
                 .with_card_issuer(issuer)
+                .with_max_purchase_delay(
+                    (cli.max_purchase_delay > 0)
+                        .then(|| std::time::Duration::from_secs(cli.max_purchase_delay)),
+                )
                 .with_tracking(tracking)
                 .with_event_stream(event_stream(&cli)?)
                 .with_offer_index(index, generations);

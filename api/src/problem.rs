@@ -1,5 +1,7 @@
 //! One error type for the HTTP interface, rendered as RFC 9457 `application/problem+json`.
 
+use std::time::Duration;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -63,6 +65,24 @@ impl Problem {
             "The event store is not available",
         )
         .with_retry_after(1)
+    }
+
+    /// The purchases already accepted wait `delay` behind the log, longer than `limit`:
+    /// an autopilot checkout would wait longer still. Retry once the excess is worked
+    /// off (at least a second, at most half a minute from now).
+    pub fn purchases_behind(delay: Duration, limit: Duration) -> Self {
+        let excess = delay.saturating_sub(limit).as_secs_f64().ceil();
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "purchases_behind",
+            "Purchases are behind; checkouts that buy wait",
+        )
+        .with_detail(format!(
+            "the purchases accepted wait {:.0} s to be carried out, over the limit of {} s",
+            delay.as_secs_f64(),
+            limit.as_secs()
+        ))
+        .with_retry_after(excess.clamp(1.0, 30.0) as u32)
     }
 
     /// Another request with the same `Idempotency-Key` still runs.

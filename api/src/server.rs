@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker};
+use shopagent_commands::checkout::{CheckoutProcess, MerchantBreaker, PurchaseDelay};
 use shopagent_commands::publisher::LogPublisher;
 use shopagent_commands::{CommandBus, Database, Store, StoreConfig, SubscriberRunner};
 use shopagent_connectors::kafka::KafkaStream;
@@ -93,6 +93,10 @@ pub struct AppState {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Writes the HTTP idempotency records, in batches.
     pub idempotency: crate::idempotency::RecordWriter,
+    /// The purchases' delay behind the log and the longest at which autopilot
+    /// checkouts are accepted. `None`: no limit (no checkout process runs, or the
+    /// limit is off).
+    pub purchase_limit: Option<(PurchaseDelay, std::time::Duration)>,
     /// The offers search index, kept from the log by the `search_index` indexer.
     pub offer_index: Arc<dyn OfferIndex>,
     /// The indexer that keeps it, and rebuilds it beside the live generation.
@@ -155,6 +159,7 @@ impl AppState {
             // start.
             offer_index: search_indexer.index(),
             search_indexer,
+            purchase_limit: None,
             ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
                 std::time::Duration::from_secs(5),
                 std::time::Duration::from_secs(300),
@@ -162,6 +167,10 @@ impl AppState {
         }
     }
 }
+
+/// How long the purchases accepted may wait behind the log before autopilot checkouts
+/// are refused: an order placed half a minute after its checkout is late, not lost.
+pub const DEFAULT_MAX_PURCHASE_DELAY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Days a placed order may wait for its capture: merchants capture when they ship.
 pub const DEFAULT_CAPTURE_DAYS: u16 = 7;
@@ -194,6 +203,7 @@ pub struct Server {
     event_stream: Option<(Arc<KafkaStream>, String)>,
     /// How long after its lease ran out an interrupted request is run again.
     resume_after: std::time::Duration,
+    max_purchase_delay: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Server {
@@ -221,6 +231,7 @@ impl Server {
             tracking: None,
             event_stream: None,
             resume_after: crate::idempotency::RESUME_AFTER,
+            max_purchase_delay: Some(DEFAULT_MAX_PURCHASE_DELAY),
         })
     }
 
@@ -288,6 +299,15 @@ impl Server {
         self
     }
 
+    /// Refuses autopilot checkouts (503, `purchases_behind`) while the purchases
+    /// accepted wait longer than `limit` behind the log (default
+    /// [`DEFAULT_MAX_PURCHASE_DELAY`]); `None`: accepts them however long the purchases
+    /// wait. Applies only where the checkout process runs ([`Server::with_card_issuer`]).
+    pub fn with_max_purchase_delay(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.max_purchase_delay = limit;
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -300,17 +320,25 @@ impl Server {
     /// projection finish and checkpoint its batch, and closes the store.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            app,
+            mut app,
             listener,
             card_issuer,
             tracking,
             event_stream,
             resume_after,
+            max_purchase_delay,
         } = self;
+        let runners_stop = CancellationToken::new();
+        if card_issuer.is_some()
+            && let Some(limit) = max_purchase_delay
+        {
+            let delay = PurchaseDelay::default();
+            tokio::spawn(delay.clone().watch(app.store.clone(), runners_stop.clone()));
+            app.purchase_limit = Some((delay, limit));
+        }
         let app = App::from(app);
         let store = app.store.clone();
         let background = app.background.clone();
-        let runners_stop = CancellationToken::new();
         let runners: Vec<_> = projections()
             .into_iter()
             .map(|projection| {

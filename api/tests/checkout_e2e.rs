@@ -7,7 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::checkout::{World, agent_cart, check_out, mandate_settles, settled_order, usd, world};
+use common::checkout::{
+    World, agent_cart, cart_ready_to_check_out, check_out, mandate_settles, settled_order, usd,
+    world, world_configured,
+};
 use common::{Backend, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -27,6 +30,7 @@ on_both_backends!(
     the_merchant_prices_its_part_of_the_cart,
     each_failure_mode_ends_typed_with_nothing_left_half_done,
     a_failure_at_one_merchant_leaves_the_other_order_intact,
+    autopilot_checkouts_wait_while_the_purchases_behind_them_are_late,
 );
 
 async fn an_autopilot_order_is_placed_over_ucp_with_a_virtual_card(backend: Backend) {
@@ -698,5 +702,82 @@ async fn a_failure_at_one_merchant_leaves_the_other_order_intact(backend: Backen
         usd(11_300),
         "acme's spend committed, bolt's reservation released"
     );
+    app.stop().await;
+}
+
+/// While the purchases accepted wait behind the log longer than the limit, an autopilot
+/// checkout is refused (503 `purchases_behind`, with `Retry-After`) and writes nothing;
+/// once they are carried out, the same request (same key) checks out.
+async fn autopilot_checkouts_wait_while_the_purchases_behind_them_are_late(backend: Backend) {
+    let World { app, merchant, .. } =
+        world_configured(backend, FailureMode::ServerError, |server| {
+            server.with_max_purchase_delay(Some(Duration::from_secs(1)))
+        })
+        .await;
+    // Accepted: nothing waits yet. Its placement meets a merchant that answers 503, and
+    // is tried again and again: the purchases fall behind.
+    let (_, first_order) = check_out(&app).await;
+    let (mandate, agent, cart) = cart_ready_to_check_out(&app).await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let checkout = |key: String| {
+        let (app, agent, cart) = (&app, agent.clone(), cart.clone());
+        async move {
+            let request = app
+                .client
+                .post(app.url(&format!("/v1/carts/{cart}/checkout")))
+                .bearer_auth(&agent)
+                .header("Idempotency-Key", key)
+                .json(&json!({}));
+            Reply::read(request.send().await.expect("checkout")).await
+        }
+    };
+    // Once the process is seen more than two seconds behind, the delay measured (once a
+    // second) is past the limit of one.
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = app.get("/v1/ops/projections", &ops).await;
+        let behind = common::projection(&listed.body, "checkout_process")["lag_seconds"]
+            .as_f64()
+            .unwrap_or_default();
+        if behind > 2.5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the purchases never fell behind: {:?}",
+            listed.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = checkout(key.clone()).await;
+    refused.assert_problem(StatusCode::SERVICE_UNAVAILABLE, "purchases_behind");
+    let retry_after: u32 = refused
+        .header("retry-after")
+        .and_then(|seconds| seconds.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
+    // Nothing was written: the cart is still open, nothing is reserved on the mandate.
+    let alice = app.shopper("alice");
+    let open = app.get(&format!("/v1/carts/{cart}"), &agent).await;
+    assert_eq!(open.body["status"], "open", "{:?}", open.body);
+    let held = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
+    assert_eq!(held.body["open_reservations"], json!([]), "{:?}", held.body);
+
+    // The merchant answers again: the first order is placed, the purchases catch up,
+    // and the same request checks out.
+    merchant.set_failure_mode(FailureMode::None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let accepted = loop {
+        let reply = checkout(key.clone()).await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(accepted.status, StatusCode::OK, "{:?}", accepted.body);
+    assert_eq!(accepted.body["sub_carts"][0]["status"], "reserved");
+    let placed = settled_order(&app, &first_order).await;
+    assert_eq!(placed.body["status"], "placed", "{:?}", placed.body);
     app.stop().await;
 }

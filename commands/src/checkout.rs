@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde::Deserialize;
 use shopagent_domain::cart::Cart;
@@ -20,12 +22,13 @@ use shopagent_domain::order::{CheckoutPath, FailureReason, Order, OrderCommand, 
 use shopagent_domain::payment::{Payment, PaymentCommand, PaymentEvent, PaymentStatus};
 use shopagent_domain::{Aggregate, EventMetadata, IdempotencyKey};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::subscriber::{HandlerError, Subscriber, call_out, call_outcome};
 use crate::trace;
-use crate::{CommandBus, CommandError, StoredEvent};
+use crate::{CommandBus, CommandError, Store, StoreError, StoredEvent};
 use shopagent_domain::ports::{
     CallError, CardIssuer, CardRequest, MerchantDirectory, PlaceError, PlaceOrder,
 };
@@ -167,6 +170,67 @@ fn settled<T, E: std::error::Error>(
             Ok(None)
         }
         Err(error) => Err(retry(error)),
+    }
+}
+
+/// How long the purchases wait behind the log: the age of the oldest event the checkout
+/// process has not handled, as last measured by [`PurchaseDelay::watch`] (zero before
+/// the first measure, and while it is caught up). Every process of a deployment
+/// measures it from the process's stored checkpoint, wherever the process runs.
+///
+/// Checkout reads it to refuse autopilot checkouts while the purchases already accepted
+/// wait too long: the orders of a checkout accepted faster than the purchases behind it
+/// complete would wait longer and longer, and the work waiting with them.
+#[derive(Debug, Clone, Default)]
+pub struct PurchaseDelay {
+    millis: Arc<AtomicU64>,
+}
+
+impl PurchaseDelay {
+    /// How often [`PurchaseDelay::watch`] measures.
+    pub const MEASURED_EVERY: Duration = Duration::from_secs(1);
+
+    /// The delay as last measured.
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.millis.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.millis.store(millis, Ordering::Relaxed);
+        metrics::gauge!("shopagent_purchase_delay_seconds").set(delay.as_secs_f64());
+    }
+
+    /// Measures the delay once: two reads of one row each (the checkpoint, and the
+    /// first event after it), however far behind the process is.
+    pub async fn measure(&self, store: &Store) -> Result<Duration, StoreError> {
+        let cursor = crate::subscriber::checkpoint(store.database(), CheckoutProcess::NAME)
+            .await
+            .map_err(StoreError::from)?;
+        let delay = store
+            .next_recorded_at(cursor)
+            .await?
+            .map_or(Duration::ZERO, |oldest| {
+                (OffsetDateTime::now_utc() - oldest)
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+            });
+        self.set(delay);
+        Ok(delay)
+    }
+
+    /// Measures the delay every [`PurchaseDelay::MEASURED_EVERY`] until `stop`. A
+    /// measure that fails keeps the last one (the store's trouble answers for itself).
+    pub async fn watch(self, store: Store, stop: CancellationToken) {
+        loop {
+            if let Err(error) = self.measure(&store).await {
+                tracing::debug!(%error, "the purchases' delay was not measured");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Self::MEASURED_EVERY) => {}
+            }
+        }
     }
 }
 

@@ -579,10 +579,11 @@ pub async fn fetch_quote(
 /// Locks the cart, splits it by merchant, reserves budget on the cart's mandate for
 /// every sub-cart that may proceed and creates its order, all in one transaction. The
 /// mandate decides each reservation on its state as stored, so concurrent checkouts
-/// never overspend it.
+/// never overspend it. An autopilot checkout is refused (503, `purchases_behind`, with
+/// `Retry-After`) while the purchases accepted before it wait too long behind the log.
 #[utoipa::path(operation_id = "carts_checkout", post, path = "/v1/carts/{id}/checkout", tag = "carts",
     params(("id" = String, Path, format = Uuid), ("Idempotency-Key" = String, Header), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, description = "The resource after the request", body = CheckoutView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The resource after the request", body = CheckoutView), (status = 503, description = "Autopilot: the purchases accepted before wait too long (`purchases_behind`); try again after `Retry-After`", body = Problem, content_type = "application/problem+json"), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn checkout(
     State(app): State<App>,
@@ -613,6 +614,14 @@ pub async fn checkout(
         .and_then(|(_, m)| m.terms.as_ref())
         .map_or(Mode::Assist, |t| t.mode);
     let expected_version = if_match(&headers)?;
+    // An autopilot checkout's orders are bought behind it: while the purchases
+    // accepted already wait too long, it is refused before anything is written.
+    if mode == Mode::Autopilot
+        && let Some((delay, limit)) = &app.purchase_limit
+        && delay.get() > *limit
+    {
+        return Err(Problem::purchases_behind(delay.get(), *limit));
+    }
     // The cart's checkout, the budget reserved and the orders created commit together:
     // one transaction, and never a checkout half done.
     let mut attempts = Unit::attempts(&app.store);

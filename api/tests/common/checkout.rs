@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shopagent::auth::Role;
+use shopagent::server::Server;
 use shopagent_connectors::Sandbox;
 use shopagent_connectors::easypost::{EasyPostConfig, EasyPostTracking};
 use shopagent_connectors::sandbox_carrier::SandboxCarrier;
@@ -27,6 +28,15 @@ pub const TRACKING_SECRET: &str = "tracking-webhook-secret";
 pub const STRIPE_SECRET: &str = "whsec_e2e_secret";
 
 pub async fn world(backend: Backend, mode: FailureMode) -> World {
+    world_configured(backend, mode, |server| server).await
+}
+
+/// [`world`], with the server configured further by `configure` before it starts.
+pub async fn world_configured(
+    backend: Backend,
+    mode: FailureMode,
+    configure: impl FnOnce(Server) -> Server,
+) -> World {
     let issuer = SandboxIssuer::new("sk_test_e2e");
     let (issuer_url, _) = issuer.spawn().await.expect("issuer");
     let merchant = SandboxMerchant::new();
@@ -48,7 +58,7 @@ pub async fn world(backend: Backend, mode: FailureMode) -> World {
     })
     .expect("tracking connector");
     let app = spawn_app_with_server(backend, None, |server| {
-        server
+        configure(server)
             .with_stripe_webhook_secret(Some(STRIPE_SECRET.into()))
             .with_card_issuer(Some(Arc::new(connector)))
             .with_tracking(Some(Arc::new(tracking)))

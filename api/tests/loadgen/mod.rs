@@ -305,10 +305,59 @@ impl Caller {
 
     /// POSTs with a fresh key, journals it, and answers the reply when it is a 2xx.
     pub async fn post(&self, path: &str, body: Value, journal: &Mutex<Journal>) -> Option<Value> {
+        let key = uuid::Uuid::new_v4().to_string();
+        self.post_with_key(path, body, key, journal).await.0
+    }
+
+    /// [`Caller::post`], sent again with its key whenever the server answers that the
+    /// purchases behind it are late (503 `purchases_behind`), after the `Retry-After` it
+    /// gave, as a patient agent would; until `stop`.
+    pub async fn post_patiently(
+        &self,
+        path: &str,
+        body: Value,
+        journal: &Mutex<Journal>,
+        stop: &AtomicBool,
+    ) -> Option<Value> {
+        let key = uuid::Uuid::new_v4().to_string();
+        loop {
+            let (acknowledged, answer) = self
+                .post_with_key(path, body.clone(), key.clone(), journal)
+                .await;
+            let refused_for_now = answer.status == 503
+                && answer
+                    .body
+                    .as_ref()
+                    .is_some_and(|body| body["code"] == "purchases_behind");
+            if !refused_for_now {
+                return acknowledged;
+            }
+            let wait = answer
+                .retry_after
+                .as_deref()
+                .and_then(|seconds| seconds.parse().ok())
+                .map_or(Duration::from_secs(1), Duration::from_secs);
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if stop.load(Ordering::Relaxed) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// POSTs with `key`, journals it; answers the reply when it is a 2xx, and the answer.
+    async fn post_with_key(
+        &self,
+        path: &str,
+        body: Value,
+        key: String,
+        journal: &Mutex<Journal>,
+    ) -> (Option<Value>, Answer) {
         if let Some(pacer) = &self.pacer {
             pacer.turn().await;
         }
-        let key = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let answer = self.send(path, &body, &key).await;
         let sent = Sent {
@@ -317,12 +366,12 @@ impl Caller {
             key,
             token: self.token.clone(),
             status: answer.status,
-            reply: answer.body,
+            reply: answer.body.clone(),
             latency: started.elapsed(),
         };
         let acknowledged = sent.acknowledged().then(|| sent.reply.clone()).flatten();
         journal.lock().await.sent.push(sent);
-        acknowledged
+        (acknowledged, answer)
     }
 }
 
@@ -377,9 +426,9 @@ impl Agent {
 
     /// One round of `mix`. It stops at the first command that fails, as an agent would
     /// rather than build on a step that did not happen.
-    pub async fn go_round(&self, mix: Mix, journal: &Mutex<Journal>) {
+    pub async fn go_round(&self, mix: Mix, journal: &Mutex<Journal>, stop: &AtomicBool) {
         let done = match mix {
-            Mix::Journey => self.journey(journal).await,
+            Mix::Journey => self.journey(journal, stop).await,
             Mix::CartLines => self.cart_lines(journal).await,
         };
         if done.is_none() {
@@ -413,8 +462,9 @@ impl Agent {
         Some(cart)
     }
 
-    /// One shopping journey, one agent run: nine commands.
-    async fn journey(&self, journal: &Mutex<Journal>) -> Option<()> {
+    /// One shopping journey, one agent run: nine commands. A checkout refused while the
+    /// purchases behind it are late is sent again when the server says.
+    async fn journey(&self, journal: &Mutex<Journal>, stop: &AtomicBool) -> Option<()> {
         let caller = &self.caller;
         let run = caller
             .post("/v1/runs", json!({"prompt": "gear for a weekend"}), journal)
@@ -435,7 +485,12 @@ impl Agent {
             .post(&format!("/v1/carts/{cart}/quotes"), quote, journal)
             .await?;
         caller
-            .post(&format!("/v1/carts/{cart}/checkout"), json!({}), journal)
+            .post_patiently(
+                &format!("/v1/carts/{cart}/checkout"),
+                json!({}),
+                journal,
+                stop,
+            )
             .await?;
         for kind in ["search", "rank"] {
             let action = json!({"kind": kind, "input_digest": "a".repeat(64), "output_digest": "b".repeat(64), "latency_ms": 120});
@@ -506,7 +561,7 @@ impl Load {
                 let (stop, journal) = (Arc::clone(&stop), Arc::clone(&journal));
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
-                        agent.go_round(mix, &journal).await;
+                        agent.go_round(mix, &journal, &stop).await;
                     }
                 })
             })
