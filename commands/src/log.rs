@@ -72,6 +72,19 @@ impl TailPage {
         let whole = answer.len() >= limit || (reached_head && self.began >= since);
         whole.then(|| answer.iter().take(limit).cloned().collect())
     }
+
+    /// Where the page ends: its last event, or where it starts when it holds none.
+    fn end(&self) -> LogCursor {
+        self.events.last().map_or(self.after, |event| event.cursor)
+    }
+
+    /// Whether this page, just read, is kept in place of `kept`: unless it ends before
+    /// it. A reader far behind the others (a process with a backlog) reads pages the
+    /// readers at the head have passed; kept, each would take the head's page from them
+    /// and send every one of them to the database.
+    fn replaces(&self, kept: &TailPage) -> bool {
+        self.end() >= kept.end()
+    }
 }
 
 /// One event as stored in the global log.
@@ -283,12 +296,17 @@ impl Store {
         let began = Instant::now();
         let events = self.read_log(after, limit).await?;
         metrics::counter!("shopagent_log_pages_total", "from" => "database").increment(1);
-        *tail = Some(TailPage {
+        let page = TailPage {
             after,
             limit,
-            events: events.clone(),
+            events,
             began,
-        });
+        };
+        if tail.as_ref().is_some_and(|kept| !page.replaces(kept)) {
+            return Ok(page.events);
+        }
+        let events = page.events.clone();
+        *tail = Some(page);
         Ok(events)
     }
 
@@ -624,6 +642,29 @@ mod tests {
         let (page, now) = page(64, 13, Duration::from_millis(5));
         assert_eq!(positions(page.answer(cursor(13), 64, now)), None);
         assert_eq!(positions(page.answer(cursor(11), 64, now)), None);
+    }
+
+    #[test]
+    fn a_page_read_behind_the_kept_one_does_not_take_its_place() {
+        let (kept, _) = page(4, 14, Duration::ZERO);
+        let behind = TailPage {
+            after: cursor(2),
+            limit: 4,
+            events: (3..=6).map(event).collect(),
+            began: Instant::now(),
+        };
+        assert!(!behind.replaces(&kept));
+        let (as_far, _) = page(64, 14, Duration::ZERO);
+        assert!(as_far.replaces(&kept), "a later read to the same end");
+        let (further, _) = page(64, 15, Duration::ZERO);
+        assert!(further.replaces(&kept));
+        let nothing_new = TailPage {
+            after: cursor(14),
+            limit: 64,
+            events: Vec::new(),
+            began: Instant::now(),
+        };
+        assert!(nothing_new.replaces(&kept), "read at the head, later");
     }
 
     #[test]
