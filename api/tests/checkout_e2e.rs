@@ -709,13 +709,14 @@ async fn a_failure_at_one_merchant_leaves_the_other_order_intact(backend: Backen
 /// checkout is refused (503 `purchases_behind`, with `Retry-After`) and writes nothing;
 /// once they are carried out, the same request (same key) checks out.
 async fn autopilot_checkouts_wait_while_the_purchases_behind_them_are_late(backend: Backend) {
-    let World { app, merchant, .. } =
-        world_configured(backend, FailureMode::ServerError, |server| {
-            server.with_max_purchase_delay(Some(Duration::from_secs(1)))
-        })
-        .await;
-    // Accepted: nothing waits yet. Its placement meets a merchant that answers 503, and
-    // is tried again and again: the purchases fall behind.
+    // The merchant takes six seconds over each call, and a placement is two of them
+    // (each under the connector's timeout of ten): the purchases fall behind.
+    let slow = FailureMode::Slow(Duration::from_secs(6));
+    let World { app, merchant, .. } = world_configured(backend, slow, |server| {
+        server.with_max_purchase_delay(Some(Duration::from_secs(1)))
+    })
+    .await;
+    // Accepted: nothing waits yet. Its placement then waits on the merchant.
     let (_, first_order) = check_out(&app).await;
     let (mandate, agent, cart) = cart_ready_to_check_out(&app).await;
     let key = uuid::Uuid::new_v4().to_string();
@@ -764,8 +765,8 @@ async fn autopilot_checkouts_wait_while_the_purchases_behind_them_are_late(backe
     let held = app.get(&format!("/v1/mandates/{mandate}"), &alice).await;
     assert_eq!(held.body["open_reservations"], json!([]), "{:?}", held.body);
 
-    // The merchant answers again: the first order is placed, the purchases catch up,
-    // and the same request checks out.
+    // The merchant answers at once again: the first order is placed, the purchases
+    // catch up, and the same request checks out.
     merchant.set_failure_mode(FailureMode::None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let accepted = loop {
