@@ -329,11 +329,13 @@ impl Server {
             max_purchase_delay,
         } = self;
         let runners_stop = CancellationToken::new();
+        let mut purchase_watch = None;
         if card_issuer.is_some()
             && let Some(limit) = max_purchase_delay
         {
             let delay = PurchaseDelay::default();
-            tokio::spawn(delay.clone().watch(app.store.clone(), runners_stop.clone()));
+            let watch = delay.clone().watch(app.store.clone(), runners_stop.clone());
+            purchase_watch = Some(tokio::spawn(watch));
             app.purchase_limit = Some((delay, limit));
         }
         let app = App::from(app);
@@ -407,7 +409,10 @@ impl Server {
         // The answers of the last requests are written behind their responses.
         records.flush().await;
         let _ = indexer.await;
-        for process in [checkout, tracking, publisher].into_iter().flatten() {
+        for process in [checkout, tracking, publisher, purchase_watch]
+            .into_iter()
+            .flatten()
+        {
             let _ = process.await;
         }
         for runner in runners {

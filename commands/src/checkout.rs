@@ -207,14 +207,7 @@ impl PurchaseDelay {
         let cursor = crate::subscriber::checkpoint(store.database(), CheckoutProcess::NAME)
             .await
             .map_err(StoreError::from)?;
-        let delay = store
-            .next_recorded_at(cursor)
-            .await?
-            .map_or(Duration::ZERO, |oldest| {
-                (OffsetDateTime::now_utc() - oldest)
-                    .try_into()
-                    .unwrap_or(Duration::ZERO)
-            });
+        let delay = store.waiting_for(cursor).await?;
         self.set(delay);
         Ok(delay)
     }

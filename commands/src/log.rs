@@ -362,9 +362,20 @@ impl Store {
         Ok(head)
     }
 
-    /// When the next event after `after` (in commit order) was recorded: how long the
-    /// oldest event a reader has not handled has been waiting. `None` when none waits.
-    pub async fn next_recorded_at(
+    /// How long the next event after `after` (in commit order) has waited since it was
+    /// recorded: a reader's lag in time, at that reader's checkpoint. Zero when none
+    /// waits.
+    pub async fn waiting_for(&self, after: LogCursor) -> Result<Duration, StoreError> {
+        let oldest = self.next_recorded_at(after).await?;
+        Ok(oldest.map_or(Duration::ZERO, |oldest| {
+            (OffsetDateTime::now_utc() - oldest)
+                .try_into()
+                .unwrap_or(Duration::ZERO)
+        }))
+    }
+
+    /// When the next event after `after` (in commit order) was recorded.
+    async fn next_recorded_at(
         &self,
         after: LogCursor,
     ) -> Result<Option<OffsetDateTime>, StoreError> {

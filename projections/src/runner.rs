@@ -598,9 +598,7 @@ pub async fn status(store: &Store, name: &str) -> Result<ProjectionStatus, Proje
         checkpoint_position: row.position,
         head_position: store.head_position().await?,
         lag_events: store.count_after(cursor).await?,
-        lag_seconds: store.next_recorded_at(cursor).await?.map_or(0.0, |at| {
-            (OffsetDateTime::now_utc() - at).as_seconds_f64().max(0.0)
-        }),
+        lag_seconds: store.waiting_for(cursor).await?.as_secs_f64(),
         events_applied: row.events_applied,
         events_per_second: if recent(&row.updated_at) {
             row.events_per_second

@@ -618,9 +618,10 @@ pub async fn checkout(
     // accepted already wait too long, it is refused before anything is written.
     if mode == Mode::Autopilot
         && let Some((delay, limit)) = &app.purchase_limit
-        && delay.get() > *limit
+        && let delay = delay.get()
+        && delay > *limit
     {
-        return Err(Problem::purchases_behind(delay.get(), *limit));
+        return Err(Problem::purchases_behind(delay, *limit));
     }
     // The cart's checkout, the budget reserved and the orders created commit together:
     // one transaction, and never a checkout half done.
