@@ -9,6 +9,7 @@
 //!   bounded conflict retries and idempotency keys; a [`Unit`] commits commands on
 //!   several aggregates in one transaction.
 
+pub(crate) mod append_group;
 pub mod bridge;
 pub mod bus;
 pub mod checkout;

@@ -115,7 +115,7 @@ pub(crate) struct ClaimInUse {
 }
 
 impl ClaimInUse {
-    pub(crate) fn claim(&self) -> &RequestClaim {
+    pub(crate) fn claim(&self) -> &Arc<RequestClaim> {
         &self.claim
     }
 

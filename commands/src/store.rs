@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::append_group::{AppendGroup, PgAppendRows, PgEventRow, PgOutcomeRow, pg_append};
 use crate::database::{Backend, Database, KeptConnections};
 use crate::log::format_timestamp;
 use crate::request_claim::{ClaimInUse, RequestClaim};
@@ -165,6 +166,8 @@ pub struct Store {
     pub(crate) tail: Arc<Mutex<Option<crate::log::TailPage>>>,
     /// PostgreSQL connections kept from one statement on a command's path to the next.
     kept: Arc<KeptConnections>,
+    /// The PostgreSQL appends waiting to share a statement: see [`crate::append_group`].
+    group: Arc<AppendGroup>,
 }
 
 /// One validated append: a run of consecutive events of one aggregate.
@@ -220,14 +223,6 @@ impl<'a> AppendBatch<'a> {
         })
     }
 
-    /// Each event with its batch and its id.
-    fn events(&self) -> impl Iterator<Item = (&Self, Uuid, &'a SerializedEvent)> {
-        self.event_ids
-            .iter()
-            .zip(self.events)
-            .map(move |(id, event)| (self, *id, event))
-    }
-
     fn first_sequence(&self) -> i64 {
         self.events[0].sequence as i64
     }
@@ -248,43 +243,6 @@ impl<'a> AppendBatch<'a> {
     }
 }
 
-/// Every event of an append, of one stream or several, the idempotency record of each
-/// command that made them, and the claim of the request that made them when it is its
-/// first (zero or one row): one statement, so one round trip and one commit. The claim
-/// is a plain insert: a key held already fails the statement, and nothing is stored.
-const PG_APPEND: &str = "
-WITH appended AS (
-    INSERT INTO events (event_id, aggregate_type, aggregate_id, sequence, event_type,
-                        event_version, payload, metadata, recorded_at)
-    SELECT e.event_id, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type,
-           e.event_version, e.payload, e.metadata, $1
-      FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],
-                  $8::jsonb[], $9::jsonb[]) WITH ORDINALITY
-           AS e(event_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                payload, metadata, n)
-     ORDER BY e.n
-    RETURNING position
-), outcome AS (
-    INSERT INTO command_outcomes (tenant, idempotency_key, request_digest, aggregate_type,
-                                  aggregate_id, first_sequence, last_sequence, recorded_at)
-    SELECT o.tenant, o.idempotency_key, o.request_digest, o.aggregate_type, o.aggregate_id,
-           o.first_sequence, o.last_sequence, $1
-      FROM UNNEST($10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                  $15::bigint[], $16::bigint[])
-           AS o(tenant, idempotency_key, request_digest, aggregate_type, aggregate_id,
-                first_sequence, last_sequence)
-), claim AS (
-    INSERT INTO http_idempotency (tenant, idempotency_key, request_hash, state,
-                                  lease_until_ms, created_at_ms, request, request_body)
-    SELECT c.tenant, c.idempotency_key, c.request_hash, 'in_flight', c.lease_until_ms,
-           c.created_at_ms, c.request, c.request_body
-      FROM UNNEST($17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[],
-                  $22::text[], $23::bytea[])
-           AS c(tenant, idempotency_key, request_hash, lease_until_ms, created_at_ms,
-                request, request_body)
-)
-SELECT position FROM appended ORDER BY position";
-
 const EVENT_COLUMNS: &str =
     "aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata";
 
@@ -298,6 +256,7 @@ impl Store {
             sqlite_writer: Arc::new(Mutex::new(())),
             tail: Arc::default(),
             kept: Arc::default(),
+            group: Arc::default(),
         }
     }
 
@@ -401,7 +360,7 @@ impl Store {
         &self,
         batches: &[AppendBatch<'_>],
         parts: &[StreamAppend<'_>],
-        claim: Option<&RequestClaim>,
+        claim: Option<&Arc<RequestClaim>>,
     ) -> Result<Vec<i64>, AppendError> {
         let snapshots = || {
             batches
@@ -411,28 +370,17 @@ impl Store {
         };
         match &self.db {
             Database::Postgres(pool) => {
+                let rows = PgAppendRows::new(batches, claim);
                 if snapshots().next().is_some() {
                     let mut tx = pool.begin().await.map_err(StoreError::from)?;
-                    let positions = pg_append(&mut *tx, batches, claim).await?;
+                    let positions = pg_append(&mut *tx, &[&rows]).await?;
                     for (batch, snapshot) in snapshots() {
                         pg_store_snapshot(&mut tx, batch, snapshot).await?;
                     }
                     tx.commit().await.map_err(StoreError::from)?;
                     Ok(positions)
                 } else {
-                    // One statement is one implicit transaction: a single round trip.
-                    let mut connection = self.kept.lend(pool).await.map_err(StoreError::from)?;
-                    let appended = pg_append(&mut *connection, batches, claim).await;
-                    if let Ok(_)
-                    | Err(
-                        AppendError::Conflict
-                        | AppendError::DuplicateCommand
-                        | AppendError::RequestKeyTaken,
-                    ) = appended
-                    {
-                        connection.keep();
-                    }
-                    appended
+                    self.group.append(pool, &self.kept, rows).await
                 }
             }
             Database::Sqlite(pool) => {
@@ -733,98 +681,50 @@ impl RecordedOutcome {
     }
 }
 
-async fn pg_append<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    batches: &[AppendBatch<'_>],
-    claim: Option<&RequestClaim>,
-) -> Result<Vec<i64>, AppendError> {
-    let claims = || claim.into_iter();
-    let events = || batches.iter().flat_map(|batch| batch.events());
-    let recorded = || {
-        batches
+impl PgAppendRows {
+    /// The rows of `batches`, and `claim`, as one PostgreSQL append writes them.
+    fn new(batches: &[AppendBatch<'_>], claim: Option<&Arc<RequestClaim>>) -> Self {
+        let events = batches
             .iter()
-            .filter_map(|batch| Some((batch, batch.idempotency_key()?)))
-    };
-    let result = sqlx::query_scalar(PG_APPEND)
-        .bind(batches[0].recorded_at)
-        .bind(events().map(|(_, id, _)| id).collect::<Vec<_>>())
-        .bind(
-            events()
-                .map(|(batch, ..)| batch.aggregate_type)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events()
-                .map(|(batch, ..)| batch.aggregate_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events()
-                .map(|(.., e)| e.sequence as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events()
-                .map(|(.., e)| e.event_type.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            events()
-                .map(|(.., e)| e.event_version.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(events().map(|(.., e)| &e.payload).collect::<Vec<_>>())
-        .bind(events().map(|(.., e)| &e.metadata).collect::<Vec<_>>())
-        .bind(
-            recorded()
-                .map(|(b, _)| b.metadata.tenant.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(recorded().map(|(_, key)| key).collect::<Vec<_>>())
-        .bind(
-            recorded()
-                .map(|(b, _)| b.request_digest())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            recorded()
-                .map(|(b, _)| b.aggregate_type)
-                .collect::<Vec<_>>(),
-        )
-        .bind(recorded().map(|(b, _)| b.aggregate_id).collect::<Vec<_>>())
-        .bind(
-            recorded()
-                .map(|(b, _)| b.first_sequence())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            recorded()
-                .map(|(b, _)| b.last_sequence())
-                .collect::<Vec<_>>(),
-        )
-        .bind(claims().map(|c| c.tenant.as_str()).collect::<Vec<_>>())
-        .bind(claims().map(|c| c.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            claims()
-                .map(|c| c.request_hash.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(claims().map(|c| c.lease_until_ms).collect::<Vec<_>>())
-        .bind(claims().map(|c| c.created_at_ms).collect::<Vec<_>>())
-        .bind(claims().map(|c| c.request.as_str()).collect::<Vec<_>>())
-        .bind(
-            claims()
-                .map(|c| c.request_body.as_ref())
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(executor)
-        .await;
-    result.map_err(|error| match constraint_of(&error) {
-        Some("events_pkey") => AppendError::Conflict,
-        Some("command_outcomes_pkey") => AppendError::DuplicateCommand,
-        Some("http_idempotency_pkey") => AppendError::RequestKeyTaken,
-        _ => AppendError::Store(error.into()),
-    })
+            .flat_map(|batch| {
+                batch
+                    .events
+                    .iter()
+                    .zip(&batch.event_ids)
+                    .map(move |(event, event_id)| PgEventRow {
+                        event_id: *event_id,
+                        aggregate_type: batch.aggregate_type.to_owned(),
+                        aggregate_id: batch.aggregate_id.to_owned(),
+                        sequence: event.sequence as i64,
+                        event_type: event.event_type.clone(),
+                        event_version: event.event_version.clone(),
+                        payload: event.payload.to_string(),
+                        metadata: event.metadata.to_string(),
+                        recorded_at: batch.recorded_at,
+                    })
+            })
+            .collect();
+        let outcomes = batches
+            .iter()
+            .filter_map(|batch| {
+                Some(PgOutcomeRow {
+                    tenant: batch.metadata.tenant.clone(),
+                    idempotency_key: batch.idempotency_key()?.to_owned(),
+                    request_digest: batch.request_digest().to_owned(),
+                    aggregate_type: batch.aggregate_type.to_owned(),
+                    aggregate_id: batch.aggregate_id.to_owned(),
+                    first_sequence: batch.first_sequence(),
+                    last_sequence: batch.last_sequence(),
+                    recorded_at: batch.recorded_at,
+                })
+            })
+            .collect();
+        Self {
+            events,
+            outcomes,
+            claim: claim.cloned(),
+        }
+    }
 }
 
 /// The first snapshot is inserted; each later one replaces its predecessor only if that
@@ -971,13 +871,6 @@ async fn sqlite_store_snapshot(
         Ok(())
     } else {
         Err(AppendError::Conflict)
-    }
-}
-
-fn constraint_of(error: &sqlx::Error) -> Option<&str> {
-    match error {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => db.constraint(),
-        _ => None,
     }
 }
 
