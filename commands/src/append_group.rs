@@ -271,10 +271,7 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
     let mut connection = match kept.lend(pool).await {
         Ok(connection) => connection,
         Err(error) => {
-            let error = StoreError::from(error);
-            for waiting in taken {
-                let _ = waiting.answer.send(Err(unavailable_again(&error)));
-            }
+            fail_all(taken, &StoreError::from(error));
             return;
         }
     };
@@ -300,11 +297,7 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
                 let _ = waiting.answer.send(Err(error));
             }
         }
-        Err(AppendError::Store(error @ StoreError::Unavailable(_))) => {
-            for waiting in taken {
-                let _ = waiting.answer.send(Err(unavailable_again(&error)));
-            }
-        }
+        Err(AppendError::Store(error @ StoreError::Unavailable(_))) => fail_all(taken, &error),
         Err(_) => {
             // One of them failed the statement, and none of them is stored: each alone
             // gets its own answer, and the others are stored.
@@ -312,17 +305,12 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
             let mut taken = taken.into_iter();
             while let Some(waiting) = taken.next() {
                 let written = pg_append(&mut *connection, &[&waiting.rows]).await;
-                let lost = matches!(written, Err(AppendError::Store(StoreError::Unavailable(_))));
                 fit_to_keep &= written.as_ref().err().is_none_or(ran_to_its_end);
-                let _ = waiting.answer.send(written);
-                if lost {
-                    let error = StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(
-                        "the connection was lost before this append was sent",
-                    )));
-                    for waiting in taken.by_ref() {
-                        let _ = waiting.answer.send(Err(unavailable_again(&error)));
-                    }
+                if let Err(AppendError::Store(lost @ StoreError::Unavailable(_))) = &written {
+                    // The connection is gone: the rest cannot be sent on it.
+                    fail_all(taken.by_ref(), lost);
                 }
+                let _ = waiting.answer.send(written);
             }
             if fit_to_keep {
                 connection.keep();
@@ -338,6 +326,13 @@ fn ran_to_its_end(error: &AppendError) -> bool {
         error,
         AppendError::Conflict | AppendError::DuplicateCommand | AppendError::RequestKeyTaken
     )
+}
+
+/// Answers each of `appends` with `error`, which failed them all.
+fn fail_all(appends: impl IntoIterator<Item = Waiting>, error: &StoreError) {
+    for waiting in appends {
+        let _ = waiting.answer.send(Err(unavailable_again(error)));
+    }
 }
 
 /// `error`, for one more of the appends it failed.
