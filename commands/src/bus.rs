@@ -292,6 +292,27 @@ impl<A: Aggregate> CommandBus<A> {
         self.load_stored(aggregate_id).await
     }
 
+    /// The state of `aggregate_id`, for facts of it that `settled` says can no longer
+    /// change: who owns it and what it was made under, once it exists; a cart's
+    /// address once checkout locked it; a payment's terms once the card was requested.
+    /// A kept state that `settled` accepts is answered without reading anything — a
+    /// later event of the stream cannot have changed what the caller reads of it;
+    /// otherwise as [`load`](Self::load). The version answered may be behind the
+    /// stream's: a command decided on this state still meets the stream's version when
+    /// it appends.
+    pub async fn load_settled(
+        &self,
+        aggregate_id: &str,
+        settled: impl FnOnce(&A) -> bool,
+    ) -> Result<(A, i64), CommandError<A::Error>> {
+        if let Some(kept) = self.recent.copy(aggregate_id)
+            && settled(&kept.state)
+        {
+            return Ok((kept.state, kept.version));
+        }
+        self.load(aggregate_id).await
+    }
+
     /// The stream as stored, kept for the next command or load.
     async fn load_stored(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
         let loaded = self.load_state(aggregate_id).await?;

@@ -44,6 +44,7 @@ shopagent_commands::on_both_backends!(
     an_expected_version_is_checked_against_the_stream_not_the_state_kept,
     a_load_answers_what_the_stream_holds_after_another_process_appended,
     a_load_since_an_event_answers_that_event_s_state_or_a_later_one,
+    a_settled_load_answers_a_kept_state_it_accepts_and_reads_the_stream_otherwise,
     a_bus_keeping_no_states_decides_on_the_stream_every_time,
     an_aggregate_expected_new_that_exists_is_decided_on_the_stream,
     a_request_s_first_append_holds_its_key_and_a_key_held_already_stores_nothing,
@@ -774,6 +775,39 @@ async fn a_load_since_an_event_answers_that_event_s_state_or_a_later_one(store: 
     let total_at = |version| if version == 2 { 1 } else { 11 };
     assert!(version >= 2, "{version}");
     assert_eq!(tally.total, total_at(version));
+}
+
+async fn a_settled_load_answers_a_kept_state_it_accepts_and_reads_the_stream_otherwise(
+    store: &Store,
+) {
+    let (first, second) = two_processes(store);
+    let id = open_tally(store).await;
+    first
+        .execute(&id, TallyCommand::Add(1), metadata())
+        .await
+        .expect("add: the first process keeps version 2, open");
+    second
+        .execute(&id, TallyCommand::Add(10), metadata())
+        .await
+        .expect("add in the other process: version 3");
+    // Whether the tally is open cannot change once it is: the kept state answers.
+    let (tally, version) = first
+        .load_settled(&id, |tally| tally.opened)
+        .await
+        .expect("settled load");
+    assert_eq!((tally.opened, tally.total, version), (true, 1, 2));
+    // A fact the kept state does not settle is read from the stream.
+    let (tally, version) = first
+        .load_settled(&id, |tally| tally.total >= 5)
+        .await
+        .expect("load");
+    assert_eq!((tally.total, version), (11, 3));
+    // Nothing kept: the stream is read.
+    let (tally, version) = bus(store)
+        .load_settled(&id, |_| true)
+        .await
+        .expect("load in a third process");
+    assert_eq!((tally.total, version), (11, 3));
 }
 
 async fn a_bus_keeping_no_states_decides_on_the_stream_every_time(store: &Store) {
