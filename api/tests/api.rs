@@ -42,6 +42,66 @@ on_both_backends!(
     the_orders_hub_lists_each_caller_s_orders_newest_first,
 );
 
+/// Two servers on one PostgreSQL database: the cart is changed on one and checked out
+/// on the other, which kept an older state of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_holds_the_lines_checkout_locked_whichever_server_changed_them_last() {
+    let first = spawn_app(Backend::Postgres).await;
+    register_merchants(&first, &["acme"]).await;
+    let alice = first.shopper("alice");
+    let mandate = create_mandate(&first, &alice, mandate_terms()).await;
+    let cart = ready_cart(
+        &first,
+        &alice,
+        Some(&mandate),
+        &[("acme", 1_000, "outdoor")],
+    )
+    .await;
+
+    let second = first.another_instance().await;
+    let pole = json!({"offer_id": "sku:pole", "merchant": "acme", "title": "Pole", "category": "outdoor", "unit_price": usd(200), "quantity": 1});
+    let added = second
+        .post(&format!("/v1/carts/{cart}/lines"), &alice, pole)
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{:?}", added.body);
+    let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let quote = json!({"merchant": "acme", "items_total": usd(1_200), "shipping": usd(100), "tax": usd(100), "expires_at": expires});
+    let quoted = second
+        .post(&format!("/v1/carts/{cart}/quotes"), &alice, quote)
+        .await;
+    assert_eq!(quoted.status, StatusCode::OK, "{:?}", quoted.body);
+    second.stop().await;
+
+    // The first server still keeps the cart with one line.
+    let reply = first
+        .post(&format!("/v1/carts/{cart}/checkout"), &alice, json!({}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(
+        outcome(&reply, "acme")["status"],
+        "reserved",
+        "{:?}",
+        reply.body
+    );
+    let order_id = outcome(&reply, "acme")["order_id"]
+        .as_str()
+        .expect("order")
+        .to_owned();
+    let order = first.get(&format!("/v1/orders/{order_id}"), &alice).await;
+    assert_eq!(order.body["total"], usd(1_400), "{:?}", order.body);
+    let mut titles: Vec<&str> = order.body["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|line| line["title"].as_str())
+        .collect();
+    titles.sort_unstable();
+    assert_eq!(titles, ["Item", "Pole"], "{:?}", order.body);
+    first.stop().await;
+}
+
 fn usd(minor: i64) -> Value {
     json!({"minor": minor, "currency": "USD"})
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
-use shopagent_domain::cart::Cart;
+use shopagent_domain::cart::{Cart, CartStatus};
 use shopagent_domain::ids::{OrderId, PaymentId};
 use shopagent_domain::mandate::{Mandate, MandateCommand, ReleaseReason};
 use shopagent_domain::merchant::{Health, Merchant, MerchantCommand};
@@ -426,9 +426,12 @@ impl CheckoutProcess {
                 .await
                 .map(drop);
         };
+        // The address a cart ships to is fixed once checkout locked it.
         let (cart, _) = self
             .carts
-            .load(&stream(tenant, draft.cart_id))
+            .load_settled(&stream(tenant, draft.cart_id), |cart| {
+                cart.status == CartStatus::CheckingOut
+            })
             .await
             .map_err(retry)?;
         let request = PlaceOrder {

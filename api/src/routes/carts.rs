@@ -20,7 +20,7 @@ use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::mandates::{MoneyBody, load_visible as load_mandate};
+use super::mandates::{MoneyBody, load_terms as load_mandate_terms};
 use super::merchants::merchant_stream;
 use super::{
     Body, IdPairPath, IdPath, Owner, authorize_write, created, if_match, invalid, metadata, new_id,
@@ -280,7 +280,7 @@ pub async fn create(
                     "an agent acts only under its own mandate",
                 ));
             }
-            let (mandate, _) = load_mandate(&app, &principal, mandate_id).await?;
+            let mandate = load_mandate_terms(&app, &principal, mandate_id).await?;
             (mandate.shopper, Some(mandate_id))
         }
         Role::Shopper | Role::Admin => {
@@ -296,7 +296,7 @@ pub async fn create(
             };
             let mandate_id = match body.mandate_id {
                 Some(m) => {
-                    let (mandate, _) = load_mandate(&app, &principal, MandateId(m)).await?;
+                    let mandate = load_mandate_terms(&app, &principal, MandateId(m)).await?;
                     if mandate.shopper != shopper {
                         return Err(
                             Problem::not_found().with_detail("no such mandate for this shopper")
@@ -594,12 +594,15 @@ pub async fn checkout(
 ) -> Result<Response, Problem> {
     let cart_id = CartId(id);
     let stream = stream_id(&principal.tenant, cart_id);
-    let (cart, _) = load_visible(&app, &principal, cart_id).await?;
+    // Whose cart it is and its mandate's terms never change: what this process keeps
+    // of them will do. Checkout itself is decided below on the cart's state, checked
+    // against its stream when it appends, and the orders take their lines from that.
+    let cart = super::load_visible_as_made(&app.carts, &principal, cart_id).await?;
     authorize_write(&principal, cart.owner().ok_or_else(Problem::not_found)?)?;
     let mandate = match cart.mandate_id {
         Some(mandate_id) => Some((
             mandate_id,
-            load_mandate(&app, &principal, mandate_id).await?.0,
+            load_mandate_terms(&app, &principal, mandate_id).await?,
         )),
         None => None,
     };
@@ -750,13 +753,13 @@ pub async fn checkout(
                     let lines = sub_cart
                         .lines
                         .iter()
-                        .filter_map(|line_id| cart.lines.get(line_id))
+                        .filter_map(|line_id| checked_out.lines.get(line_id))
                         .map(OrderLine::from)
                         .collect();
                     let draft = OrderDraft {
                         cart_id,
-                        shopper: cart.shopper.clone(),
-                        mandate_id: cart.mandate_id,
+                        shopper: checked_out.shopper.clone(),
+                        mandate_id: checked_out.mandate_id,
                         reservation_id: outcome
                             .reservation_id
                             .as_deref()
@@ -785,7 +788,7 @@ pub async fn checkout(
                     .await?;
                     outcome.order_id = Some(order_id.to_string());
                     if path == CheckoutPath::Deeplink {
-                        outcome.deeplink = deeplink(&registered, sub_cart, &cart, order_id);
+                        outcome.deeplink = deeplink(&registered, sub_cart, &checked_out, order_id);
                     }
                 }
                 outcomes.push(outcome);

@@ -307,6 +307,17 @@ pub async fn load_visible(
     super::load_visible(&app.mandates, principal, id).await
 }
 
+/// Loads a mandate the caller may see, for its shopper and terms, which never change
+/// once it is made (its revocation and reservations do: they are the mandate's own
+/// commands' to decide).
+pub async fn load_terms(
+    app: &App,
+    principal: &Principal,
+    id: MandateId,
+) -> Result<Mandate, Problem> {
+    super::load_visible_as_made(&app.mandates, principal, id).await
+}
+
 #[utoipa::path(operation_id = "mandates_create", post, path = "/v1/mandates", tag = "mandates", request_body = CreateMandate,
     params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry")),
     responses((status = 201, description = "Created", body = MandateView), (status = "4XX", description = "The request was refused: see `code`", body = Problem, content_type = "application/problem+json")),

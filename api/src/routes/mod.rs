@@ -353,6 +353,28 @@ where
     Ok((aggregate, version))
 }
 
+/// Loads an aggregate the caller may see (404 otherwise), for what it was made with and
+/// never changes after: its owner and what it acts under (a cart's or a run's mandate,
+/// a mandate's shopper and terms). A state this process keeps answers without a read
+/// ([`CommandBus::load_settled`]); what changes later must come from [`load_visible`].
+pub async fn load_visible_as_made<A>(
+    bus: &CommandBus<A>,
+    principal: &Principal,
+    id: impl std::fmt::Display,
+) -> Result<A, Problem>
+where
+    A: Owned,
+    A::Error: Rejection,
+{
+    let (aggregate, _) = bus
+        .load_settled(&stream_id(&principal.tenant, id), |kept| {
+            kept.owner().is_some()
+        })
+        .await?;
+    authorize_read(principal, aggregate.owner().ok_or_else(Problem::not_found)?)?;
+    Ok(aggregate)
+}
+
 /// The shape of every change: the caller may change the aggregate, the command runs at
 /// the `If-Match` version (if any), and the new state comes back with its version.
 pub async fn change<A>(

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::mandates::{ModeBody, MoneyBody, load_visible as load_mandate};
+use super::mandates::{ModeBody, MoneyBody, load_terms as load_mandate_terms};
 use super::{
     Body, IdPairPath, IdPath, Owner, created, invalid, metadata, new_id, stream_id, versioned,
 };
@@ -219,14 +219,14 @@ pub async fn start(
                     "an agent acts only under its own mandate",
                 ));
             }
-            let (mandate, _) = load_mandate(&app, &principal, mandate_id).await?;
+            let mandate = load_mandate_terms(&app, &principal, mandate_id).await?;
             let mode = mandate.terms.as_ref().map_or(Mode::Assist, |t| t.mode);
             (mandate.shopper, Some(mandate_id), mode)
         }
         Role::Shopper => {
             let mandate_id = match body.mandate_id {
                 Some(m) => {
-                    load_mandate(&app, &principal, MandateId(m)).await?;
+                    load_mandate_terms(&app, &principal, MandateId(m)).await?;
                     Some(MandateId(m))
                 }
                 None => None,

@@ -293,8 +293,13 @@ async fn decide_authorization(
         .split_once('/')
         .map(|(t, _)| t.to_owned())
         .unwrap_or_default();
-    let (payment, _) = app.payments.load(payment_stream).await?;
-    let Some(terms) = payment.terms.clone() else {
+    // A payment's terms never change once its card was requested; the authorization
+    // itself is decided below on the payment's state, checked against its stream.
+    let (payment, _) = app
+        .payments
+        .load_settled(payment_stream, |payment| payment.terms.is_some())
+        .await?;
+    let Some(terms) = payment.terms else {
         return Ok(decision(false));
     };
     let (amount, currency) = authorization.pending_request.as_ref().map_or(
@@ -338,19 +343,18 @@ async fn decide_authorization(
         mandate_revoked,
         at: OffsetDateTime::now_utc(),
     };
-    match app
+    let decided = app
         .payments
-        .execute(payment_stream, command, metadata)
-        .await
-    {
+        .execute_and_load(payment_stream, command, metadata, None)
+        .await;
+    let payment = match decided {
+        Ok((payment, _)) => payment,
         // A second event for an authorization already decided gets the same answer.
-        Ok(_)
-        | Err(shopagent_commands::CommandError::Rejected(
+        Err(shopagent_commands::CommandError::Rejected(
             shopagent_domain::payment::PaymentError::DuplicateAuthorization(_),
-        )) => {}
+        )) => app.payments.load(payment_stream).await?.0,
         Err(other) => return Err(other.into()),
-    }
-    let (payment, _) = app.payments.load(payment_stream).await?;
+    };
     let approved = payment
         .authorizations
         .get(&authorization_id)

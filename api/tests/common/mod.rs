@@ -222,6 +222,33 @@ impl TestApp {
         .await
     }
 
+    /// A second server on this one's database, as another instance of a deployment
+    /// would be; stopping it leaves the database to this one.
+    pub async fn another_instance(&self) -> TestApp {
+        let server = Server::build(
+            &self.config,
+            self.auth.clone(),
+            "127.0.0.1:0".parse().expect("address"),
+        )
+        .await
+        .expect("build the second server");
+        let address = server.local_addr().expect("bound address");
+        let store = server.app().store.clone();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            auth: self.auth.clone(),
+            store,
+            shutdown,
+            server: handle,
+            config: self.config.clone(),
+            _dir: None,
+            pg_database: None,
+        }
+    }
+
     pub async fn stop(mut self) {
         self.stop_server().await;
         self.drop_database().await;
