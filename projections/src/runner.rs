@@ -475,41 +475,38 @@ impl ProjectionRunner {
 }
 
 /// Locks the projection's checkpoint row for the batch; returns the checkpoint and
-/// whether ops paused the projection.
+/// whether ops paused the projection. The first batch ever makes the row; every later
+/// one only locks it, in one statement.
 pub(crate) async fn lock_checkpoint(
     tx: &mut ReadModelTx<'_>,
     name: &str,
 ) -> Result<(LogCursor, bool), ProjectionError> {
     const INSERT: &str = "INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, $2)
          ON CONFLICT (name) DO NOTHING";
-    const SELECT: &str =
-        "SELECT txid, position, paused FROM projection_checkpoints WHERE name = $1";
-    let now = format_timestamp(OffsetDateTime::now_utc());
-    let (txid, position, paused): (i64, i64, i32) = match tx {
-        ReadModelTx::Postgres(tx) => {
-            sqlx::query(INSERT)
-                .bind(name)
-                .bind(&now)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query_as(&format!("{SELECT} FOR UPDATE"))
-                .bind(name)
-                .fetch_one(&mut **tx)
-                .await?
+    let select = match tx {
+        ReadModelTx::Postgres(_) => {
+            "SELECT txid, position, paused FROM projection_checkpoints WHERE name = $1 FOR UPDATE"
         }
         // The IMMEDIATE transaction already excludes every other writer.
-        ReadModelTx::Sqlite(tx) => {
-            sqlx::query(INSERT)
-                .bind(name)
-                .bind(&now)
-                .execute(&mut **tx)
-                .await?;
-            sqlx::query_as(SELECT)
-                .bind(name)
-                .fetch_one(&mut **tx)
-                .await?
+        ReadModelTx::Sqlite(_) => {
+            "SELECT txid, position, paused FROM projection_checkpoints WHERE name = $1"
         }
     };
+    let (txid, position, paused): (i64, i64, i32);
+    on_read_model!(tx, conn => {
+        let found = sqlx::query_as(select).bind(name).fetch_optional(&mut *conn).await?;
+        (txid, position, paused) = match found {
+            Some(row) => row,
+            None => {
+                sqlx::query(INSERT)
+                    .bind(name)
+                    .bind(format_timestamp(OffsetDateTime::now_utc()))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query_as(select).bind(name).fetch_one(&mut *conn).await?
+            }
+        };
+    });
     Ok((LogCursor { txid, position }, paused != 0))
 }
 
