@@ -87,6 +87,17 @@ pub async fn spawn_app_with_server(
         }
     };
     let auth = Authenticator::new(Some(SECRET), jwks_url);
+    start_server(config, auth, configure, dir, pg_database).await
+}
+
+/// Builds a server on the store `config` names, configured by `configure`, and runs it.
+async fn start_server(
+    config: StoreConfig,
+    auth: Authenticator,
+    configure: impl FnOnce(Server) -> Server,
+    dir: Option<TempDir>,
+    pg_database: Option<String>,
+) -> TestApp {
     let server = Server::build(
         &config,
         auth.clone(),
@@ -225,28 +236,14 @@ impl TestApp {
     /// A second server on this one's database, as another instance of a deployment
     /// would be; stopping it leaves the database to this one.
     pub async fn another_instance(&self) -> TestApp {
-        let server = Server::build(
-            &self.config,
+        start_server(
+            self.config.clone(),
             self.auth.clone(),
-            "127.0.0.1:0".parse().expect("address"),
+            |server| server,
+            None,
+            None,
         )
         .await
-        .expect("build the second server");
-        let address = server.local_addr().expect("bound address");
-        let store = server.app().store.clone();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(server.run(shutdown.clone()));
-        TestApp {
-            address,
-            client: reqwest::Client::new(),
-            auth: self.auth.clone(),
-            store,
-            shutdown,
-            server: handle,
-            config: self.config.clone(),
-            _dir: None,
-            pg_database: None,
-        }
     }
 
     pub async fn stop(mut self) {
