@@ -283,13 +283,7 @@ impl<A: Aggregate> CommandBus<A> {
     /// A state kept in memory is answered when the stream is still at its version
     /// (one read of the stream's last sequence); otherwise the stream is loaded.
     pub async fn load(&self, aggregate_id: &str) -> Result<(A, i64), CommandError<A::Error>> {
-        if let Some(kept) = self.recent.copy(aggregate_id) {
-            if self.store.stream_version(A::TYPE, aggregate_id).await? == kept.version {
-                return Ok((kept.state, kept.version));
-            }
-            count_recent::<A>("stale");
-        }
-        self.load_stored(aggregate_id).await
+        self.load_settled(aggregate_id, |_| false).await
     }
 
     /// The state of `aggregate_id`, for facts of it that `settled` says can no longer
@@ -305,12 +299,15 @@ impl<A: Aggregate> CommandBus<A> {
         aggregate_id: &str,
         settled: impl FnOnce(&A) -> bool,
     ) -> Result<(A, i64), CommandError<A::Error>> {
-        if let Some(kept) = self.recent.copy(aggregate_id)
-            && settled(&kept.state)
-        {
-            return Ok((kept.state, kept.version));
+        if let Some(kept) = self.recent.copy(aggregate_id) {
+            if settled(&kept.state)
+                || self.store.stream_version(A::TYPE, aggregate_id).await? == kept.version
+            {
+                return Ok((kept.state, kept.version));
+            }
+            count_recent::<A>("stale");
         }
-        self.load(aggregate_id).await
+        self.load_stored(aggregate_id).await
     }
 
     /// The stream as stored, kept for the next command or load.
