@@ -29,7 +29,7 @@ pub mod unit;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, KeptConnections, Lent, StoreConfig};
-pub use log::{LogCursor, StoredEvent};
+pub use log::{LogCursor, LogPage, StoredEvent};
 pub use request_claim::{ClaimOutcome, RequestClaim, with_request_claim};
 pub use store::{AppendError, Store, StoreError, StreamAppend};
 pub use subscriber::{HandlerError, Progress, Subscriber, SubscriberRunner};

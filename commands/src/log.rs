@@ -11,6 +11,7 @@
 //! SQLite has a single writer, so position order is commit order and the cursor's
 //! `txid` is always 0.
 
+use std::ops::{Deref, Range};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,7 @@ pub const SHARED_READ_WAIT: Duration = Duration::from_millis(50);
 pub(crate) struct TailPage {
     after: LogCursor,
     limit: u32,
-    events: Vec<StoredEvent>,
+    events: LogPage,
     /// When the read began: a shorter page holds the head as it was then.
     began: Instant,
 }
@@ -61,16 +62,19 @@ pub(crate) struct TailPage {
 impl TailPage {
     /// The answer to a read of `limit` events after `after` that must hold every event
     /// committed before `since`, if this page holds it.
-    fn answer(&self, after: LogCursor, limit: u32, since: Instant) -> Option<Vec<StoredEvent>> {
+    fn answer(&self, after: LogCursor, limit: u32, since: Instant) -> Option<LogPage> {
         if after < self.after {
             return None;
         }
         let reached_head = self.events.len() < self.limit as usize;
-        let limit = limit as usize;
         let following = self.events.partition_point(|event| event.cursor <= after);
-        let answer = &self.events[following..];
-        let whole = answer.len() >= limit || (reached_head && self.began >= since);
-        whole.then(|| answer.iter().take(limit).cloned().collect())
+        let available = self.events.len() - following;
+        let limit = limit as usize;
+        let whole = available >= limit || (reached_head && self.began >= since);
+        whole.then(|| {
+            self.events
+                .slice(following..following + available.min(limit))
+        })
     }
 
     /// Where the page ends: its last event, or where it starts when it holds none.
@@ -84,6 +88,44 @@ impl TailPage {
     /// and send every one of them to the database.
     fn replaces(&self, kept: &TailPage) -> bool {
         self.end() >= kept.end()
+    }
+}
+
+/// Events read from the log, in commit order. A page the readers of the log's tail
+/// share is handed to each as a view of the one copy: a reader usually acts on few of
+/// the events it reads, and copying each event's payload for every reader was most of
+/// what following the log cost.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    events: Arc<[StoredEvent]>,
+    range: Range<usize>,
+}
+
+impl LogPage {
+    /// The events of this page within `range` (indices into this page).
+    fn slice(&self, range: Range<usize>) -> Self {
+        Self {
+            events: Arc::clone(&self.events),
+            range: self.range.start + range.start..self.range.start + range.end,
+        }
+    }
+}
+
+impl From<Vec<StoredEvent>> for LogPage {
+    fn from(events: Vec<StoredEvent>) -> Self {
+        let range = 0..events.len();
+        Self {
+            events: events.into(),
+            range,
+        }
+    }
+}
+
+impl Deref for LogPage {
+    type Target = [StoredEvent];
+
+    fn deref(&self) -> &[StoredEvent] {
+        &self.events[self.range.clone()]
     }
 }
 
@@ -277,14 +319,14 @@ impl Store {
         after: LogCursor,
         limit: u32,
         since: Option<Instant>,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    ) -> Result<LogPage, StoreError> {
         let Some(since) = since else {
-            return self.read_log(after, limit).await;
+            return Ok(self.read_log(after, limit).await?.into());
         };
         let Ok(mut tail) = tokio::time::timeout(SHARED_READ_WAIT, self.tail.lock()).await else {
             // The read in flight is slow (a long page, a database in trouble): each reader
             // reads on its own rather than queue behind it.
-            return self.read_log(after, limit).await;
+            return Ok(self.read_log(after, limit).await?.into());
         };
         if let Some(events) = tail
             .as_ref()
@@ -294,7 +336,7 @@ impl Store {
             return Ok(events);
         }
         let began = Instant::now();
-        let events = self.read_log(after, limit).await?;
+        let events = LogPage::from(self.read_log(after, limit).await?);
         metrics::counter!("shopagent_log_pages_total", "from" => "database").increment(1);
         let page = TailPage {
             after,
@@ -607,13 +649,13 @@ mod tests {
         let page = TailPage {
             after: cursor(10),
             limit,
-            events: (11..=last).map(event).collect(),
+            events: (11..=last).map(event).collect::<Vec<_>>().into(),
             began: now - ago,
         };
         (page, now)
     }
 
-    fn positions(answer: Option<Vec<StoredEvent>>) -> Option<Vec<i64>> {
+    fn positions(answer: Option<LogPage>) -> Option<Vec<i64>> {
         answer.map(|events| events.iter().map(StoredEvent::position).collect())
     }
 
@@ -661,7 +703,7 @@ mod tests {
         let behind = TailPage {
             after: cursor(2),
             limit: 4,
-            events: (3..=6).map(event).collect(),
+            events: (3..=6).map(event).collect::<Vec<_>>().into(),
             began: Instant::now(),
         };
         assert!(!behind.replaces(&kept));
@@ -672,7 +714,7 @@ mod tests {
         let nothing_new = TailPage {
             after: cursor(14),
             limit: 64,
-            events: Vec::new(),
+            events: Vec::new().into(),
             began: Instant::now(),
         };
         assert!(nothing_new.replaces(&kept), "read at the head, later");

@@ -218,7 +218,7 @@ impl SubscriberRunner {
         // Events passed over in this step, and before it, since the last checkpoint write.
         let mut passed_over = 0;
         let mut unwritten = kept.unwritten();
-        for event in &events {
+        for event in events.iter() {
             if !self.subscriber.acts_on(event) {
                 cursor = event.cursor;
                 passed_over += 1;

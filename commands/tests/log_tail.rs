@@ -150,7 +150,7 @@ async fn tail(store: Store, stop: Arc<AtomicBool>) -> Vec<StoredEvent> {
         match page.last() {
             Some(last) => {
                 cursor = last.cursor;
-                delivered.extend(page);
+                delivered.extend(page.iter().cloned());
             }
             None => idle.wait().await,
         }
@@ -176,7 +176,7 @@ async fn shared_tail(store: Store, stop: Arc<AtomicBool>) -> Vec<StoredEvent> {
         match page.last() {
             Some(last) => {
                 cursor = last.cursor;
-                delivered.extend(page);
+                delivered.extend(page.iter().cloned());
             }
             None => {
                 let _ = tokio::time::timeout(Duration::from_millis(5), appended.changed()).await;

@@ -282,7 +282,8 @@ impl SearchIndexer {
             };
             *self.scanned() = last.cursor;
             let at_head = read.len() < self.batch_size as usize;
-            let offers: Vec<StoredEvent> = read.into_iter().filter(|e| filter.matches(e)).collect();
+            let offers: Vec<StoredEvent> =
+                read.iter().filter(|e| filter.matches(e)).cloned().collect();
             if !offers.is_empty() {
                 break offers;
             }
