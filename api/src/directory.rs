@@ -2,8 +2,9 @@
 //! A UCP merchant's `api_endpoint` is its business URL; discovery (`/.well-known/ucp`)
 //! finds the REST endpoint and settles the version.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shopagent_commands::CommandBus;
 use shopagent_connectors::ucp::DiscoveringUcpMerchant;
@@ -14,12 +15,76 @@ use shopagent_domain::ports::{MerchantDirectory, MerchantGateway};
 use crate::routes::merchants::merchant_stream_in;
 
 /// Builds a gateway from the merchant's registry entry: its protocol and API endpoint.
+///
+/// A gateway is kept per merchant and reused while its registry entry names the same
+/// endpoint, for at most [`RegistryDirectory::REDISCOVER_AFTER`]: building one for each
+/// call discovered the business again and opened a connection for the profile and
+/// another for the call. Every gateway shares one HTTP client, so calls to a merchant
+/// reuse its open connections.
 #[derive(Debug)]
 pub struct RegistryDirectory {
-    pub merchants: Arc<CommandBus<Merchant>>,
+    merchants: Arc<CommandBus<Merchant>>,
     /// Our platform profile URI, sent to UCP merchants.
-    pub agent_profile: String,
-    pub timeout: Duration,
+    agent_profile: String,
+    http: reqwest::Client,
+    kept: std::sync::Mutex<HashMap<String, KeptGateway>>,
+}
+
+/// A merchant's gateway, as built from the endpoint it names, and when.
+#[derive(Debug)]
+struct KeptGateway {
+    built: Instant,
+    gateway: Arc<DiscoveringUcpMerchant>,
+}
+
+impl RegistryDirectory {
+    /// How long a merchant's discovered profile is trusted: a business that moves its
+    /// REST endpoint is found there within this time, without a change to its registry
+    /// entry.
+    pub const REDISCOVER_AFTER: Duration = Duration::from_secs(300);
+
+    /// A directory of the merchants `merchants` registers; each merchant call is bounded
+    /// by `timeout`.
+    pub fn new(
+        merchants: Arc<CommandBus<Merchant>>,
+        agent_profile: String,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            merchants,
+            agent_profile,
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+            kept: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The gateway to the UCP business at `business_url` for the merchant `stream`:
+    /// the kept one, unless it was built for another URL or long ago.
+    fn ucp_gateway(&self, stream: String, business_url: String) -> Arc<DiscoveringUcpMerchant> {
+        let mut kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(found) = kept.get(&stream).filter(|found| {
+            found.gateway.business_url() == business_url
+                && found.built.elapsed() < Self::REDISCOVER_AFTER
+        }) {
+            return Arc::clone(&found.gateway);
+        }
+        let gateway = Arc::new(DiscoveringUcpMerchant::new(
+            business_url,
+            self.agent_profile.clone(),
+            self.http.clone(),
+        ));
+        kept.insert(
+            stream,
+            KeptGateway {
+                built: Instant::now(),
+                gateway: Arc::clone(&gateway),
+            },
+        );
+        gateway
+    }
 }
 
 #[async_trait::async_trait]
@@ -29,17 +94,15 @@ impl MerchantDirectory for RegistryDirectory {
         tenant: &str,
         merchant: &MerchantId,
     ) -> Option<Arc<dyn MerchantGateway>> {
-        let (registered, _) = self
-            .merchants
-            .load(&merchant_stream_in(tenant, merchant))
-            .await
-            .ok()?;
+        let stream = merchant_stream_in(tenant, merchant);
+        // Read fresh: an entry's protocol and endpoint change.
+        let (registered, _) = self.merchants.load(&stream).await.ok()?;
         let profile = registered.profile?;
         match (profile.protocol, profile.api_endpoint) {
             // The registry holds the business URL; its profile names the REST endpoint.
-            (Some(Protocol::Ucp), Some(business_url)) => Some(Arc::new(
-                DiscoveringUcpMerchant::new(business_url, self.agent_profile.clone(), self.timeout),
-            )),
+            (Some(Protocol::Ucp), Some(business_url)) => {
+                Some(self.ucp_gateway(stream, business_url))
+            }
             // Other protocols get their connectors in later work.
             _ => None,
         }
@@ -51,23 +114,24 @@ impl MerchantDirectory for RegistryDirectory {
 /// refreshes it once (the business may have rotated its keys).
 #[derive(Debug)]
 pub struct UcpSigningKeys {
-    timeout: Duration,
+    http: reqwest::Client,
     max_age: Duration,
-    cached: std::sync::Mutex<std::collections::HashMap<String, CachedKeys>>,
+    cached: std::sync::Mutex<HashMap<String, CachedKeys>>,
 }
 
 use shopagent_connectors::ucp::webhook::SigningKey;
 
 /// A business's keys and when they were read.
-type CachedKeys = (std::time::Instant, Arc<[SigningKey]>);
+type CachedKeys = (Instant, Arc<[SigningKey]>);
 
 impl UcpSigningKeys {
-    pub fn new(timeout: Duration, max_age: Duration) -> Self {
-        Self {
-            timeout,
+    /// Keys read within `timeout` and kept for `max_age`.
+    pub fn new(timeout: Duration, max_age: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder().timeout(timeout).build()?,
             max_age,
             cached: std::sync::Mutex::default(),
-        }
+        })
     }
 
     /// The keys of the business at `business_url`; `fresh` skips the cache.
@@ -86,15 +150,85 @@ impl UcpSigningKeys {
         if let Some(keys) = cached {
             return Ok(keys);
         }
-        let found = shopagent_connectors::ucp::discover(business_url, self.timeout).await?;
+        let found = shopagent_connectors::ucp::discover(&self.http, business_url).await?;
         let keys: Arc<[SigningKey]> = found.signing_keys.into();
         self.cached
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                business_url.to_owned(),
-                (std::time::Instant::now(), keys.clone()),
-            );
+            .insert(business_url.to_owned(), (Instant::now(), keys.clone()));
         Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shopagent_commands::test_support::TestStore;
+    use shopagent_domain::EventMetadata;
+    use shopagent_domain::merchant::{MerchantCommand, MerchantProfile};
+    use shopagent_domain::order::CheckoutPath;
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn ucp_profile(business_url: &str) -> MerchantProfile {
+        MerchantProfile {
+            name: "Acme".into(),
+            protocol: Some(Protocol::Ucp),
+            api_endpoint: Some(business_url.into()),
+            deeplink_base: None,
+            headless_domain: None,
+            paths: [CheckoutPath::Api].into(),
+            card_acceptor_ids: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_merchants_gateway_is_kept_until_its_registry_entry_names_another_endpoint() {
+        let test = TestStore::sqlite().await;
+        let merchants = Arc::new(CommandBus::<Merchant>::new(test.store.clone()));
+        let acme = MerchantId::parse("acme").expect("a merchant id");
+        let stream = merchant_stream_in("t1", &acme);
+        let command = |command| {
+            let merchants = Arc::clone(&merchants);
+            let stream = stream.clone();
+            async move {
+                merchants
+                    .execute(&stream, command, EventMetadata::new("t1", "ops"))
+                    .await
+                    .expect("the registry takes the command");
+            }
+        };
+        command(MerchantCommand::Register {
+            merchant: acme.clone(),
+            profile: ucp_profile("http://127.0.0.1:1/old"),
+            at: OffsetDateTime::now_utc(),
+        })
+        .await;
+        let directory = RegistryDirectory::new(
+            Arc::clone(&merchants),
+            "agent".into(),
+            Duration::from_secs(1),
+        )
+        .expect("an HTTP client");
+
+        let first = directory.gateway("t1", &acme).await.expect("a gateway");
+        let again = directory.gateway("t1", &acme).await.expect("a gateway");
+        assert!(Arc::ptr_eq(&first, &again), "the gateway is kept");
+
+        command(MerchantCommand::UpdateProfile {
+            profile: ucp_profile("http://127.0.0.1:1/new"),
+            at: OffsetDateTime::now_utc(),
+        })
+        .await;
+        let moved = directory.gateway("t1", &acme).await.expect("a gateway");
+        assert!(
+            !Arc::ptr_eq(&first, &moved),
+            "a new endpoint, a new gateway"
+        );
+        let kept = directory.kept.lock().expect("unpoisoned");
+        assert_eq!(
+            kept[&stream].gateway.business_url(),
+            "http://127.0.0.1:1/new"
+        );
     }
 }

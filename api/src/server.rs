@@ -133,11 +133,16 @@ impl AppState {
         )
         .with_generations(Arc::new(EmbeddedGenerations::in_memory()));
         Self {
-            directory: Arc::new(RegistryDirectory {
-                merchants: Arc::clone(&merchants),
-                agent_profile: AGENT_PROFILE.into(),
-                timeout: std::time::Duration::from_secs(10),
-            }),
+            // Building an HTTP client fails only when its TLS backend cannot start, as
+            // the process starts.
+            directory: Arc::new(
+                RegistryDirectory::new(
+                    Arc::clone(&merchants),
+                    AGENT_PROFILE.into(),
+                    std::time::Duration::from_secs(10),
+                )
+                .expect("an HTTP client for merchants"),
+            ),
             mandates: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             carts: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
             runs: Arc::new(CommandBus::new(store.clone()).with_max_attempts(attempts)),
@@ -160,10 +165,13 @@ impl AppState {
             offer_index: search_indexer.index(),
             search_indexer,
             purchase_limit: None,
-            ucp_keys: Arc::new(crate::directory::UcpSigningKeys::new(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs(300),
-            )),
+            ucp_keys: Arc::new(
+                crate::directory::UcpSigningKeys::new(
+                    std::time::Duration::from_secs(5),
+                    std::time::Duration::from_secs(300),
+                )
+                .expect("an HTTP client for merchant profiles"),
+            ),
         }
     }
 }

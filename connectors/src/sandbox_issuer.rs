@@ -34,10 +34,19 @@ struct Ledger {
     transactions: Vec<Value>,
     /// Where transaction events go, once the platform is known.
     events: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
-    /// Where authorization requests go, and the secret they are signed with.
-    webhook: Option<(String, String)>,
+    /// Where authorization requests go.
+    webhook: Option<PlatformWebhook>,
     /// Idempotency key → (request fingerprint, answer).
     answers: HashMap<String, (String, StatusCode, Value)>,
+}
+
+/// Where the platform decides authorizations: its URL, the secret requests are signed
+/// with, and one client for all of them, so requests reuse its connections.
+#[derive(Debug, Clone)]
+struct PlatformWebhook {
+    url: String,
+    secret: String,
+    http: reqwest::Client,
 }
 
 /// The sandbox's state, shared by its handlers and inspectable by tests.
@@ -75,7 +84,11 @@ impl SandboxIssuer {
             Arc::default(),
         ));
         let mut ledger = self.ledger();
-        ledger.webhook = Some((url, secret));
+        ledger.webhook = Some(PlatformWebhook {
+            url,
+            secret,
+            http: reqwest::Client::new(),
+        });
         ledger.events = Some(sender);
     }
 
@@ -389,7 +402,7 @@ pub fn stripe_signature(secret: &str, body: &str, timestamp: i64) -> String {
 
 /// Asks the platform to decide an authorization; no answer, or an unreadable one, is a
 /// decline.
-async fn ask_platform(url: &str, secret: &str, authorization: &Value) -> bool {
+async fn ask_platform(platform: &PlatformWebhook, authorization: &Value) -> bool {
     let event = json!({
         "id": format!("evt_{}", uuid::Uuid::new_v4().simple()),
         "object": "event",
@@ -399,9 +412,11 @@ async fn ask_platform(url: &str, secret: &str, authorization: &Value) -> bool {
         "data": {"object": authorization},
     })
     .to_string();
-    let signature = stripe_signature(secret, &event, OffsetDateTime::now_utc().unix_timestamp());
-    let answer = reqwest::Client::new()
-        .post(url)
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let signature = stripe_signature(&platform.secret, &event, now);
+    let answer = platform
+        .http
+        .post(&platform.url)
         .header("stripe-signature", signature)
         .header("content-type", "application/json")
         .body(event)
@@ -466,7 +481,7 @@ async fn test_authorization(
     let webhook = issuer.ledger().webhook.clone();
     let approved = card["status"] == "active"
         && match webhook {
-            Some((url, secret)) => ask_platform(&url, &secret, &authorization).await,
+            Some(platform) => ask_platform(&platform, &authorization).await,
             None => card["spending_controls"]["spending_limits"][0]["amount"]
                 .as_i64()
                 .is_some_and(|cap| amount <= cap),

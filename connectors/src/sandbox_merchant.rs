@@ -108,6 +108,8 @@ struct CardNetwork {
     issuer_url: String,
     issuer_key: String,
     network_id: String,
+    /// One client for every call to the issuer, so calls reuse its connections.
+    http: reqwest::Client,
     /// Captures and refunds, made one at a time in order.
     settlements: tokio::sync::mpsc::UnboundedSender<Settlement>,
 }
@@ -130,9 +132,9 @@ enum Settlement {
 impl CardNetwork {
     /// Calls the issuer until it answers 2xx; returns the answer.
     async fn call(&self, path: &str, key: &str, form: &[(&str, String)]) -> Option<Value> {
-        let http = reqwest::Client::new();
         for attempt in 1..=50u32 {
-            let sent = http
+            let sent = self
+                .http
                 .post(format!("{}{path}", self.issuer_url))
                 .bearer_auth(&self.issuer_key)
                 .header("Idempotency-Key", key)
@@ -247,6 +249,7 @@ impl SandboxMerchant {
             issuer_url: issuer_url.trim_end_matches('/').to_owned(),
             issuer_key: issuer_key.to_owned(),
             network_id: network_id.to_owned(),
+            http: reqwest::Client::new(),
             settlements,
         };
         tokio::spawn(network.clone().settle(receiver));
@@ -309,7 +312,8 @@ impl SandboxMerchant {
             ("merchant_data[network_id]", network.network_id.clone()),
             ("merchant_data[name]", "Sandbox Merchant".to_owned()),
         ];
-        let response = reqwest::Client::new()
+        let response = network
+            .http
             .post(format!(
                 "{}/v1/test_helpers/issuing/authorizations",
                 network.issuer_url

@@ -17,12 +17,16 @@ use shopagent_domain::ports::{CatalogueQuery, MerchantGateway, PlaceError};
 async fn merchant() -> (SandboxMerchant, UcpMerchant) {
     let sandbox = SandboxMerchant::new();
     let (endpoint, _server) = sandbox.spawn().await.expect("sandbox");
-    let client = UcpMerchant::new(UcpConfig {
-        endpoint,
-        agent_profile: "https://shopagent.invalid/profile".into(),
-        timeout: Duration::from_millis(500),
-    })
-    .expect("client");
+    let client = UcpMerchant::new(
+        UcpConfig {
+            endpoint,
+            agent_profile: "https://shopagent.invalid/profile".into(),
+        },
+        reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .expect("client"),
+    );
     (sandbox, client)
 }
 
@@ -99,7 +103,11 @@ async fn server_errors_and_slow_answers_are_retryable() {
 async fn discovery_finds_the_rest_endpoint_and_agrees_on_a_version() {
     let sandbox = SandboxMerchant::new();
     let (base, _server) = sandbox.spawn().await.expect("sandbox");
-    let found = shopagent_connectors::ucp::discover(&base, Duration::from_secs(2))
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let found = shopagent_connectors::ucp::discover(&http, &base)
         .await
         .expect("profile");
     assert_eq!(found.endpoint, base);

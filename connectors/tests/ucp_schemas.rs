@@ -154,12 +154,16 @@ async fn the_connector_and_the_sandbox_send_what_the_ucp_schemas_allow() {
     tokio::spawn(async move { axum::serve(listener, receiver).await });
     sandbox.deliver_webhooks_to(webhook_url);
 
-    let client = UcpMerchant::new(UcpConfig {
-        endpoint: endpoint.clone(),
-        agent_profile: "https://shopagent.invalid/profile".into(),
-        timeout: Duration::from_secs(5),
-    })
-    .expect("client");
+    let client = UcpMerchant::new(
+        UcpConfig {
+            endpoint: endpoint.clone(),
+            agent_profile: "https://shopagent.invalid/profile".into(),
+        },
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client"),
+    );
     let reference = client.place_order(&order("order/1")).await.expect("placed");
     sandbox.ship(&reference, "UPS", "1Z999").expect("ship");
     sandbox.deliver(&reference).expect("deliver");

@@ -21,9 +21,10 @@ pub struct UcpMerchant {
 }
 
 impl UcpMerchant {
-    pub fn new(config: UcpConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(config.timeout).build()?;
-        Ok(Self { config, http })
+    /// A merchant reached through `http`, whose timeout bounds each call and whose
+    /// connections it shares with the other merchants of a process.
+    pub fn new(config: UcpConfig, http: reqwest::Client) -> Self {
+        Self { config, http }
     }
 
     /// POSTs `body`; a checkout answer (even an error one) comes back as `Checkout`.
@@ -225,29 +226,35 @@ impl MerchantGateway for UcpMerchant {
 }
 
 /// A UCP merchant known by its business URL: discovers the REST endpoint and negotiates
-/// the version before its first order (and again after a failed discovery).
+/// the version before its first call (and again after a failed discovery). Calls go
+/// through the `http` client it is given, whose timeout bounds each.
 #[derive(Debug)]
 pub struct DiscoveringUcpMerchant {
     business_url: String,
     agent_profile: String,
-    timeout: std::time::Duration,
+    http: reqwest::Client,
     discovered: tokio::sync::OnceCell<UcpMerchant>,
 }
 
 impl DiscoveringUcpMerchant {
-    pub fn new(business_url: String, agent_profile: String, timeout: std::time::Duration) -> Self {
+    pub fn new(business_url: String, agent_profile: String, http: reqwest::Client) -> Self {
         Self {
             business_url,
             agent_profile,
-            timeout,
+            http,
             discovered: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The business URL this merchant was discovered from.
+    pub fn business_url(&self) -> &str {
+        &self.business_url
     }
 
     async fn merchant(&self) -> Result<&UcpMerchant, PlaceError> {
         self.discovered
             .get_or_try_init(|| async {
-                let found = super::discover(&self.business_url, self.timeout)
+                let found = super::discover(&self.http, &self.business_url)
                     .await
                     .map_err(|error| match error {
                         super::DiscoveryError::Unreachable(why) => PlaceError::Unavailable(why),
@@ -259,9 +266,8 @@ impl DiscoveringUcpMerchant {
                 let config = UcpConfig {
                     endpoint: found.endpoint,
                     agent_profile: self.agent_profile.clone(),
-                    timeout: self.timeout,
                 };
-                UcpMerchant::new(config).map_err(|e| PlaceError::Unavailable(e.to_string()))
+                Ok(UcpMerchant::new(config, self.http.clone()))
             })
             .await
     }

@@ -1,8 +1,6 @@
 //! Discovery and version negotiation: read a business's `/.well-known/ucp` profile and
 //! decide whether, and at which version, we can check out with it.
 
-use std::time::Duration;
-
 use super::VERSION;
 use super::wire::Profile;
 
@@ -67,14 +65,14 @@ pub fn negotiate(profile: &Profile) -> Result<Discovered, DiscoveryError> {
     })
 }
 
-/// Fetches `{base}/.well-known/ucp` and negotiates.
-pub async fn discover(base_url: &str, timeout: Duration) -> Result<Discovered, DiscoveryError> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| DiscoveryError::Unreachable(e.to_string()))?;
+/// Fetches `{base}/.well-known/ucp` with `http` (whose timeout bounds the call) and
+/// negotiates.
+pub async fn discover(
+    http: &reqwest::Client,
+    base_url: &str,
+) -> Result<Discovered, DiscoveryError> {
     let url = format!("{}/.well-known/ucp", base_url.trim_end_matches('/'));
-    let response = client
+    let response = http
         .get(url)
         .send()
         .await

@@ -25,5 +25,4 @@ pub struct UcpConfig {
     pub endpoint: String,
     /// Our platform profile URI, sent in `UCP-Agent`.
     pub agent_profile: String,
-    pub timeout: std::time::Duration,
 }
