@@ -27,14 +27,43 @@ pub struct RegistryDirectory {
     /// Our platform profile URI, sent to UCP merchants.
     agent_profile: String,
     http: reqwest::Client,
-    kept: std::sync::Mutex<HashMap<String, KeptGateway>>,
+    /// Each merchant's gateway, by its registry stream.
+    kept: Kept<DiscoveringUcpMerchant>,
 }
 
-/// A merchant's gateway, as built from the endpoint it names, and when.
+/// Values kept per key for a while: a value is answered only while it is younger than
+/// `max_age`.
 #[derive(Debug)]
-struct KeptGateway {
-    built: Instant,
-    gateway: Arc<DiscoveringUcpMerchant>,
+struct Kept<V: ?Sized> {
+    max_age: Duration,
+    entries: std::sync::Mutex<HashMap<String, (Instant, Arc<V>)>>,
+}
+
+impl<V: ?Sized> Kept<V> {
+    fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The value kept for `key`, if it is young enough and `usable` accepts it.
+    fn get(&self, key: &str, usable: impl FnOnce(&V) -> bool) -> Option<Arc<V>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .filter(|(at, value)| at.elapsed() < self.max_age && usable(value))
+            .map(|(_, value)| Arc::clone(value))
+    }
+
+    /// Keeps `value` for `key` from now, in place of what was kept.
+    fn keep(&self, key: String, value: Arc<V>) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, (Instant::now(), value));
+    }
 }
 
 impl RegistryDirectory {
@@ -54,35 +83,25 @@ impl RegistryDirectory {
             merchants,
             agent_profile,
             http: reqwest::Client::builder().timeout(timeout).build()?,
-            kept: std::sync::Mutex::default(),
+            kept: Kept::new(Self::REDISCOVER_AFTER),
         })
     }
 
     /// The gateway to the UCP business at `business_url` for the merchant `stream`:
     /// the kept one, unless it was built for another URL or long ago.
     fn ucp_gateway(&self, stream: String, business_url: String) -> Arc<DiscoveringUcpMerchant> {
-        let mut kept = self
+        if let Some(kept) = self
             .kept
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(found) = kept.get(&stream).filter(|found| {
-            found.gateway.business_url() == business_url
-                && found.built.elapsed() < Self::REDISCOVER_AFTER
-        }) {
-            return Arc::clone(&found.gateway);
+            .get(&stream, |gateway| gateway.business_url() == business_url)
+        {
+            return kept;
         }
         let gateway = Arc::new(DiscoveringUcpMerchant::new(
             business_url,
             self.agent_profile.clone(),
             self.http.clone(),
         ));
-        kept.insert(
-            stream,
-            KeptGateway {
-                built: Instant::now(),
-                gateway: Arc::clone(&gateway),
-            },
-        );
+        self.kept.keep(stream, Arc::clone(&gateway));
         gateway
     }
 }
@@ -115,22 +134,18 @@ impl MerchantDirectory for RegistryDirectory {
 #[derive(Debug)]
 pub struct UcpSigningKeys {
     http: reqwest::Client,
-    max_age: Duration,
-    cached: std::sync::Mutex<HashMap<String, CachedKeys>>,
+    /// Each business's keys, by its URL.
+    cached: Kept<[SigningKey]>,
 }
 
 use shopagent_connectors::ucp::webhook::SigningKey;
-
-/// A business's keys and when they were read.
-type CachedKeys = (Instant, Arc<[SigningKey]>);
 
 impl UcpSigningKeys {
     /// Keys read within `timeout` and kept for `max_age`.
     pub fn new(timeout: Duration, max_age: Duration) -> Result<Self, reqwest::Error> {
         Ok(Self {
             http: reqwest::Client::builder().timeout(timeout).build()?,
-            max_age,
-            cached: std::sync::Mutex::default(),
+            cached: Kept::new(max_age),
         })
     }
 
@@ -140,22 +155,12 @@ impl UcpSigningKeys {
         business_url: &str,
         fresh: bool,
     ) -> Result<Arc<[SigningKey]>, shopagent_connectors::ucp::DiscoveryError> {
-        let cached = self
-            .cached
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(business_url)
-            .filter(|(at, _)| !fresh && at.elapsed() < self.max_age)
-            .map(|(_, keys)| keys.clone());
-        if let Some(keys) = cached {
+        if let Some(keys) = self.cached.get(business_url, |_| !fresh) {
             return Ok(keys);
         }
         let found = shopagent_connectors::ucp::discover(&self.http, business_url).await?;
         let keys: Arc<[SigningKey]> = found.signing_keys.into();
-        self.cached
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(business_url.to_owned(), (Instant::now(), keys.clone()));
+        self.cached.keep(business_url.to_owned(), Arc::clone(&keys));
         Ok(keys)
     }
 }
@@ -225,10 +230,7 @@ mod tests {
             !Arc::ptr_eq(&first, &moved),
             "a new endpoint, a new gateway"
         );
-        let kept = directory.kept.lock().expect("unpoisoned");
-        assert_eq!(
-            kept[&stream].gateway.business_url(),
-            "http://127.0.0.1:1/new"
-        );
+        let kept = directory.kept.get(&stream, |_| true).expect("kept");
+        assert_eq!(kept.business_url(), "http://127.0.0.1:1/new");
     }
 }
