@@ -4,29 +4,27 @@
 //! its request's claim: [`PG_APPEND`]), so one round trip and one commit. Most of what
 //! PostgreSQL spends on such a statement is the statement's, not its rows': the round
 //! trip, parsing and binding, starting the executor on three inserts, the commit and its
-//! wait for the disk. So appends that wait together are written together: each append
-//! queues its rows, at most [`STATEMENTS_AT_ONCE`] statement runs at a time, and it
-//! takes every append queued when it starts. An append made while a statement is free
-//! goes at once, alone; under load, the ones that queued behind a statement share the
-//! next, and PostgreSQL's work per append falls with every append that shares it.
+//! wait for the disk. So appends that wait together are written together, by a
+//! [`Gather`](crate::gather): at most [`STATEMENTS_AT_ONCE`] statement runs at a time,
+//! and it takes every append queued when it starts. An append made while a statement is
+//! free goes at once, alone; under load, the ones that queued behind a statement share
+//! the next, and PostgreSQL's work per append falls with every append that shares it.
 //!
 //! Nothing is weakened: every append of a statement commits, or none does, and each is
 //! told its own outcome. When a statement fails on what one of its appends holds (a
 //! stream moved on, a command already recorded, a request's key held), each of its
 //! appends is made again alone, so that each gets the answer it would have had alone
 //! (and the others commit). When the database cannot be reached, each gets that error.
-//!
-//! The statements run on tasks of their own, not on the requests': a request that goes
-//! away (its client hung up) cannot cancel the others' statement.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::database::KeptConnections;
+use crate::gather::{Gather, Statement};
 use crate::request_claim::RequestClaim;
 use crate::store::{AppendError, StoreError};
 
@@ -171,29 +169,15 @@ fn constraint_of(error: &sqlx::Error) -> Option<&str> {
 }
 
 /// The appends waiting for a statement, and the statements running.
-#[derive(Debug, Default)]
-pub(crate) struct AppendGroup {
-    queue: Mutex<Queue>,
-}
+pub(crate) type AppendGroup = Gather<AppendStatement>;
 
-#[derive(Debug, Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    statements: usize,
-}
-
-#[derive(Debug)]
-struct Waiting {
-    rows: PgAppendRows,
-    answer: oneshot::Sender<Result<Vec<i64>, AppendError>>,
+impl Default for AppendGroup {
+    fn default() -> Self {
+        Self::new(STATEMENTS_AT_ONCE)
+    }
 }
 
 impl AppendGroup {
-    fn queue(&self) -> MutexGuard<'_, Queue> {
-        // Held only to push, take or count: a panic cannot leave it half done.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Writes `rows` with whatever other appends wait beside them, and answers their
     /// events' positions.
     pub(crate) async fn append(
@@ -202,68 +186,47 @@ impl AppendGroup {
         kept: &Arc<KeptConnections>,
         rows: PgAppendRows,
     ) -> Result<Vec<i64>, AppendError> {
-        let (answer, answered) = oneshot::channel();
-        let start_statement = {
-            let mut queue = self.queue();
-            queue.waiting.push(Waiting { rows, answer });
-            let free = queue.statements < STATEMENTS_AT_ONCE;
-            if free {
-                queue.statements += 1;
-            }
-            free
+        let statement = AppendStatement {
+            pool: pool.clone(),
+            kept: Arc::clone(kept),
         };
-        if start_statement {
-            tokio::spawn(Arc::clone(self).write(pool.clone(), Arc::clone(kept)));
-        }
-        // The writer dropped the answer unsent only if it panicked or its runtime shut
-        // down, its statement perhaps sent: whether it committed is unknown.
-        answered
+        // Unanswered only if the writer panicked or its runtime shut down, its
+        // statement perhaps sent: whether it committed is unknown.
+        self.submit(rows, statement)
             .await
             .unwrap_or(Err(AppendError::Store(StoreError::Unavailable(
                 sqlx::Error::WorkerCrashed,
             ))))
     }
+}
 
-    /// Runs statements until no append waits.
-    async fn write(self: Arc<Self>, pool: PgPool, kept: Arc<KeptConnections>) {
-        let mut running = RunningStatement(Some(&self));
-        loop {
-            let taken = {
-                let mut queue = self.queue();
-                if queue.waiting.is_empty() {
-                    // Counted down under the same lock the appends push under: none is
-                    // left waiting for a statement that has ended.
-                    queue.statements -= 1;
-                    running.0 = None;
-                    return;
-                }
-                let mut events = 0;
-                let count = queue
-                    .waiting
-                    .iter()
-                    .take_while(|waiting| {
-                        events += waiting.rows.events.len();
-                        events <= EVENTS_PER_STATEMENT
-                    })
-                    .count()
-                    .max(1);
-                queue.waiting.drain(..count).collect::<Vec<_>>()
-            };
-            write_statement(&pool, &kept, taken).await;
-        }
+/// One statement of appends ([`PG_APPEND`]).
+pub(crate) struct AppendStatement {
+    pool: PgPool,
+    kept: Arc<KeptConnections>,
+}
+
+impl Statement for AppendStatement {
+    type Request = PgAppendRows;
+    type Answer = Result<Vec<i64>, AppendError>;
+
+    fn take(waiting: &[Waiting]) -> usize {
+        let mut events = 0;
+        waiting
+            .iter()
+            .take_while(|waiting| {
+                events += waiting.request.events.len();
+                events <= EVENTS_PER_STATEMENT
+            })
+            .count()
+    }
+
+    fn run(&self, taken: Vec<Waiting>) -> impl Future<Output = ()> + Send {
+        write_statement(&self.pool, &self.kept, taken)
     }
 }
 
-/// Counts a statement's writer out should it panic.
-struct RunningStatement<'a>(Option<&'a AppendGroup>);
-
-impl Drop for RunningStatement<'_> {
-    fn drop(&mut self) {
-        if let Some(group) = self.0 {
-            group.queue().statements -= 1;
-        }
-    }
-}
+type Waiting = crate::gather::Waiting<AppendStatement>;
 
 /// Writes `taken` in one statement and answers each.
 async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<Waiting>) {
@@ -277,7 +240,7 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
     };
     let rows = taken
         .iter()
-        .map(|waiting| &waiting.rows)
+        .map(|waiting| &waiting.request)
         .collect::<Vec<_>>();
     let written = pg_append(&mut *connection, &rows).await;
     match written {
@@ -285,7 +248,10 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
             connection.keep();
             let mut positions = positions.into_iter();
             for waiting in taken {
-                let own = positions.by_ref().take(waiting.rows.events.len()).collect();
+                let own = positions
+                    .by_ref()
+                    .take(waiting.request.events.len())
+                    .collect();
                 let _ = waiting.answer.send(Ok(own));
             }
         }
@@ -304,7 +270,7 @@ async fn write_statement(pool: &PgPool, kept: &Arc<KeptConnections>, taken: Vec<
             let mut fit_to_keep = true;
             let mut taken = taken.into_iter();
             while let Some(waiting) = taken.next() {
-                let written = pg_append(&mut *connection, &[&waiting.rows]).await;
+                let written = pg_append(&mut *connection, &[&waiting.request]).await;
                 fit_to_keep &= written.as_ref().err().is_none_or(ran_to_its_end);
                 if let Err(AppendError::Store(lost @ StoreError::Unavailable(_))) = &written {
                     // The connection is gone: the rest cannot be sent on it.
@@ -331,25 +297,14 @@ fn ran_to_its_end(error: &AppendError) -> bool {
 /// Answers each of `appends` with `error`, which failed them all.
 fn fail_all(appends: impl IntoIterator<Item = Waiting>, error: &StoreError) {
     for waiting in appends {
-        let _ = waiting.answer.send(Err(unavailable_again(error)));
+        let _ = waiting.answer.send(Err(AppendError::Store(error.again())));
     }
-}
-
-/// `error`, for one more of the appends it failed.
-fn unavailable_again(error: &StoreError) -> AppendError {
-    let again = match error {
-        StoreError::Unavailable(sqlx::Error::PoolTimedOut) => sqlx::Error::PoolTimedOut,
-        StoreError::Unavailable(sqlx::Error::PoolClosed) => sqlx::Error::PoolClosed,
-        StoreError::Unavailable(sqlx::Error::Io(io)) => {
-            sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string()))
-        }
-        other => sqlx::Error::Io(std::io::Error::other(other.to_string())),
-    };
-    AppendError::Store(StoreError::from(again))
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
     use super::*;
     use crate::database::Database;
     use crate::test_support::TestStore;
@@ -413,7 +368,13 @@ mod tests {
             .into_iter()
             .map(|rows| {
                 let (answer, answered) = oneshot::channel();
-                (Waiting { rows, answer }, answered)
+                (
+                    Waiting {
+                        request: rows,
+                        answer,
+                    },
+                    answered,
+                )
             })
             .unzip();
         write_statement(pool, &Arc::default(), taken).await;
@@ -563,11 +524,15 @@ mod tests {
         }
         // Each writer counts itself out just after its last answer.
         let mut waited = 0;
-        while group.queue().statements != 0 && waited < 500 {
+        while group.statements_running() != 0 && waited < 500 {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             waited += 1;
         }
-        assert_eq!(group.queue().statements, 0, "no statement is left counted");
+        assert_eq!(
+            group.statements_running(),
+            0,
+            "no statement is left counted"
+        );
         test.cleanup().await;
     }
 }

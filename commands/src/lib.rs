@@ -16,6 +16,7 @@ pub mod checkout;
 pub mod database;
 pub mod export;
 pub mod fulfillment;
+pub(crate) mod gather;
 pub mod log;
 pub mod publisher;
 pub mod request_claim;
@@ -26,6 +27,7 @@ pub mod test_support;
 pub mod trace;
 pub mod tracking;
 pub mod unit;
+pub(crate) mod version_group;
 
 pub use bus::{CommandBus, CommandError, CommandOutcome};
 pub use database::{Backend, ConnectError, Database, KeptConnections, Lent, StoreConfig};

@@ -26,6 +26,7 @@ use crate::append_group::{AppendGroup, PgAppendRows, PgEventRow, PgOutcomeRow, p
 use crate::database::{Backend, Database, KeptConnections};
 use crate::log::format_timestamp;
 use crate::request_claim::{ClaimInUse, RequestClaim};
+use crate::version_group::VersionGroup;
 
 /// Why a store operation failed, apart from the append-specific outcomes.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,22 @@ pub enum StoreError {
     /// A stored row cannot be read back: a bug or a hand-edited database.
     #[error("stored data cannot be read: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// This error, for one more of the requests that one statement failed (the error
+    /// itself is not `Clone`): as unavailable, unless it says the pool's own state.
+    pub(crate) fn again(&self) -> StoreError {
+        let again = match self {
+            Self::Unavailable(sqlx::Error::PoolTimedOut) => sqlx::Error::PoolTimedOut,
+            Self::Unavailable(sqlx::Error::PoolClosed) => sqlx::Error::PoolClosed,
+            Self::Unavailable(sqlx::Error::Io(io)) => {
+                sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string()))
+            }
+            other => sqlx::Error::Io(std::io::Error::other(other.to_string())),
+        };
+        StoreError::from(again)
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -145,11 +162,8 @@ const SNAPSHOT_AND_EVENTS: &str = "SELECT s.last_sequence, s.current_snapshot,
   ORDER BY e.sequence";
 
 /// A stream's last sequence: the last entry of the primary key under the stream, and
-/// no other, whatever the plan. Written as `MAX(sequence)`, a prepared statement's
-/// generic plan made while the table was small aggregated every entry of the stream
-/// (each with a visit to its row), so that a version read cost as much as the stream
-/// was long.
-const STREAM_VERSION: &str = "SELECT sequence FROM events
+/// no other. (PostgreSQL reads several streams' at once: see [`crate::version_group`].)
+const SQLITE_STREAM_VERSION: &str = "SELECT sequence FROM events
   WHERE aggregate_type = $1 AND aggregate_id = $2
   ORDER BY sequence DESC LIMIT 1";
 
@@ -168,6 +182,9 @@ pub struct Store {
     kept: Arc<KeptConnections>,
     /// The PostgreSQL appends waiting to share a statement: see [`crate::append_group`].
     group: Arc<AppendGroup>,
+    /// The PostgreSQL version reads waiting to share a statement: see
+    /// [`crate::version_group`].
+    versions: Arc<VersionGroup>,
 }
 
 /// One validated append: a run of consecutive events of one aggregate.
@@ -257,6 +274,7 @@ impl Store {
             tail: Arc::default(),
             kept: Arc::default(),
             group: Arc::default(),
+            versions: Arc::default(),
         }
     }
 
@@ -438,26 +456,21 @@ impl Store {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<i64, StoreError> {
-        let version = match &self.db {
+        match &self.db {
             Database::Postgres(pool) => {
-                let mut connection = self.kept.lend(pool).await?;
-                let version = sqlx::query_scalar(STREAM_VERSION)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_optional(&mut *connection)
-                    .await?;
-                connection.keep();
-                version
+                self.versions
+                    .read(pool, &self.kept, aggregate_type, aggregate_id)
+                    .await
             }
             Database::Sqlite(pool) => {
-                sqlx::query_scalar(STREAM_VERSION)
+                let version: Option<i64> = sqlx::query_scalar(SQLITE_STREAM_VERSION)
                     .bind(aggregate_type)
                     .bind(aggregate_id)
                     .fetch_optional(pool)
-                    .await?
+                    .await?;
+                Ok(version.unwrap_or(0))
             }
-        };
-        Ok(version.unwrap_or(0))
+        }
     }
 
     pub(crate) async fn select_events(
@@ -1087,9 +1100,32 @@ mod tests {
             0
         );
 
-        let plan =
-            explain_generic_plan(pool, "text, text", STREAM_VERSION, "'tally', 'long'").await;
+        let plan = explain_generic_plan(
+            pool,
+            "text[], text[]",
+            crate::version_group::PG_STREAM_VERSIONS,
+            "ARRAY['tally'], ARRAY['long']",
+        )
+        .await;
         assert_eq!(events_rows_read(&plan[0]["Plan"]), 1.0, "{plan:#}");
+        test.cleanup().await;
+    }
+
+    /// Version reads made together share statements, and each is answered its own
+    /// stream's version: a stream named twice, and one with no events, too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn version_reads_made_together_each_answer_their_own_stream() {
+        let test = TestStore::postgres().await;
+        crate::test_support::append_amounts(&test.store, "tally", "three", 0, &[1, 2, 3]).await;
+        crate::test_support::append_amounts(&test.store, "tally", "one", 0, &[1]).await;
+        let streams = ["three", "none", "one", "three", "one", "none"];
+        for _ in 0..20 {
+            let reads = streams
+                .iter()
+                .map(|stream| test.store.stream_version("tally", stream));
+            let versions = futures::future::try_join_all(reads).await.expect("read");
+            assert_eq!(versions, [3, 0, 1, 3, 1, 0]);
+        }
         test.cleanup().await;
     }
 }
