@@ -136,3 +136,93 @@ impl<S: Statement> std::fmt::Debug for Gather<S> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A statement that answers ten times each request, once `gate` lets it, and
+    /// records which requests each statement took.
+    struct Recorded {
+        gate: Arc<Semaphore>,
+        statements: Arc<Mutex<Vec<Vec<u32>>>>,
+    }
+
+    impl Statement for Recorded {
+        type Request = u32;
+        type Answer = u32;
+
+        fn take(_waiting: &[Waiting<Self>]) -> usize {
+            3
+        }
+
+        fn run(&self, taken: Vec<Waiting<Self>>) -> impl Future<Output = ()> + Send {
+            let (gate, statements) = (Arc::clone(&self.gate), Arc::clone(&self.statements));
+            async move {
+                let _turn = gate.acquire().await.expect("the gate stays open");
+                let requests = taken.iter().map(|waiting| waiting.request).collect();
+                statements.lock().expect("not poisoned").push(requests);
+                for waiting in taken {
+                    let _ = waiting.answer.send(waiting.request * 10);
+                }
+            }
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("waited too long for {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_made_while_a_statement_runs_share_the_next_up_to_its_bound() {
+        let gather = Arc::new(Gather::new(1));
+        let gate = Arc::new(Semaphore::new(0));
+        let statements = Arc::new(Mutex::new(Vec::new()));
+        let submit = |request: u32| {
+            let gather = Arc::clone(&gather);
+            let statement = Recorded {
+                gate: Arc::clone(&gate),
+                statements: Arc::clone(&statements),
+            };
+            tokio::spawn(async move { gather.submit(request, statement).await })
+        };
+        let waiting = || gather.queue().waiting.len();
+
+        // The first goes at once, alone, and its statement holds until the gate opens.
+        let first = submit(0);
+        until("the first statement to take its request", || {
+            gather.statements_running() == 1 && waiting() == 0
+        })
+        .await;
+        let rest = (1..=7).map(submit).collect::<Vec<_>>();
+        until("seven requests waiting", || waiting() == 7).await;
+        assert_eq!(gather.statements_running(), 1, "one statement at a time");
+
+        gate.add_permits(100);
+        assert_eq!(first.await.expect("ran"), Some(0));
+        for (request, answer) in (1..=7).zip(rest) {
+            assert_eq!(answer.await.expect("ran"), Some(request * 10));
+        }
+        // The seven queued in whatever order their tasks ran: three, three, then one.
+        let statements = statements.lock().expect("not poisoned").clone();
+        let sizes = statements.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes, [1, 3, 3, 1], "{statements:?}");
+        let mut taken = statements.concat();
+        taken.sort_unstable();
+        assert_eq!(taken, (0..=7).collect::<Vec<_>>());
+        until("the statement to count itself out", || {
+            gather.statements_running() == 0
+        })
+        .await;
+    }
+}
