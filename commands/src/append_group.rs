@@ -171,12 +171,6 @@ fn constraint_of(error: &sqlx::Error) -> Option<&str> {
 /// The appends waiting for a statement, and the statements running.
 pub(crate) type AppendGroup = Gather<AppendStatement>;
 
-impl Default for AppendGroup {
-    fn default() -> Self {
-        Self::new(STATEMENTS_AT_ONCE)
-    }
-}
-
 impl AppendGroup {
     /// Writes `rows` with whatever other appends wait beside them, and answers their
     /// events' positions.
@@ -186,7 +180,7 @@ impl AppendGroup {
         kept: &Arc<KeptConnections>,
         rows: PgAppendRows,
     ) -> Result<Vec<i64>, AppendError> {
-        let statement = AppendStatement {
+        let statement = || AppendStatement {
             pool: pool.clone(),
             kept: Arc::clone(kept),
         };
@@ -209,6 +203,7 @@ pub(crate) struct AppendStatement {
 impl Statement for AppendStatement {
     type Request = PgAppendRows;
     type Answer = Result<Vec<i64>, AppendError>;
+    const AT_ONCE: usize = STATEMENTS_AT_ONCE;
 
     fn take(waiting: &[Waiting]) -> usize {
         let mut events = 0;

@@ -21,6 +21,10 @@ pub(crate) trait Statement: Send + 'static {
     type Request: Send + 'static;
     type Answer: Send + 'static;
 
+    /// How many statements of this kind may run at once (at least one). Fewer leave more
+    /// requests to share each; more let a request start sooner.
+    const AT_ONCE: usize;
+
     /// How many of the requests waiting, in their order, the next statement takes: a
     /// bound on its size. At least one is taken whatever this says.
     fn take(waiting: &[Waiting<Self>]) -> usize;
@@ -38,7 +42,6 @@ pub(crate) struct Waiting<S: Statement + ?Sized> {
 /// The requests of one kind waiting for a statement, and the statements running.
 pub(crate) struct Gather<S: Statement> {
     queue: Mutex<Queue<S>>,
-    statements_at_once: usize,
 }
 
 struct Queue<S: Statement> {
@@ -46,19 +49,18 @@ struct Queue<S: Statement> {
     statements: usize,
 }
 
-impl<S: Statement> Gather<S> {
-    /// At most `statements_at_once` (at least one) statements run at a time. Fewer leave
-    /// more requests to share each; more let a request start sooner.
-    pub(crate) fn new(statements_at_once: usize) -> Self {
+impl<S: Statement> Default for Gather<S> {
+    fn default() -> Self {
         Self {
             queue: Mutex::new(Queue {
                 waiting: Vec::new(),
                 statements: 0,
             }),
-            statements_at_once: statements_at_once.max(1),
         }
     }
+}
 
+impl<S: Statement> Gather<S> {
     fn queue(&self) -> MutexGuard<'_, Queue<S>> {
         // Held only to push, take or count: a panic cannot leave it half done.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -71,26 +73,26 @@ impl<S: Statement> Gather<S> {
     }
 
     /// Queues `request` and answers what its statement answered it. When a statement is
-    /// free, `statement` runs on a task of its own until no request waits. `None`: the
-    /// statement's task ended without answering (it panicked, or its runtime shut
-    /// down), after its statement was perhaps sent.
+    /// free, one made by `statement` runs on a task of its own until no request waits.
+    /// `None`: the statement's task ended without answering (it panicked, or its
+    /// runtime shut down), after its statement was perhaps sent.
     pub(crate) async fn submit(
         self: &Arc<Self>,
         request: S::Request,
-        statement: S,
+        statement: impl FnOnce() -> S,
     ) -> Option<S::Answer> {
         let (answer, answered) = oneshot::channel();
         let start_statement = {
             let mut queue = self.queue();
             queue.waiting.push(Waiting { request, answer });
-            let free = queue.statements < self.statements_at_once;
+            let free = queue.statements < S::AT_ONCE.max(1);
             if free {
                 queue.statements += 1;
             }
             free
         };
         if start_statement {
-            tokio::spawn(Arc::clone(self).run(statement));
+            tokio::spawn(Arc::clone(self).run(statement()));
         }
         answered.await.ok()
     }
@@ -155,6 +157,7 @@ mod tests {
     impl Statement for Recorded {
         type Request = u32;
         type Answer = u32;
+        const AT_ONCE: usize = 1;
 
         fn take(_waiting: &[Waiting<Self>]) -> usize {
             3
@@ -185,15 +188,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_made_while_a_statement_runs_share_the_next_up_to_its_bound() {
-        let gather = Arc::new(Gather::new(1));
+        let gather = Arc::new(Gather::default());
         let gate = Arc::new(Semaphore::new(0));
         let statements = Arc::new(Mutex::new(Vec::new()));
         let submit = |request: u32| {
             let gather = Arc::clone(&gather);
-            let statement = Recorded {
-                gate: Arc::clone(&gate),
-                statements: Arc::clone(&statements),
-            };
+            let (gate, statements) = (Arc::clone(&gate), Arc::clone(&statements));
+            let statement = move || Recorded { gate, statements };
             tokio::spawn(async move { gather.submit(request, statement).await })
         };
         let waiting = || gather.queue().waiting.len();

@@ -41,12 +41,6 @@ SELECT (SELECT e.sequence FROM events e
 /// The version reads waiting for a statement, and the statements running.
 pub(crate) type VersionGroup = Gather<VersionStatement>;
 
-impl Default for VersionGroup {
-    fn default() -> Self {
-        Self::new(STATEMENTS_AT_ONCE)
-    }
-}
-
 impl VersionGroup {
     /// The last sequence of the stream (0: no events yet), read with whatever other
     /// version reads wait beside it.
@@ -57,7 +51,7 @@ impl VersionGroup {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<i64, StoreError> {
-        let statement = VersionStatement {
+        let statement = || VersionStatement {
             pool: pool.clone(),
             kept: Arc::clone(kept),
         };
@@ -80,6 +74,7 @@ impl Statement for VersionStatement {
     /// The stream: its aggregate type and id.
     type Request = (String, String);
     type Answer = Result<i64, StoreError>;
+    const AT_ONCE: usize = STATEMENTS_AT_ONCE;
 
     fn take(_waiting: &[Waiting]) -> usize {
         READS_PER_STATEMENT
