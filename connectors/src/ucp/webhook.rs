@@ -13,7 +13,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use ring::rand::SystemRandom;
+use ring::signature::{self as ring_signature, EcdsaKeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use shopagent_domain::money::{Currency, Money};
 use shopagent_domain::ports::{FulfillmentUpdate, ReportedUpdate};
@@ -46,17 +48,61 @@ pub struct SigningKey {
     pub alg: Option<String>,
 }
 
+/// How a signature is checked against one published key.
+enum Verifier {
+    /// A P-256 point, uncompressed (`04 ‖ x ‖ y`). Checked with `ring`, whose P-256
+    /// arithmetic is several times faster than the portable one `jsonwebtoken` uses;
+    /// every merchant order event is one such check.
+    Es256(Vec<u8>),
+    Rs256(DecodingKey),
+}
+
+impl Verifier {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            Self::Es256(_) => Algorithm::ES256,
+            Self::Rs256(_) => Algorithm::RS256,
+        }
+    }
+
+    /// Whether `signature` (base64url) signs `message`.
+    fn verifies(&self, signature: &str, message: &[u8]) -> bool {
+        match self {
+            Self::Es256(point) => URL_SAFE_NO_PAD.decode(signature).is_ok_and(|signature| {
+                ring_signature::UnparsedPublicKey::new(
+                    &ring_signature::ECDSA_P256_SHA256_FIXED,
+                    point,
+                )
+                .verify(message, &signature)
+                .is_ok()
+            }),
+            Self::Rs256(key) => {
+                jsonwebtoken::crypto::verify(signature, message, key, Algorithm::RS256)
+                    .unwrap_or(false)
+            }
+        }
+    }
+}
+
 impl SigningKey {
-    /// The algorithm and verification key this JWK stands for.
-    fn verifier(&self) -> Option<(Algorithm, DecodingKey)> {
+    /// How signatures by the key this JWK stands for are checked.
+    fn verifier(&self) -> Option<Verifier> {
         match (self.kty.as_str(), self.crv.as_deref()) {
             ("EC", Some("P-256")) => {
-                let key = DecodingKey::from_ec_components(self.x.as_deref()?, self.y.as_deref()?);
-                Some((Algorithm::ES256, key.ok()?))
+                let coordinate = |c: Option<&str>| {
+                    URL_SAFE_NO_PAD
+                        .decode(c?)
+                        .ok()
+                        .filter(|bytes| bytes.len() == 32)
+                };
+                let mut point = vec![4];
+                point.extend(coordinate(self.x.as_deref())?);
+                point.extend(coordinate(self.y.as_deref())?);
+                Some(Verifier::Es256(point))
             }
             ("RSA", _) => {
                 let key = DecodingKey::from_rsa_components(self.n.as_deref()?, self.e.as_deref()?);
-                Some((Algorithm::RS256, key.ok()?))
+                Some(Verifier::Rs256(key.ok()?))
             }
             _ => None,
         }
@@ -126,18 +172,19 @@ pub fn verify(
         .iter()
         .find(|k| k.kid == header.kid)
         .ok_or_else(|| SignatureError::UnknownKey(header.kid.clone()))?;
-    let (algorithm, decoding_key) = key
+    let verifier = key
         .verifier()
-        .filter(|(algorithm, _)| *algorithm == header.alg)
+        .filter(|verifier| verifier.algorithm() == header.alg)
         .ok_or_else(|| SignatureError::WrongAlgorithm(header.kid.clone()))?;
     // RFC 7797: the signing input is the encoded header, a dot, and the raw payload.
     let mut message = Vec::with_capacity(protected.len() + 1 + body.len());
     message.extend_from_slice(protected.as_bytes());
     message.push(b'.');
     message.extend_from_slice(body);
-    match jsonwebtoken::crypto::verify(signature, &message, &decoding_key, algorithm) {
-        Ok(true) => Ok(()),
-        _ => Err(SignatureError::Mismatch),
+    if verifier.verifies(signature, &message) {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
     }
 }
 
@@ -145,9 +192,13 @@ pub fn verify(
 #[derive(Clone)]
 pub struct WebhookSigner {
     kid: String,
-    private: EncodingKey,
+    private: std::sync::Arc<EcdsaKeyPair>,
     public: SigningKey,
 }
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the webhook body could not be signed")]
+pub struct SignError;
 
 impl std::fmt::Debug for WebhookSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,30 +210,34 @@ impl std::fmt::Debug for WebhookSigner {
 
 impl WebhookSigner {
     /// A fresh P-256 key named `kid`.
+    ///
+    /// # Panics
+    /// When the system's random source fails: no key can be made without it.
     pub fn generate(kid: impl Into<String>) -> Self {
-        use p256::pkcs8::EncodePrivateKey;
         let kid = kid.into();
-        let secret = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-        let point = secret.verifying_key().to_encoded_point(false);
-        let coordinate = |c: Option<&p256::FieldBytes>| c.map(|c| URL_SAFE_NO_PAD.encode(c));
+        let algorithm = &ring_signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(algorithm, &rng)
+            .expect("the system's random source makes a P-256 key");
+        let private = EcdsaKeyPair::from_pkcs8(algorithm, pkcs8.as_ref(), &rng)
+            .expect("a key ring just made is one it reads");
+        // Uncompressed: 04, then the 32-byte x and y.
+        let point = private.public_key().as_ref();
+        let coordinate = |c: &[u8]| Some(URL_SAFE_NO_PAD.encode(c));
         let public = SigningKey {
             kid: kid.clone(),
             kty: "EC".into(),
             crv: Some("P-256".into()),
-            x: coordinate(point.x()),
-            y: coordinate(point.y()),
+            x: coordinate(&point[1..33]),
+            y: coordinate(&point[33..65]),
             n: None,
             e: None,
             usage: Some("sig".into()),
             alg: Some("ES256".into()),
         };
-        let der = secret
-            .to_pkcs8_der()
-            .map(|doc| doc.as_bytes().to_vec())
-            .unwrap_or_default();
         Self {
             kid,
-            private: EncodingKey::from_ec_der(&der),
+            private: std::sync::Arc::new(private),
             public,
         }
     }
@@ -193,7 +248,7 @@ impl WebhookSigner {
     }
 
     /// `Request-Signature` for `body`, signed at `iat` (Unix seconds).
-    pub fn sign(&self, body: &[u8], iat: i64) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn sign(&self, body: &[u8], iat: i64) -> Result<String, SignError> {
         let header = ProtectedHeader {
             alg: Algorithm::ES256,
             kid: self.kid.clone(),
@@ -201,11 +256,15 @@ impl WebhookSigner {
             crit: vec!["b64".into()],
             iat,
         };
-        let protected = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+        let protected = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|_| SignError)?);
         let mut message = protected.clone().into_bytes();
         message.push(b'.');
         message.extend_from_slice(body);
-        let signature = jsonwebtoken::crypto::sign(&message, &self.private, Algorithm::ES256)?;
+        let signature = self
+            .private
+            .sign(&SystemRandom::new(), &message)
+            .map_err(|_| SignError)?;
+        let signature = URL_SAFE_NO_PAD.encode(signature.as_ref());
         Ok(format!("{protected}..{signature}"))
     }
 }
@@ -377,6 +436,47 @@ mod tests {
         assert_eq!(
             verify(&header, body, &[signer.public_key()], NOW + 10),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_signature_made_elsewhere_verifies_and_ours_verifies_elsewhere() {
+        // Made with Python's `cryptography` (its own P-256 key, DER signature turned
+        // into r ‖ s), not with the code under test.
+        let elsewhere = SigningKey {
+            kid: "py1".into(),
+            kty: "EC".into(),
+            crv: Some("P-256".into()),
+            x: Some("0xDvolRoUWPwqLT2chdP1Tf_vxnmRObABV5JJ2TyTBU".into()),
+            y: Some("3qKoReVqa6UhB3KUtzAmD_HIJ1HZeEVXAbWCYL1s8Ag".into()),
+            n: None,
+            e: None,
+            usage: Some("sig".into()),
+            alg: Some("ES256".into()),
+        };
+        let header = "eyJhbGciOiJFUzI1NiIsImtpZCI6InB5MSIsImI2NCI6ZmFsc2UsImNyaXQiOlsiYjY0Il0sImlhdCI6MTc5MDAwMDAwMH0..XCP0LwVedOxwORZN1tcgvor5N9AaHFVPFm2j-rUhBVpWMFP_Urid_AwN-0xGfMOSVu-ZA65HGTf8Jy67oUnBFQ";
+        let keys = [elsewhere];
+        assert_eq!(verify(header, br#"{"event_id":"e1"}"#, &keys, NOW), Ok(()));
+        assert_eq!(
+            verify(header, br#"{"event_id":"e2"}"#, &keys, NOW),
+            Err(SignatureError::Mismatch)
+        );
+
+        // Ours, checked by `jsonwebtoken`'s own ES256 from the JWK we publish.
+        let signer = WebhookSigner::generate("k1");
+        let body = br#"{"event_id":"e1"}"#;
+        let header = signer.sign(body, NOW).expect("signs");
+        let (protected, signature) = header.split_once("..").expect("detached");
+        let public = signer.public_key();
+        let key = DecodingKey::from_ec_components(
+            public.x.as_deref().expect("x"),
+            public.y.as_deref().expect("y"),
+        )
+        .expect("a P-256 point");
+        let message = [protected.as_bytes(), b".", body].concat();
+        assert_eq!(
+            jsonwebtoken::crypto::verify(signature, &message, &key, Algorithm::ES256),
+            Ok(true)
         );
     }
 
