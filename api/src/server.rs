@@ -78,6 +78,8 @@ pub struct AppState {
     pub tracking_webhook_secret: Option<Arc<str>>,
     /// Webhook signing keys of UCP merchants, from their profiles.
     pub ucp_keys: Arc<crate::directory::UcpSigningKeys>,
+    /// The orders this instance placed lately, for the merchants' webhooks about them.
+    pub placed: Arc<shopagent_commands::placed::PlacedOrders>,
     /// Each merchant's connector, from the capability registry.
     pub directory: Arc<dyn MerchantDirectory>,
     /// Keys the pseudonyms of redacted exports (stable while it is).
@@ -172,6 +174,7 @@ impl AppState {
                 )
                 .expect("an HTTP client for merchant profiles"),
             ),
+            placed: Arc::default(),
         }
     }
 }
@@ -372,6 +375,7 @@ impl Server {
                 // Five unavailable answers in a row open a merchant's circuit; an order
                 // gives up after five attempts (backoff grows to 30 s between them).
                 breaker: MerchantBreaker::new(app.merchants.clone(), 5, 5),
+                placed: app.placed.clone(),
             };
             tokio::spawn(
                 SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),

@@ -25,6 +25,7 @@ on_both_backends!(
     an_out_of_stock_item_fails_the_order_with_its_reason,
     merchant_order_events_carry_the_order_through_delivery_return_and_refund,
     a_merchant_event_must_be_signed_by_the_merchant_and_recent,
+    a_merchant_event_about_an_order_placed_here_needs_no_orders_hub,
     a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
     a_charge_from_another_acceptor_is_declined_by_the_payment_rules,
     the_merchant_prices_its_part_of_the_cart,
@@ -255,6 +256,56 @@ async fn merchant_order_events_carry_the_order_through_delivery_return_and_refun
         after.body["version"], version,
         "a repeated event appends nothing"
     );
+    app.stop().await;
+}
+
+/// A merchant's first events about an order come moments after the placement, often
+/// before the orders hub has caught up with it: the instance that placed the order
+/// knows it by the merchant's reference without the hub.
+async fn a_merchant_event_about_an_order_placed_here_needs_no_orders_hub(backend: Backend) {
+    use shopagent_projections::{OutsideReference, find_order};
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    let ops = app.token("acme", "ops", Role::Ops, None);
+    let hub = "/v1/ops/projections/orders_hub";
+    let paused = app.post(&format!("{hub}/pause"), &ops, json!({})).await;
+    assert_eq!(paused.status, StatusCode::OK, "{:?}", paused.body);
+    merchant.deliver_webhooks_to(app.url("/v1/webhooks/ucp/acme/acme"));
+    let (_, order) = check_out(&app).await;
+
+    // The merchant's "order created" event confirms the order, the hub paused.
+    let confirmed = order_until(&app, &order, |o| o["status"] == "confirmed").await;
+    assert_eq!(
+        confirmed.body["status"], "confirmed",
+        "{:?}",
+        confirmed.body
+    );
+    let reference = confirmed.body["merchant_reference"]
+        .as_str()
+        .expect("the merchant's reference")
+        .to_owned();
+    let by = OutsideReference::Merchant {
+        merchant: "acme",
+        reference: &reference,
+    };
+    let in_hub = || find_order(app.store.database(), "acme", by);
+    assert_eq!(
+        in_hub().await.expect("the hub"),
+        None,
+        "the hub never saw it"
+    );
+
+    // Resumed, the hub names the same order.
+    let resumed = app.post(&format!("{hub}/resume"), &ops, json!({})).await;
+    assert_eq!(resumed.status, StatusCode::OK, "{:?}", resumed.body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let found = in_hub().await.expect("the hub");
+        if found.is_some() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(found, Some((order, "USD".to_owned())));
     app.stop().await;
 }
 

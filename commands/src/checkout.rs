@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::placed::PlacedOrders;
 use crate::subscriber::{HandlerError, Subscriber, call_out, call_outcome};
 use crate::trace;
 use crate::{CommandBus, CommandError, Store, StoreError, StoredEvent};
@@ -46,6 +47,8 @@ pub struct CheckoutProcess {
     pub cap_tolerance_bps: u32,
     /// Retries and the circuit breaker of merchant calls.
     pub breaker: MerchantBreaker,
+    /// Each order placed, kept by the merchant's reference for its webhooks.
+    pub placed: Arc<PlacedOrders>,
 }
 
 /// Bounded retries per order and a circuit breaker per merchant, feeding the registry.
@@ -526,15 +529,26 @@ impl CheckoutProcess {
                 at: now,
             },
         };
-        self.step(
-            &self.orders,
-            event,
-            &order_stream,
-            "placed-or-failed",
-            command,
-        )
-        .await
-        .map(drop)
+        let order = self
+            .step_and_load(
+                &self.orders,
+                event,
+                &order_stream,
+                "placed-or-failed",
+                command,
+            )
+            .await?;
+        // As the order holds it: the merchant's first events about it come next.
+        if let Some(reference) = &order.merchant_reference {
+            self.placed.placed(
+                tenant,
+                draft.merchant.as_str(),
+                reference,
+                &terms.order_id.to_string(),
+                draft.total.currency,
+            );
+        }
+        Ok(())
     }
 
     async fn on_order_placed(&self, event: &StoredEvent) -> Result<(), HandlerError> {

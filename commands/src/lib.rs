@@ -18,6 +18,7 @@ pub mod export;
 pub mod fulfillment;
 pub(crate) mod gather;
 pub mod log;
+pub mod placed;
 pub mod publisher;
 pub mod request_claim;
 pub mod store;

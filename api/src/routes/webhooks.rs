@@ -482,12 +482,21 @@ fn not_yet_known(code: &'static str, what: &str) -> Problem {
     .with_retry_after(1)
 }
 
-/// The order an outside reference names, or 503 until the orders hub knows it.
+/// The order an outside reference names, or 503 until the orders hub knows it. An
+/// order this instance placed lately needs no look-up.
 async fn order_named_by(
     app: &App,
     tenant: &str,
     by: shopagent_projections::OutsideReference<'_>,
 ) -> Result<(String, Currency), Problem> {
+    if let shopagent_projections::OutsideReference::Merchant {
+        merchant,
+        reference,
+    } = by
+        && let Some(placed) = app.placed.find(tenant, merchant, reference)
+    {
+        return Ok(placed);
+    }
     let found = shopagent_projections::find_order(app.store.database(), tenant, by).await?;
     let Some((order_id, currency)) = found else {
         return Err(not_yet_known("order_not_yet_known", "this order"));

@@ -328,6 +328,7 @@ pub fn process(
         merchants: Arc::new(Directory(merchant)),
         cap_tolerance_bps: 500,
         breaker: MerchantBreaker::new(fixture.registry.clone(), 2, 4),
+        placed: Arc::default(),
     })
 }
 
