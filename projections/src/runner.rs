@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::on_pool;
-use shopagent_commands::subscriber::{SavedCursor, Step, Throughput, Wake, checkpoint, drive};
+use shopagent_commands::subscriber::{
+    Kept, SavedCursor, Step, Throughput, Wake, checkpoint, drive,
+};
 use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
 use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -69,6 +71,27 @@ impl ReadModelTx<'static> {
             // IMMEDIATE takes the write lock up front: SQLite cannot upgrade a read
             // transaction to a write one while another writer is active.
             Database::Sqlite(pool) => Self::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        })
+    }
+
+    /// Begins a batch's transaction holding projection `name`'s checkpoint row, in the
+    /// one round trip of `BEGIN` on PostgreSQL: the lock is sent with it, in one
+    /// message, and its answer is not read (the batch's save checks the checkpoint).
+    /// On SQLite the IMMEDIATE transaction already excludes every other writer.
+    async fn begin_holding(db: &Database, name: &str) -> Result<Self, sqlx::Error> {
+        Ok(match db {
+            Database::Postgres(pool) => {
+                // Simple-query text has no parameters: the name goes in as a literal.
+                let name = name.replace('\'', "''");
+                Self::Postgres(
+                    pool.begin_with(format!(
+                        "BEGIN; SELECT 1 FROM projection_checkpoints WHERE name = '{name}' \
+                         FOR UPDATE"
+                    ))
+                    .await?,
+                )
+            }
+            Database::Sqlite(_) => Self::begin(db).await?,
         })
     }
 }
@@ -340,6 +363,20 @@ impl ProjectionRunner {
     /// [`ProjectionRunner::step`]; `since`: when a runner following the head was woken
     /// (see [`shopagent_commands::Store::read_log_tail`]).
     async fn step_since(&self, since: Option<Instant>) -> Result<usize, ProjectionError> {
+        loop {
+            if let Some(applied) = self.try_step(since).await? {
+                return Ok(applied);
+            }
+            // The checkpoint was not where this runner kept it (ops moved it, another
+            // instance applied the batch, or the projection was paused): the batch was
+            // rolled back, and the next try starts from the stored checkpoint.
+            self.saved.forget();
+        }
+    }
+
+    /// [`ProjectionRunner::step_since`], once: `None` when the batch found its
+    /// checkpoint moved as it saved it, and rolled back.
+    async fn try_step(&self, since: Option<Instant>) -> Result<Option<usize>, ProjectionError> {
         let name = self.name();
         let started = Instant::now();
         let (tx, events, unwritten) = loop {
@@ -357,18 +394,18 @@ impl ProjectionRunner {
                 }
                 // The time to write what was passed over.
                 if let Some((cursor, unwritten)) = kept.unwritten_place() {
-                    match self.lock_at(kept.written).await? {
+                    match self.lock_at(kept.written, is_kept).await? {
                         Locked::At(tx) => {
                             let rate = self.record(started, 0);
-                            self.save(tx, cursor, unwritten, rate).await?;
-                            return Ok(0);
+                            let saved = self.save(tx, kept.written, cursor, unwritten, rate);
+                            return Ok(saved.await?.then_some(0));
                         }
-                        Locked::Paused => return Ok(0),
+                        Locked::Paused => return Ok(Some(0)),
                         Locked::Moved => continue,
                     }
                 }
                 self.saved.keep(kept);
-                return Ok(0);
+                return Ok(Some(0));
             }
             let last = events[events.len() - 1].cursor;
             if !events.iter().any(|event| self.projection.projects(event))
@@ -376,11 +413,11 @@ impl ProjectionRunner {
             {
                 self.record(started, events.len());
                 self.saved.keep(ahead);
-                return Ok(events.len());
+                return Ok(Some(events.len()));
             }
-            match self.lock_at(kept.written).await? {
-                Locked::At(tx) => break (tx, events, kept.unwritten()),
-                Locked::Paused => return Ok(0),
+            match self.lock_at(kept.written, is_kept).await? {
+                Locked::At(tx) => break (tx, events, kept),
+                Locked::Paused => return Ok(Some(0)),
                 Locked::Moved => {}
             }
         };
@@ -394,23 +431,27 @@ impl ProjectionRunner {
             last_position = last.position,
         );
         shopagent_commands::trace::join_batch(&span, &events);
-        self.apply_and_save(tx, &events, unwritten, started)
+        let saved = self
+            .apply_and_save(tx, &events, unwritten, started)
             .instrument(span)
             .await?;
+        if !saved {
+            return Ok(None);
+        }
         tracing::debug!(
             projection = name,
             events = events.len(),
             position = last.position,
             "projection batch applied"
         );
-        Ok(events.len())
+        Ok(Some(events.len()))
     }
 }
 
 /// What a batch found when it locked the projection's checkpoint row.
 enum Locked {
-    /// The checkpoint is where the runner wrote it: the batch goes on in this
-    /// transaction.
+    /// The checkpoint is where the runner wrote it, or is taken to be (the save
+    /// checks it): the batch goes on in this transaction.
     At(ReadModelTx<'static>),
     /// Ops paused the projection: nothing is applied (the transaction rolls back on
     /// drop).
@@ -423,7 +464,17 @@ impl ProjectionRunner {
     /// Begins a batch's transaction and locks the checkpoint row, expecting it at
     /// `written`. Another instance may have applied the batch meanwhile: the row lock
     /// serialises runners, and a moved checkpoint means read again.
-    async fn lock_at(&self, written: LogCursor) -> Result<Locked, ProjectionError> {
+    ///
+    /// Where `written` is the checkpoint this runner kept from its last batch, the lock
+    /// goes with `BEGIN` and nothing is read back: almost always it is still there, and
+    /// the batch's save moves it only from there (and not while paused), so a batch
+    /// that finds it moved is rolled back then. Otherwise (the first batch, or after a
+    /// batch found its checkpoint moved) the row is read under the lock first.
+    async fn lock_at(&self, written: LogCursor, kept: bool) -> Result<Locked, ProjectionError> {
+        if kept && written != LogCursor::START {
+            let tx = ReadModelTx::begin_holding(self.store.derived(), self.name()).await?;
+            return Ok(Locked::At(tx));
+        }
         let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         let (locked, paused) = lock_checkpoint(&mut tx, self.name()).await?;
         Ok(if paused {
@@ -435,19 +486,21 @@ impl ProjectionRunner {
         })
     }
 
-    /// Applies a batch read after the checkpoint locked in `tx` (and `unwritten` events
-    /// passed over before it), moves the checkpoint past it and commits.
+    /// Applies a batch read after the checkpoint `kept` locked in `tx` (and the events
+    /// passed over before it), moves the checkpoint past it and commits. False when
+    /// the checkpoint was no longer where it was kept: nothing is committed.
     async fn apply_and_save(
         &self,
         mut tx: ReadModelTx<'_>,
         events: &[StoredEvent],
-        unwritten: usize,
+        kept: Kept,
         started: Instant,
-    ) -> Result<(), ProjectionError> {
+    ) -> Result<bool, ProjectionError> {
         self.projection.apply_batch(&mut tx, events).await?;
         let rate = self.record(started, events.len());
         let last = events[events.len() - 1].cursor;
-        self.save(tx, last, unwritten + events.len(), rate).await
+        let applied = kept.unwritten() + events.len();
+        self.save(tx, kept.written, last, applied, rate).await
     }
 
     /// Counts `events` applied since `started`; answers the recent rate.
@@ -458,19 +511,42 @@ impl ProjectionRunner {
             .record(started, events)
     }
 
-    /// Moves the checkpoint locked in `tx` to `cursor`, past `events` more events, and
-    /// commits.
+    /// Moves the checkpoint locked in `tx` from `from` to `cursor`, past `events` more
+    /// events, and commits. False when it was not at `from`, or ops paused the
+    /// projection: then nothing is committed (the transaction rolls back on drop).
     async fn save(
         &self,
         mut tx: ReadModelTx<'_>,
+        from: LogCursor,
         cursor: LogCursor,
         events: usize,
         rate: f64,
-    ) -> Result<(), ProjectionError> {
-        save_checkpoint(&mut tx, self.name(), cursor, Some(events as i64), rate).await?;
+    ) -> Result<bool, ProjectionError> {
+        const SQL: &str = "UPDATE projection_checkpoints
+              SET txid = $2, position = $3, events_applied = events_applied + $4,
+                  updated_at = $5, events_per_second = $6
+            WHERE name = $1 AND txid = $7 AND position = $8 AND paused = 0";
+        let now = format_timestamp(OffsetDateTime::now_utc());
+        let moved = on_read_model!(&mut tx, conn => {
+            sqlx::query(SQL)
+                .bind(self.name())
+                .bind(cursor.txid)
+                .bind(cursor.position)
+                .bind(events as i64)
+                .bind(&now)
+                .bind(rate)
+                .bind(from.txid)
+                .bind(from.position)
+                .execute(conn)
+                .await?
+                .rows_affected()
+        });
+        if moved == 0 {
+            return Ok(false);
+        }
         tx.commit().await?;
         self.saved.keep_written(cursor);
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -412,9 +412,51 @@ async fn batches_it_does_not_project_are_written_once_it_finds_nothing_new(test:
     assert!(totals(store).await.is_empty());
 }
 
+/// A runner begins each batch holding the checkpoint it kept from its last one, and
+/// checks it only as it saves the batch: a batch begun after ops paused the projection
+/// must commit nothing, and the runner must go on from where it stopped once resumed.
+async fn a_projection_paused_after_its_last_batch_applies_nothing_more(test: &TestStore) {
+    let store = &test.store;
+    create_totals_table(store).await;
+    seed(store).await;
+    settle(store).await;
+    let runner =
+        ProjectionRunner::new(store.clone(), Arc::new(Totals::default())).with_batch_size(100);
+    assert_eq!(runner.step().await.expect("a first batch"), 100);
+    let after_one = totals(store).await;
+
+    shopagent_projections::set_paused(store, "test_totals", true)
+        .await
+        .expect("paused");
+    for _ in 0..2 {
+        assert_eq!(runner.step().await.expect("paused"), 0);
+    }
+    assert_eq!(
+        totals(store).await,
+        after_one,
+        "nothing applied while paused"
+    );
+    assert_eq!(stored(store).await, ((TOTAL - 100) as i64, 100));
+
+    shopagent_projections::set_paused(store, "test_totals", false)
+        .await
+        .expect("resumed");
+    assert_eq!(
+        runner.catch_up().await.expect("the rest") as usize,
+        TOTAL - 100
+    );
+    assert_eq!(
+        totals(store).await,
+        expected_totals(),
+        "nothing applied twice"
+    );
+    assert_eq!(stored(store).await, (0, TOTAL as i64));
+}
+
 shopagent_commands::on_both_backends!(
     batches_it_does_not_project_are_written_with_the_next_it_does,
     batches_it_does_not_project_are_written_once_it_finds_nothing_new,
+    a_projection_paused_after_its_last_batch_applies_nothing_more,
 );
 
 async fn running_catalog_follows_the_log_and_stops_cleanly(store: &Store) {
