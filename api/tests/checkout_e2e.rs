@@ -153,19 +153,25 @@ async fn order_until(app: &TestApp, order: &str, done: impl Fn(&Value) -> bool) 
     }
 }
 
-async fn merchant_order_events_carry_the_order_through_delivery_return_and_refund(
-    backend: Backend,
-) {
-    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+/// Checks out with the merchant's webhooks delivered, and waits until its "order
+/// created" event has confirmed the order: the order's id and state.
+async fn checked_out_and_confirmed(app: &TestApp, merchant: &SandboxMerchant) -> (String, Reply) {
     merchant.deliver_webhooks_to(app.url("/v1/webhooks/ucp/acme/acme"));
-    let (_, order) = check_out(&app).await;
-    // The merchant's "order created" event confirms the order.
-    let confirmed = order_until(&app, &order, |o| o["status"] == "confirmed").await;
+    let (_, order) = check_out(app).await;
+    let confirmed = order_until(app, &order, |o| o["status"] == "confirmed").await;
     assert_eq!(
         confirmed.body["status"], "confirmed",
         "{:?}",
         confirmed.body
     );
+    (order, confirmed)
+}
+
+async fn merchant_order_events_carry_the_order_through_delivery_return_and_refund(
+    backend: Backend,
+) {
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    let (order, _) = checked_out_and_confirmed(&app, &merchant).await;
 
     merchant
         .ship("ord_1", "UPS", "1Z999AA10123456784")
@@ -269,16 +275,7 @@ async fn a_merchant_event_about_an_order_placed_here_needs_no_orders_hub(backend
     let hub = "/v1/ops/projections/orders_hub";
     let paused = app.post(&format!("{hub}/pause"), &ops, json!({})).await;
     assert_eq!(paused.status, StatusCode::OK, "{:?}", paused.body);
-    merchant.deliver_webhooks_to(app.url("/v1/webhooks/ucp/acme/acme"));
-    let (_, order) = check_out(&app).await;
-
-    // The merchant's "order created" event confirms the order, the hub paused.
-    let confirmed = order_until(&app, &order, |o| o["status"] == "confirmed").await;
-    assert_eq!(
-        confirmed.body["status"], "confirmed",
-        "{:?}",
-        confirmed.body
-    );
+    let (order, confirmed) = checked_out_and_confirmed(&app, &merchant).await;
     let reference = confirmed.body["merchant_reference"]
         .as_str()
         .expect("the merchant's reference")
