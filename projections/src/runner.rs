@@ -350,7 +350,7 @@ impl ProjectionRunner {
         self.saved.forget();
         let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         self.projection.reset(&mut tx).await?;
-        save_checkpoint(&mut tx, self.name(), LogCursor::START, None, 0.0).await?;
+        rewind_checkpoint(&mut tx, self.name()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -379,7 +379,7 @@ impl ProjectionRunner {
     async fn try_step(&self, since: Option<Instant>) -> Result<Option<usize>, ProjectionError> {
         let name = self.name();
         let started = Instant::now();
-        let (tx, events, unwritten) = loop {
+        let (tx, events, began) = loop {
             let db = self.store.database();
             let (kept, is_kept) = self.saved.start(db, name).await?;
             let events = self
@@ -432,7 +432,7 @@ impl ProjectionRunner {
         );
         shopagent_commands::trace::join_batch(&span, &events);
         let saved = self
-            .apply_and_save(tx, &events, unwritten, started)
+            .apply_and_save(tx, &events, began, started)
             .instrument(span)
             .await?;
         if !saved {
@@ -586,42 +586,16 @@ pub(crate) async fn lock_checkpoint(
     Ok((LogCursor { txid, position }, paused != 0))
 }
 
-/// Moves the checkpoint to `cursor`, adding `applied` to the count of applied events;
-/// `None` rewinds the count too (a reset). `rate` is the recent events per second.
-async fn save_checkpoint(
-    tx: &mut ReadModelTx<'_>,
-    name: &str,
-    cursor: LogCursor,
-    applied: Option<i64>,
-    rate: f64,
-) -> Result<(), ProjectionError> {
-    let now = format_timestamp(OffsetDateTime::now_utc());
-    let counter = if applied.is_some() {
-        "projection_checkpoints.events_applied + excluded.events_applied"
-    } else {
-        "0"
-    };
-    let sql = format!(
-        "INSERT INTO projection_checkpoints (name, txid, position, events_applied, updated_at,
-                                             events_per_second)
-         VALUES ($1, $2, $3, $4, $5, $6)
+/// Rewinds the checkpoint to the start of the log, with its count of applied events
+/// and its rate (a reset); makes the row if there is none.
+async fn rewind_checkpoint(tx: &mut ReadModelTx<'_>, name: &str) -> Result<(), ProjectionError> {
+    const SQL: &str = "INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE SET
-            txid = excluded.txid,
-            position = excluded.position,
-            events_applied = {counter},
-            updated_at = excluded.updated_at,
-            events_per_second = excluded.events_per_second"
-    );
+            txid = 0, position = 0, events_applied = 0, updated_at = excluded.updated_at,
+            events_per_second = 0";
+    let now = format_timestamp(OffsetDateTime::now_utc());
     on_read_model!(tx, conn => {
-        sqlx::query(&sql)
-            .bind(name)
-            .bind(cursor.txid)
-            .bind(cursor.position)
-            .bind(applied.unwrap_or(0))
-            .bind(&now)
-            .bind(rate)
-            .execute(conn)
-            .await?;
+        sqlx::query(SQL).bind(name).bind(&now).execute(conn).await?;
     });
     Ok(())
 }
