@@ -13,9 +13,10 @@
 //! Bounded: the oldest pairings are forgotten first, so memory stays flat under any
 //! load.
 
-use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::{Mutex, PoisonError};
 
+use lru::LruCache;
 use shopagent_domain::money::Currency;
 
 /// How a merchant names an order: tenant, merchant, the merchant's reference.
@@ -24,15 +25,7 @@ type Reference = (String, String, String);
 /// The orders placed lately, by reference ([module docs](self)).
 #[derive(Debug)]
 pub struct PlacedOrders {
-    capacity: usize,
-    kept: Mutex<Kept>,
-}
-
-#[derive(Debug, Default)]
-struct Kept {
-    orders: HashMap<Reference, (String, Currency)>,
-    /// The references in the order they were kept: the first is forgotten first.
-    order: VecDeque<Reference>,
+    kept: Mutex<LruCache<Reference, (String, Currency)>>,
 }
 
 impl PlacedOrders {
@@ -42,10 +35,15 @@ impl PlacedOrders {
 
     /// Keeps at most `capacity` orders (at least one).
     pub fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
-            capacity: capacity.max(1),
-            kept: Mutex::default(),
+            kept: Mutex::new(LruCache::new(capacity)),
         }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, LruCache<Reference, (String, Currency)>> {
+        // Held only to put or peek one entry: a panic cannot leave it half done.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Keeps that `merchant` calls order `order_id` of `tenant`, in `currency`,
@@ -59,23 +57,12 @@ impl PlacedOrders {
         currency: Currency,
     ) {
         let key = (tenant.to_owned(), merchant.to_owned(), reference.to_owned());
-        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept
-            .orders
-            .insert(key.clone(), (order_id.to_owned(), currency))
-            .is_none()
-        {
-            kept.order.push_back(key);
-        }
-        while kept.order.len() > self.capacity {
-            if let Some(oldest) = kept.order.pop_front() {
-                kept.orders.remove(&oldest);
-            }
-        }
+        self.kept().put(key, (order_id.to_owned(), currency));
     }
 
     /// The order and currency of the order `merchant` calls `reference`, if this
-    /// instance placed it lately.
+    /// instance placed it lately. A look-up does not keep an order longer: the oldest
+    /// placed are forgotten first.
     pub fn find(
         &self,
         tenant: &str,
@@ -83,8 +70,7 @@ impl PlacedOrders {
         reference: &str,
     ) -> Option<(String, Currency)> {
         let key = (tenant.to_owned(), merchant.to_owned(), reference.to_owned());
-        let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.orders.get(&key).cloned()
+        self.kept().peek(&key).cloned()
     }
 }
 
