@@ -556,7 +556,6 @@ impl Throughput {
     /// the rate over the window.
     pub fn record(&mut self, started: Instant, events: usize) -> f64 {
         let now = Instant::now();
-        self.batches.push_back((started, now, events));
         while self
             .batches
             .front()
@@ -564,9 +563,30 @@ impl Throughput {
         {
             self.batches.pop_front();
         }
-        let first = self.batches.front().map_or(started, |(start, _, _)| *start);
-        let total: usize = self.batches.iter().map(|(_, _, n)| n).sum();
-        total as f64 / now.duration_since(first).as_secs_f64().max(1e-3)
+        self.batches.push_back((started, now, events));
+        self.rate_at(now, started, 0)
+    }
+
+    /// The rate over the window were a batch of `events` that started at `started`
+    /// counted now, without counting it: for a batch that may yet roll back.
+    pub fn rate_with(&self, started: Instant, events: usize) -> f64 {
+        self.rate_at(Instant::now(), started, events)
+    }
+
+    /// The rate at `now` over the window's batches and `events` more since `started`.
+    fn rate_at(&self, now: Instant, started: Instant, events: usize) -> f64 {
+        let recent = || {
+            self.batches
+                .iter()
+                .filter(move |(_, finished, _)| now.duration_since(*finished) <= Self::WINDOW)
+        };
+        let first = recent().next().map_or(started, |(start, _, _)| *start);
+        let total: usize = recent().map(|(_, _, n)| n).sum::<usize>() + events;
+        total as f64
+            / now
+                .duration_since(first.min(started))
+                .as_secs_f64()
+                .max(1e-3)
     }
 }
 
@@ -894,6 +914,18 @@ mod tests {
 
     fn at(position: i64) -> LogCursor {
         LogCursor { txid: 1, position }
+    }
+
+    #[test]
+    fn a_rate_asked_for_a_batch_does_not_count_it() {
+        let mut throughput = Throughput::default();
+        let started = Instant::now() - Duration::from_secs(2);
+        let with_batch = throughput.rate_with(started, 100);
+        assert!(with_batch > 40.0, "{with_batch}");
+        assert_eq!(throughput.rate_with(started, 0), 0.0);
+        let recorded = throughput.record(started, 100);
+        assert!(recorded > 40.0 && recorded <= with_batch, "{recorded}");
+        assert!(throughput.rate_with(started, 0) > 40.0);
     }
 
     #[test]

@@ -396,8 +396,8 @@ impl ProjectionRunner {
                 if let Some((cursor, unwritten)) = kept.unwritten_place() {
                     match self.lock_at(kept.written, is_kept).await? {
                         Locked::At(tx) => {
-                            let rate = self.record(started, 0);
-                            let saved = self.save(tx, kept.written, cursor, unwritten, rate);
+                            let saved =
+                                self.save(tx, kept.written, cursor, unwritten, (started, 0));
                             return Ok(saved.await?.then_some(0));
                         }
                         Locked::Paused => return Ok(Some(0)),
@@ -411,7 +411,7 @@ impl ProjectionRunner {
             if !events.iter().any(|event| self.projection.projects(event))
                 && let Some(ahead) = kept.pass_over(last, events.len(), started)
             {
-                self.record(started, events.len());
+                self.throughput().record(started, events.len());
                 self.saved.keep(ahead);
                 return Ok(Some(events.len()));
             }
@@ -497,22 +497,22 @@ impl ProjectionRunner {
         started: Instant,
     ) -> Result<bool, ProjectionError> {
         self.projection.apply_batch(&mut tx, events).await?;
-        let rate = self.record(started, events.len());
         let last = events[events.len() - 1].cursor;
         let applied = kept.unwritten() + events.len();
-        self.save(tx, kept.written, last, applied, rate).await
+        let batch = (started, events.len());
+        self.save(tx, kept.written, last, applied, batch).await
     }
 
-    /// Counts `events` applied since `started`; answers the recent rate.
-    fn record(&self, started: Instant, events: usize) -> f64 {
+    /// The projection's recent rate of events applied.
+    fn throughput(&self) -> std::sync::MutexGuard<'_, Throughput> {
         self.throughput
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(started, events)
     }
 
     /// Moves the checkpoint locked in `tx` from `from` to `cursor`, past `events` more
-    /// events, and commits. False when it was not at `from`, or ops paused the
+    /// events, and commits; the batch's own events, `(started, events)`, count in the
+    /// rate once committed. False when it was not at `from`, or ops paused the
     /// projection: then nothing is committed (the transaction rolls back on drop).
     async fn save(
         &self,
@@ -520,13 +520,14 @@ impl ProjectionRunner {
         from: LogCursor,
         cursor: LogCursor,
         events: usize,
-        rate: f64,
+        (started, batch_events): (Instant, usize),
     ) -> Result<bool, ProjectionError> {
         const SQL: &str = "UPDATE projection_checkpoints
               SET txid = $2, position = $3, events_applied = events_applied + $4,
                   updated_at = $5, events_per_second = $6
             WHERE name = $1 AND txid = $7 AND position = $8 AND paused = 0";
         let now = format_timestamp(OffsetDateTime::now_utc());
+        let rate = self.throughput().rate_with(started, batch_events);
         let moved = on_read_model!(&mut tx, conn => {
             sqlx::query(SQL)
                 .bind(self.name())
@@ -545,6 +546,7 @@ impl ProjectionRunner {
             return Ok(false);
         }
         tx.commit().await?;
+        self.throughput().record(started, batch_events);
         self.saved.keep_written(cursor);
         Ok(true)
     }
