@@ -26,6 +26,7 @@ on_both_backends!(
     merchant_order_events_carry_the_order_through_delivery_return_and_refund,
     a_merchant_event_must_be_signed_by_the_merchant_and_recent,
     a_merchant_event_about_an_order_placed_here_needs_no_orders_hub,
+    a_merchant_event_sent_before_its_placement_answer_is_taken_at_once,
     a_shipped_parcel_is_tracked_and_the_carrier_reports_delivery,
     a_charge_from_another_acceptor_is_declined_by_the_payment_rules,
     the_merchant_prices_its_part_of_the_cart,
@@ -303,6 +304,23 @@ async fn a_merchant_event_about_an_order_placed_here_needs_no_orders_hub(backend
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(found, Some((order, "USD".to_owned())));
+    app.stop().await;
+}
+
+async fn a_merchant_event_sent_before_its_placement_answer_is_taken_at_once(backend: Backend) {
+    let World { app, merchant, .. } = world(backend, FailureMode::None).await;
+    // The order's first event reaches the server while the process still waits for the
+    // merchant's answer to the placement: neither it nor the orders hub knows the
+    // merchant's reference yet.
+    merchant.answer_completions_after(Duration::from_millis(500));
+    let (_, confirmed) = checked_out_and_confirmed(&app, &merchant).await;
+    assert_eq!(confirmed.body["merchant_reference"], "ord_1");
+    assert_eq!(merchant.webhooks_acknowledged(), 1);
+    assert_eq!(
+        merchant.webhook_attempts_not_acknowledged(),
+        0,
+        "the event waited for the placement under way, and was not refused"
+    );
     app.stop().await;
 }
 

@@ -447,6 +447,9 @@ impl CheckoutProcess {
             card_display,
         };
         let registry_stream = stream(tenant, format!("merchant/{}", draft.merchant));
+        // Until the order is kept below (or has failed): the merchant's first event
+        // about it may come before its answer, and waits for it.
+        let placing = self.placed.placing_at(tenant, draft.merchant.as_str());
         let placed = call_out(
             "merchant",
             "place_order",
@@ -548,6 +551,7 @@ impl CheckoutProcess {
                 draft.total.currency,
             );
         }
+        drop(placing);
         Ok(())
     }
 

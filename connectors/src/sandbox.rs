@@ -45,13 +45,32 @@ pub trait Sandbox {
 /// Signs a body: the header name and value to send with it.
 pub(crate) type Signer = Box<dyn Fn(&[u8]) -> Option<(&'static str, String)> + Send>;
 
+/// What became of a sandbox's webhook deliveries, counted.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    acknowledged: AtomicUsize,
+    not_acknowledged: AtomicUsize,
+}
+
+impl Deliveries {
+    /// Deliveries the receiver answered with a 2xx.
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.load(Ordering::SeqCst)
+    }
+
+    /// Attempts that got another answer, or none: each is tried again.
+    pub fn attempts_not_acknowledged(&self) -> usize {
+        self.not_acknowledged.load(Ordering::SeqCst)
+    }
+}
+
 /// Sends each event in turn, signed afresh on every attempt, until the receiver answers
-/// 2xx (or a day's worth of attempts failed); counts acknowledgements.
+/// 2xx (or a day's worth of attempts failed); counts what became of each attempt.
 pub(crate) async fn deliver_in_order(
     url: String,
     sign: Signer,
     mut events: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    acknowledged: Arc<AtomicUsize>,
+    deliveries: Arc<Deliveries>,
 ) {
     let http = reqwest::Client::new();
     while let Some(event) = events.recv().await {
@@ -72,7 +91,7 @@ pub(crate) async fn deliver_in_order(
                 .await;
             match sent {
                 Ok(response) if response.status().is_success() => {
-                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                    deliveries.acknowledged.fetch_add(1, Ordering::SeqCst);
                     break;
                 }
                 Ok(response) => {
@@ -80,6 +99,7 @@ pub(crate) async fn deliver_in_order(
                 }
                 Err(error) => tracing::debug!(attempt, %error, "webhook not delivered"),
             }
+            deliveries.not_acknowledged.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }

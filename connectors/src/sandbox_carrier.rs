@@ -5,7 +5,6 @@
 //! out in order and are retried until acknowledged.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::State;
@@ -32,7 +31,7 @@ pub struct SandboxCarrier {
     api_key: String,
     webhook_secret: String,
     depot: Arc<Mutex<Depot>>,
-    acknowledged: Arc<AtomicUsize>,
+    deliveries: Arc<crate::sandbox::Deliveries>,
 }
 
 /// A parcel the sandbox was asked to move but does not track.
@@ -52,7 +51,7 @@ impl SandboxCarrier {
             api_key: api_key.into(),
             webhook_secret: webhook_secret.into(),
             depot: Arc::default(),
-            acknowledged: Arc::default(),
+            deliveries: Arc::default(),
         }
     }
 
@@ -70,7 +69,7 @@ impl SandboxCarrier {
             url.into(),
             sign,
             receiver,
-            self.acknowledged.clone(),
+            self.deliveries.clone(),
         ));
         self.depot().webhooks = Some(sender);
     }
@@ -84,7 +83,7 @@ impl SandboxCarrier {
 
     /// How many webhook deliveries were acknowledged with a 2xx.
     pub fn webhooks_acknowledged(&self) -> usize {
-        self.acknowledged.load(Ordering::SeqCst)
+        self.deliveries.acknowledged()
     }
 
     /// Moves the parcel to `status` (`in_transit`, `out_for_delivery`, `delivered`,

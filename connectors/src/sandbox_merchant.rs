@@ -198,7 +198,9 @@ pub struct SandboxMerchant {
     shop: Arc<Mutex<Shop>>,
     mode: Arc<Mutex<FailureMode>>,
     signer: WebhookSigner,
-    acknowledged: Arc<std::sync::atomic::AtomicUsize>,
+    deliveries: Arc<crate::sandbox::Deliveries>,
+    /// How long a completion's answer waits after its order event was sent.
+    completion_delay: Arc<Mutex<Duration>>,
 }
 
 impl Default for SandboxMerchant {
@@ -234,7 +236,8 @@ impl SandboxMerchant {
             shop: Arc::default(),
             mode: Arc::default(),
             signer: WebhookSigner::generate(format!("sandbox-{}", uuid::Uuid::new_v4().simple())),
-            acknowledged: Arc::default(),
+            deliveries: Arc::default(),
+            completion_delay: Arc::default(),
         }
     }
 
@@ -368,7 +371,7 @@ impl SandboxMerchant {
             url.into(),
             sign,
             receiver,
-            self.acknowledged.clone(),
+            self.deliveries.clone(),
         ));
         let mut shop = self.shop();
         for id in shop.orders.clone() {
@@ -387,7 +390,22 @@ impl SandboxMerchant {
 
     /// How many webhook deliveries the platform acknowledged with a 2xx.
     pub fn webhooks_acknowledged(&self) -> usize {
-        self.acknowledged.load(std::sync::atomic::Ordering::SeqCst)
+        self.deliveries.acknowledged()
+    }
+
+    /// How many webhook delivery attempts the platform did not acknowledge (each is
+    /// tried again).
+    pub fn webhook_attempts_not_acknowledged(&self) -> usize {
+        self.deliveries.attempts_not_acknowledged()
+    }
+
+    /// Answers each completed checkout `delay` after sending its order event: the
+    /// platform hears of the order before its placement call returns.
+    pub fn answer_completions_after(&self, delay: Duration) {
+        *self
+            .completion_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = delay;
     }
 
     /// The UCP order entity of an order.
@@ -908,7 +926,7 @@ async fn complete(
                 .into_response();
         }
     };
-    merchant
+    let answer = merchant
         .answer(&headers, ("complete", body.clone()), fingerprint, |shop, mode| {
             let Some(session) = shop.sessions.get(&id).cloned() else {
                 return (StatusCode::NOT_FOUND, error_body("not_found", "no such checkout session"));
@@ -942,7 +960,15 @@ async fn complete(
             shop.entities.insert(order_id, entity);
             (StatusCode::OK, completed)
         })
-        .await
+        .await;
+    let delay = *merchant
+        .completion_delay
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    answer
 }
 
 async fn cancel(

@@ -482,8 +482,12 @@ fn not_yet_known(code: &'static str, what: &str) -> Problem {
     .with_retry_after(1)
 }
 
+/// How long a merchant's event waits for an order this instance is placing at that
+/// merchant: the merchant may send it before its answer to the placement is back.
+const PLACEMENT_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The order an outside reference names, or 503 until the orders hub knows it. An
-/// order this instance placed lately needs no look-up.
+/// order this instance placed lately needs no look-up, nor does one it is placing.
 async fn order_named_by(
     app: &App,
     tenant: &str,
@@ -493,7 +497,10 @@ async fn order_named_by(
         merchant,
         reference,
     } = by
-        && let Some(placed) = app.placed.find(tenant, merchant, reference)
+        && let Some(placed) = app
+            .placed
+            .find_or_wait(tenant, merchant, reference, PLACEMENT_PATIENCE)
+            .await
     {
         return Ok(placed);
     }
