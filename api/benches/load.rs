@@ -145,6 +145,11 @@ async fn main() {
     merchant.charge_cards_with(&issuer_url, ISSUER_KEY, CARD_ACCEPTOR);
     register_merchant(&server.base, &merchant_url, Some(CARD_ACCEPTOR)).await;
 
+    let site = Site {
+        server: &server,
+        merchant: &merchant,
+        url: &url,
+    };
     for mix in mixes {
         let title = match mix {
             Mix::Journey => "the shopping journey (nine commands, a purchase in the background)",
@@ -161,13 +166,13 @@ async fn main() {
         let mut peak: Option<(usize, f64, f64)> = None;
         for &clients in &levels {
             let raw = raw_load_append(&url, clients, seconds / 2).await;
-            let rate = level(&server, &url, mix, clients, seconds, None, raw).await;
+            let rate = level(&site, mix, clients, seconds, None, raw).await;
             if peak.is_none_or(|(_, best, _)| rate > best) {
                 peak = Some((clients, rate, raw));
             }
         }
         if let Some((clients, rate, raw)) = peak {
-            level(&server, &url, mix, clients, seconds, Some(rate / 2.0), raw).await;
+            level(&site, mix, clients, seconds, Some(rate / 2.0), raw).await;
         }
     }
 
@@ -175,11 +180,22 @@ async fn main() {
     drop_pg_database(&name).await;
 }
 
+/// What every level runs against: the server, the sandbox merchant beside it, and the
+/// server's database.
+struct Site<'a> {
+    server: &'a Server,
+    merchant: &'a SandboxMerchant,
+    url: &'a str,
+}
+
 /// Runs `clients` agents on `mix` for `seconds` (all together at `pace` commands/s when
 /// given), prints the level's row, and answers its commands/s.
 async fn level(
-    server: &Server,
-    url: &str,
+    Site {
+        server,
+        merchant,
+        url,
+    }: &Site<'_>,
     mix: Mix,
     clients: usize,
     seconds: u64,
@@ -205,6 +221,10 @@ async fn level(
 
     let (rss_start, _) = server.memory_kib();
     let work_before = DatabaseWork::read(url).await;
+    let events_before = (
+        merchant.webhooks_acknowledged(),
+        merchant.webhook_attempts_not_acknowledged(),
+    );
     let load = Load::start_paced(agents, mix, pace);
     let timeline = run_for(server, &load, Duration::from_secs(seconds)).await;
     let (journal, elapsed) = load.stop().await;
@@ -257,6 +277,11 @@ async fn level(
         );
     }
     println!("\n  {label}, by request: {}\n", by_request(&journal.sent));
+    println!(
+        "  {label}, the merchant's order events: {} acknowledged, {} attempts not (sent again)\n",
+        merchant.webhooks_acknowledged() - events_before.0,
+        merchant.webhook_attempts_not_acknowledged() - events_before.1,
+    );
     rate
 }
 
