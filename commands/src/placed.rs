@@ -44,7 +44,7 @@ pub struct PlacedOrders {
     changed: Notify,
 }
 
-/// A placement under way at a merchant ([`PlacedOrders::placing`]); dropped, it ends.
+/// A placement under way at a merchant ([`PlacedOrders::placing_at`]); dropped, it ends.
 #[derive(Debug)]
 pub struct Placing<'a> {
     orders: &'a PlacedOrders,
