@@ -11,7 +11,7 @@
 //! before the last restart, one forgotten since — goes to the hub as before.
 //!
 //! A merchant may also send its first event before its answer to the placement has
-//! come back (the sandbox merchant does so for about one order in thirty under load):
+//! come back (the sandbox merchant does so for some orders under load):
 //! the instance placing an order at that merchant knows a placement is under way, and
 //! the event waits a moment for it ([`PlacedOrders::find_or_wait`]) instead of being
 //! refused and sent again.
