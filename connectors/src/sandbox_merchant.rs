@@ -86,6 +86,8 @@ struct Shop {
     webhooks: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
     /// The card authorization that paid each order, by order id.
     authorizations: HashMap<String, String>,
+    /// How long a completion's answer waits after its order event was sent.
+    completion_delay: Duration,
 }
 
 /// Flat shipping rate, minor units.
@@ -199,8 +201,6 @@ pub struct SandboxMerchant {
     mode: Arc<Mutex<FailureMode>>,
     signer: WebhookSigner,
     deliveries: Arc<crate::sandbox::Deliveries>,
-    /// How long a completion's answer waits after its order event was sent.
-    completion_delay: Arc<Mutex<Duration>>,
 }
 
 impl Default for SandboxMerchant {
@@ -237,7 +237,6 @@ impl SandboxMerchant {
             mode: Arc::default(),
             signer: WebhookSigner::generate(format!("sandbox-{}", uuid::Uuid::new_v4().simple())),
             deliveries: Arc::default(),
-            completion_delay: Arc::default(),
         }
     }
 
@@ -402,10 +401,7 @@ impl SandboxMerchant {
     /// Answers each completed checkout `delay` after sending its order event: the
     /// platform hears of the order before its placement call returns.
     pub fn answer_completions_after(&self, delay: Duration) {
-        *self
-            .completion_delay
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = delay;
+        self.shop().completion_delay = delay;
     }
 
     /// The UCP order entity of an order.
@@ -961,10 +957,7 @@ async fn complete(
             (StatusCode::OK, completed)
         })
         .await;
-    let delay = *merchant
-        .completion_delay
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let delay = merchant.shop().completion_delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
