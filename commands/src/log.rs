@@ -373,7 +373,12 @@ impl Store {
                     .bind(after.txid)
                     .bind(after.position)
                     .bind(i64::from(limit));
-                let rows = bind_filter!(query, &values).fetch_all(pool).await?;
+                let (_, kept) = self.connections();
+                let mut connection = kept.lend(pool).await?;
+                let rows = bind_filter!(query, &values)
+                    .fetch_all(&mut *connection)
+                    .await?;
+                connection.keep();
                 rows.iter().map(pg_stored_event).collect::<Result<_, _>>()?
             }
             Database::Sqlite(pool) => {

@@ -180,6 +180,8 @@ pub struct Store {
     pub(crate) tail: Arc<Mutex<Option<crate::log::TailPage>>>,
     /// PostgreSQL connections kept from one statement on a command's path to the next.
     kept: Arc<KeptConnections>,
+    /// PostgreSQL connections of [`Store::derived`] kept from one statement to the next.
+    derived_kept: Arc<KeptConnections>,
     /// The PostgreSQL appends waiting to share a statement: see [`crate::append_group`].
     group: Arc<AppendGroup>,
     /// The PostgreSQL version reads waiting to share a statement: see
@@ -273,6 +275,7 @@ impl Store {
             sqlite_writer: Arc::new(Mutex::new(())),
             tail: Arc::default(),
             kept: Arc::default(),
+            derived_kept: Arc::default(),
             group: Arc::default(),
             versions: Arc::default(),
         }
@@ -295,9 +298,21 @@ impl Store {
         &self.derived
     }
 
+    /// [`Store::database`] with the connections kept between its statements.
+    pub fn connections(&self) -> (&Database, &Arc<KeptConnections>) {
+        (&self.db, &self.kept)
+    }
+
+    /// [`Store::derived`] with the connections kept between its statements: the
+    /// readers of the log write one batch after another on them.
+    pub fn derived_connections(&self) -> (&Database, &Arc<KeptConnections>) {
+        (&self.derived, &self.derived_kept)
+    }
+
     /// Closes both pools, waiting for the connections in use to be returned.
     pub async fn close(&self) {
         self.kept.give_back();
+        self.derived_kept.give_back();
         self.db.close().await;
         self.derived.close().await;
     }
