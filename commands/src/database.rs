@@ -157,6 +157,18 @@ impl KeptConnections {
         })
     }
 
+    /// Runs `statements` on a lent connection, kept again if they succeed.
+    pub async fn run<T>(
+        self: &Arc<Self>,
+        pool: &PgPool,
+        statements: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut connection = self.lend(pool).await?;
+        let answer = statements(&mut connection).await?;
+        connection.keep();
+        Ok(answer)
+    }
+
     /// Keeps `connection` for the next statement (or gives it back when enough are
     /// kept).
     fn keep(self: &Arc<Self>, connection: PoolConnection<Postgres>) {

@@ -374,11 +374,11 @@ impl Store {
                     .bind(after.position)
                     .bind(i64::from(limit));
                 let (_, kept) = self.connections();
-                let mut connection = kept.lend(pool).await?;
-                let rows = bind_filter!(query, &values)
-                    .fetch_all(&mut *connection)
+                let rows = kept
+                    .run(pool, async |connection| {
+                        bind_filter!(query, &values).fetch_all(connection).await
+                    })
                     .await?;
-                connection.keep();
                 rows.iter().map(pg_stored_event).collect::<Result<_, _>>()?
             }
             Database::Sqlite(pool) => {

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::append_group::{AppendGroup, PgAppendRows, PgEventRow, PgOutcomeRow, pg_append};
-use crate::database::{Backend, Database, KeptConnections};
+use crate::database::{Backend, Database, KeptConnections, PgTransaction};
 use crate::log::format_timestamp;
 use crate::request_claim::{ClaimInUse, RequestClaim};
 use crate::version_group::VersionGroup;
@@ -405,7 +405,9 @@ impl Store {
             Database::Postgres(pool) => {
                 let rows = PgAppendRows::new(batches, claim);
                 if snapshots().next().is_some() {
-                    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+                    let mut tx = PgTransaction::begin_kept(&self.kept, pool, None)
+                        .await
+                        .map_err(StoreError::from)?;
                     let positions = pg_append(&mut *tx, &[&rows]).await?;
                     for (batch, snapshot) in snapshots() {
                         pg_store_snapshot(&mut tx, batch, snapshot).await?;
@@ -448,10 +450,15 @@ impl Store {
             "SELECT request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence
              FROM command_outcomes WHERE tenant = $1 AND idempotency_key = $2";
         let outcome = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(SQL)
-                .bind(tenant)
-                .bind(idempotency_key)
-                .fetch_optional(pool)
+            Database::Postgres(pool) => self
+                .kept
+                .run(pool, async |connection| {
+                    sqlx::query_as(SQL)
+                        .bind(tenant)
+                        .bind(idempotency_key)
+                        .fetch_optional(connection)
+                        .await
+                })
                 .await?
                 .map(RecordedOutcome::from_tuple),
             Database::Sqlite(pool) => sqlx::query_as(SQL)
@@ -501,11 +508,16 @@ impl Store {
         );
         match &self.db {
             Database::Postgres(pool) => {
-                let rows = sqlx::query(&sql)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(after_sequence)
-                    .fetch_all(pool)
+                let rows = self
+                    .kept
+                    .run(pool, async |connection| {
+                        sqlx::query(&sql)
+                            .bind(aggregate_type)
+                            .bind(aggregate_id)
+                            .bind(after_sequence)
+                            .fetch_all(connection)
+                            .await
+                    })
                     .await?;
                 rows.iter().map(pg_serialized_event).collect()
             }
@@ -598,13 +610,16 @@ impl Store {
         }
         match &self.db {
             Database::Postgres(pool) => {
-                let mut connection = self.kept.lend(pool).await?;
-                let rows = sqlx::query(SNAPSHOT_AND_EVENTS)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_all(&mut *connection)
+                let rows = self
+                    .kept
+                    .run(pool, async |connection| {
+                        sqlx::query(SNAPSHOT_AND_EVENTS)
+                            .bind(aggregate_type)
+                            .bind(aggregate_id)
+                            .fetch_all(connection)
+                            .await
+                    })
                     .await?;
-                connection.keep();
                 split(
                     &rows,
                     |row| Ok(row.try_get("snapshot")?),
@@ -641,10 +656,14 @@ impl Store {
               WHERE aggregate_type = $1 AND aggregate_id = $2";
         let row: Option<(i64, i64, Value)> = match &self.db {
             Database::Postgres(pool) => {
-                sqlx::query_as(SQL)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .fetch_optional(pool)
+                self.kept
+                    .run(pool, async |connection| {
+                        sqlx::query_as(SQL)
+                            .bind(aggregate_type)
+                            .bind(aggregate_id)
+                            .fetch_optional(connection)
+                            .await
+                    })
                     .await?
             }
             Database::Sqlite(pool) => {

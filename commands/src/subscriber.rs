@@ -805,17 +805,18 @@ async fn save(
     let now = format_timestamp(OffsetDateTime::now_utc());
     match db {
         Database::Postgres(pool) => {
-            let mut connection = kept.lend(pool).await?;
-            sqlx::query(SQL)
-                .bind(name)
-                .bind(cursor.txid)
-                .bind(cursor.position)
-                .bind(&now)
-                .bind(rate)
-                .bind(handled)
-                .execute(&mut *connection)
-                .await?;
-            connection.keep();
+            kept.run(pool, async |connection| {
+                sqlx::query(SQL)
+                    .bind(name)
+                    .bind(cursor.txid)
+                    .bind(cursor.position)
+                    .bind(&now)
+                    .bind(rate)
+                    .bind(handled)
+                    .execute(connection)
+                    .await
+            })
+            .await?;
         }
         Database::Sqlite(pool) => sqlx::query(SQL)
             .bind(name)
