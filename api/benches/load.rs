@@ -159,9 +159,9 @@ async fn main() {
             "\nRaw baseline (load a stream + append, one transaction) and {title} over HTTP, {seconds} s per level:\n"
         );
         println!(
-            "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command |"
+            "| clients | raw tx/s | HTTP commands/s | ratio | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command | server CPU ms / command |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|");
         // The level with the highest rate, for the paced run at half of it.
         let mut peak: Option<(usize, f64, f64)> = None;
         for &clients in &levels {
@@ -221,6 +221,7 @@ async fn level(
 
     let (rss_start, _) = server.memory_kib();
     let work_before = DatabaseWork::read(url).await;
+    let cpu_before = server.cpu_time();
     let events_before = (
         merchant.webhooks_acknowledged(),
         merchant.webhook_attempts_not_acknowledged(),
@@ -247,6 +248,9 @@ async fn level(
         Some(_) => behind,
         None => format!("{behind}; not caught up {} s later", CATCH_UP.as_secs()),
     };
+    // The server's CPU for the level's commands and their background work, read as
+    // soon as the work is done.
+    let cpu = server.cpu_time().saturating_sub(cpu_before);
     // Read once every backend has reported what it did (background work included).
     tokio::time::sleep(DatabaseWork::REPORTED_WITHIN).await;
     let work = DatabaseWork::read(url).await.since(&work_before);
@@ -256,7 +260,7 @@ async fn level(
         None => clients.to_string(),
     };
     println!(
-        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} | {:.1} | {:.1} |",
+        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} | {:.1} | {:.1} | {:.2} |",
         rate / raw,
         ms(p50),
         ms(p95),
@@ -268,6 +272,7 @@ async fn level(
         peak as f64 / 1024.0,
         work.transactions as f64 / commands,
         work.rows_written as f64 / commands,
+        cpu.as_secs_f64() * 1000.0 / commands,
     );
     if !timeline.is_empty() {
         println!(

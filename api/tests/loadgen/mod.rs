@@ -121,6 +121,25 @@ impl Server {
         let pid = self.pid();
         (memory_kib(pid, "VmRSS:"), memory_kib(pid, "VmHWM:"))
     }
+
+    /// The CPU time the server has used so far, in user and kernel mode, all its
+    /// threads together (`/proc/{pid}/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        // `utime` and `stime` count ticks of USER_HZ, which Linux fixes at 100 on the
+        // architectures this runs on.
+        const TICKS_PER_SECOND: u64 = 100;
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The command name, in parentheses, may hold spaces: count fields after it.
+        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after_name
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|field| field.parse::<u64>().ok())
+            .sum();
+        Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
+    }
 }
 
 /// A line of `/proc/{pid}/status`, in KiB.
