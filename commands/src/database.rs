@@ -157,18 +157,6 @@ impl KeptConnections {
         })
     }
 
-    /// Runs `statements` on a lent connection, kept again if they succeed.
-    pub async fn run<T>(
-        self: &Arc<Self>,
-        pool: &PgPool,
-        statements: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T, sqlx::Error> {
-        let mut connection = self.lend(pool).await?;
-        let answer = statements(&mut connection).await?;
-        connection.keep();
-        Ok(answer)
-    }
-
     /// Keeps `connection` for the next statement (or gives it back when enough are
     /// kept).
     fn keep(self: &Arc<Self>, connection: PoolConnection<Postgres>) {
@@ -218,107 +206,6 @@ impl std::ops::Deref for Lent {
 impl std::ops::DerefMut for Lent {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.connection
-    }
-}
-
-/// A PostgreSQL transaction on a connection it owns (one [`KeptConnections`] lent) or
-/// borrows. Committed, a lent connection is kept for the next statement, with no ping
-/// on its way; dropped before its commit, the transaction queues its `ROLLBACK`, as
-/// sqlx's own does, and a lent connection goes back to the pool, whose ping on the way
-/// sends it (a borrowed one sends it with its next statement).
-#[derive(Debug)]
-pub struct PgTransaction<'c> {
-    connection: TransactionConnection<'c>,
-    open: bool,
-}
-
-#[derive(Debug)]
-enum TransactionConnection<'c> {
-    /// `None` only once the commit has kept it.
-    Lent(Option<Lent>),
-    Borrowed(&'c mut sqlx::PgConnection),
-}
-
-impl PgTransaction<'static> {
-    /// Begins a transaction on a connection `kept` lends, with `statement` in place of
-    /// `BEGIN` when given (it must begin the transaction).
-    pub async fn begin_kept(
-        kept: &Arc<KeptConnections>,
-        pool: &PgPool,
-        statement: Option<String>,
-    ) -> Result<Self, sqlx::Error> {
-        let connection = kept.lend(pool).await?;
-        Self::begin(TransactionConnection::Lent(Some(connection)), statement).await
-    }
-}
-
-impl<'c> PgTransaction<'c> {
-    /// Begins a transaction on `connection`, which it borrows until its end.
-    pub async fn begin_on(connection: &'c mut sqlx::PgConnection) -> Result<Self, sqlx::Error> {
-        Self::begin(TransactionConnection::Borrowed(connection), None).await
-    }
-
-    async fn begin(
-        connection: TransactionConnection<'c>,
-        statement: Option<String>,
-    ) -> Result<Self, sqlx::Error> {
-        use sqlx::TransactionManager;
-        let mut transaction = Self {
-            connection,
-            open: false,
-        };
-        sqlx::postgres::PgTransactionManager::begin(&mut transaction, statement.map(Into::into))
-            .await?;
-        transaction.open = true;
-        Ok(transaction)
-    }
-
-    /// Commits; a lent connection is kept for the next statement.
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        use sqlx::TransactionManager;
-        sqlx::postgres::PgTransactionManager::commit(&mut self).await?;
-        self.open = false;
-        if let TransactionConnection::Lent(lent) = &mut self.connection
-            && let Some(lent) = lent.take()
-        {
-            lent.keep();
-        }
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for PgTransaction<'_> {
-    type Target = sqlx::PgConnection;
-
-    fn deref(&self) -> &Self::Target {
-        match &self.connection {
-            TransactionConnection::Lent(Some(lent)) => lent,
-            TransactionConnection::Borrowed(connection) => connection,
-            TransactionConnection::Lent(None) => {
-                unreachable!("a transaction's connection is kept only once it has ended")
-            }
-        }
-    }
-}
-
-impl std::ops::DerefMut for PgTransaction<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        match &mut self.connection {
-            TransactionConnection::Lent(Some(lent)) => lent,
-            TransactionConnection::Borrowed(connection) => connection,
-            TransactionConnection::Lent(None) => {
-                unreachable!("a transaction's connection is kept only once it has ended")
-            }
-        }
-    }
-}
-
-impl Drop for PgTransaction<'_> {
-    fn drop(&mut self) {
-        use sqlx::TransactionManager;
-        if self.open && !matches!(self.connection, TransactionConnection::Lent(None)) {
-            sqlx::postgres::PgTransactionManager::start_rollback(self);
-        }
     }
 }
 
@@ -557,78 +444,6 @@ mod tests {
             .await
             .expect("the closed connection is replaced, not lent");
         assert_ne!(first, second);
-        pool.close().await;
-        test.cleanup().await;
-    }
-
-    /// A pool of one connection, so that each statement can only be lent that one.
-    async fn one_connection(test: &TestStore) -> PgPool {
-        let config = StoreConfig {
-            max_connections: 1,
-            ..test.config.clone()
-        };
-        let Ok(Database::Postgres(pool)) = Database::connect(&config).await else {
-            unreachable!("a PostgreSQL pool")
-        };
-        pool
-    }
-
-    const CHECKPOINTS_NAMED: &str = "SELECT count(*) FROM projection_checkpoints WHERE name = $1";
-
-    async fn insert_checkpoint(connection: &mut sqlx::PgConnection, name: &str) {
-        sqlx::query("INSERT INTO projection_checkpoints (name, updated_at) VALUES ($1, 'now')")
-            .bind(name)
-            .execute(connection)
-            .await
-            .expect("inserted");
-    }
-
-    #[tokio::test]
-    async fn a_committed_transaction_keeps_its_connection_for_the_next_statement() {
-        let test = TestStore::postgres().await;
-        let pool = one_connection(&test).await;
-        let kept = Arc::new(KeptConnections::default());
-
-        let mut transaction = PgTransaction::begin_kept(&kept, &pool, None)
-            .await
-            .expect("begun");
-        insert_checkpoint(&mut transaction, "committed").await;
-        transaction.commit().await.expect("committed");
-
-        assert_eq!(kept.lock().len(), 1, "kept, not given back to the pool");
-        let mut lent = kept.lend(&pool).await.expect("the kept connection");
-        let stored: i64 = sqlx::query_scalar(CHECKPOINTS_NAMED)
-            .bind("committed")
-            .fetch_one(&mut *lent)
-            .await
-            .expect("read");
-        assert_eq!(stored, 1);
-        drop(lent);
-        pool.close().await;
-        test.cleanup().await;
-    }
-
-    #[tokio::test]
-    async fn a_transaction_dropped_before_its_commit_is_rolled_back_and_its_connection_not_kept() {
-        let test = TestStore::postgres().await;
-        let pool = one_connection(&test).await;
-        let kept = Arc::new(KeptConnections::default());
-
-        let mut transaction = PgTransaction::begin_kept(&kept, &pool, None)
-            .await
-            .expect("begun");
-        insert_checkpoint(&mut transaction, "dropped").await;
-        drop(transaction);
-
-        assert!(kept.lock().is_empty(), "given back to the pool");
-        // The pool's one connection: were its transaction still open, the row would be
-        // visible on it.
-        let stored: i64 = sqlx::query_scalar(CHECKPOINTS_NAMED)
-            .bind("dropped")
-            .fetch_one(&pool)
-            .await
-            .expect("read");
-        assert_eq!(stored, 0);
         pool.close().await;
         test.cleanup().await;
     }

@@ -373,12 +373,7 @@ impl Store {
                     .bind(after.txid)
                     .bind(after.position)
                     .bind(i64::from(limit));
-                let (_, kept) = self.connections();
-                let rows = kept
-                    .run(pool, async |connection| {
-                        bind_filter!(query, &values).fetch_all(connection).await
-                    })
-                    .await?;
+                let rows = bind_filter!(query, &values).fetch_all(pool).await?;
                 rows.iter().map(pg_stored_event).collect::<Result<_, _>>()?
             }
             Database::Sqlite(pool) => {

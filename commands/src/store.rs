@@ -23,7 +23,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::append_group::{AppendGroup, PgAppendRows, PgEventRow, PgOutcomeRow, pg_append};
-use crate::database::{Backend, Database, KeptConnections, PgTransaction};
+use crate::database::{Backend, Database, KeptConnections};
 use crate::log::format_timestamp;
 use crate::request_claim::{ClaimInUse, RequestClaim};
 use crate::version_group::VersionGroup;
@@ -180,8 +180,6 @@ pub struct Store {
     pub(crate) tail: Arc<Mutex<Option<crate::log::TailPage>>>,
     /// PostgreSQL connections kept from one statement on a command's path to the next.
     kept: Arc<KeptConnections>,
-    /// PostgreSQL connections of [`Store::derived`] kept from one statement to the next.
-    derived_kept: Arc<KeptConnections>,
     /// The PostgreSQL appends waiting to share a statement: see [`crate::append_group`].
     group: Arc<AppendGroup>,
     /// The PostgreSQL version reads waiting to share a statement: see
@@ -275,7 +273,6 @@ impl Store {
             sqlite_writer: Arc::new(Mutex::new(())),
             tail: Arc::default(),
             kept: Arc::default(),
-            derived_kept: Arc::default(),
             group: Arc::default(),
             versions: Arc::default(),
         }
@@ -298,21 +295,9 @@ impl Store {
         &self.derived
     }
 
-    /// [`Store::database`] with the connections kept between its statements.
-    pub fn connections(&self) -> (&Database, &Arc<KeptConnections>) {
-        (&self.db, &self.kept)
-    }
-
-    /// [`Store::derived`] with the connections kept between its statements: the
-    /// readers of the log write one batch after another on them.
-    pub fn derived_connections(&self) -> (&Database, &Arc<KeptConnections>) {
-        (&self.derived, &self.derived_kept)
-    }
-
     /// Closes both pools, waiting for the connections in use to be returned.
     pub async fn close(&self) {
         self.kept.give_back();
-        self.derived_kept.give_back();
         self.db.close().await;
         self.derived.close().await;
     }
@@ -405,9 +390,7 @@ impl Store {
             Database::Postgres(pool) => {
                 let rows = PgAppendRows::new(batches, claim);
                 if snapshots().next().is_some() {
-                    let mut tx = PgTransaction::begin_kept(&self.kept, pool, None)
-                        .await
-                        .map_err(StoreError::from)?;
+                    let mut tx = pool.begin().await.map_err(StoreError::from)?;
                     let positions = pg_append(&mut *tx, &[&rows]).await?;
                     for (batch, snapshot) in snapshots() {
                         pg_store_snapshot(&mut tx, batch, snapshot).await?;
@@ -450,15 +433,10 @@ impl Store {
             "SELECT request_digest, aggregate_type, aggregate_id, first_sequence, last_sequence
              FROM command_outcomes WHERE tenant = $1 AND idempotency_key = $2";
         let outcome = match &self.db {
-            Database::Postgres(pool) => self
-                .kept
-                .run(pool, async |connection| {
-                    sqlx::query_as(SQL)
-                        .bind(tenant)
-                        .bind(idempotency_key)
-                        .fetch_optional(connection)
-                        .await
-                })
+            Database::Postgres(pool) => sqlx::query_as(SQL)
+                .bind(tenant)
+                .bind(idempotency_key)
+                .fetch_optional(pool)
                 .await?
                 .map(RecordedOutcome::from_tuple),
             Database::Sqlite(pool) => sqlx::query_as(SQL)
@@ -508,16 +486,11 @@ impl Store {
         );
         match &self.db {
             Database::Postgres(pool) => {
-                let rows = self
-                    .kept
-                    .run(pool, async |connection| {
-                        sqlx::query(&sql)
-                            .bind(aggregate_type)
-                            .bind(aggregate_id)
-                            .bind(after_sequence)
-                            .fetch_all(connection)
-                            .await
-                    })
+                let rows = sqlx::query(&sql)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(after_sequence)
+                    .fetch_all(pool)
                     .await?;
                 rows.iter().map(pg_serialized_event).collect()
             }
@@ -610,16 +583,13 @@ impl Store {
         }
         match &self.db {
             Database::Postgres(pool) => {
-                let rows = self
-                    .kept
-                    .run(pool, async |connection| {
-                        sqlx::query(SNAPSHOT_AND_EVENTS)
-                            .bind(aggregate_type)
-                            .bind(aggregate_id)
-                            .fetch_all(connection)
-                            .await
-                    })
+                let mut connection = self.kept.lend(pool).await?;
+                let rows = sqlx::query(SNAPSHOT_AND_EVENTS)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_all(&mut *connection)
                     .await?;
+                connection.keep();
                 split(
                     &rows,
                     |row| Ok(row.try_get("snapshot")?),
@@ -656,14 +626,10 @@ impl Store {
               WHERE aggregate_type = $1 AND aggregate_id = $2";
         let row: Option<(i64, i64, Value)> = match &self.db {
             Database::Postgres(pool) => {
-                self.kept
-                    .run(pool, async |connection| {
-                        sqlx::query_as(SQL)
-                            .bind(aggregate_type)
-                            .bind(aggregate_id)
-                            .fetch_optional(connection)
-                            .await
-                    })
+                sqlx::query_as(SQL)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .fetch_optional(pool)
                     .await?
             }
             Database::Sqlite(pool) => {

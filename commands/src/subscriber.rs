@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::log::format_timestamp;
-use crate::{Database, KeptConnections, LogCursor, Store, StoreError, StoredEvent};
+use crate::{Database, LogCursor, Store, StoreError, StoredEvent};
 use futures::StreamExt;
 use sqlx::PgConnection;
 use sqlx::pool::PoolConnection;
@@ -409,14 +409,7 @@ impl SubscriberRunner {
         rate: f64,
         handled: i64,
     ) -> Result<(), SubscriberError> {
-        save(
-            self.store.derived_connections(),
-            self.name(),
-            cursor,
-            rate,
-            handled,
-        )
-        .await?;
+        save(self.store.derived(), self.name(), cursor, rate, handled).await?;
         self.saved.keep_written(cursor);
         Ok(())
     }
@@ -791,7 +784,7 @@ pub async fn checkpoint(db: &Database, name: &str) -> Result<LogCursor, sqlx::Er
 
 /// Moves the checkpoint to `cursor`, counting `handled` more events.
 async fn save(
-    (db, kept): (&Database, &Arc<KeptConnections>),
+    db: &Database,
     name: &str,
     cursor: LogCursor,
     rate: f64,
@@ -804,20 +797,16 @@ async fn save(
              updated_at = excluded.updated_at, events_per_second = excluded.events_per_second";
     let now = format_timestamp(OffsetDateTime::now_utc());
     match db {
-        Database::Postgres(pool) => {
-            kept.run(pool, async |connection| {
-                sqlx::query(SQL)
-                    .bind(name)
-                    .bind(cursor.txid)
-                    .bind(cursor.position)
-                    .bind(&now)
-                    .bind(rate)
-                    .bind(handled)
-                    .execute(connection)
-                    .await
-            })
-            .await?;
-        }
+        Database::Postgres(pool) => sqlx::query(SQL)
+            .bind(name)
+            .bind(cursor.txid)
+            .bind(cursor.position)
+            .bind(&now)
+            .bind(rate)
+            .bind(handled)
+            .execute(pool)
+            .await
+            .map(drop)?,
         Database::Sqlite(pool) => sqlx::query(SQL)
             .bind(name)
             .bind(cursor.txid)

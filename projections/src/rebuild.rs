@@ -27,7 +27,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shopagent_commands::database::PgTransaction;
 use shopagent_commands::log::LogPages;
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::subscriber::Throughput;
@@ -168,7 +167,7 @@ impl Rebuild {
     /// `rebuilding` from now on.
     pub async fn claim(&self) -> Result<(), RebuildError> {
         let name = self.projection.name();
-        let mut tx = ReadModelTx::begin(self.store.connections()).await?;
+        let mut tx = ReadModelTx::begin(self.store.database()).await?;
         crate::runner::lock_checkpoint(&mut tx, name).await?;
         const SQL: &str = "SELECT rebuild_heartbeat FROM projection_checkpoints WHERE name = $1";
         let heartbeat: Option<String> = crate::on_read_model!(&mut tx, conn => {
@@ -429,9 +428,7 @@ impl Rebuild {
 impl Builder {
     async fn begin(&mut self) -> Result<ReadModelTx<'_>, sqlx::Error> {
         Ok(match self {
-            Self::Postgres { connection, .. } => {
-                ReadModelTx::Postgres(PgTransaction::begin_on(connection).await?)
-            }
+            Self::Postgres { connection, .. } => ReadModelTx::Postgres(connection.begin().await?),
             Self::Sqlite(connection) => {
                 ReadModelTx::Sqlite(connection.begin_with("BEGIN IMMEDIATE").await?)
             }

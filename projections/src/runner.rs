@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shopagent_commands::database::PgTransaction;
 use shopagent_commands::log::format_timestamp;
 use shopagent_commands::on_pool;
 use shopagent_commands::subscriber::{
     Kept, SavedCursor, Step, Throughput, Wake, checkpoint, drive,
 };
-use shopagent_commands::{Database, KeptConnections, LogCursor, Store, StoreError, StoredEvent};
-use sqlx::{Sqlite, Transaction};
+use shopagent_commands::{Database, LogCursor, Store, StoreError, StoredEvent};
+use sqlx::{Postgres, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -43,7 +42,7 @@ impl ProjectionError {
 /// text on whichever connection the transaction holds.
 #[derive(Debug)]
 pub enum ReadModelTx<'c> {
-    Postgres(PgTransaction<'c>),
+    Postgres(Transaction<'c, Postgres>),
     Sqlite(Transaction<'c, Sqlite>),
 }
 
@@ -66,15 +65,9 @@ macro_rules! on_read_model {
 }
 
 impl ReadModelTx<'static> {
-    /// Begins a transaction on `db`; on PostgreSQL on a connection `kept` lends, kept
-    /// again once the transaction commits.
-    pub(crate) async fn begin(
-        (db, kept): (&Database, &Arc<KeptConnections>),
-    ) -> Result<Self, sqlx::Error> {
+    pub(crate) async fn begin(db: &Database) -> Result<Self, sqlx::Error> {
         Ok(match db {
-            Database::Postgres(pool) => {
-                Self::Postgres(PgTransaction::begin_kept(kept, pool, None).await?)
-            }
+            Database::Postgres(pool) => Self::Postgres(pool.begin().await?),
             // IMMEDIATE takes the write lock up front: SQLite cannot upgrade a read
             // transaction to a write one while another writer is active.
             Database::Sqlite(pool) => Self::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
@@ -85,20 +78,20 @@ impl ReadModelTx<'static> {
     /// one round trip of `BEGIN` on PostgreSQL: the lock is sent with it, in one
     /// message, and its answer is not read (the batch's save checks the checkpoint).
     /// On SQLite the IMMEDIATE transaction already excludes every other writer.
-    async fn begin_holding(
-        (db, kept): (&Database, &Arc<KeptConnections>),
-        name: &str,
-    ) -> Result<Self, sqlx::Error> {
+    async fn begin_holding(db: &Database, name: &str) -> Result<Self, sqlx::Error> {
         Ok(match db {
             Database::Postgres(pool) => {
                 // Simple-query text has no parameters: the name goes in as a literal.
                 let name = name.replace('\'', "''");
-                let begin = format!(
-                    "BEGIN; SELECT 1 FROM projection_checkpoints WHERE name = '{name}' FOR UPDATE"
-                );
-                Self::Postgres(PgTransaction::begin_kept(kept, pool, Some(begin)).await?)
+                Self::Postgres(
+                    pool.begin_with(format!(
+                        "BEGIN; SELECT 1 FROM projection_checkpoints WHERE name = '{name}' \
+                         FOR UPDATE"
+                    ))
+                    .await?,
+                )
             }
-            Database::Sqlite(_) => Self::begin((db, kept)).await?,
+            Database::Sqlite(_) => Self::begin(db).await?,
         })
     }
 }
@@ -355,7 +348,7 @@ impl ProjectionRunner {
     /// transaction; the next batches rebuild it.
     pub async fn reset(&self) -> Result<(), ProjectionError> {
         self.saved.forget();
-        let mut tx = ReadModelTx::begin(self.store.derived_connections()).await?;
+        let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         self.projection.reset(&mut tx).await?;
         rewind_checkpoint(&mut tx, self.name()).await?;
         tx.commit().await?;
@@ -479,11 +472,10 @@ impl ProjectionRunner {
     /// batch found its checkpoint moved) the row is read under the lock first.
     async fn lock_at(&self, written: LogCursor, kept: bool) -> Result<Locked, ProjectionError> {
         if kept && written != LogCursor::START {
-            let tx =
-                ReadModelTx::begin_holding(self.store.derived_connections(), self.name()).await?;
+            let tx = ReadModelTx::begin_holding(self.store.derived(), self.name()).await?;
             return Ok(Locked::At(tx));
         }
-        let mut tx = ReadModelTx::begin(self.store.derived_connections()).await?;
+        let mut tx = ReadModelTx::begin(self.store.derived()).await?;
         let (locked, paused) = lock_checkpoint(&mut tx, self.name()).await?;
         Ok(if paused {
             Locked::Paused
