@@ -232,7 +232,8 @@ async fn level(
     let (rss_end, peak) = server.memory_kib();
     let mut latencies: Vec<Duration> = journal.sent.iter().map(|s| s.latency).collect();
     // Commands done: a refusal to try again later (503) is answered, not done.
-    let rate = journal.acknowledged() as f64 / elapsed.as_secs_f64();
+    let acknowledged = journal.acknowledged() as f64;
+    let rate = acknowledged / elapsed.as_secs_f64();
     let [p50, p95, p99, max] = percentiles(&mut latencies);
     let answers: Vec<String> = journal
         .by_status()
@@ -245,8 +246,7 @@ async fn level(
     // The level's commands over the time until their purchases and read models were
     // done too: the rate the platform sustains, where the HTTP rate alone may run
     // ahead of work left behind.
-    let rate_done = caught_up_after
-        .map(|after| journal.acknowledged() as f64 / (elapsed + after).as_secs_f64());
+    let rate_done = caught_up_after.map(|after| acknowledged / (elapsed + after).as_secs_f64());
     let behind = match caught_up_after {
         Some(after) if behind != "none" => {
             format!("{behind}; all caught up {:.0} s later", after.as_secs_f64())

@@ -209,19 +209,32 @@ mod tests {
 
     const AN_HOUR: Duration = Duration::from_secs(3_600);
 
+    /// What an event naming `ord_1` at `m1` finds, waiting up to an hour, while
+    /// `meanwhile` runs 50 ms after it began to look.
+    async fn found_while(
+        placed: &PlacedOrders,
+        meanwhile: impl FnOnce(),
+    ) -> Option<(String, Currency)> {
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            meanwhile();
+        };
+        let (found, ()) = tokio::join!(
+            ends(placed.find_or_wait("acme", "m1", "ord_1", AN_HOUR)),
+            later
+        );
+        found
+    }
+
     #[tokio::test]
     async fn an_event_waits_for_the_order_being_placed_at_its_merchant() {
         let placed = PlacedOrders::default();
         let placing = placed.placing_at("acme", "m1");
-        let place = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let found = found_while(&placed, || {
             placed.placed("acme", "m1", "ord_1", "order-a", usd());
             drop(placing);
-        };
-        let (found, ()) = tokio::join!(
-            ends(placed.find_or_wait("acme", "m1", "ord_1", AN_HOUR)),
-            place
-        );
+        })
+        .await;
         assert_eq!(found, Some(("order-a".into(), usd())));
     }
 
@@ -237,14 +250,7 @@ mod tests {
     async fn a_placement_that_ends_without_its_order_ends_the_wait() {
         let placed = PlacedOrders::default();
         let placing = placed.placing_at("acme", "m1");
-        let fail = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(placing);
-        };
-        let (found, ()) = tokio::join!(
-            ends(placed.find_or_wait("acme", "m1", "ord_1", AN_HOUR)),
-            fail
-        );
+        let found = found_while(&placed, || drop(placing)).await;
         assert_eq!(found, None);
     }
 
