@@ -35,7 +35,11 @@
 //! their two webhooks. The second mix, `cart_lines`, is the baseline's own work over
 //! HTTP: each agent creates a cart and adds six lines to it, seven commands that each
 //! load the cart and append one event; beside the baseline it is what the HTTP layer,
-//! the idempotency records and the readers of the log cost.
+//! the idempotency records and the readers of the log cost. Each row also counts the
+//! events the level appended, its purchases' included (about two per journey command,
+//! one per `cart_lines` command), and their rate until the background work was done:
+//! the baseline's unit of work is one event loaded and appended, so that ratio sets
+//! either mix beside the same database work.
 
 #[path = "../tests/loadgen/mod.rs"]
 mod loadgen;
@@ -159,9 +163,11 @@ async fn main() {
             "\nRaw baseline (load a stream + append, one transaction) and {title} over HTTP, {seconds} s per level:\n"
         );
         println!(
-            "| clients | raw tx/s | HTTP commands/s | ratio | commands/s with the background work done (ratio) | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command | server CPU ms / command |"
+            "| clients | raw tx/s | HTTP commands/s | ratio | commands/s with the background work done (ratio) | events appended / command | events appended/s with the background work done (ratio) | p50 ms | p95 ms | p99 ms | max ms | answers | server RSS start → end (peak) MiB | readers behind at the end (events) | database tx / command | rows written / command | server CPU ms / command |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|");
+        println!(
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|"
+        );
         // The level with the highest rate, for the paced run at half of it.
         let mut peak: Option<(usize, f64, f64)> = None;
         for &clients in &levels {
@@ -257,6 +263,10 @@ async fn level(
     // The server's CPU for the level's commands and their background work, read as
     // soon as the work is done.
     let cpu = server.cpu_time().saturating_sub(cpu_before);
+    // Every event the level's commands appended, their purchases' included: the
+    // database work the raw baseline does one event a transaction.
+    let events = work_before.events_since(url).await as f64;
+    let events_done = caught_up_after.map(|after| events / (elapsed + after).as_secs_f64());
     // Read once every backend has reported what it did (background work included).
     tokio::time::sleep(DatabaseWork::REPORTED_WITHIN).await;
     let work = DatabaseWork::read(url).await.since(&work_before);
@@ -266,12 +276,11 @@ async fn level(
         None => clients.to_string(),
     };
     println!(
-        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} | {:.1} | {:.1} | {:.2} |",
+        "| {label} | {raw:.0} | {rate:.0} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} → {:.0} ({:.0}) | {behind} | {:.1} | {:.1} | {:.2} |",
         rate / raw,
-        rate_done.map_or_else(
-            || "—".to_owned(),
-            |done| format!("{done:.0} ({:.2})", done / raw)
-        ),
+        with_ratio(rate_done, raw),
+        events / acknowledged.max(1.0),
+        with_ratio(events_done, raw),
         ms(p50),
         ms(p95),
         ms(p99),
@@ -300,6 +309,14 @@ async fn level(
     rate
 }
 
+/// `rate` and its ratio to the raw baseline's, or a dash when there is none.
+fn with_ratio(rate: Option<f64>, raw: f64) -> String {
+    rate.map_or_else(
+        || "—".to_owned(),
+        |rate| format!("{rate:.0} ({:.2})", rate / raw),
+    )
+}
+
 /// What the database did, from its own counters for the bench's database: every
 /// transaction any client made (the server's requests and its background work alike),
 /// and every row inserted, updated or deleted. Divided by the commands of a level they
@@ -308,6 +325,8 @@ async fn level(
 struct DatabaseWork {
     transactions: i64,
     rows_written: i64,
+    /// The log's last position when read: where a level's events start.
+    last_position: i64,
 }
 
 impl DatabaseWork {
@@ -320,8 +339,9 @@ impl DatabaseWork {
         let mut connection = sqlx::PgConnection::connect(url)
             .await
             .expect("a connection for the counters");
-        let (transactions, rows_written): (i64, i64) = sqlx::query_as(
-            "SELECT xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted
+        let (transactions, rows_written, last_position): (i64, i64, i64) = sqlx::query_as(
+            "SELECT xact_commit + xact_rollback, tup_inserted + tup_updated + tup_deleted,
+                    (SELECT COALESCE(MAX(position), 0) FROM events)
              FROM pg_stat_database WHERE datname = current_database()",
         )
         .fetch_one(&mut connection)
@@ -331,6 +351,7 @@ impl DatabaseWork {
         Self {
             transactions,
             rows_written,
+            last_position,
         }
     }
 
@@ -338,7 +359,24 @@ impl DatabaseWork {
         Self {
             transactions: self.transactions - before.transactions,
             rows_written: self.rows_written - before.rows_written,
+            last_position: before.last_position,
         }
+    }
+
+    /// The events appended to the log since `self` was read (a rolled-back append
+    /// leaves a gap in the positions, so they are counted, not subtracted).
+    async fn events_since(&self, url: &str) -> i64 {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("a connection for the events count");
+        let events = sqlx::query_scalar("SELECT count(*) FROM events WHERE position > $1")
+            .bind(self.last_position)
+            .fetch_one(&mut connection)
+            .await
+            .expect("the events appended");
+        connection.close().await.ok();
+        events
     }
 }
 
