@@ -355,6 +355,8 @@ impl DatabaseWork {
         }
     }
 
+    /// The work done since `before`; its log position stays `before`'s, where the
+    /// work's events start ([`DatabaseWork::events_since`]).
     fn since(self, before: &Self) -> Self {
         Self {
             transactions: self.transactions - before.transactions,
