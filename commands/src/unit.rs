@@ -91,6 +91,9 @@ pub struct Attempts {
     /// Attempts made, not counting those after a wait for a lock.
     made: u32,
     waits: u32,
+    /// The locks the last attempt that found one taken held, and the one it found taken:
+    /// what the next attempt knows it needs, and takes before anything else.
+    needed: Vec<Arc<Mutex<()>>>,
     current: Option<Unit>,
     /// Why the last attempt did not commit.
     retry: Option<Retry>,
@@ -100,16 +103,16 @@ pub struct Attempts {
 enum Retry {
     /// A concurrent change, or a stale kept state: decide on the streams as stored.
     Conflict,
-    /// Another command of this process held the lock of an aggregate: wait for it
-    /// first, holding nothing.
-    Busy(Arc<Mutex<()>>),
+    /// Another command of this process held the lock of an aggregate: take every lock
+    /// the unit knows it needs ([`Attempts::needed`]) first.
+    Busy,
 }
 
 impl Attempts {
     /// The next attempt's unit: fresh (on the streams as stored) after a conflict, after
     /// a short jittered pause; after the last attempt, [`UnitError::Conflict`].
     pub async fn next(&mut self) -> Result<&mut Unit, UnitError> {
-        let waited = matches!(self.retry, Some(Retry::Busy(_)));
+        let waited = matches!(self.retry, Some(Retry::Busy));
         if waited {
             self.waits += 1;
         }
@@ -137,7 +140,7 @@ impl Attempts {
                 tokio::time::sleep(conflict_backoff(self.made)).await;
                 unit.fresh = true;
             }
-            Some(Retry::Busy(lock)) => unit.held.push(lock.lock_owned().await),
+            Some(Retry::Busy) => unit.held = take_in_order(&self.needed).await,
         }
         Ok(self.current.insert(unit))
     }
@@ -154,8 +157,14 @@ impl Attempts {
         let Some(mut unit) = self.current.take() else {
             return Err(UnitError::Internal("no attempt to commit".to_owned()).into());
         };
-        if let Some(lock) = unit.busy.take() {
-            self.retry = Some(Retry::Busy(lock));
+        if let Some(busy) = unit.busy.take() {
+            self.needed = unit
+                .held
+                .iter()
+                .map(|held| Arc::clone(OwnedMutexGuard::mutex(held)))
+                .chain([busy])
+                .collect();
+            self.retry = Some(Retry::Busy);
             return Ok(None);
         }
         if unit.stale {
@@ -192,6 +201,7 @@ impl Unit {
             store: store.clone(),
             made: 0,
             waits: 0,
+            needed: Vec::new(),
             current: None,
             retry: None,
         }
@@ -305,7 +315,8 @@ impl Unit {
         // behind each other. The first lock is waited for; a later one only taken if
         // free, so two units that name the same aggregates in another order never wait
         // for each other: the one that finds a lock taken lets go of its own, and its
-        // next attempt waits for that lock first.
+        // next attempt takes every lock it now knows it needs, in one order
+        // (`take_in_order`), before anything else.
         let stripe = bus.stripe(aggregate_id);
         if !self
             .held
@@ -375,6 +386,23 @@ impl Unit {
         }
         Ok(())
     }
+}
+
+/// Takes `locks`, waiting for each, in one order every unit follows (their addresses),
+/// so that two units taking the same locks never wait for each other: whichever takes
+/// the first they share goes on to take the rest. Units that name aggregates in
+/// opposite orders would otherwise keep letting go of their own lock and taking the
+/// other's, each finding its second one taken again, for as long as their timing
+/// stays alike.
+async fn take_in_order(locks: &[Arc<Mutex<()>>]) -> Vec<OwnedMutexGuard<()>> {
+    let mut ordered: Vec<&Arc<Mutex<()>>> = locks.iter().collect();
+    ordered.sort_by_key(|lock| Arc::as_ptr(lock));
+    ordered.dedup_by(|a, b| Arc::ptr_eq(a, b));
+    let mut held = Vec::with_capacity(ordered.len());
+    for lock in ordered {
+        held.push(Arc::clone(lock).lock_owned().await);
+    }
+    held
 }
 
 /// Counts the commands of a unit that committed, as [`CommandBus`] counts its own

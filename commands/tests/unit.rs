@@ -4,6 +4,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use common::{Tally, TallyCommand, TallyError, metadata};
 use cqrs_es::persist::PersistedEventRepository;
@@ -23,6 +24,7 @@ shopagent_commands::on_both_backends!(
     a_unit_that_keeps_conflicting_gives_up,
     units_of_one_process_on_one_aggregate_queue_and_all_commit,
     units_naming_aggregates_in_opposite_orders_never_wait_for_each_other_and_all_commit,
+    two_units_that_keep_meeting_in_opposite_orders_both_commit,
 );
 
 /// What a plan fails with: a command's error or the unit's.
@@ -334,27 +336,100 @@ fn spawn_adding(
     first: String,
     second: String,
 ) -> tokio::task::JoinHandle<Result<(), Failed>> {
+    spawn_adding_meeting(store, tallies, first, second, None)
+}
+
+/// Where two units wait for each other, at most 200 ms, once per round: the first to
+/// arrive waits for the second, or gives up waiting (the other cannot come: it waits
+/// for a lock).
+#[derive(Debug)]
+struct Meeting {
+    arrived: std::sync::Mutex<usize>,
+    round: tokio::sync::watch::Sender<u64>,
+}
+
+impl Meeting {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            arrived: std::sync::Mutex::new(0),
+            round: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    async fn meet(&self) {
+        let (round, mut ended) = {
+            let mut arrived = self.arrived.lock().expect("not poisoned");
+            let round = *self.round.borrow();
+            if *arrived == 1 {
+                *arrived = 0;
+                self.round.send_replace(round + 1);
+                return;
+            }
+            *arrived = 1;
+            (round, self.round.subscribe())
+        };
+        let met = tokio::time::timeout(
+            Duration::from_millis(200),
+            ended.wait_for(|now| *now != round),
+        )
+        .await;
+        if met.is_err() {
+            let mut arrived = self.arrived.lock().expect("not poisoned");
+            if *self.round.borrow() == round {
+                *arrived = 0;
+            }
+        }
+    }
+}
+
+/// Like [`spawn_adding`]; with a `meeting`, every attempt that holds a lock meets the
+/// other unit before it asks for another — the first attempt once it holds its first
+/// aggregate's, a later one (after a wait for a lock) at its start, holding what it
+/// waited for — and again before it ends. Two units in opposite orders then both hold
+/// one lock and ask for the other's in every attempt in which both can run.
+fn spawn_adding_meeting(
+    store: &Store,
+    tallies: &Arc<CommandBus<Tally>>,
+    first: String,
+    second: String,
+    meeting: Option<Arc<Meeting>>,
+) -> tokio::task::JoinHandle<Result<(), Failed>> {
     let (store, tallies) = (store.clone(), Arc::clone(tallies));
     // The loop inline, not `run`: a spawned task must be `Send`, which an
     // `AsyncFnMut` taking a reference cannot promise.
     tokio::spawn(async move {
         let mut attempts = Unit::attempts(&store);
-        loop {
+        for attempt in 1.. {
             let unit = attempts.next().await?;
             let planned = async {
-                unit.execute_and_load(&tallies, &first, TallyCommand::Add(1), metadata(), None)
-                    .await?;
-                // Let the other units take their first lock meanwhile.
-                tokio::task::yield_now().await;
-                unit.execute_and_load(&tallies, &second, TallyCommand::Add(1), metadata(), None)
-                    .await?;
-                Ok::<_, Failed>(())
+                if let Some(meeting) = meeting.as_ref().filter(|_| attempt > 1) {
+                    meeting.meet().await;
+                }
+                let both = async {
+                    unit.execute_and_load(&tallies, &first, TallyCommand::Add(1), metadata(), None)
+                        .await?;
+                    match meeting.as_ref().filter(|_| attempt == 1) {
+                        Some(meeting) => meeting.meet().await,
+                        // Let the other units take their first lock meanwhile.
+                        None => tokio::task::yield_now().await,
+                    }
+                    unit.execute_and_load(&tallies, &second, TallyCommand::Add(1), metadata(), None)
+                        .await?;
+                    Ok::<_, Failed>(())
+                }
+                .await;
+                // Neither lets go of its locks before the other asked for them.
+                if let Some(meeting) = &meeting {
+                    meeting.meet().await;
+                }
+                both
             }
             .await;
             if let Some(done) = attempts.commit(planned).await? {
                 return Ok(done);
             }
         }
+        unreachable!("the attempts end the loop")
     })
 }
 
@@ -383,7 +458,7 @@ async fn units_naming_aggregates_in_opposite_orders_never_wait_for_each_other_an
             spawn_adding(store, &tallies, first.clone(), second.clone())
         })
         .collect();
-    let finished = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+    let finished = tokio::time::timeout(Duration::from_secs(60), async {
         let mut results = Vec::new();
         for unit in units {
             results.push(unit.await.expect("unit task"));
@@ -403,4 +478,32 @@ async fn units_naming_aggregates_in_opposite_orders_never_wait_for_each_other_an
     );
     assert_eq!(stored(store, &a).await, (20, 21));
     assert_eq!(stored(store, &b).await, (20, 21));
+}
+
+/// The timing that starves units which, after finding a lock taken, wait for that lock
+/// alone: every attempt of each holds its first lock when it asks for the other's. A
+/// unit that waited takes every lock it knows it needs in one order, so one of the two
+/// gets both.
+async fn two_units_that_keep_meeting_in_opposite_orders_both_commit(store: &Store) {
+    let tallies = bus(store);
+    let (a, b) = (open_tally(&tallies).await, open_tally(&tallies).await);
+    let meeting = Meeting::new();
+    let units = [(&a, &b), (&b, &a)].map(|(first, second)| {
+        spawn_adding_meeting(
+            store,
+            &tallies,
+            first.clone(),
+            second.clone(),
+            Some(Arc::clone(&meeting)),
+        )
+    });
+    for unit in units {
+        let finished = tokio::time::timeout(Duration::from_secs(60), unit)
+            .await
+            .expect("no two units wait for each other for ever")
+            .expect("unit task");
+        assert!(finished.is_ok(), "{finished:?}");
+    }
+    assert_eq!(stored(store, &a).await, (2, 3));
+    assert_eq!(stored(store, &b).await, (2, 3));
 }
