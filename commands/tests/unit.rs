@@ -413,8 +413,14 @@ fn spawn_adding_meeting(
                         // Let the other units take their first lock meanwhile.
                         None => tokio::task::yield_now().await,
                     }
-                    unit.execute_and_load(&tallies, &second, TallyCommand::Add(1), metadata(), None)
-                        .await?;
+                    unit.execute_and_load(
+                        &tallies,
+                        &second,
+                        TallyCommand::Add(1),
+                        metadata(),
+                        None,
+                    )
+                    .await?;
                     Ok::<_, Failed>(())
                 }
                 .await;

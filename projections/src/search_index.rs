@@ -271,7 +271,7 @@ impl SearchIndexer {
         }
         let filter = offer_events();
         // Every event is read once; the offer events among them are indexed.
-        let events = loop {
+        let (events, page_end) = loop {
             let start = after.max(*self.scanned());
             let read = self
                 .store
@@ -280,13 +280,14 @@ impl SearchIndexer {
             let Some(last) = read.last() else {
                 return Ok(0);
             };
-            *self.scanned() = last.cursor;
             let at_head = read.len() < self.batch_size as usize;
             let offers: Vec<StoredEvent> =
                 read.iter().filter(|e| filter.matches(e)).cloned().collect();
             if !offers.is_empty() {
-                break offers;
+                // Passed once they are in the index: an apply that fails reads them again.
+                break (offers, last.cursor);
             }
+            *self.scanned() = last.cursor;
             // A shorter page reached the head: reading again would find nothing.
             if at_head {
                 return Ok(0);
@@ -307,6 +308,7 @@ impl SearchIndexer {
             .apply(offers, withdrawn, Some(encode(last.cursor)))
             .instrument(span)
             .await?;
+        *self.scanned() = page_end;
         Ok(events.len())
     }
 
@@ -346,7 +348,12 @@ impl SearchIndexer {
             .store
             .count_between_matching(position, head, &filter)
             .await?;
-        let oldest = self.store.read_log_matching(position, 1, &filter).await?;
+        // Found through the log's commit order, which is no index of offer events: with
+        // none waiting, the read would pass every event after the checkpoint.
+        let oldest = match lag_events {
+            0 => Vec::new(),
+            _ => self.store.read_log_matching(position, 1, &filter).await?,
+        };
         let lag_seconds = oldest.first().map_or(0.0, |event| {
             (OffsetDateTime::now_utc() - event.recorded_at)
                 .as_seconds_f64()
