@@ -190,6 +190,8 @@ pub struct Sent {
     pub token: String,
     pub status: u16,
     pub reply: Option<Value>,
+    /// When it was sent.
+    pub at: Instant,
     pub latency: Duration,
 }
 
@@ -386,6 +388,7 @@ impl Caller {
             token: self.token.clone(),
             status: answer.status,
             reply: answer.body.clone(),
+            at: started,
             latency: started.elapsed(),
         };
         let acknowledged = sent.acknowledged().then(|| sent.reply.clone()).flatten();
@@ -540,6 +543,14 @@ pub enum Mix {
 }
 
 impl Mix {
+    /// The commands of one round.
+    pub fn commands(self) -> usize {
+        match self {
+            Self::Journey => 9,
+            Self::CartLines => 7,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "journey" => Some(Self::Journey),
@@ -565,20 +576,31 @@ impl Load {
 
     /// Starts the agents on `mix`; with `per_second`, all of them together send at that
     /// rate.
+    ///
+    /// Paced agents start one after the other, a round's worth of the pace apart.
+    /// Started together, they would stay in step for good — the pacer hands its turns
+    /// round in the same order — so that every agent checked out in the same few
+    /// milliseconds and their purchases ran at once, a load no set of independent
+    /// clients makes.
     pub fn start_paced(mut agents: Vec<Agent>, mix: Mix, per_second: Option<f64>) -> Self {
+        let mut stagger = Duration::ZERO;
         if let Some(per_second) = per_second {
             let pacer = Arc::new(Pacer::new(per_second));
             for agent in &mut agents {
                 agent.caller.pacer = Some(Arc::clone(&pacer));
             }
+            stagger = Duration::from_secs_f64(mix.commands() as f64 / per_second.max(0.001));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let journal = Arc::new(Mutex::new(Journal::default()));
         let tasks = agents
             .into_iter()
-            .map(|agent| {
+            .enumerate()
+            .map(|(n, agent)| {
                 let (stop, journal) = (Arc::clone(&stop), Arc::clone(&journal));
+                let start = stagger * u32::try_from(n).unwrap_or(u32::MAX);
                 tokio::spawn(async move {
+                    tokio::time::sleep(start).await;
                     while !stop.load(Ordering::Relaxed) {
                         agent.go_round(mix, &journal, &stop).await;
                     }
