@@ -240,8 +240,9 @@ impl CheckoutProcess {
     /// its statements, and waits mostly on the issuer or the merchant.
     pub const CONCURRENT_ORDERS: usize = 16;
     /// Events read at a time. The orders of a batch run side by side and the next batch
-    /// waits for the batch's last: behind the log, where a batch of 100 held a score of
-    /// orders, one of 500 keeps all 16 places busy for most of it.
+    /// waits for the batch's last, so behind the log a batch of 100 held only a score of
+    /// orders: at 32 clients the process ended a 20-s level of the load bench 11,624
+    /// events behind with 500, against 19,953–22,156 with 100.
     pub const BATCH_EVENTS: u32 = 500;
 
     /// Runs one step's command; true when it applied (or had applied before), false
