@@ -189,7 +189,15 @@ async fn main() {
             // most of what the machine sustains; half of that is the level the latency
             // target is about. Run only where the two differ.
             if let Some(done) = rates.done.filter(|done| done / 2.0 < 0.9 * half_http) {
-                level(&site, mix, clients, seconds, Pace::HalfDone(done / 2.0), raw).await;
+                level(
+                    &site,
+                    mix,
+                    clients,
+                    seconds,
+                    Pace::HalfDone(done / 2.0),
+                    raw,
+                )
+                .await;
             }
         }
     }
