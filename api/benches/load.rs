@@ -280,7 +280,8 @@ async fn level(
     let timeline = run_for(server, &load, Duration::from_secs(seconds)).await;
     let (journal, elapsed) = load.stop().await;
     if let Ok(dir) = std::env::var("BENCH_REQUESTS_DIR") {
-        write_requests(&dir, &label_of(clients, pace), &journal.sent);
+        let label = format!("{} {}", mix.name(), label_of(clients, pace));
+        write_requests(&dir, &label, &journal.sent);
     }
     let (rss_end, peak) = server.memory_kib();
     let mut latencies: Vec<Duration> = journal.sent.iter().map(|s| s.latency).collect();
@@ -367,7 +368,7 @@ fn label_of(clients: usize, pace: Pace) -> String {
     }
 }
 
-/// Writes every request of a level to `{dir}/{label}.txt`, one a line: when it was sent
+/// Writes every request of a level to `{dir}/{mix} {label}.txt`, one a line: when it was sent
 /// (ms since the level's first), its latency (ms) and its path. For finding when the
 /// slow ones came, and whether together.
 fn write_requests(dir: &str, label: &str, sent: &[loadgen::Sent]) {

@@ -551,12 +551,18 @@ impl Mix {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "journey" => Some(Self::Journey),
-            "cart_lines" => Some(Self::CartLines),
-            _ => None,
+    /// The name `BENCH_MIX` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Journey => "journey",
+            Self::CartLines => "cart_lines",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Journey, Self::CartLines]
+            .into_iter()
+            .find(|mix| mix.name() == name)
     }
 }
 
