@@ -378,9 +378,7 @@ impl Server {
                 placed: app.placed.clone(),
             };
             tokio::spawn(
-                SubscriberRunner::new(store.clone(), Arc::new(process))
-                    .with_batch_size(CheckoutProcess::BATCH_EVENTS)
-                    .run(runners_stop.clone()),
+                SubscriberRunner::new(store.clone(), Arc::new(process)).run(runners_stop.clone()),
             )
         });
         let publisher = event_stream.map(|(stream, prefix)| {

@@ -239,10 +239,11 @@ impl CheckoutProcess {
     /// Orders handled at the same time. Each step holds a pooled connection only for
     /// its statements, and waits mostly on the issuer or the merchant.
     pub const CONCURRENT_ORDERS: usize = 16;
-    /// Events read at a time. The orders of a batch run side by side and the next batch
-    /// waits for the batch's last, so behind the log a batch of 100 held only a score of
-    /// orders: at 32 clients the process ended a 20-s level of the load bench 11,624
-    /// events behind with 500, against 19,953–22,156 with 100.
+    /// Events read at a time ([`Subscriber::batch_size`]). The orders of a batch run
+    /// side by side and the next batch waits for the batch's last, so behind the log a
+    /// batch of 100 held only a score of orders: at 32 clients the process ended a 20-s
+    /// level of the load bench 11,624 events behind with 500, against 19,953–22,156
+    /// with 100.
     pub const BATCH_EVENTS: u32 = 500;
 
     /// Runs one step's command; true when it applied (or had applied before), false
@@ -670,6 +671,10 @@ impl Subscriber for CheckoutProcess {
     /// Orders proceed independently: one waiting on its merchant holds up no other.
     fn concurrency(&self) -> usize {
         Self::CONCURRENT_ORDERS
+    }
+
+    fn batch_size(&self) -> u32 {
+        Self::BATCH_EVENTS
     }
 
     /// An order's events and its payment's, in log order: the payment stream (its id

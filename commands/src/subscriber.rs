@@ -69,6 +69,12 @@ pub trait Subscriber: Send + Sync + 'static {
         1
     }
 
+    /// How many events the runner reads from the log at a time, unless told otherwise
+    /// ([`SubscriberRunner::with_batch_size`]).
+    fn batch_size(&self) -> u32 {
+        100
+    }
+
     /// The events that must be handled in log order with `event`: those of the same
     /// partition (an order, say). Events of different partitions may be handled at the
     /// same time, up to [`Subscriber::concurrency`], so one slow outside call holds up
@@ -127,8 +133,8 @@ impl SubscriberRunner {
     pub fn new(store: Store, subscriber: Arc<dyn Subscriber>) -> Self {
         Self {
             store,
+            batch_size: subscriber.batch_size().max(1),
             subscriber,
-            batch_size: 100,
             idle_poll: Duration::from_millis(250),
             last_error: Arc::default(),
             throughput: Arc::default(),

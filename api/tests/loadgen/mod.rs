@@ -462,7 +462,9 @@ impl Agent {
     /// A cart and six lines added to it: seven commands on one stream, as the raw
     /// baseline appends seven events to each of its streams.
     async fn cart_lines(&self, journal: &Mutex<Journal>) -> Option<()> {
-        self.cart_with_lines(6, journal).await.map(drop)
+        self.cart_with_lines(Mix::CART_LINES, journal)
+            .await
+            .map(drop)
     }
 
     /// A cart under the agent's mandate with `lines` lines added; answers its id.
@@ -543,11 +545,14 @@ pub enum Mix {
 }
 
 impl Mix {
+    /// The lines a `cart_lines` round adds to its cart.
+    const CART_LINES: usize = 6;
+
     /// The commands of one round.
     pub fn commands(self) -> usize {
         match self {
             Self::Journey => 9,
-            Self::CartLines => 7,
+            Self::CartLines => 1 + Self::CART_LINES,
         }
     }
 
